@@ -1,0 +1,168 @@
+//! `IntervalTree` against `iset::IntervalMap`, side by side: overlap queries
+//! that hit about one node, and one insert+remove, at n = 10^3 and 10^6.
+//!
+//! Intervals look like mappings in an address space: 4 KiB-aligned starts in
+//! 2^47 bytes, lengths 4 KiB..2 MiB. iset keys are half-open, so `[s, l]` is
+//! stored as `s..l + 1` (the generator never produces `u64::MAX`).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
+use iset::IntervalMap;
+use mmun_core::interval_tree::IntervalTree;
+
+/// Number of precomputed queries / new intervals cycled through per bench,
+/// so each iteration touches a different part of the tree.
+const ROTATION: usize = 1024;
+
+/// xorshift64: fixed-seed and dependency-free, so runs are comparable.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A closed interval shaped like a memory mapping.
+    fn interval(&mut self) -> (u64, u64) {
+        let start = (self.next() % (1 << 47)) & !0xfff;
+        let len = 4096 + self.next() % (2 << 20);
+        (start, start + len - 1)
+    }
+}
+
+struct Fixture {
+    ours: IntervalTree<u64>,
+    theirs: IntervalMap<u64, u64>,
+    /// Midpoints of existing intervals: each stabs its own interval and,
+    /// the space being sparse, rarely anything else.
+    stab_points: Vec<u64>,
+    /// Fresh intervals for the insert+remove benches.
+    fresh: Vec<(u64, u64)>,
+}
+
+fn build(n: usize) -> Fixture {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+    let intervals: Vec<(u64, u64)> = (0..n).map(|_| rng.interval()).collect();
+    let mut ours = IntervalTree::with_capacity(n + 1);
+    let mut theirs = IntervalMap::with_capacity(n + 1);
+    for (value, &(s, l)) in intervals.iter().enumerate() {
+        ours.insert(s, l, value as u64);
+        theirs.force_insert(s..l + 1, value as u64);
+    }
+    let stab_points = (0..ROTATION)
+        .map(|_| {
+            let (s, l) = intervals[(rng.next() % n as u64) as usize];
+            s + (l - s) / 2
+        })
+        .collect();
+    let fresh = (0..ROTATION).map(|_| rng.interval()).collect();
+    Fixture {
+        ours,
+        theirs,
+        stab_points,
+        fresh,
+    }
+}
+
+fn report_hits(fx: &Fixture, n: usize) {
+    let hits: usize = fx
+        .stab_points
+        .iter()
+        .map(|&p| fx.ours.overlapping(p, p).count())
+        .sum();
+    let iset_hits: usize = fx
+        .stab_points
+        .iter()
+        .map(|&p| fx.theirs.iter(p..=p).count())
+        .sum();
+    assert_eq!(hits, iset_hits, "implementations disagree");
+    eprintln!(
+        "n={n}: mean hits per stabbing query = {:.3}",
+        hits as f64 / ROTATION as f64
+    );
+}
+
+fn bench_stab(group: &mut BenchmarkGroup<'_, WallTime>, fx: &Fixture) {
+    let mut i = 0;
+    group.bench_function("ours", |b| {
+        b.iter(|| {
+            i = (i + 1) % ROTATION;
+            let p = black_box(fx.stab_points[i]);
+            fx.ours.overlapping(p, p).map(|(_, &v)| v).sum::<u64>()
+        })
+    });
+    let mut i = 0;
+    group.bench_function("iset", |b| {
+        b.iter(|| {
+            i = (i + 1) % ROTATION;
+            let p = black_box(fx.stab_points[i]);
+            fx.theirs.iter(p..=p).map(|(_, &v)| v).sum::<u64>()
+        })
+    });
+}
+
+fn bench_insert_remove(group: &mut BenchmarkGroup<'_, WallTime>, fx: &mut Fixture) {
+    const MARKER: u64 = u64::MAX;
+    let mut i = 0;
+    let fresh = fx.fresh.clone();
+    let ours = &mut fx.ours;
+    group.bench_function("ours", |b| {
+        b.iter(|| {
+            i = (i + 1) % ROTATION;
+            let (s, l) = black_box(fresh[i]);
+            let id = ours.insert(s, l, MARKER);
+            ours.remove(id)
+        })
+    });
+    let mut i = 0;
+    let theirs = &mut fx.theirs;
+    group.bench_function("iset", |b| {
+        b.iter(|| {
+            i = (i + 1) % ROTATION;
+            let (s, l) = black_box(fresh[i]);
+            theirs.force_insert(s..l + 1, MARKER);
+            // Match the value too, so a pre-existing equal key is left alone.
+            theirs.remove_where(s..l + 1, |&v| v == MARKER)
+        })
+    });
+}
+
+fn bench_size(c: &mut Criterion, n: usize) {
+    let mut fx = build(n);
+    report_hits(&fx, n);
+    let mut group = c.benchmark_group(format!("stab_n{n}"));
+    bench_stab(&mut group, &fx);
+    group.finish();
+    let mut group = c.benchmark_group(format!("insert_remove_n{n}"));
+    bench_insert_remove(&mut group, &mut fx);
+    group.finish();
+    assert_eq!(fx.ours.len(), n);
+    assert_eq!(fx.theirs.len(), n);
+}
+
+fn interval_tree_benches(c: &mut Criterion) {
+    bench_size(c, 1_000);
+    bench_size(c, 1_000_000);
+}
+
+fn main() {
+    eprintln!(
+        "IntervalTree::<u64>::NODE_BYTES = {}, IntervalTree::<[usize; 2]>::NODE_BYTES = {}",
+        IntervalTree::<u64>::NODE_BYTES,
+        IntervalTree::<[usize; 2]>::NODE_BYTES
+    );
+    let mut criterion = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30)
+        .configure_from_args();
+    interval_tree_benches(&mut criterion);
+    criterion.final_summary();
+}

@@ -1,0 +1,175 @@
+//! The invalidation entry points the core VM calls around a page-table
+//! change.
+//!
+//! Kernel counterpart: `mmu_notifier_invalidate_range_start`,
+//! `mmu_notifier_invalidate_range_start_nonblock`,
+//! `mmu_notifier_invalidate_range_end` and
+//! `mmu_notifier_invalidate_range_only_end` (v6.5).
+//!
+//! A start returns an [`Invalidation`] that must be ended; its type makes the
+//! kernel's pairing rules hold by construction:
+//!
+//! * it borrows a held lock of the address space ([`HeldMmLock`]) until it
+//!   ends, so registration (which takes all of them) cannot land inside;
+//! * a refused non-blockable start returns no `Invalidation`, so there is no
+//!   end to call by mistake;
+//! * dropping it without [`Invalidation::end`] (say, while unwinding) ends
+//!   it, so no subscriber is left with an unmatched start.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use crate::Range;
+use crate::context::{self, OpenInvalidation};
+use crate::error::WouldBlock;
+use crate::lockdep::MapHeld;
+use crate::mm::HeldMmLock;
+use crate::subscriptions::Subscriptions;
+
+/// A started invalidation of a range; end it once the page tables changed.
+///
+/// ```
+/// use mmun_core::{Event, Invalidation, Mm, Range};
+/// let mm = Mm::new();
+/// let lock = mm.mmap_read();
+/// let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x3000));
+/// // ... clear the primary PTEs of [0x1000, 0x3000) ...
+/// inv.end();
+/// ```
+#[must_use = "an invalidation must be ended after the page tables change"]
+pub struct Invalidation<'a> {
+    range: Range<'a>,
+    subscriptions: Option<&'a Subscriptions>,
+    /// Whether the tree counted this range at start (its end closes it).
+    counted: bool,
+    ended: bool,
+    open: Option<OpenInvalidation>,
+    /// The per-thread debug bookkeeping needs start and end on one thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> Invalidation<'a> {
+    /// `mmu_notifier_invalidate_range_start`: sets the range blockable and
+    /// tells every overlapping interval notifier, then every list notifier.
+    /// It cannot fail.
+    ///
+    /// # Panics
+    ///
+    /// If `held` is a lock of another address space than the range's.
+    #[inline]
+    #[track_caller]
+    pub fn start(held: &'a impl HeldMmLock, mut range: Range<'a>) -> Invalidation<'a> {
+        context::might_sleep();
+        range.set_blockable(true);
+        let mut inv = Self::prepare(held, range);
+        if let Some(subscriptions) = inv.subscriptions {
+            let _map = MapHeld::acquire();
+            // Blockable: subscribers may not refuse (a refusal was WARNed
+            // and already unwound, the tree included). Linux ignores it too.
+            inv.counted = subscriptions
+                .invalidate_range_start(&inv.range)
+                .unwrap_or(false);
+        }
+        inv
+    }
+
+    /// `mmu_notifier_invalidate_range_start_nonblock`: the same with the
+    /// range non-blockable, for the OOM reaper. If a subscriber would have to
+    /// sleep, returns [`WouldBlock`] with everything already undone: interval
+    /// notifiers are not counted any more and list notifiers that have an
+    /// end got it. There is nothing to end.
+    #[inline]
+    #[track_caller]
+    pub fn start_nonblock(
+        held: &'a impl HeldMmLock,
+        mut range: Range<'a>,
+    ) -> Result<Invalidation<'a>, WouldBlock> {
+        range.set_blockable(false);
+        let mut inv = Self::prepare(held, range);
+        if let Some(subscriptions) = inv.subscriptions {
+            let _map = MapHeld::acquire();
+            match subscriptions.invalidate_range_start(&inv.range) {
+                Ok(counted) => inv.counted = counted,
+                Err(refused) => {
+                    inv.ended = true;
+                    return Err(refused);
+                }
+            }
+        }
+        Ok(inv)
+    }
+
+    #[inline]
+    #[track_caller]
+    fn prepare(held: &'a impl HeldMmLock, range: Range<'a>) -> Invalidation<'a> {
+        assert!(
+            std::ptr::eq(held.mm(), range.mm()),
+            "invalidate_range_start: the lock held belongs to another mm than the range"
+        );
+        let subscriptions = range.mm().subscriptions();
+        let open = subscriptions.map(|s| OpenInvalidation::push(s.id(), &range));
+        Invalidation {
+            range,
+            subscriptions,
+            counted: false,
+            ended: false,
+            open,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The range, with its blockable flag as the subscribers saw it.
+    pub fn range(&self) -> &Range<'a> {
+        &self.range
+    }
+
+    /// `mmu_notifier_invalidate_range_end`: closes the interval epoch, then
+    /// calls every list notifier's `invalidate_range` and
+    /// `invalidate_range_end`.
+    #[inline]
+    pub fn end(mut self) {
+        self.finish(false);
+    }
+
+    /// `mmu_notifier_invalidate_range_only_end`: as [`Invalidation::end`]
+    /// but without `invalidate_range`, for callers that already flushed
+    /// secondary TLBs under the page-table lock (`*_clear_flush_notify`).
+    #[inline]
+    pub fn only_end(mut self) {
+        self.finish(true);
+    }
+
+    #[inline]
+    fn finish(&mut self, only_end: bool) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let Some(subscriptions) = self.subscriptions else {
+            return;
+        };
+        if self.range.is_blockable() {
+            context::might_sleep();
+        }
+        // End callbacks may wait for interval epochs again (the tree's end
+        // runs first), so this range no longer counts as open.
+        self.open = None;
+        let _map = MapHeld::acquire();
+        subscriptions.invalidate_range_end(&self.range, only_end, self.counted);
+    }
+}
+
+impl Drop for Invalidation<'_> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl fmt::Debug for Invalidation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Invalidation")
+            .field("range", &self.range)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,228 @@
+//! The address space, as far as the notifier subsystem sees it.
+//!
+//! Kernel counterpart: the parts of `struct mm_struct` that
+//! `mm/mmu_notifier.c` touches: `notifier_subscriptions`, `mm_users`,
+//! `mmap_lock`, and the locks `mm_take_all_locks()` takes.
+//!
+//! # Locks
+//!
+//! * `mmap_lock`: the kernel's mmap lock. Registration holds it for write.
+//! * `all_locks`: one reader-writer lock standing in for everything
+//!   `mm_take_all_locks()` takes (VMA locks, `i_mmap_rwsem`, `anon_vma`
+//!   locks). Paths that invalidate without the mmap lock (reclaim,
+//!   migration, truncate) hold it for read; registration holds it for write.
+//!
+//! Every invalidation must show one of these held (a [`HeldMmLock`]) and
+//! keep it until its end, so registration, which takes both for write, never
+//! lands between a start and its end: a new notifier never sees an end
+//! without a start (the rule `mm_take_all_locks()` enforces in Linux).
+//!
+//! Lock order: `mmap_lock` → `all_locks` → the subscriptions' internal lock.
+//! No internal lock is ever held across a callback.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use crate::subscriptions::Subscriptions;
+use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::warn::Warning;
+
+/// An address space that notifiers can subscribe to (`struct mm_struct`).
+///
+/// `Arc<Mm>` plays the part of `mmgrab`/`mmdrop` (`mm_count`); the
+/// [`Mm::users`] count plays `mm_users`, which drops to 0 at [`Mm::exit`].
+pub struct Mm {
+    /// Published once, on the first registration of either kind
+    /// (`smp_store_release` in `__mmu_notifier_register`); never replaced.
+    subscriptions: OnceLock<Arc<Subscriptions>>,
+    /// `mm_users`: 1 while the address space is live, 0 once it exits.
+    users: AtomicUsize,
+    mmap_lock: RwLock<()>,
+    all_locks: RwLock<()>,
+}
+
+impl Mm {
+    /// A new, live address space with no subscriptions.
+    pub fn new() -> Arc<Mm> {
+        Arc::new(Mm {
+            subscriptions: OnceLock::new(),
+            users: AtomicUsize::new(1),
+            mmap_lock: RwLock::new(()),
+            all_locks: RwLock::new(()),
+        })
+    }
+
+    /// `mm_has_notifiers()`: whether anything ever subscribed. One atomic
+    /// load, no lock; stays true once true, as in Linux.
+    #[inline]
+    pub fn has_notifiers(&self) -> bool {
+        self.subscriptions().is_some()
+    }
+
+    /// `mm_users`: 1 while live, 0 after [`Mm::exit`].
+    pub fn users(&self) -> usize {
+        self.users.load(Ordering::Acquire)
+    }
+
+    /// Whether the address space has not exited yet.
+    pub fn is_live(&self) -> bool {
+        self.users() > 0
+    }
+
+    /// Takes the mmap lock for read (`mmap_read_lock`).
+    pub fn mmap_read(&self) -> MmapReadGuard<'_> {
+        MmapReadGuard {
+            mm: self,
+            _guard: self.mmap_lock.read(),
+        }
+    }
+
+    /// Takes the mmap lock for write (`mmap_write_lock`).
+    pub fn mmap_write(&self) -> MmapWriteGuard<'_> {
+        MmapWriteGuard {
+            mm: self,
+            _guard: self.mmap_lock.write(),
+        }
+    }
+
+    /// Takes, for read, the stand-in for the rmap and VMA locks, which
+    /// invalidating paths that do not hold the mmap lock hold instead.
+    pub fn rmap_lock(&self) -> RmapGuard<'_> {
+        RmapGuard {
+            mm: self,
+            _guard: self.all_locks.read(),
+        }
+    }
+
+    /// The last user is gone (`mmput` → `exit_mmap`): `mm_users` drops to 0
+    /// and the notifiers are released (`mmu_notifier_release`). The caller
+    /// then tears down the mappings with [`Event::Unmap`](crate::Event)
+    /// over `[0, u64::MAX)`, which only interval notifiers still see.
+    ///
+    /// Returns `false`, doing nothing, if the address space had already
+    /// exited.
+    pub fn exit(&self) -> bool {
+        if self.users.swap(0, Ordering::AcqRel) == 0 {
+            return false;
+        }
+        if let Some(subscriptions) = self.subscriptions() {
+            subscriptions.release(self);
+        }
+        true
+    }
+
+    /// The WARNs the subsystem raised on this address space, oldest first.
+    /// Each is also logged to stderr once per address space.
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.subscriptions()
+            .map(|s| s.warnings())
+            .unwrap_or_default()
+    }
+
+    /// The per-address-space notifier state, if any registration happened.
+    #[inline]
+    pub(crate) fn subscriptions(&self) -> Option<&Subscriptions> {
+        if cfg!(feature = "disabled") {
+            return None;
+        }
+        self.subscriptions.get().map(|s| &**s)
+    }
+
+    /// Creates the subscriptions on first use. Called with the mmap write
+    /// lock held, which keeps the pointer from changing meanwhile.
+    pub(crate) fn subscriptions_or_init(&self, _held: &MmapWriteGuard<'_>) -> &Subscriptions {
+        self.subscriptions
+            .get_or_init(|| Arc::new(Subscriptions::new()))
+    }
+
+    /// `mm_take_all_locks()`: waits until no invalidation that holds the
+    /// rmap stand-in is in flight, and keeps new ones out.
+    pub(crate) fn take_all_locks(&self, _held: &MmapWriteGuard<'_>) -> RwLockWriteGuard<'_, ()> {
+        self.all_locks.write()
+    }
+
+    /// Test hook: sets the interval sequence counter, to exercise wrap-around.
+    #[doc(hidden)]
+    pub fn set_invalidate_seq_for_test(&self, seq: u64) {
+        let guard = self.mmap_write();
+        self.subscriptions_or_init(&guard).set_seq_for_test(seq);
+    }
+}
+
+impl fmt::Debug for Mm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mm")
+            .field("users", &self.users())
+            .field("has_notifiers", &self.has_notifiers())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Proof that the caller holds a lock of this address space that keeps
+/// registration out: the mmap lock (either side) or the rmap stand-in.
+/// Every invalidation shows one and keeps it until its end.
+pub trait HeldMmLock: sealed::Sealed {
+    /// The address space whose lock is held.
+    fn mm(&self) -> &Mm;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::MmapReadGuard<'_> {}
+    impl Sealed for super::MmapWriteGuard<'_> {}
+    impl Sealed for super::RmapGuard<'_> {}
+}
+
+/// The mmap lock, held for read.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct MmapReadGuard<'a> {
+    mm: &'a Mm,
+    _guard: RwLockReadGuard<'a, ()>,
+}
+
+/// The mmap lock, held for write. The `*_locked` registration variants take
+/// it as evidence.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct MmapWriteGuard<'a> {
+    mm: &'a Mm,
+    _guard: RwLockWriteGuard<'a, ()>,
+}
+
+/// The rmap/VMA-lock stand-in, held for read.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct RmapGuard<'a> {
+    mm: &'a Mm,
+    _guard: RwLockReadGuard<'a, ()>,
+}
+
+macro_rules! held_lock {
+    ($guard:ident) => {
+        impl HeldMmLock for $guard<'_> {
+            fn mm(&self) -> &Mm {
+                self.mm
+            }
+        }
+
+        impl fmt::Debug for $guard<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($guard)).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+held_lock!(MmapReadGuard);
+held_lock!(MmapWriteGuard);
+held_lock!(RmapGuard);
+
+impl MmapWriteGuard<'_> {
+    /// Checks that this guard is for `mm`.
+    pub(crate) fn check(&self, mm: &Mm) -> crate::Result<()> {
+        if std::ptr::eq(self.mm, mm) {
+            Ok(())
+        } else {
+            Err(crate::Error::WrongMm)
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Whole-address-space notifiers: register, unregister, get, put.
+//!
+//! Kernel counterpart: `struct mmu_notifier`, `mmu_notifier_register`,
+//! `__mmu_notifier_register`, `mmu_notifier_unregister`,
+//! `mmu_notifier_get_locked`, `mmu_notifier_put` and
+//! `mmu_notifier_synchronize` in `mm/mmu_notifier.c`.
+//!
+//! Two lifecycles, two handle types:
+//!
+//! * [`Notifier`] (`register` … `unregister`): owned by one driver instance.
+//!   Unregister calls `release` unless exit already did, then waits for a
+//!   grace period, so no callback runs once it returns.
+//! * [`SharedNotifier`] (`get` … `put`): one subscription per ops table per
+//!   address space, reference counted. The last put unlinks it and defers
+//!   `free_notifier` past a grace period; `release` is never called by put.
+//!
+//! Both unregister or put when dropped, so "double unregister" and
+//! "put without get" cannot be written.
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Deref;
+
+use crate::error::{Error, Result, WouldBlock};
+use crate::mm::MmapWriteGuard;
+use crate::ops::{NotifierOps, PteValue, StartFn};
+use crate::rcu;
+use crate::subscriptions::list::ListEntry;
+use crate::sync::Arc;
+use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use crate::warn::Warning;
+use crate::{Mm, Range};
+
+/// `struct mmu_notifier` together with the driver state `T` it is embedded
+/// in.
+pub(crate) struct Subscription<T: 'static> {
+    ops: &'static NotifierOps<T>,
+    mm: Arc<Mm>,
+    /// `users`, for get/put. Changed only under the subscriptions lock.
+    users: AtomicU32,
+    /// On the list (`!hlist_unhashed`). Read without the lock by unregister,
+    /// which is why `release` can run twice (see `Notifier::unregister`).
+    hashed: AtomicBool,
+    data: T,
+}
+
+/// The object-safe view of a [`Subscription`] that the list holds.
+pub(crate) trait ErasedSubscription: Send + Sync {
+    fn ops_id(&self) -> usize;
+    fn ops_debug(&self) -> String;
+    fn set_hashed(&self, hashed: bool);
+    fn release(&self, mm: &Mm);
+    fn clear_flush_young(&self, mm: &Mm, start: u64, end: u64) -> bool;
+    fn clear_young(&self, mm: &Mm, start: u64, end: u64) -> bool;
+    fn test_young(&self, mm: &Mm, address: u64) -> bool;
+    fn change_pte(&self, mm: &Mm, address: u64, pte: PteValue);
+    /// `None` when the ops have no `invalidate_range_start`.
+    fn invalidate_range_start(&self, range: &Range<'_>) -> Option<Result<(), WouldBlock>>;
+    fn has_invalidate_range_end(&self) -> bool;
+    fn invalidate_range_end(&self, range: &Range<'_>);
+    fn invalidate_range(&self, mm: &Mm, start: u64, end: u64);
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+fn ops_id<T>(ops: &'static NotifierOps<T>) -> usize {
+    std::ptr::from_ref(ops).addr()
+}
+
+impl<T: Send + Sync + 'static> ErasedSubscription for Subscription<T> {
+    fn ops_id(&self) -> usize {
+        ops_id(self.ops)
+    }
+    fn ops_debug(&self) -> String {
+        format!("{:?}", self.ops)
+    }
+    fn set_hashed(&self, hashed: bool) {
+        self.hashed.store(hashed, Ordering::Release);
+    }
+    fn release(&self, mm: &Mm) {
+        if let Some(f) = self.ops.release {
+            f(&self.data, mm);
+        }
+    }
+    fn clear_flush_young(&self, mm: &Mm, start: u64, end: u64) -> bool {
+        self.ops
+            .clear_flush_young
+            .is_some_and(|f| f(&self.data, mm, start, end))
+    }
+    fn clear_young(&self, mm: &Mm, start: u64, end: u64) -> bool {
+        self.ops
+            .clear_young
+            .is_some_and(|f| f(&self.data, mm, start, end))
+    }
+    fn test_young(&self, mm: &Mm, address: u64) -> bool {
+        self.ops
+            .test_young
+            .is_some_and(|f| f(&self.data, mm, address))
+    }
+    fn change_pte(&self, mm: &Mm, address: u64, pte: PteValue) {
+        if let Some(f) = self.ops.change_pte {
+            f(&self.data, mm, address, pte);
+        }
+    }
+    fn invalidate_range_start(&self, range: &Range<'_>) -> Option<Result<(), WouldBlock>> {
+        match self.ops.invalidate_range_start? {
+            StartFn::Infallible(f) => {
+                f(&self.data, range);
+                Some(Ok(()))
+            }
+            StartFn::Fallible(f) => Some(f(&self.data, range)),
+        }
+    }
+    fn has_invalidate_range_end(&self) -> bool {
+        self.ops.invalidate_range_end.is_some()
+    }
+    fn invalidate_range_end(&self, range: &Range<'_>) {
+        if let Some(f) = self.ops.invalidate_range_end {
+            f(&self.data, range);
+        }
+    }
+    fn invalidate_range(&self, mm: &Mm, start: u64, end: u64) {
+        if let Some(f) = self.ops.invalidate_range {
+            f(&self.data, mm, start, end);
+        }
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// `__mmu_notifier_register(subscription_or_NULL, mm)`: the caller holds the
+/// mmap write lock. `None` enables the interval tree.
+pub(crate) fn register_locked(
+    guard: &MmapWriteGuard<'_>,
+    mm: &Mm,
+    entry: Option<ListEntry>,
+) -> Result<()> {
+    if cfg!(feature = "disabled") {
+        return Err(Error::Disabled);
+    }
+    guard.check(mm)?;
+    if !mm.is_live() {
+        return Err(Error::NoUsers);
+    }
+    let subscriptions = mm.subscriptions_or_init(guard);
+    // With every lock an invalidation may hold taken, none is between its
+    // start and its end: the new subscriber cannot see an unpaired end.
+    let _all_locks = mm.take_all_locks(guard);
+    match entry {
+        Some(entry) => subscriptions.list_add_head(entry),
+        None => subscriptions.mark_has_itree(),
+    }
+    Ok(())
+}
+
+/// A registered whole-address-space notifier; unregisters when dropped.
+///
+/// ```
+/// use mmun_core::{Mm, Notifier, NotifierOps, Range, StartFn};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// struct Counter(AtomicUsize);
+/// static OPS: NotifierOps<Counter> = NotifierOps {
+///     invalidate_range_start: Some(StartFn::Infallible(|c, _range| {
+///         c.0.fetch_add(1, Ordering::Relaxed);
+///     })),
+///     ..NotifierOps::EMPTY
+/// };
+///
+/// let mm = Mm::new();
+/// let notifier = Notifier::register(&mm, &OPS, Counter(AtomicUsize::new(0))).unwrap();
+/// let lock = mm.mmap_read();
+/// mmun_core::Invalidation::start(&lock, Range::new(&mm, mmun_core::Event::Unmap, 0, 4096)).end();
+/// assert_eq!(notifier.0.load(Ordering::Relaxed), 1);
+/// ```
+pub struct Notifier<T: Send + Sync + 'static> {
+    sub: Option<Arc<Subscription<T>>>,
+}
+
+impl<T: Send + Sync + 'static> Notifier<T> {
+    /// `mmu_notifier_register`: takes the mmap write lock and registers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoUsers`] after exit, [`Error::FallibleStartWithEnd`] for
+    /// ops that break that rule, [`Error::Disabled`] in the disabled build.
+    pub fn register(mm: &Arc<Mm>, ops: &'static NotifierOps<T>, data: T) -> Result<Notifier<T>> {
+        let guard = mm.mmap_write();
+        Self::register_locked(&guard, mm, ops, data)
+    }
+
+    /// `__mmu_notifier_register`: the caller already holds the mmap write
+    /// lock of `mm`.
+    pub fn register_locked(
+        guard: &MmapWriteGuard<'_>,
+        mm: &Arc<Mm>,
+        ops: &'static NotifierOps<T>,
+        data: T,
+    ) -> Result<Notifier<T>> {
+        let sub = new_subscription(mm, ops, data)?;
+        register_locked(guard, mm, Some(sub.clone()))?;
+        Ok(Notifier { sub: Some(sub) })
+    }
+
+    /// `mmu_notifier_unregister`: calls `release` unless exit already
+    /// unlinked this notifier, unlinks it, and waits until no callback of
+    /// it is running. The same happens on drop.
+    ///
+    /// # Panics
+    ///
+    /// If called from inside a notifier callback (an SRCU read section): it
+    /// would wait for itself.
+    pub fn unregister(mut self) {
+        if let Some(sub) = self.sub.take() {
+            unregister(sub);
+        }
+    }
+
+    /// The address space this notifier is registered on.
+    pub fn mm(&self) -> &Arc<Mm> {
+        &self.subscription().mm
+    }
+
+    fn subscription(&self) -> &Subscription<T> {
+        self.sub.as_ref().expect("present until unregister")
+    }
+}
+
+fn new_subscription<T: Send + Sync>(
+    mm: &Arc<Mm>,
+    ops: &'static NotifierOps<T>,
+    data: T,
+) -> Result<Arc<Subscription<T>>> {
+    ops.check()?;
+    Ok(Arc::new(Subscription {
+        ops,
+        mm: Arc::clone(mm),
+        users: AtomicU32::new(1),
+        hashed: AtomicBool::new(false),
+        data,
+    }))
+}
+
+fn unregister<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
+    // Checked without the lock, as in Linux: exit may be unlinking it right
+    // now and calling `release` too, so `release` may run twice.
+    if sub.hashed.load(Ordering::Acquire) {
+        {
+            let _read = rcu::global().read_lock();
+            if let Some(release) = sub.ops.release {
+                release(&sub.data, &sub.mm);
+            }
+        }
+        if let Some(subscriptions) = sub.mm.subscriptions() {
+            let entry: ListEntry = sub.clone();
+            subscriptions.list_unlink(&entry);
+        }
+    }
+    // Always: a `release` started by exit may still be running.
+    rcu::global().synchronize();
+}
+
+impl<T: Send + Sync + 'static> Deref for Notifier<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.subscription().data
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Notifier<T> {
+    fn drop(&mut self) {
+        if let Some(sub) = self.sub.take() {
+            unregister(sub);
+        }
+    }
+}
+
+impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for Notifier<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notifier")
+            .field("data", &self.subscription().data)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reference to the one subscription of an ops table on an address space
+/// (`mmu_notifier_get` … `mmu_notifier_put`); puts when dropped.
+pub struct SharedNotifier<T: Send + Sync + 'static> {
+    sub: Option<Arc<Subscription<T>>>,
+}
+
+impl<T: Send + Sync + 'static> SharedNotifier<T> {
+    /// `mmu_notifier_get`: takes the mmap write lock, then as
+    /// [`SharedNotifier::get_locked`].
+    pub fn get(mm: &Arc<Mm>, ops: &'static NotifierOps<T>) -> Result<SharedNotifier<T>> {
+        let guard = mm.mmap_write();
+        Self::get_locked(&guard, mm, ops)
+    }
+
+    /// `mmu_notifier_get_locked`: the subscription registered on `mm` with
+    /// this very ops table, with one more user; or a new one made by
+    /// `alloc_notifier` and registered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Overflow`] at `u32::MAX` users; [`Error::NoAllocNotifier`];
+    /// whatever `alloc_notifier` returned; registration errors, after which
+    /// `free_notifier` has already run.
+    pub fn get_locked(
+        guard: &MmapWriteGuard<'_>,
+        mm: &Arc<Mm>,
+        ops: &'static NotifierOps<T>,
+    ) -> Result<SharedNotifier<T>> {
+        guard.check(mm)?;
+        if let Some(sub) = find_and_get(mm, ops)? {
+            return Ok(SharedNotifier { sub: Some(sub) });
+        }
+        let alloc = ops.alloc_notifier.ok_or(Error::NoAllocNotifier)?;
+        let data = alloc(mm)?;
+        if let Err(e) = ops.check() {
+            free_now(ops, &data);
+            return Err(e);
+        }
+        let sub = new_subscription(mm, ops, data)?;
+        if let Err(e) = register_locked(guard, mm, Some(sub.clone())) {
+            free_now(ops, &sub.data);
+            return Err(e);
+        }
+        Ok(SharedNotifier { sub: Some(sub) })
+    }
+
+    /// `mmu_notifier_put`: drops this user; the last one unlinks the
+    /// subscription and frees it after a grace period. Never calls
+    /// `release`. May be called from inside `release`. Same on drop.
+    pub fn put(mut self) {
+        if let Some(sub) = self.sub.take() {
+            put(sub);
+        }
+    }
+
+    /// The current number of users (`users`).
+    pub fn users(&self) -> u32 {
+        self.subscription().users.load(Ordering::Relaxed)
+    }
+
+    /// The address space this notifier is registered on.
+    pub fn mm(&self) -> &Arc<Mm> {
+        &self.subscription().mm
+    }
+
+    /// Test hook: sets the user count, to reach the overflow check.
+    #[doc(hidden)]
+    pub fn set_users_for_test(&self, users: u32) {
+        if let Some(subscriptions) = self.mm().subscriptions() {
+            let _locked = subscriptions.lock();
+            self.subscription().users.store(users, Ordering::Relaxed);
+        }
+    }
+
+    fn subscription(&self) -> &Subscription<T> {
+        self.sub.as_ref().expect("present until put")
+    }
+}
+
+fn free_now<T>(ops: &'static NotifierOps<T>, data: &T) {
+    if let Some(free) = ops.free_notifier {
+        free(data);
+    }
+}
+
+fn find_and_get<T: Send + Sync + 'static>(
+    mm: &Mm,
+    ops: &'static NotifierOps<T>,
+) -> Result<Option<Arc<Subscription<T>>>> {
+    let Some(subscriptions) = mm.subscriptions() else {
+        return Ok(None);
+    };
+    let locked = subscriptions.lock();
+    let Some(entry) = subscriptions.list_find_ops(&locked, ops_id(ops)) else {
+        return Ok(None);
+    };
+    let sub = entry
+        .into_any()
+        .downcast::<Subscription<T>>()
+        .unwrap_or_else(|_| unreachable!("one ops table has one driver type"));
+    let users = sub.users.load(Ordering::Relaxed);
+    if users == u32::MAX {
+        return Err(Error::Overflow);
+    }
+    sub.users.store(users + 1, Ordering::Relaxed);
+    Ok(Some(sub))
+}
+
+fn put<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
+    let subscriptions = sub.mm.subscriptions().expect("registered, so present");
+    {
+        let _locked = subscriptions.lock();
+        let users = sub.users.load(Ordering::Relaxed);
+        if users == 0 {
+            drop(_locked);
+            subscriptions.warn(Warning::PutWithoutUsers);
+            return;
+        }
+        sub.users.store(users - 1, Ordering::Relaxed);
+        if users > 1 {
+            return;
+        }
+    }
+    let entry: ListEntry = sub.clone();
+    subscriptions.list_unlink(&entry);
+    rcu::global().call(Box::new(move || {
+        if let Some(free) = sub.ops.free_notifier {
+            free(&sub.data);
+        }
+        drop(sub);
+    }));
+}
+
+impl<T: Send + Sync + 'static> Deref for SharedNotifier<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.subscription().data
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for SharedNotifier<T> {
+    fn drop(&mut self) {
+        if let Some(sub) = self.sub.take() {
+            put(sub);
+        }
+    }
+}
+
+impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for SharedNotifier<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedNotifier")
+            .field("data", &self.subscription().data)
+            .field("users", &self.users())
+            .finish()
+    }
+}
+
+/// `mmu_notifier_synchronize`: waits until every `free_notifier` queued by
+/// a `put` so far has run. Unlike v6.5's `synchronize_srcu`, this is a true
+/// barrier (spec §5, latent issue (e)).
+///
+/// # Panics
+///
+/// If called inside a notifier callback.
+pub fn synchronize() {
+    if cfg!(feature = "disabled") {
+        return;
+    }
+    rcu::global().barrier();
+}

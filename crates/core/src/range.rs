@@ -1,0 +1,213 @@
+//! The description of one invalidation.
+//!
+//! Kernel counterpart: `struct mmu_notifier_range`,
+//! `mmu_notifier_range_init{,_owner}()`, `mmu_notifier_range_blockable()`
+//! and `MMU_NOTIFIER_RANGE_BLOCKABLE` in `include/linux/mmu_notifier.h`.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::{Event, Mm};
+
+/// Flags of a range; [`RangeFlags::BLOCKABLE`] is the only one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RangeFlags(u32);
+
+impl RangeFlags {
+    /// No flag set: what callers pass to `range_init`.
+    pub const NONE: RangeFlags = RangeFlags(0);
+    /// Callbacks may sleep (`MMU_NOTIFIER_RANGE_BLOCKABLE`). Set by
+    /// [`Invalidation::start`](crate::Invalidation::start), cleared by
+    /// [`Invalidation::start_nonblock`](crate::Invalidation::start_nonblock).
+    pub const BLOCKABLE: RangeFlags = RangeFlags(1);
+
+    /// The raw bits.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: RangeFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl fmt::Debug for RangeFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.contains(RangeFlags::BLOCKABLE) {
+            f.write_str("BLOCKABLE")
+        } else {
+            f.write_str("0")
+        }
+    }
+}
+
+/// Identifies the device (or driver) that started a migration or an
+/// exclusive conversion, so that it can skip its own invalidations
+/// (the kernel's `void *owner`, e.g. a `pgmap_owner`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct Owner(NonZeroUsize);
+
+impl Owner {
+    /// An owner token no other call of `unique` returns.
+    pub fn unique() -> Owner {
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        Owner(NonZeroUsize::new(id).expect("owner ids do not wrap in practice"))
+    }
+
+    /// An owner token derived from the address of a driver object, as
+    /// drivers pass `pgmap_owner` pointers in C.
+    pub fn from_ref<T>(object: &T) -> Owner {
+        let address = std::ptr::from_ref(object).addr();
+        Owner(NonZeroUsize::new(address).expect("references are never null"))
+    }
+
+    /// The raw token value.
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
+}
+
+/// One invalidation: `[start, end)` of an address space, why, and whether
+/// callbacks may sleep (`struct mmu_notifier_range`).
+///
+/// A range is built with [`Range::new`] (`mmu_notifier_range_init`: flags 0,
+/// no owner) or [`Range::new`] + [`Range::with_owner`]
+/// (`mmu_notifier_range_init_owner`). The blockable flag is set or cleared
+/// by the entry point that dispatches it, exactly like the kernel wrappers.
+#[derive(Clone, Copy)]
+pub struct Range<'mm> {
+    mm: &'mm Mm,
+    start: u64,
+    end: u64,
+    flags: RangeFlags,
+    event: Event,
+    owner: Option<Owner>,
+    vma_readable: Option<bool>,
+}
+
+impl<'mm> Range<'mm> {
+    /// `mmu_notifier_range_init(range, event, 0, mm, start, end)`.
+    ///
+    /// # Panics
+    ///
+    /// If `end < start`: a range never runs backwards. An empty range
+    /// (`start == end`) is allowed; it matches no interval notifier (the
+    /// kernel would query `[start, start - 1]`, see `DESIGN.md`).
+    pub fn new(mm: &'mm Mm, event: Event, start: u64, end: u64) -> Range<'mm> {
+        assert!(
+            start <= end,
+            "mmu_notifier_range: end {end:#x} is below start {start:#x}"
+        );
+        Range {
+            mm,
+            start,
+            end,
+            flags: RangeFlags::NONE,
+            event,
+            owner: None,
+            vma_readable: None,
+        }
+    }
+
+    /// `mmu_notifier_range_init_owner`: the same range, tagged with the
+    /// device that caused it.
+    pub fn with_owner(mut self, owner: Owner) -> Range<'mm> {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// The same range with these flags. Entry points overwrite
+    /// [`RangeFlags::BLOCKABLE`], as the kernel wrappers do.
+    pub fn with_flags(mut self, flags: RangeFlags) -> Range<'mm> {
+        self.flags = flags;
+        self
+    }
+
+    /// Records whether the VMA behind a [`Event::ProtectionVma`] change is
+    /// still readable (the removed `range->vma` field); only
+    /// [`Range::update_to_read_only`] reads it.
+    pub fn with_vma_readable(mut self, readable: bool) -> Range<'mm> {
+        self.vma_readable = Some(readable);
+        self
+    }
+
+    /// The address space being invalidated (`range->mm`).
+    pub fn mm(&self) -> &'mm Mm {
+        self.mm
+    }
+
+    /// First address of the range.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// One past the last address of the range (half-open).
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The inclusive last address, or `None` for an empty range. This is the
+    /// one place where the half-open range becomes the tree's closed form.
+    pub fn last(&self) -> Option<u64> {
+        self.end.checked_sub(1).filter(|_| self.end > self.start)
+    }
+
+    /// The flags.
+    pub fn flags(&self) -> RangeFlags {
+        self.flags
+    }
+
+    /// Why the range is invalidated.
+    pub fn event(&self) -> Event {
+        self.event
+    }
+
+    /// Who caused a [`Event::Migrate`] or [`Event::Exclusive`]; `None` for
+    /// ranges built without an owner.
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
+    }
+
+    /// `mmu_notifier_range_blockable()`: whether callbacks may sleep.
+    pub fn is_blockable(&self) -> bool {
+        self.flags.contains(RangeFlags::BLOCKABLE)
+    }
+
+    /// Whether `[start, end)` intersects this range.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        start < self.end && self.start < end
+    }
+
+    /// `mmu_notifier_range_update_to_read_only()`: true iff this is a
+    /// protection change of a VMA that stays readable, i.e. a write-protect
+    /// downgrade.
+    #[deprecated(
+        note = "removed from Linux in v6.3 (7d4a8be0c4b2); the v6.5 header keeps only the prototype"
+    )]
+    pub fn update_to_read_only(&self) -> bool {
+        self.event == Event::ProtectionVma && self.vma_readable == Some(true)
+    }
+
+    pub(crate) fn set_blockable(&mut self, blockable: bool) {
+        self.flags = if blockable {
+            RangeFlags(self.flags.0 | RangeFlags::BLOCKABLE.0)
+        } else {
+            RangeFlags(self.flags.0 & !RangeFlags::BLOCKABLE.0)
+        };
+    }
+}
+
+impl fmt::Debug for Range<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Range")
+            .field("start", &format_args!("{:#x}", self.start))
+            .field("end", &format_args!("{:#x}", self.end))
+            .field("event", &self.event)
+            .field("flags", &self.flags)
+            .field("owner", &self.owner)
+            .finish()
+    }
+}

@@ -1,0 +1,178 @@
+//! Deferred calls: [`Srcu::call`] (`call_srcu()`) and [`Srcu::barrier`]
+//! (`srcu_barrier()`).
+//!
+//! Callbacks are queued under a mutex and run in batches: whoever runs a
+//! batch takes the whole queue, waits one full grace period (which therefore
+//! starts after every `call` of the batch), runs the callbacks in queue
+//! order, then publishes how many callbacks have finished. `barrier` records
+//! how many had been queued when it began and waits until that many have
+//! finished.
+//!
+//! With the std backend the batches run on one lazily spawned worker thread
+//! per domain, named `mmun-srcu`, so a callback never runs on the thread that
+//! queued it and `call` never waits for a grace period. Under loom there is
+//! no background worker (a model must be able to finish every thread it
+//! started): `barrier` runs the pending batches itself, on its own thread,
+//! after their grace period.
+
+use super::srcu::{Inner, Srcu};
+use crate::sync::MutexGuard;
+
+/// A deferred call, as queued by [`Srcu::call`].
+type Callback = Box<dyn FnOnce() + Send + 'static>;
+
+/// The callback queue of one domain, behind `Inner::callbacks`.
+#[derive(Default)]
+pub(super) struct Callbacks {
+    /// Callbacks queued and not yet taken by a batch, oldest first.
+    queue: Vec<Callback>,
+    /// How many callbacks were ever queued.
+    queued: u64,
+    /// How many callbacks have finished running; always a prefix of the
+    /// queue order, because batches are taken and finished one at a time.
+    done: u64,
+    /// A batch has been taken and has not finished yet.
+    busy: bool,
+    /// The worker thread has been spawned (std backend only).
+    #[cfg(not(mmun_loom))]
+    worker: bool,
+    /// The `Srcu` handle was dropped: the worker exits once idle.
+    #[cfg(not(mmun_loom))]
+    shutdown: bool,
+}
+
+impl Srcu {
+    /// Queues `f` to run after a full grace period that starts after this
+    /// call (`call_srcu()`): every read section that began before `call` has
+    /// ended by the time `f` runs.
+    ///
+    /// `f` runs on the domain's worker thread, never on the caller's thread,
+    /// and `call` never waits for a grace period, so it may be invoked from
+    /// inside a read section (of this or any domain) or from a callback.
+    /// A panic in `f` is reported by the panic hook and otherwise ignored.
+    ///
+    /// # Panics
+    ///
+    /// If the worker thread has to be spawned and cannot be.
+    pub fn call(&self, f: Box<dyn FnOnce() + Send + 'static>) {
+        let mut cbs = self.inner.callbacks.lock();
+        cbs.queue.push(f);
+        cbs.queued += 1;
+        #[cfg(not(mmun_loom))]
+        {
+            if cbs.worker {
+                self.inner.work_cv.notify_all();
+            } else {
+                // The worker starts with a non-empty queue, so it needs no
+                // wake-up.
+                cbs.worker = true;
+                drop(cbs);
+                let inner = crate::sync::Arc::clone(&self.inner);
+                crate::sync::thread::Builder::new()
+                    .name("mmun-srcu".into())
+                    .spawn(move || worker_main(&inner))
+                    .expect("cannot spawn the mmun-srcu callback worker thread");
+            }
+        }
+    }
+
+    /// Waits until every callback queued by [`Srcu::call`] before this call
+    /// began has finished running (`srcu_barrier()`). Callbacks queued
+    /// concurrently or later are not waited for.
+    ///
+    /// Under the loom backend, which has no worker thread, `barrier` itself
+    /// runs the pending callbacks on the calling thread, after a grace
+    /// period.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread is inside a read section of this domain (the
+    /// callbacks' grace period would wait for that section, i.e. for the
+    /// caller), or is this domain's callback worker (a callback calling
+    /// `barrier` would wait for its own batch).
+    pub fn barrier(&self) {
+        if self.in_read_section() {
+            panic!(
+                "srcu_barrier() called inside an SRCU read section of the same \
+                 domain (the callbacks' grace period would wait for it)"
+            );
+        }
+        #[cfg(not(mmun_loom))]
+        if super::srcu::local::is_worker_of(self.inner.id) {
+            panic!(
+                "srcu_barrier() called from an SRCU callback of the same domain \
+                 (it would wait for itself)"
+            );
+        }
+        let inner = &*self.inner;
+        let mut cbs = inner.callbacks.lock();
+        let target = cbs.queued;
+        while cbs.done < target {
+            #[cfg(mmun_loom)]
+            if !cbs.busy {
+                // Nothing running but work outstanding: the queue holds it.
+                cbs = inner.run_batch(cbs);
+                continue;
+            }
+            cbs = inner.done_cv.wait(cbs);
+        }
+    }
+}
+
+impl Inner {
+    /// Takes the whole queue, waits a grace period, runs it, and records it
+    /// as done. Called with the queue lock held and a non-empty queue; the
+    /// lock is released meanwhile and held again on return.
+    fn run_batch<'a>(&'a self, mut cbs: MutexGuard<'a, Callbacks>) -> MutexGuard<'a, Callbacks> {
+        debug_assert!(!cbs.busy && !cbs.queue.is_empty());
+        cbs.busy = true;
+        let batch = std::mem::take(&mut cbs.queue);
+        let end = cbs.queued;
+        drop(cbs);
+        // Every `call` of this batch pushed under the queue lock before we
+        // took it, so this grace period starts after all of them.
+        self.synchronize();
+        for f in batch {
+            // A panicking callback must not kill the worker (later barriers
+            // would hang); the panic hook has already reported it.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        }
+        let mut cbs = self.callbacks.lock();
+        cbs.done = end;
+        cbs.busy = false;
+        self.done_cv.notify_all();
+        cbs
+    }
+}
+
+/// The body of a domain's `mmun-srcu` worker thread: run batches while there
+/// are any, sleep otherwise, exit once the domain is dropped and idle.
+#[cfg(not(mmun_loom))]
+fn worker_main(inner: &Inner) {
+    super::srcu::local::set_worker_of(inner.id);
+    let mut cbs = inner.callbacks.lock();
+    loop {
+        if !cbs.queue.is_empty() {
+            cbs = inner.run_batch(cbs);
+        } else if cbs.shutdown {
+            return;
+        } else {
+            cbs = inner.work_cv.wait(cbs);
+        }
+    }
+}
+
+/// Dropping the handle lets the worker exit once it has run what is queued.
+/// It is not joined: the last handle may be dropped by a callback running on
+/// the worker itself. Under loom, callbacks still queued are dropped unrun
+/// (as in the kernel, a domain must be `srcu_barrier()`ed before cleanup).
+impl Drop for Srcu {
+    fn drop(&mut self) {
+        #[cfg(not(mmun_loom))]
+        {
+            let mut cbs = self.inner.callbacks.lock();
+            cbs.shutdown = true;
+            self.inner.work_cv.notify_all();
+        }
+    }
+}

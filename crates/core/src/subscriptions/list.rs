@@ -1,0 +1,196 @@
+//! Dispatch to whole-address-space notifiers under the SRCU domain.
+//!
+//! Kernel counterpart: `mn_hlist_*`, `__mmu_notifier_release`, the young,
+//! `change_pte` and `invalidate_range` dispatchers of `mm/mmu_notifier.c`.
+//!
+//! Readers load the current list snapshot inside a read section of the
+//! global SRCU domain and call into every entry. Writers build a new snapshot
+//! under `lock`. An entry that was unlinked may still be called by a reader
+//! that loaded the old snapshot; unregistration therefore waits for a grace
+//! period, and `put` defers `free_notifier` until after one.
+
+use super::Subscriptions;
+use crate::context::{self, NonBlock};
+use crate::error::WouldBlock;
+use crate::notifier::ErasedSubscription;
+use crate::ops::PteValue;
+use crate::rcu;
+use crate::sync::Arc;
+use crate::sync::atomic::Ordering;
+use crate::warn::Warning;
+use crate::{Mm, Range};
+
+/// One list entry: a registered subscription, type-erased.
+pub(crate) type ListEntry = Arc<dyn ErasedSubscription>;
+
+impl Subscriptions {
+    fn list_may_be_nonempty(&self) -> bool {
+        // Pairs with the Release store in `publish_list`.
+        self.has_list.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` over a snapshot of the list inside an SRCU read section.
+    #[inline]
+    fn with_list<R>(&self, f: impl FnOnce(&[ListEntry]) -> R) -> Option<R> {
+        if !self.list_may_be_nonempty() {
+            return None;
+        }
+        let _read = rcu::global().read_lock();
+        let list = self.list.load();
+        Some(f(&list))
+    }
+
+    /// Replaces the readers' snapshot with the locked list.
+    fn publish_list(&self, locked: &super::Locked) {
+        self.list.store(Arc::new(locked.list.clone()));
+        self.has_list
+            .store(!locked.list.is_empty(), Ordering::Release);
+    }
+
+    /// `hlist_add_head_rcu` under the lock: new notifiers are called first.
+    pub(crate) fn list_add_head(&self, entry: ListEntry) {
+        let mut locked = self.lock();
+        entry.set_hashed(true);
+        locked.list.insert(0, entry);
+        self.publish_list(&locked);
+    }
+
+    /// `hlist_del_init_rcu` under the lock; idempotent.
+    pub(crate) fn list_unlink(&self, entry: &ListEntry) {
+        let mut locked = self.lock();
+        let before = locked.list.len();
+        locked.list.retain(|e| !Arc::ptr_eq(e, entry));
+        entry.set_hashed(false);
+        if locked.list.len() != before {
+            self.publish_list(&locked);
+        }
+    }
+
+    /// Finds the entry registered with this ops table (for `get`).
+    pub(crate) fn list_find_ops(&self, locked: &super::Locked, ops: usize) -> Option<ListEntry> {
+        locked.list.iter().find(|e| e.ops_id() == ops).cloned()
+    }
+
+    /// `mn_hlist_invalidate_range_start`: every start is called, even after
+    /// one failed; on failure every notifier with an end gets it.
+    pub(crate) fn list_invalidate_range_start(&self, range: &Range<'_>) -> Result<(), WouldBlock> {
+        self.with_list(|list| {
+            let mut result = Ok(());
+            for entry in list {
+                let outcome = {
+                    let _non_block = NonBlock::enter(!range.is_blockable());
+                    entry.invalidate_range_start(range)
+                };
+                if let Some(Err(refused)) = outcome {
+                    self.warn_failed_start(range, entry.as_ref());
+                    result = Err(refused);
+                }
+            }
+            if result.is_err() {
+                for entry in list.iter().filter(|e| e.has_invalidate_range_end()) {
+                    entry.invalidate_range_end(range);
+                }
+            }
+            result
+        })
+        .unwrap_or(Ok(()))
+    }
+
+    fn warn_failed_start(&self, range: &Range<'_>, entry: &dyn ErasedSubscription) {
+        tracing::info!(
+            target: "mmun",
+            "invalidate_range_start of {:?} failed with EAGAIN",
+            entry.ops_debug()
+        );
+        if range.is_blockable() {
+            self.warn(Warning::StartFailedBlockable);
+        }
+        if entry.has_invalidate_range_end() {
+            self.warn(Warning::FailingStartHasEnd);
+        }
+    }
+
+    /// `mn_hlist_invalidate_end`: `invalidate_range` (unless `only_end`),
+    /// then `invalidate_range_end`, per notifier.
+    pub(crate) fn list_invalidate_range_end(&self, range: &Range<'_>, only_end: bool) {
+        self.with_list(|list| {
+            for entry in list {
+                if !only_end {
+                    let _atomic = NonBlock::enter(true);
+                    entry.invalidate_range(range.mm(), range.start(), range.end());
+                }
+                let _non_block = NonBlock::enter(!range.is_blockable());
+                entry.invalidate_range_end(range);
+            }
+        });
+    }
+
+    /// `__mmu_notifier_clear_flush_young` / `_clear_young`: the OR of every
+    /// notifier's answer, no short cut.
+    pub(crate) fn list_clear_young(&self, mm: &Mm, start: u64, end: u64, flush: bool) -> bool {
+        self.with_list(|list| {
+            let _atomic = NonBlock::enter(true);
+            list.iter().fold(false, |young, entry| {
+                let this = if flush {
+                    entry.clear_flush_young(mm, start, end)
+                } else {
+                    entry.clear_young(mm, start, end)
+                };
+                young | this
+            })
+        })
+        .unwrap_or(false)
+    }
+
+    /// `__mmu_notifier_test_young`: the first notifier that says young wins.
+    pub(crate) fn list_test_young(&self, mm: &Mm, address: u64) -> bool {
+        self.with_list(|list| {
+            let _atomic = NonBlock::enter(true);
+            list.iter().any(|entry| entry.test_young(mm, address))
+        })
+        .unwrap_or(false)
+    }
+
+    /// `__mmu_notifier_change_pte`.
+    pub(crate) fn list_change_pte(&self, mm: &Mm, address: u64, pte: PteValue) {
+        if !context::change_pte_is_nested(self.id(), address) {
+            self.warn(Warning::ChangePteNotNested);
+        }
+        self.with_list(|list| {
+            let _atomic = NonBlock::enter(true);
+            for entry in list {
+                entry.change_pte(mm, address, pte);
+            }
+        });
+    }
+
+    /// `__mmu_notifier_invalidate_range` (secondary TLB flush).
+    pub(crate) fn list_invalidate_range(&self, mm: &Mm, start: u64, end: u64) {
+        self.with_list(|list| {
+            let _atomic = NonBlock::enter(true);
+            for entry in list {
+                entry.invalidate_range(mm, start, end);
+            }
+        });
+    }
+
+    /// `mn_hlist_release`: call every `release` first, then unlink all, then
+    /// wait for concurrent callers (an unregister's `release`) to finish.
+    pub(crate) fn list_release(&self, mm: &Mm) {
+        let released = self.with_list(|list| {
+            for entry in list {
+                entry.release(mm);
+            }
+            let mut locked = self.lock();
+            let unlinked = std::mem::take(&mut locked.list);
+            for entry in &unlinked {
+                entry.set_hashed(false);
+            }
+            self.publish_list(&locked);
+            unlinked
+        });
+        if released.is_some() {
+            rcu::global().synchronize();
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The per-address-space notifier state and the dispatch of every event.
+//!
+//! Kernel counterpart: `struct mmu_notifier_subscriptions` and the
+//! `__mmu_notifier_*` functions of `mm/mmu_notifier.c`.
+//!
+//! # Two kinds of subscribers
+//!
+//! * **Interval notifiers** ([`itree`]) sit in an interval tree and hear
+//!   only about ranges that overlap them. They are dispatched first, at
+//!   start and at end, under the collision-retry protocol of `DESIGN.md`.
+//! * **List notifiers** ([`list`]) hear about everything. They are walked in
+//!   an SRCU read section, newest first, so callbacks may sleep and
+//!   unregistration waits for them.
+//!
+//! # Invalidation
+//!
+//! `start` runs the tree, then the list; `end` closes the tree epoch, then
+//! runs the list. A non-blockable start that a subscriber refuses returns
+//! [`WouldBlock`] and leaves nothing counted: the caller must not call end.
+//!
+//! # Locking
+//!
+//! `lock` (the kernel's spinlock) guards the list, the tree, the sequence
+//! counter and the deferred updates. It is never held across a callback.
+//! `wq` waits on `lock` for the sequence to move. `has_itree` and `has_list`
+//! are read without the lock: they change only under `mm_take_all_locks`
+//! (`has_itree`) or are re-checked under SRCU (`has_list`).
+
+pub(crate) mod itree;
+pub(crate) mod list;
+
+use crate::error::WouldBlock;
+use crate::interval_notifier::DynIntervalSub;
+use crate::interval_tree::IntervalTree;
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard, SwapCell};
+use crate::warn::Warning;
+use crate::{Mm, Range};
+
+use list::ListEntry;
+
+/// `struct mmu_notifier_subscriptions`.
+pub(crate) struct Subscriptions {
+    /// "An interval notifier was ever registered". False → true once, under
+    /// `mm_take_all_locks`, so a start/end pair always agrees on it.
+    has_itree: AtomicBool,
+    /// Whether the list may be non-empty; written under `lock`.
+    has_list: AtomicBool,
+    /// Snapshot of the list for SRCU readers, replaced under `lock`.
+    list: SwapCell<Vec<ListEntry>>,
+    lock: Mutex<Locked>,
+    /// Waiters for the sequence to move (`read_begin`, `remove`).
+    wq: Condvar,
+    warnings: Mutex<Vec<Warning>>,
+}
+
+/// Everything `lock` protects.
+pub(crate) struct Locked {
+    /// `invalidate_seq`: even ⇔ the tree may change. Starts at 2.
+    pub(crate) invalidate_seq: u64,
+    /// `active_invalidate_ranges`: starts counted by the tree code whose end
+    /// has not run. `invalidate_seq` odd ⇒ `active > 0`.
+    pub(crate) active: u64,
+    /// Interval notifiers by `[start, last]`; frozen while the seq is odd.
+    pub(crate) tree: IntervalTree<Arc<DynIntervalSub>>,
+    /// Inserts and removes that arrived while the tree was frozen, applied
+    /// newest first when the epoch closes.
+    pub(crate) deferred: Vec<Arc<DynIntervalSub>>,
+    /// The list notifiers, newest first (`hlist_add_head_rcu`).
+    pub(crate) list: Vec<ListEntry>,
+}
+
+impl Subscriptions {
+    pub(crate) fn new() -> Subscriptions {
+        Subscriptions {
+            has_itree: AtomicBool::new(false),
+            has_list: AtomicBool::new(false),
+            list: SwapCell::new(Arc::new(Vec::new())),
+            lock: Mutex::new(Locked {
+                invalidate_seq: 2,
+                active: 0,
+                tree: IntervalTree::new(),
+                deferred: Vec::new(),
+                list: Vec::new(),
+            }),
+            wq: Condvar::new(),
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Locked> {
+        self.lock.lock()
+    }
+
+    /// The identity used by the per-thread deadlock checks.
+    pub(crate) fn id(&self) -> usize {
+        std::ptr::from_ref(self).addr()
+    }
+
+    pub(crate) fn has_itree(&self) -> bool {
+        // Pairs with the Release store in `mark_has_itree`.
+        self.has_itree.load(Ordering::Acquire)
+    }
+
+    /// Called with all locks of the mm held: no invalidation is in flight.
+    pub(crate) fn mark_has_itree(&self) {
+        self.has_itree.store(true, Ordering::Release);
+    }
+
+    /// `__mmu_notifier_invalidate_range_start`. On success, tells whether
+    /// the tree counted this range (its end must then close it).
+    pub(crate) fn invalidate_range_start(&self, range: &Range<'_>) -> Result<bool, WouldBlock> {
+        let counted = if self.has_itree() {
+            self.itree_invalidate(range)?;
+            true
+        } else {
+            false
+        };
+        if let Err(refused) = self.list_invalidate_range_start(range) {
+            // Linux leaves the tree side counted here (spec §5 latent issue
+            // (a)), which strands `active` and can hang readers forever; the
+            // caller may not call end, so close it ourselves.
+            if counted {
+                self.itree_inv_end();
+            }
+            return Err(refused);
+        }
+        Ok(counted)
+    }
+
+    /// `__mmu_notifier_invalidate_range_end`.
+    pub(crate) fn invalidate_range_end(&self, range: &Range<'_>, only_end: bool, counted: bool) {
+        if counted {
+            self.itree_inv_end();
+        }
+        self.list_invalidate_range_end(range, only_end);
+    }
+
+    /// `__mmu_notifier_release`: interval notifiers get `Release` over the
+    /// whole address space, then list notifiers get `release` and are
+    /// unlinked.
+    pub(crate) fn release(&self, mm: &Mm) {
+        if self.has_itree() {
+            self.itree_release(mm);
+        }
+        self.list_release(mm);
+    }
+
+    /// Records a kernel `WARN` (and logs the first of each kind).
+    pub(crate) fn warn(&self, warning: Warning) {
+        let mut warnings = self.warnings.lock();
+        if !warnings.contains(&warning) {
+            tracing::warn!(target: "mmun", "WARN: {warning}");
+        }
+        warnings.push(warning);
+    }
+
+    pub(crate) fn warnings(&self) -> Vec<Warning> {
+        self.warnings.lock().clone()
+    }
+
+    pub(crate) fn set_seq_for_test(&self, seq: u64) {
+        let mut locked = self.lock();
+        assert_eq!(locked.active, 0, "set the seq only while idle");
+        assert!(seq % 2 == 0, "an idle seq is even");
+        locked.invalidate_seq = seq;
+    }
+}
