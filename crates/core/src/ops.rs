@@ -21,6 +21,12 @@ use crate::{Mm, Range, Seq};
 /// A raw primary PTE value, as handed to `change_pte` (`pte_t`).
 pub type PteValue = u64;
 
+/// `clear_flush_young` and `clear_young`: `(state, mm, start, end) -> young`.
+pub type YoungFn<T> = fn(&T, &Mm, u64, u64) -> bool;
+
+/// `alloc_notifier`: creates the driver state of a shared subscription.
+pub type AllocFn<T> = fn(&Arc<Mm>) -> Result<T>;
+
 /// The `invalidate_range_start` member. Whether it can fail is part of its
 /// type, so the rule "a notifier whose start can fail must not have an end"
 /// is checked when the ops are registered.
@@ -74,9 +80,9 @@ pub struct NotifierOps<T: 'static> {
     pub release: Option<fn(&T, &Mm)>,
     /// Test and clear the accessed bit of `[start, end)` and flush the
     /// secondary TLB; the results of all notifiers are ORed.
-    pub clear_flush_young: Option<fn(&T, &Mm, u64, u64) -> bool>,
+    pub clear_flush_young: Option<YoungFn<T>>,
     /// Like `clear_flush_young`, flushing optional.
-    pub clear_young: Option<fn(&T, &Mm, u64, u64) -> bool>,
+    pub clear_young: Option<YoungFn<T>>,
     /// Whether the page at the address was accessed; does not clear. The
     /// first notifier that says yes ends the walk.
     pub test_young: Option<fn(&T, &Mm, u64) -> bool>,
@@ -91,7 +97,7 @@ pub struct NotifierOps<T: 'static> {
     /// (`invalidate_range`, v6.5; `arch_invalidate_secondary_tlbs` later).
     pub invalidate_range: Option<fn(&T, &Mm, u64, u64)>,
     /// Create the state of a shared subscription for `get`.
-    pub alloc_notifier: Option<fn(&Arc<Mm>) -> Result<T>>,
+    pub alloc_notifier: Option<AllocFn<T>>,
     /// The shared subscription is gone and no callback runs any more.
     pub free_notifier: Option<fn(&T)>,
 }

@@ -162,7 +162,7 @@ impl Subscriptions {
     pub(crate) fn set_seq_for_test(&self, seq: u64) {
         let mut locked = self.lock();
         assert_eq!(locked.active, 0, "set the seq only while idle");
-        assert!(seq % 2 == 0, "an idle seq is even");
+        assert!(seq.is_multiple_of(2), "an idle seq is even");
         locked.invalidate_seq = seq;
     }
 }
