@@ -48,7 +48,7 @@ mod imp {
 #[track_caller]
 pub fn might_sleep() {
     #[cfg(all(debug_assertions, not(mmun_loom)))]
-    if imp::NON_BLOCK.with(|d| d.get()) > 0 {
+    if imp::NON_BLOCK.with(|d| d.get()) > 0 && !std::thread::panicking() {
         panic!(
             "might_sleep(): a notifier callback may block only if mmu_notifier_range_blockable() \
              (this one runs in a non-blockable range or in atomic context)"
@@ -151,7 +151,9 @@ impl Drop for OpenInvalidation {
 #[track_caller]
 pub(crate) fn assert_not_waiting_on_self(subscriptions: usize, what: &str) {
     #[cfg(all(debug_assertions, not(mmun_loom)))]
-    if imp::OPEN.with(|o| o.borrow().iter().any(|x| x.subscriptions == subscriptions)) {
+    if !std::thread::panicking()
+        && imp::OPEN.with(|o| o.borrow().iter().any(|x| x.subscriptions == subscriptions))
+    {
         panic!(
             "{what} would wait for an invalidation of the same mm that this thread has open \
              (it must not be called from an invalidate callback or between start and end)"

@@ -237,7 +237,9 @@ mod graph {
         {
             return;
         }
-        if reaches(edges, key(inner), key(outer)) {
+        // While unwinding (from an earlier report, say), a second panic
+        // would abort the process: stay quiet, as lockdep does once it fired.
+        if reaches(edges, key(inner), key(outer)) && !std::thread::panicking() {
             let (o, i) = (outer.name(), inner.name());
             // Report without holding the graph lock, and without recording
             // the offending edge, so later checks still see a clean graph.
