@@ -119,6 +119,7 @@ impl<'a> Invalidation<'a> {
     }
 
     /// The range, with its blockable flag as the subscribers saw it.
+    #[inline]
     pub fn range(&self) -> &Range<'a> {
         &self.range
     }
@@ -160,6 +161,7 @@ impl<'a> Invalidation<'a> {
 }
 
 impl Drop for Invalidation<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.finish(false);
     }

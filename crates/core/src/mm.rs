@@ -71,6 +71,7 @@ impl Mm {
     }
 
     /// Takes the mmap lock for read (`mmap_read_lock`).
+    #[inline]
     pub fn mmap_read(&self) -> MmapReadGuard<'_> {
         MmapReadGuard {
             mm: self,
@@ -88,6 +89,7 @@ impl Mm {
 
     /// Takes, for read, the stand-in for the rmap and VMA locks, which
     /// invalidating paths that do not hold the mmap lock hold instead.
+    #[inline]
     pub fn rmap_lock(&self) -> RmapGuard<'_> {
         RmapGuard {
             mm: self,
@@ -199,6 +201,7 @@ pub struct RmapGuard<'a> {
 macro_rules! held_lock {
     ($guard:ident) => {
         impl HeldMmLock for $guard<'_> {
+            #[inline]
             fn mm(&self) -> &Mm {
                 self.mm
             }

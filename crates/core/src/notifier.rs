@@ -394,10 +394,10 @@ fn find_and_get<T: Send + Sync + 'static>(
 fn put<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
     let subscriptions = sub.mm.subscriptions().expect("registered, so present");
     {
-        let _locked = subscriptions.lock();
+        let mut locked = subscriptions.lock();
         let users = sub.users.load(Ordering::Relaxed);
         if users == 0 {
-            drop(_locked);
+            drop(locked);
             subscriptions.warn(Warning::PutWithoutUsers);
             return;
         }
@@ -405,9 +405,13 @@ fn put<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
         if users > 1 {
             return;
         }
+        // Unlink in the same critical section as the last decrement, as
+        // Linux does: otherwise a concurrent `get` could find the dying
+        // subscription, revive it from 0 users, and its own `put` would
+        // queue a second `free_notifier` (found by tests/loom.rs).
+        let entry: ListEntry = sub.clone();
+        subscriptions.list_unlink_locked(&mut locked, &entry);
     }
-    let entry: ListEntry = sub.clone();
-    subscriptions.list_unlink(&entry);
     rcu::global().call(Box::new(move || {
         if let Some(free) = sub.ops.free_notifier {
             free(&sub.data);

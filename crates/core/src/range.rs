@@ -23,11 +23,13 @@ impl RangeFlags {
     pub const BLOCKABLE: RangeFlags = RangeFlags(1);
 
     /// The raw bits.
+    #[inline]
     pub fn bits(self) -> u32 {
         self.0
     }
 
     /// Whether every flag of `other` is set.
+    #[inline]
     pub fn contains(self, other: RangeFlags) -> bool {
         self.0 & other.0 == other.0
     }
@@ -65,6 +67,7 @@ impl Owner {
     }
 
     /// The raw token value.
+    #[inline]
     pub fn get(self) -> usize {
         self.0.get()
     }
@@ -96,11 +99,11 @@ impl<'mm> Range<'mm> {
     /// If `end < start`: a range never runs backwards. An empty range
     /// (`start == end`) is allowed; it matches no interval notifier (the
     /// kernel would query `[start, start - 1]`, see `DESIGN.md`).
+    #[inline]
     pub fn new(mm: &'mm Mm, event: Event, start: u64, end: u64) -> Range<'mm> {
-        assert!(
-            start <= end,
-            "mmu_notifier_range: end {end:#x} is below start {start:#x}"
-        );
+        if end < start {
+            backwards_range(start, end);
+        }
         Range {
             mm,
             start,
@@ -114,6 +117,7 @@ impl<'mm> Range<'mm> {
 
     /// `mmu_notifier_range_init_owner`: the same range, tagged with the
     /// device that caused it.
+    #[inline]
     pub fn with_owner(mut self, owner: Owner) -> Range<'mm> {
         self.owner = Some(owner);
         self
@@ -121,6 +125,7 @@ impl<'mm> Range<'mm> {
 
     /// The same range with these flags. Entry points overwrite
     /// [`RangeFlags::BLOCKABLE`], as the kernel wrappers do.
+    #[inline]
     pub fn with_flags(mut self, flags: RangeFlags) -> Range<'mm> {
         self.flags = flags;
         self
@@ -129,54 +134,64 @@ impl<'mm> Range<'mm> {
     /// Records whether the VMA behind a [`Event::ProtectionVma`] change is
     /// still readable (the removed `range->vma` field); only
     /// [`Range::update_to_read_only`] reads it.
+    #[inline]
     pub fn with_vma_readable(mut self, readable: bool) -> Range<'mm> {
         self.vma_readable = Some(readable);
         self
     }
 
     /// The address space being invalidated (`range->mm`).
+    #[inline]
     pub fn mm(&self) -> &'mm Mm {
         self.mm
     }
 
     /// First address of the range.
+    #[inline]
     pub fn start(&self) -> u64 {
         self.start
     }
 
     /// One past the last address of the range (half-open).
+    #[inline]
     pub fn end(&self) -> u64 {
         self.end
     }
 
     /// The inclusive last address, or `None` for an empty range. This is the
     /// one place where the half-open range becomes the tree's closed form.
+    #[inline]
     pub fn last(&self) -> Option<u64> {
         self.end.checked_sub(1).filter(|_| self.end > self.start)
     }
 
     /// The flags.
+    #[inline]
     pub fn flags(&self) -> RangeFlags {
         self.flags
     }
 
     /// Why the range is invalidated.
+    #[inline]
     pub fn event(&self) -> Event {
         self.event
     }
 
     /// Who caused a [`Event::Migrate`] or [`Event::Exclusive`]; `None` for
     /// ranges built without an owner.
+    #[inline]
     pub fn owner(&self) -> Option<Owner> {
         self.owner
     }
 
     /// `mmu_notifier_range_blockable()`: whether callbacks may sleep.
+    #[inline]
     pub fn is_blockable(&self) -> bool {
         self.flags.contains(RangeFlags::BLOCKABLE)
     }
 
     /// Whether `[start, end)` intersects this range.
+    #[inline]
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
         start < self.end && self.start < end
     }
@@ -191,6 +206,7 @@ impl<'mm> Range<'mm> {
         self.event == Event::ProtectionVma && self.vma_readable == Some(true)
     }
 
+    #[inline]
     pub(crate) fn set_blockable(&mut self, blockable: bool) {
         self.flags = if blockable {
             RangeFlags(self.flags.0 | RangeFlags::BLOCKABLE.0)
@@ -198,6 +214,13 @@ impl<'mm> Range<'mm> {
             RangeFlags(self.flags.0 & !RangeFlags::BLOCKABLE.0)
         };
     }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn backwards_range(start: u64, end: u64) -> ! {
+    panic!("mmu_notifier_range: end {end:#x} is below start {start:#x}")
 }
 
 impl fmt::Debug for Range<'_> {

@@ -23,12 +23,14 @@ pub struct Seq(pub(crate) u64);
 
 impl Seq {
     /// The raw counter value.
+    #[inline]
     pub fn get(self) -> u64 {
         self.0
     }
 
     /// Whether an invalidation was running when this value was taken. A
     /// `cur_seq` handed to a callback is always odd.
+    #[inline]
     pub fn is_odd(self) -> bool {
         self.0 & 1 == 1
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use common::within;
 use mmun_core::lockdep::{LockClass, Mutex};
 use mmun_core::{
-    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier, NotifierOps,
-    Range, Seq, StartFn,
+    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
+    NotifierOps, Range, Seq, StartFn,
 };
 
 fn panic_text(result: std::thread::Result<()>) -> String {
@@ -77,7 +77,12 @@ fn blocking_on_a_lock_in_atomic_context_callbacks_is_reported() {
 
 struct TakesLock(&'static Mutex<()>);
 impl IntervalNotifierOps for TakesLock {
-    fn invalidate(&self, sub: &IntervalSub<dyn IntervalNotifierOps>, range: &Range<'_>, seq: Seq) -> bool {
+    fn invalidate(
+        &self,
+        sub: &IntervalSub<dyn IntervalNotifierOps>,
+        range: &Range<'_>,
+        seq: Seq,
+    ) -> bool {
         let _guard = if range.is_blockable() {
             self.0.lock()
         } else {
@@ -150,17 +155,28 @@ fn the_documented_retry_loop_is_not_reported() {
 
 #[test]
 fn read_begin_from_inside_a_callback_of_the_same_mm_panics_instead_of_hanging() {
-    static OTHER: std::sync::Mutex<Option<Arc<IntervalNotifier<Plain>>>> = std::sync::Mutex::new(None);
+    static OTHER: std::sync::Mutex<Option<Arc<IntervalNotifier<Plain>>>> =
+        std::sync::Mutex::new(None);
     struct Plain;
     impl IntervalNotifierOps for Plain {
-        fn invalidate(&self, sub: &IntervalSub<dyn IntervalNotifierOps>, _: &Range<'_>, seq: Seq) -> bool {
+        fn invalidate(
+            &self,
+            sub: &IntervalSub<dyn IntervalNotifierOps>,
+            _: &Range<'_>,
+            seq: Seq,
+        ) -> bool {
             sub.set_seq(seq);
             true
         }
     }
     struct ReadsInside;
     impl IntervalNotifierOps for ReadsInside {
-        fn invalidate(&self, sub: &IntervalSub<dyn IntervalNotifierOps>, _: &Range<'_>, seq: Seq) -> bool {
+        fn invalidate(
+            &self,
+            sub: &IntervalSub<dyn IntervalNotifierOps>,
+            _: &Range<'_>,
+            seq: Seq,
+        ) -> bool {
             sub.set_seq(seq);
             let other = OTHER.lock().unwrap().clone();
             if let Some(other) = other {

@@ -2,7 +2,10 @@
 //! dispatch does nothing, registration is refused.
 #![cfg(feature = "disabled")]
 
-use mmun_core::{Error, Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier, NotifierOps, Range, Seq};
+use mmun_core::{
+    Error, Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
+    NotifierOps, Range, Seq,
+};
 
 struct Nop;
 impl IntervalNotifierOps for Nop {
@@ -14,8 +17,14 @@ impl IntervalNotifierOps for Nop {
 #[test]
 fn everything_is_a_no_op_and_registration_is_refused() {
     let mm = Mm::new();
-    assert_eq!(Notifier::register(&mm, &NotifierOps::<()>::EMPTY, ()).err(), Some(Error::Disabled));
-    assert_eq!(IntervalNotifier::insert(&mm, 0, 0x1000, Nop).err(), Some(Error::Disabled));
+    assert_eq!(
+        Notifier::register(&mm, &NotifierOps::<()>::EMPTY, ()).err(),
+        Some(Error::Disabled)
+    );
+    assert_eq!(
+        IntervalNotifier::insert(&mm, 0, 0x1000, Nop).err(),
+        Some(Error::Disabled)
+    );
     assert!(!mm.has_notifiers());
     let lock = mm.mmap_read();
     Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();

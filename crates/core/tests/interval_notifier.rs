@@ -40,20 +40,34 @@ fn only_overlapping_intervals_are_called_in_ascending_start_with_the_whole_range
     Invalidation::start(&lock, range(&mm, 0x1800, 0x3001)).end();
     let calls = log.take();
     let who: Vec<_> = calls.iter().map(who_of).collect();
-    assert_eq!(who, ["a", "b", "c"], "ascending start, insertion order on ties");
+    assert_eq!(
+        who,
+        ["a", "b", "c"],
+        "ascending start, insertion order on ties"
+    );
     assert!(calls.iter().all(|c| matches!(
         c,
-        Call::Invalidate { start: 0x1800, end: 0x3001, event: Event::Clear, blockable: true, .. }
+        Call::Invalidate {
+            start: 0x1800,
+            end: 0x3001,
+            event: Event::Clear,
+            blockable: true,
+            ..
+        }
     )));
     let s = seqs(&calls);
-    assert!(s.iter().all(|&x| x == s[0] && x % 2 == 1), "one odd cur_seq for the epoch: {s:?}");
+    assert!(
+        s.iter().all(|&x| x == s[0] && x % 2 == 1),
+        "one odd cur_seq for the epoch: {s:?}"
+    );
 }
 
 #[test]
 fn interval_ending_at_the_top_of_the_address_space() {
     let mm = Mm::new();
     let log = Log::default();
-    let top = IntervalNotifier::insert(&mm, u64::MAX - 0xfff, 0x1000, Recorder::new("top", &log)).unwrap();
+    let top = IntervalNotifier::insert(&mm, u64::MAX - 0xfff, 0x1000, Recorder::new("top", &log))
+        .unwrap();
     assert_eq!(top.last(), u64::MAX);
     let lock = mm.mmap_read();
     Invalidation::start(&lock, range(&mm, u64::MAX - 0x10, u64::MAX)).end();
@@ -137,7 +151,8 @@ fn insert_in_each_exclusion_state() {
 
     // Partially excluded: a range is running but hit nothing (seq even).
     let miss = Invalidation::start(&lock, range(&mm, 0x8000, 0x9000));
-    let partial = IntervalNotifier::insert(&mm, 0x4000, 0x1000, Recorder::new("partial", &log)).unwrap();
+    let partial =
+        IntervalNotifier::insert(&mm, 0x4000, 0x1000, Recorder::new("partial", &log)).unwrap();
     // The new interval is treated as covered: read_begin must wait for the end.
     let mm2 = Arc::clone(&mm);
     let waited = Arc::new(AtomicBool::new(false));
@@ -151,14 +166,18 @@ fn insert_in_each_exclusion_state() {
         s
     });
     std::thread::sleep(Duration::from_millis(50));
-    assert!(!waited.load(Ordering::SeqCst), "read_begin returned inside the epoch");
+    assert!(
+        !waited.load(Ordering::SeqCst),
+        "read_begin returned inside the epoch"
+    );
     miss.end();
     let s = reader.join().unwrap();
     assert!(!partial.read_retry(s));
 
     // Fully excluded: an invalidation hit `hit`, so the tree is frozen.
     let full = Invalidation::start(&lock, range(&mm, 0x1000, 0x2000));
-    let deferred = IntervalNotifier::insert(&mm, 0x1000, 0x1000, Recorder::new("deferred", &log)).unwrap();
+    let deferred =
+        IntervalNotifier::insert(&mm, 0x1000, 0x1000, Recorder::new("deferred", &log)).unwrap();
     log.take();
     let nested = Invalidation::start(&lock, range(&mm, 0x1000, 0x2000));
     assert_eq!(
@@ -169,7 +188,10 @@ fn insert_in_each_exclusion_state() {
     nested.end();
     full.end();
     Invalidation::start(&lock, range(&mm, 0x1000, 0x2000)).end();
-    assert_eq!(log.take().iter().map(who_of).collect::<Vec<_>>(), ["hit", "deferred"]);
+    assert_eq!(
+        log.take().iter().map(who_of).collect::<Vec<_>>(),
+        ["hit", "deferred"]
+    );
     assert!(hit.read_retry(idle_seq));
     drop(lock);
     let _ = (deferred, partial);
@@ -180,7 +202,8 @@ fn insert_in_each_exclusion_state() {
 fn read_begin_waits_for_the_last_overlapping_end() {
     let mm = Mm::new();
     let log = Log::default();
-    let n = Arc::new(IntervalNotifier::insert(&mm, 0x1000, 0x1000, Recorder::new("n", &log)).unwrap());
+    let n =
+        Arc::new(IntervalNotifier::insert(&mm, 0x1000, 0x1000, Recorder::new("n", &log)).unwrap());
     let lock = mm.rmap_lock();
     let first = Invalidation::start(&lock, range(&mm, 0x1000, 0x2000));
     let second = Invalidation::start(&lock, range(&mm, 0x7000, 0x8000));
@@ -193,7 +216,10 @@ fn read_begin_waits_for_the_last_overlapping_end() {
     });
     first.end();
     std::thread::sleep(Duration::from_millis(50));
-    assert!(!done.load(Ordering::SeqCst), "woken before the last concurrent end");
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "woken before the last concurrent end"
+    );
     second.end();
     let s = reader.join().unwrap();
     assert!(!n.read_retry(s));
@@ -214,7 +240,11 @@ fn read_begin_after_sequence_wrap_around() {
         assert!(!n.read_retry(s2));
     }
     let seen = seqs(&log.take());
-    assert_eq!(seen, [u64::MAX, 1, 3], "seq wraps from odd u64::MAX to 0, then counts on");
+    assert_eq!(
+        seen,
+        [u64::MAX, 1, 3],
+        "seq wraps from odd u64::MAX to 0, then counts on"
+    );
 }
 
 /// §5 #16 and §4.4 item 3: remove while its own callback runs on another
@@ -226,7 +256,12 @@ fn remove_waits_for_the_epoch_in_which_its_callback_runs() {
         finished: Arc<AtomicBool>,
     }
     impl IntervalNotifierOps for Slow {
-        fn invalidate(&self, sub: &IntervalSub<dyn IntervalNotifierOps>, _: &Range<'_>, seq: Seq) -> bool {
+        fn invalidate(
+            &self,
+            sub: &IntervalSub<dyn IntervalNotifierOps>,
+            _: &Range<'_>,
+            seq: Seq,
+        ) -> bool {
             sub.set_seq(seq);
             self.entered.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(80));
@@ -235,8 +270,14 @@ fn remove_waits_for_the_epoch_in_which_its_callback_runs() {
         }
     }
     let mm = Mm::new();
-    let (entered, finished) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let slow = Slow { entered: Arc::clone(&entered), finished: Arc::clone(&finished) };
+    let (entered, finished) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let slow = Slow {
+        entered: Arc::clone(&entered),
+        finished: Arc::clone(&finished),
+    };
     let n = IntervalNotifier::insert(&mm, 0, 0x1000, slow).unwrap();
     let mm2 = Arc::clone(&mm);
     let invalidator = std::thread::spawn(move || {
@@ -247,7 +288,10 @@ fn remove_waits_for_the_epoch_in_which_its_callback_runs() {
         std::thread::yield_now();
     }
     n.remove();
-    assert!(finished.load(Ordering::SeqCst), "remove returned while the callback ran");
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "remove returned while the callback ran"
+    );
     invalidator.join().unwrap();
 }
 
@@ -285,14 +329,19 @@ fn nonblock_refusal_aborts_before_the_list_and_restores_the_count() {
     let mm = Mm::new();
     let log = Log::default();
     let polite = IntervalNotifier::insert(&mm, 0, 0x1000, Recorder::new("polite", &log)).unwrap();
-    let _refuses = IntervalNotifier::insert(&mm, 0x800, 0x1000, Recorder::refusing("refuses", &log)).unwrap();
+    let _refuses =
+        IntervalNotifier::insert(&mm, 0x800, 0x1000, Recorder::refusing("refuses", &log)).unwrap();
     let _list = Notifier::register(&mm, &FULL, ListRec::new("list", &log)).unwrap();
     let lock = mm.mmap_read();
     let s = polite.read_begin();
     let result = Invalidation::start_nonblock(&lock, range(&mm, 0, 0x2000));
     assert_eq!(result.err(), Some(WouldBlock));
     let calls = log.take();
-    assert_eq!(calls.iter().map(who_of).collect::<Vec<_>>(), ["polite"], "list not called");
+    assert_eq!(
+        calls.iter().map(who_of).collect::<Vec<_>>(),
+        ["polite"],
+        "list not called"
+    );
     assert!(polite.read_retry(s), "the callback that ran forces a retry");
     // Nothing stays counted: read_begin and remove return without waiting.
     drop(lock);
@@ -309,7 +358,12 @@ fn nonblock_refusal_aborts_before_the_list_and_restores_the_count() {
 fn a_refusal_of_a_blockable_range_is_warned_and_ignored() {
     struct Rude;
     impl IntervalNotifierOps for Rude {
-        fn invalidate(&self, _: &IntervalSub<dyn IntervalNotifierOps>, _: &Range<'_>, _: Seq) -> bool {
+        fn invalidate(
+            &self,
+            _: &IntervalSub<dyn IntervalNotifierOps>,
+            _: &Range<'_>,
+            _: Seq,
+        ) -> bool {
             false
         }
     }
@@ -358,9 +412,26 @@ fn exit_sends_release_to_intervals_and_keeps_them() {
     }
     let calls = log.take();
     assert_eq!(calls.len(), 3, "{calls:?}");
-    assert!(matches!(calls[0], Call::Invalidate { event: Event::Release, start: 0, end: u64::MAX, blockable: true, .. }));
+    assert!(matches!(
+        calls[0],
+        Call::Invalidate {
+            event: Event::Release,
+            start: 0,
+            end: u64::MAX,
+            blockable: true,
+            ..
+        }
+    ));
     assert_eq!(calls[1], Call::Release { who: "list" });
-    assert!(matches!(calls[2], Call::Invalidate { event: Event::Unmap, start: 0, end: u64::MAX, .. }));
+    assert!(matches!(
+        calls[2],
+        Call::Invalidate {
+            event: Event::Unmap,
+            start: 0,
+            end: u64::MAX,
+            ..
+        }
+    ));
     drop(list);
     n.remove();
 }
@@ -374,7 +445,8 @@ fn insert_locked_needs_the_write_lock_of_the_same_mm() {
     assert_eq!(err.err(), Some(Error::WrongMm));
     drop(guard);
     let guard = mm.mmap_write();
-    let ok = IntervalNotifier::insert_locked(&guard, &mm, 0, 0x1000, Recorder::new("x", &log)).unwrap();
+    let ok =
+        IntervalNotifier::insert_locked(&guard, &mm, 0, 0x1000, Recorder::new("x", &log)).unwrap();
     drop(guard);
     ok.remove();
 }
@@ -419,7 +491,12 @@ fn remove_from_inside_its_own_callback_panics_naming_the_rule() {
     static SELF_REMOVE: Mutex<Option<IntervalNotifier<Remover>>> = Mutex::new(None);
     struct Remover;
     impl IntervalNotifierOps for Remover {
-        fn invalidate(&self, sub: &IntervalSub<dyn IntervalNotifierOps>, _: &Range<'_>, seq: Seq) -> bool {
+        fn invalidate(
+            &self,
+            sub: &IntervalSub<dyn IntervalNotifierOps>,
+            _: &Range<'_>,
+            seq: Seq,
+        ) -> bool {
             sub.set_seq(seq);
             if let Some(me) = SELF_REMOVE.lock().unwrap().take() {
                 me.remove();
@@ -438,7 +515,10 @@ fn remove_from_inside_its_own_callback_panics_naming_the_rule() {
         .join()
         .unwrap_err()
     });
-    let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
     assert!(text.contains("mmu_interval_notifier_remove()"), "{text}");
     assert!(text.contains("invalidate callback"), "{text}");
 }

@@ -19,7 +19,10 @@ fn events_have_the_kernel_values_and_names() {
         assert_eq!(event.name(), name);
         assert_eq!(Event::try_from(value), Ok(event));
         assert_eq!(format!("MMU_NOTIFY_{name}").parse::<Event>(), Ok(event));
-        assert_eq!(event.carries_owner(), matches!(event, Event::Migrate | Event::Exclusive));
+        assert_eq!(
+            event.carries_owner(),
+            matches!(event, Event::Migrate | Event::Exclusive)
+        );
     }
     assert_eq!(Event::try_from(8), Err(8));
     assert!("BOGUS".parse::<Event>().is_err());
@@ -29,7 +32,10 @@ fn events_have_the_kernel_values_and_names() {
 fn range_init_has_no_flags_and_no_owner() {
     let mm = Mm::new();
     let r = Range::new(&mm, Event::Clear, 0x1000, 0x3000);
-    assert_eq!((r.start(), r.end(), r.last()), (0x1000, 0x3000, Some(0x2fff)));
+    assert_eq!(
+        (r.start(), r.end(), r.last()),
+        (0x1000, 0x3000, Some(0x2fff))
+    );
     assert_eq!(r.flags(), RangeFlags::NONE);
     assert!(!r.is_blockable());
     assert_eq!(r.owner(), None);
@@ -57,7 +63,8 @@ fn entry_points_set_and_clear_blockable() {
     let blocking = Invalidation::start(&lock, base);
     assert!(blocking.range().is_blockable());
     blocking.end();
-    let nonblock = Invalidation::start_nonblock(&lock, base.with_flags(RangeFlags::BLOCKABLE)).unwrap();
+    let nonblock =
+        Invalidation::start_nonblock(&lock, base.with_flags(RangeFlags::BLOCKABLE)).unwrap();
     assert!(!nonblock.range().is_blockable());
     nonblock.end();
 }

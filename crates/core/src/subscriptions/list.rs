@@ -35,14 +35,12 @@ impl Subscriptions {
         if !self.list_may_be_nonempty() {
             return None;
         }
-        let _read = rcu::global().read_lock();
-        let list = self.list.load();
-        Some(f(&list))
+        Some(self.list.with(|list| f(list)))
     }
 
     /// Replaces the readers' snapshot with the locked list.
     fn publish_list(&self, locked: &super::Locked) {
-        self.list.store(Arc::new(locked.list.clone()));
+        self.list.replace(locked.list.clone());
         self.has_list
             .store(!locked.list.is_empty(), Ordering::Release);
     }
@@ -58,11 +56,17 @@ impl Subscriptions {
     /// `hlist_del_init_rcu` under the lock; idempotent.
     pub(crate) fn list_unlink(&self, entry: &ListEntry) {
         let mut locked = self.lock();
+        self.list_unlink_locked(&mut locked, entry);
+    }
+
+    /// [`Subscriptions::list_unlink`] with the lock already held (`put`
+    /// must drop the last user and unlink in one critical section).
+    pub(crate) fn list_unlink_locked(&self, locked: &mut super::Locked, entry: &ListEntry) {
         let before = locked.list.len();
         locked.list.retain(|e| !Arc::ptr_eq(e, entry));
         entry.set_hashed(false);
         if locked.list.len() != before {
-            self.publish_list(&locked);
+            self.publish_list(locked);
         }
     }
 

@@ -28,16 +28,18 @@
 
 pub(crate) mod itree;
 pub(crate) mod list;
+mod snapshot;
 
 use crate::error::WouldBlock;
 use crate::interval_notifier::DynIntervalSub;
 use crate::interval_tree::IntervalTree;
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{Arc, Condvar, Mutex, MutexGuard, SwapCell};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::warn::Warning;
 use crate::{Mm, Range};
 
 use list::ListEntry;
+use snapshot::SrcuPtr;
 
 /// `struct mmu_notifier_subscriptions`.
 pub(crate) struct Subscriptions {
@@ -47,7 +49,7 @@ pub(crate) struct Subscriptions {
     /// Whether the list may be non-empty; written under `lock`.
     has_list: AtomicBool,
     /// Snapshot of the list for SRCU readers, replaced under `lock`.
-    list: SwapCell<Vec<ListEntry>>,
+    list: SrcuPtr<Vec<ListEntry>>,
     lock: Mutex<Locked>,
     /// Waiters for the sequence to move (`read_begin`, `remove`).
     wq: Condvar,
@@ -75,7 +77,7 @@ impl Subscriptions {
         Subscriptions {
             has_itree: AtomicBool::new(false),
             has_list: AtomicBool::new(false),
-            list: SwapCell::new(Arc::new(Vec::new())),
+            list: SrcuPtr::new(Vec::new()),
             lock: Mutex::new(Locked {
                 invalidate_seq: 2,
                 active: 0,

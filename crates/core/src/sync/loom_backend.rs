@@ -1,9 +1,14 @@
 //! The model-checking backend: every primitive comes from loom, so that loom
-//! sees (and permutes) every synchronising access.
+//! sees (and permutes) every synchronising access; `Arc` alone is std's.
 
-pub(crate) use loom::sync::Arc;
+// std's `Arc`, not loom's: loom's cannot be unsized (`Arc<Subscription<T>>`
+// to `Arc<dyn ErasedSubscription>`), be a method receiver or be downcast,
+// all of which the crate needs. Reference counts order nothing the crate
+// relies on beyond the drop of the last reference, which std's `Arc` fences
+// itself; loom only loses its leak check on them.
 pub(crate) use loom::sync::atomic;
 pub(crate) use loom::thread;
+pub(crate) use std::sync::Arc;
 
 /// loom's mutex behind the same by-value-guard API as the std backend.
 #[derive(Debug)]
@@ -78,23 +83,5 @@ impl<T> RwLock<T> {
 impl<T: Default> Default for RwLock<T> {
     fn default() -> Self {
         Self::new(T::default())
-    }
-}
-
-/// The std backend's copy-on-write cell, as a loom mutex around an `Arc`.
-#[derive(Debug)]
-pub(crate) struct SwapCell<T>(Mutex<Arc<T>>);
-
-impl<T> SwapCell<T> {
-    pub(crate) fn new(value: Arc<T>) -> Self {
-        Self(Mutex::new(value))
-    }
-
-    pub(crate) fn load(&self) -> Arc<T> {
-        self.0.lock().clone()
-    }
-
-    pub(crate) fn store(&self, value: Arc<T>) {
-        *self.0.lock() = value;
     }
 }

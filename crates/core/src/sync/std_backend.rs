@@ -62,23 +62,3 @@ impl<T> RwLock<T> {
         self.0.write()
     }
 }
-
-/// An `Arc` that readers load without locking and writers replace whole
-/// (copy-on-write). Loads are cheap and never block a writer.
-#[derive(Debug)]
-pub(crate) struct SwapCell<T>(arc_swap::ArcSwap<T>);
-
-impl<T> SwapCell<T> {
-    pub(crate) fn new(value: Arc<T>) -> Self {
-        Self(arc_swap::ArcSwap::new(value))
-    }
-
-    #[inline]
-    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<T>> {
-        self.0.load()
-    }
-
-    pub(crate) fn store(&self, value: Arc<T>) {
-        self.0.store(value);
-    }
-}
