@@ -6,9 +6,10 @@
 // all of which the crate needs. Reference counts order nothing the crate
 // relies on beyond the drop of the last reference, which std's `Arc` fences
 // itself; loom only loses its leak check on them.
+pub(crate) use std::sync::Arc;
+
 pub(crate) use loom::sync::atomic;
 pub(crate) use loom::thread;
-pub(crate) use std::sync::Arc;
 
 /// loom's mutex behind the same by-value-guard API as the std backend.
 #[derive(Debug)]
