@@ -98,7 +98,7 @@ impl Srcu {
             );
         }
         #[cfg(not(mmun_loom))]
-        if super::srcu::local::is_worker_of(self.inner.id) {
+        if super::local::is_worker_of(self.inner.id) {
             panic!(
                 "srcu_barrier() called from an SRCU callback of the same domain \
                  (it would wait for itself)"
@@ -149,7 +149,7 @@ impl Inner {
 /// are any, sleep otherwise, exit once the domain is dropped and idle.
 #[cfg(not(mmun_loom))]
 fn worker_main(inner: &Inner) {
-    super::srcu::local::set_worker_of(inner.id);
+    super::local::set_worker_of(inner.id);
     let mut cbs = inner.callbacks.lock();
     loop {
         if !cbs.queue.is_empty() {

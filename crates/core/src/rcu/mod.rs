@@ -19,18 +19,55 @@
 //! # Readers
 //!
 //! A domain keeps two sets of read-side counters, selected by an index (bit 0
-//! of a flip count). Each set is sharded: every shard is its own
-//! [`crossbeam_utils::CachePadded`] slot holding a lock count and an unlock
-//! count per index, and each thread sticks to one shard, so uncontended
-//! readers never share a cache line. [`Srcu::read_lock`] (`srcu_read_lock()`)
-//! reads the index, increments its shard's lock count for that index and
-//! issues a full fence (B); dropping the [`SrcuReadGuard`]
-//! (`srcu_read_unlock()`) issues a full fence (C) and increments the unlock
-//! count of the same index and shard. That is one uncontended atomic RMW and
-//! one fence each way, with no lock and no shared write, and nothing a reader
-//! does ever waits, so sections may nest and may sleep for as long as they
-//! like. A thread-local depth per domain (std backend only) backs
-//! [`Srcu::in_read_section`], used to turn self-deadlocks into panics.
+//! of a flip count). Every thread that reads a domain owns a *slot* there:
+//! a [`crossbeam_utils::CachePadded`] block holding a lock count and an
+//! unlock count per index, claimed from the domain's registry on the
+//! thread's first read section and cached in a thread-local (the global
+//! domain has a dedicated one, so its readers do no lookup at all). Only the
+//! owner writes its slot, so the counters are bumped with a plain relaxed
+//! load and store, no RMW, and no two readers share a cache line.
+//! [`Srcu::read_lock`] (`srcu_read_lock()`) reads the index, increments its
+//! slot's lock count for that index and issues fence B; dropping the
+//! [`SrcuReadGuard`] (`srcu_read_unlock()`) issues fence C and increments
+//! the unlock count of the same index and slot. Nothing a reader does ever
+//! waits, so sections may nest and may sleep for as long as they like. A
+//! thread-local depth per domain backs [`Srcu::in_read_section`], used to
+//! turn self-deadlocks into panics.
+//!
+//! When a thread exits, its thread-local destructor releases its slots; a
+//! later thread claims a released slot and continues from its (balanced)
+//! counts, so the registry only grows to the peak number of threads that
+//! read the domain at once, and no count ever leaves the sums. A section
+//! taken while the thread's thread-locals are already destroyed (from
+//! another thread-local's destructor) is counted in the domain's shared
+//! fallback slot with RMWs instead. A guard leaked with `mem::forget` keeps
+//! its section open for good: every later grace period of the domain waits
+//! for it, as a leaked `srcu_read_lock()` does in the kernel.
+//!
+//! # Fences
+//!
+//! Fences B and C pair with the updater's fence A (see below). By default
+//! they are asymmetric, like liburcu's "memb" flavour: B and C are mere
+//! compiler fences, and fence A is `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`
+//! between two full fences. The system call makes every running thread of
+//! the process execute a full memory barrier before it returns (a thread
+//! that is not running has executed one when it was switched out), which
+//! promotes the readers' compiler fences to full fences with respect to
+//! that fence A: wherever the barrier lands in a reader's program, either
+//! what the reader did before it (its lock increment, or its whole section
+//! and unlock increment) is visible to the scan after fence A, or what the
+//! reader does after it sees everything the updater did before fence A.
+//! The compiler fences keep the section's accesses between the two counter
+//! updates in the reader's program, which is where that argument needs
+//! them. A read section thus costs a thread-local access and two plain
+//! counter updates, and a grace period a few microseconds more.
+//!
+//! The process registers for the command once, when the first domain is
+//! created. Where `membarrier(2)` is unavailable or refused (other systems,
+//! old kernels, seccomp), every domain uses symmetric full fences instead:
+//! B and C are `fence(SeqCst)`, and so is A. The choice is made per domain at
+//! construction and never changes. Under loom, which cannot model the system
+//! call, fences are always symmetric.
 //!
 //! # Grace periods
 //!
@@ -42,12 +79,16 @@
 //! 3. wait until the previously current index has no reader left.
 //!
 //! "No reader left" on an index is one scan: sum the unlock counts over all
-//! shards, full fence (A), sum the lock counts, and compare. A reader's
-//! unlock increment follows its lock increment across its fences, and the
-//! scan reads unlocks before locks across fence A, so every unlock the scan
+//! slots, fence A, sum the lock counts, and compare. A reader's unlock
+//! increment follows its lock increment across its fences, and the scan
+//! reads unlocks before locks across fence A, so every unlock the scan
 //! counts has its lock counted too; equality therefore means every section
 //! whose lock the scan saw has ended, and fence A synchronises with those
 //! sections' fence C, ordering them before whatever the updater does next.
+//! Each sum reads the registry under its lock; a slot claimed between the two
+//! sums only adds locks (a conservative answer), and one claimed after the
+//! second sum's lock was taken belongs to a thread whose sections all start
+//! after fence A, through that lock.
 //!
 //! A section whose lock increment the final scan of its index did *not* see
 //! had its fence B after that scan's fence A in the single order of `SeqCst`
@@ -81,9 +122,13 @@
 //!
 //! Under the loom backend (`--cfg mmun_loom`) there is no worker thread;
 //! `barrier` runs the pending batches itself, grace period first, on its own
-//! thread, and [`Srcu::in_read_section`] always returns `false`.
+//! thread. The per-thread state lives in loom's mock thread-locals, which
+//! loom destroys as each modelled thread finishes, so slot reuse is modelled
+//! too.
 
 mod deferred;
+mod local;
+mod membarrier;
 mod srcu;
 
 #[cfg(test)]
@@ -98,12 +143,12 @@ pub use srcu::SrcuReadGuard;
 #[cfg(not(mmun_loom))]
 pub(crate) fn global() -> &'static Srcu {
     static GLOBAL: std::sync::OnceLock<Srcu> = std::sync::OnceLock::new();
-    GLOBAL.get_or_init(Srcu::new)
+    GLOBAL.get_or_init(Srcu::new_global)
 }
 
 #[cfg(mmun_loom)]
 loom::lazy_static! {
-    static ref GLOBAL: Srcu = Srcu::new();
+    static ref GLOBAL: Srcu = Srcu::new_global();
 }
 
 /// The one SRCU domain shared by all address spaces (the kernel's static

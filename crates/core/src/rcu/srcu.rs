@@ -1,8 +1,8 @@
 //! The SRCU domain itself: read-side counters and `synchronize()`.
 //!
 //! The design narrative, including the memory-ordering argument that the
-//! comments below refer to (fences A, B and C), is in the module
-//! documentation of [`crate::rcu`].
+//! comments below refer to (fences A, B and C, in their symmetric and
+//! asymmetric forms), is in the module documentation of [`crate::rcu`].
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -10,29 +10,67 @@ use std::marker::PhantomData;
 use crossbeam_utils::CachePadded;
 
 use super::deferred::Callbacks;
-use crate::sync::atomic::{AtomicUsize, Ordering, fence};
+use super::{local, membarrier};
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use crate::sync::{Arc, Condvar, Mutex};
 
-/// Upper bound on the number of counter shards of one domain.
-#[cfg(not(mmun_loom))]
-const MAX_SHARDS: usize = 64;
-
-/// Shards under loom: two, so that the models cover sums over several slots
-/// while the state space stays small.
-#[cfg(mmun_loom)]
-const LOOM_SHARDS: usize = 2;
-
-/// One shard of the read-side counters: both indices' lock and unlock
-/// counts, in one cache line of their own (the `CachePadded` around it), so
-/// that a reader touches exactly one line that no other shard shares.
+/// One set of read-side counters: both indices' lock and unlock counts.
 ///
-/// The counters only ever grow (wrapping after 2^64 increments, which is out
-/// of reach), so "locks == unlocks" over all shards means "every read section
-/// whose lock increment the scan saw has also ended" (see `readers_done`).
+/// A registered slot belongs to one thread at a time, the only one that
+/// writes its counters, so they are bumped with a plain load and store
+/// ([`Slot::owner_lock`]); the domain's shared fallback slot is bumped with
+/// RMWs instead. Either way, each counter only ever grows (wrapping after
+/// 2^64 increments, which is out of reach), so "locks == unlocks" summed over
+/// all slots means "every read section whose lock increment the scan saw has
+/// also ended" (see `Inner::readers_done`).
 #[derive(Debug, Default)]
-pub(super) struct Shard {
+pub(super) struct Slot {
     lock: [AtomicUsize; 2],
     unlock: [AtomicUsize; 2],
+    /// Claimed by a live thread. Set only by `Inner::register_slot` under
+    /// the registry lock; cleared by [`Slot::release`] when the owner exits.
+    in_use: AtomicBool,
+}
+
+/// A slot in a cache line of its own, shared by the domain's registry and
+/// its owner's thread-local cache.
+pub(super) type SlotRef = Arc<CachePadded<Slot>>;
+
+impl Slot {
+    /// Adds one to `counter`, which only the calling thread writes: a
+    /// relaxed load and store, no RMW. The load sees the latest value: this
+    /// thread's own previous store, or the previous owner's last one, which
+    /// happens before the slot was handed over (see `register_slot`).
+    #[inline(always)]
+    fn bump(counter: &AtomicUsize) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts a section start on index `idx`; owner thread only.
+    #[inline(always)]
+    pub(super) fn owner_lock(&self, idx: usize) {
+        Self::bump(&self.lock[idx]);
+    }
+
+    /// Counts a section end on index `idx`; owner thread only.
+    #[inline(always)]
+    pub(super) fn owner_unlock(&self, idx: usize) {
+        Self::bump(&self.unlock[idx]);
+    }
+
+    /// Hands the slot back to its domain for a later thread; called by the
+    /// owner's thread-local destructor, and only when the owner has no
+    /// section open in it. Its counts stay: they are balanced, and the next
+    /// owner continues from them.
+    pub(super) fn release(&self) {
+        // Release: pairs with the Acquire load in `register_slot`, so that
+        // this owner's last counter stores happen before the next owner's
+        // first load of them (which must not miss any increment).
+        self.in_use.store(false, Ordering::Release);
+    }
 }
 
 /// The shared state of one domain. The callback worker holds an `Arc` to it,
@@ -41,18 +79,31 @@ pub(super) struct Inner {
     /// Number of index flips so far; bit 0 is the index new readers use.
     /// Written only by `synchronize` under `gp_lock`.
     pub(super) flips: AtomicUsize,
-    /// The read-side counters; the length is a power of two.
-    shards: Box<[CachePadded<Shard>]>,
+    /// The registry: every slot ever handed to a thread. It only grows
+    /// (slots of exited threads are reused, never removed), which is what
+    /// lets a scan take it in two goes (see `readers_done`).
+    slots: Mutex<Vec<SlotRef>>,
+    /// Counts of read sections that could not use a slot of their own
+    /// (taken or ended while the thread's thread-locals were gone), updated
+    /// with RMWs since any thread may write it.
+    fallback: CachePadded<Slot>,
+    /// Readers use compiler-only fences and the scan uses `membarrier(2)`
+    /// (see "# Fences" in the module docs). Decided at construction and
+    /// never changed, so a reader cannot see the mode change under it.
+    asymmetric: bool,
+    /// This is the domain of [`super::global()`], whose per-thread state
+    /// has its own thread-local fast path.
+    pub(super) is_global: bool,
     /// Serialises grace periods (the kernel's `srcu_gp_mutex`).
     gp_lock: Mutex<()>,
     /// Deferred callbacks queued by `call` (see `deferred.rs`).
     pub(super) callbacks: Mutex<Callbacks>,
     /// Wakes the worker when callbacks are queued or the domain is dropped.
+    #[cfg_attr(mmun_loom, allow(dead_code, reason = "no worker under loom"))]
     pub(super) work_cv: Condvar,
     /// Wakes `barrier` callers when a batch of callbacks has finished.
     pub(super) done_cv: Condvar,
-    /// Identity of the domain for the per-thread read-depth bookkeeping.
-    #[cfg(not(mmun_loom))]
+    /// Identity of the domain for the per-thread bookkeeping; never reused.
     pub(super) id: u64,
 }
 
@@ -72,77 +123,119 @@ pub struct Srcu {
 /// the index kept inside the guard).
 ///
 /// The guard is `!Send`: a section begins and ends on the same thread, which
-/// the per-thread bookkeeping behind [`Srcu::in_read_section`] relies on.
+/// both the per-thread counter slots and the per-thread bookkeeping behind
+/// [`Srcu::in_read_section`] rely on. Leaking a guard (`mem::forget`) leaves
+/// its section open forever: every later grace period of the domain waits
+/// for it, as in the kernel.
 #[must_use = "the read section ends when the guard is dropped"]
 pub struct SrcuReadGuard<'a> {
     srcu: &'a Srcu,
     /// Which counter pair this section incremented (0 or 1).
     idx: usize,
-    /// Which shard; the unlock must go to the same one only for tidiness:
-    /// the scan sums all shards anyway.
-    shard: usize,
+    /// The lock was counted in this thread's own slot (else in the shared
+    /// fallback slot, which then takes the unlock too).
+    own: bool,
     _not_send: PhantomData<*mut ()>,
 }
 
+/// Source of domain identities; 0 means "no domain". std's atomic under
+/// both backends: an identity orders nothing, so loom need not see it (and
+/// a loom atomic cannot live in a `static`).
+static NEXT_DOMAIN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl Srcu {
-    /// Creates a new, independent domain.
+    /// Creates a new, independent domain, with asymmetric fences when the
+    /// system offers `membarrier(2)`.
     pub fn new() -> Self {
-        #[cfg(not(mmun_loom))]
-        let nshards = std::thread::available_parallelism()
-            .map_or(4, std::num::NonZeroUsize::get)
-            .next_power_of_two()
-            .min(MAX_SHARDS);
-        #[cfg(mmun_loom)]
-        let nshards = LOOM_SHARDS;
-        let shards = (0..nshards)
-            .map(|_| CachePadded::new(Shard::default()))
-            .collect();
+        Self::with(membarrier::available(), false)
+    }
+
+    /// Creates a new domain that uses symmetric full fences on both sides
+    /// even where `membarrier(2)` is available: the fallback mode, for tests
+    /// and measurements.
+    #[doc(hidden)]
+    #[allow(
+        dead_code,
+        reason = "used by the tests and by out-of-tree measurements"
+    )]
+    pub fn new_with_symmetric_fences() -> Self {
+        Self::with(false, false)
+    }
+
+    /// The domain behind [`super::global()`].
+    pub(super) fn new_global() -> Self {
+        Self::with(membarrier::available(), true)
+    }
+
+    fn with(asymmetric: bool, is_global: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 flips: AtomicUsize::new(0),
-                shards,
+                slots: Mutex::new(Vec::new()),
+                fallback: CachePadded::new(Slot::default()),
+                asymmetric,
+                is_global,
                 gp_lock: Mutex::new(()),
                 callbacks: Mutex::new(Callbacks::default()),
                 work_cv: Condvar::new(),
                 done_cv: Condvar::new(),
-                #[cfg(not(mmun_loom))]
-                id: local::new_domain_id(),
+                // Relaxed: only uniqueness matters, which the RMW gives;
+                // pairs with nothing.
+                id: NEXT_DOMAIN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             }),
         }
+    }
+
+    /// Whether this domain pairs compiler-only read-side fences with
+    /// `membarrier(2)` in grace periods (else full fences on both sides).
+    #[doc(hidden)]
+    #[must_use]
+    #[allow(
+        dead_code,
+        reason = "used by the tests and by out-of-tree measurements"
+    )]
+    pub fn uses_membarrier(&self) -> bool {
+        self.inner.asymmetric
     }
 
     /// Enters a read-side critical section (`srcu_read_lock()`), which lasts
     /// until the returned guard is dropped. Sections nest, may block, and may
     /// last long; they never wait for an updater.
     ///
-    /// Cost: one uncontended atomic increment on this thread's shard and one
-    /// full fence, plus a thread-local depth update.
+    /// Cost: a thread-local access, a plain load and store of this thread's
+    /// own counter, and fence B, which is a compiler-only fence when the
+    /// domain uses `membarrier(2)` and a full fence otherwise.
     #[inline]
     pub fn read_lock(&self) -> SrcuReadGuard<'_> {
         let inner = &*self.inner;
-        #[cfg(not(mmun_loom))]
-        let shard = local::enter(inner.id);
-        #[cfg(mmun_loom)]
-        let shard = local::loom_thread_index();
-        let shard = shard & (inner.shards.len() - 1);
         // Relaxed: the grace-period argument holds whichever index a reader
         // picks (see "# Grace periods" in the module docs); the index only
         // steers new readers away from the counters being drained. It pairs
         // with nothing.
         let idx = inner.flips.load(Ordering::Relaxed) & 1;
-        // Relaxed: ordered before the section's accesses by fence B below.
-        inner.shards[shard].lock[idx].fetch_add(1, Ordering::Relaxed);
+        // The lock increment; relaxed, ordered before the section's accesses
+        // by fence B below.
+        let own = local::enter(inner, idx);
+        if !own {
+            // The thread-locals are gone: count the section in the shared
+            // slot, with an RMW since other threads may write it too.
+            inner.fallback.lock[idx].fetch_add(1, Ordering::Relaxed);
+        }
         // Fence B (the kernel's smp_mb() B in __srcu_read_lock): orders the
         // lock increment before every access of the section. Pairs with the
         // updater's fence A in `readers_done`: either the scan after A sees
         // this increment (and waits for the matching unlock), or this
         // section sees everything the updater did before A (so it cannot
-        // have found the object being retired).
-        fence(Ordering::SeqCst);
+        // have found the object being retired). With membarrier(2) this is
+        // a compiler fence: the membarrier in fence A runs a full barrier on
+        // this CPU somewhere in this thread's program, either before the
+        // increment (then the section sees the updater's earlier writes) or
+        // after it (then the scan after fence A sees the increment).
+        inner.reader_fence();
         SrcuReadGuard {
             srcu: self,
             idx,
-            shard,
+            own,
             _not_send: PhantomData,
         }
     }
@@ -166,24 +259,79 @@ impl Srcu {
         self.inner.synchronize();
     }
 
-    /// Whether the current thread holds a read guard of this domain.
-    ///
-    /// Under the loom backend the per-thread depth is not tracked and this
-    /// always returns `false`.
+    /// Whether the current thread holds a read guard of this domain (taken
+    /// while its thread-locals were alive).
     #[must_use]
     pub fn in_read_section(&self) -> bool {
-        #[cfg(not(mmun_loom))]
-        {
-            local::depth(self.inner.id) > 0
-        }
-        #[cfg(mmun_loom)]
-        {
-            false
-        }
+        local::depth(&self.inner) > 0
     }
 }
 
 impl Inner {
+    /// Fence B or C: the reader's half of the fence pairs (see "# Fences"
+    /// in the module docs). With `membarrier(2)` a compiler fence suffices:
+    /// it keeps the compiler from moving the section's accesses across the
+    /// counter update, and the updater's membarrier makes the CPU-level
+    /// ordering hold at the moments it matters. Without, a full fence.
+    #[inline(always)]
+    fn reader_fence(&self) {
+        #[cfg(not(mmun_loom))]
+        if self.asymmetric {
+            crate::sync::atomic::compiler_fence(Ordering::SeqCst);
+            return;
+        }
+        fence(Ordering::SeqCst);
+    }
+
+    /// Fence A: the updater's half, between the two sums of a scan.
+    fn heavy_fence(&self) {
+        #[cfg(not(mmun_loom))]
+        if self.asymmetric {
+            // Orders the unlock sums (and the caller's earlier writes, such
+            // as the unpublication of what it retires) before the
+            // membarrier in the language's model, in which the system call
+            // is opaque; the kernel's own smp_mb() on entry does the same
+            // for the CPU.
+            fence(Ordering::SeqCst);
+            // Every running thread of the process executes a full barrier
+            // before this returns: what a reader did before that point of
+            // its program is visible to us after it, and what it does after
+            // sees everything we did before the call. This stands for the
+            // readers' missing full fences B and C.
+            membarrier::heavy_barrier();
+            // Orders the lock sums (and the caller's later frees) after the
+            // membarrier; mirror of the fence above.
+            fence(Ordering::SeqCst);
+            return;
+        }
+        // Symmetric mode: one full fence, pairing with the readers' full
+        // fences B and C.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Claims a slot for the calling thread: a registered one whose owner
+    /// has exited, if any, else a new one appended to the registry.
+    #[cold]
+    pub(super) fn register_slot(&self) -> SlotRef {
+        let mut slots = self.slots.lock();
+        for slot in slots.iter() {
+            // Acquire: pairs with the Release store in `Slot::release`, so
+            // the previous owner's counter stores happen before ours.
+            if !slot.in_use.load(Ordering::Acquire) {
+                // Relaxed: only claims set the flag, and they hold the
+                // registry lock.
+                slot.in_use.store(true, Ordering::Relaxed);
+                return Arc::clone(slot);
+            }
+        }
+        let slot = Arc::new(CachePadded::new(Slot {
+            in_use: AtomicBool::new(true),
+            ..Slot::default()
+        }));
+        slots.push(Arc::clone(&slot));
+        slot
+    }
+
     /// One full grace period, without the caller checks of
     /// [`Srcu::synchronize`] (the callback worker calls this directly).
     pub(super) fn synchronize(&self) {
@@ -241,24 +389,67 @@ impl Inner {
     /// counts (the reader's fence B/C sits between its two increments, fence A
     /// between our two sums), so `locks >= unlocks`, with equality exactly
     /// when every section whose lock we counted has ended.
+    ///
+    /// The registry is read twice, under its lock each time, and may have
+    /// grown in between. A slot present only in the second read adds its
+    /// locks and none of its unlocks, which keeps `locks >= unlocks` (the
+    /// scan is merely conservative). A slot absent from the second read was
+    /// claimed after that lock was taken, so after fence A: its owner's
+    /// claim acquired the registry lock that this scan released after fence
+    /// A, which orders fence A, and everything the caller did before it,
+    /// before every section that owner runs in the slot. Those sections
+    /// cannot hold what the caller retired, so they need not be counted.
+    /// (The caller's retiring writes precede the first read as well, so the
+    /// same argument covers slots claimed between the two reads; the second
+    /// read merely counts their sections too.)
     fn readers_done(&self, idx: usize) -> bool {
         // Relaxed loads: ordered by fence A right after them.
-        let unlocks = self.shards.iter().fold(0usize, |sum, shard| {
-            sum.wrapping_add(shard.unlock[idx].load(Ordering::Relaxed))
-        });
+        let unlocks = self.sum(|slot| &slot.unlock[idx]);
         // Fence A (the kernel's smp_mb() A in srcu_readers_active_idx_check).
         // Acquire side: pairs with each reader's fence C in `drop`, so an
         // unlock counted above makes that reader's whole section happen
         // before everything after this fence (the caller frees afterwards).
         // SeqCst side: pairs with the readers' fence B, so the lock sums
         // below see every increment whose fence B precedes this one, and any
-        // later section sees what the caller wrote before this fence.
-        fence(Ordering::SeqCst);
+        // later section sees what the caller wrote before this fence. With
+        // `membarrier(2)`, the barrier it runs on each reader's CPU plays
+        // the part of that reader's fences B and C in both pairings.
+        self.heavy_fence();
         // Relaxed loads: ordered after fence A, which is what matters.
-        let locks = self.shards.iter().fold(0usize, |sum, shard| {
-            sum.wrapping_add(shard.lock[idx].load(Ordering::Relaxed))
-        });
+        let locks = self.sum(|slot| &slot.lock[idx]);
         locks == unlocks
+    }
+
+    /// Sums one counter over every registered slot and the fallback slot,
+    /// under the registry lock.
+    fn sum(&self, counter: impl Fn(&Slot) -> &AtomicUsize) -> usize {
+        let slots = self.slots.lock();
+        slots
+            .iter()
+            .map(|slot| &***slot)
+            .chain(std::iter::once(&*self.fallback))
+            .fold(0usize, |sum, slot| {
+                sum.wrapping_add(counter(slot).load(Ordering::Relaxed))
+            })
+    }
+
+    /// Number of slots in the registry (tests check that exited threads'
+    /// slots are reused).
+    /// The shared fallback slot's counts (tests check it was used).
+    #[cfg(all(test, not(mmun_loom)))]
+    pub(super) fn fallback_counts(&self) -> [usize; 4] {
+        let f = &self.fallback;
+        [
+            f.lock[0].load(Ordering::Relaxed),
+            f.lock[1].load(Ordering::Relaxed),
+            f.unlock[0].load(Ordering::Relaxed),
+            f.unlock[1].load(Ordering::Relaxed),
+        ]
+    }
+
+    #[cfg(test)]
+    pub(super) fn slot_count(&self) -> usize {
+        self.slots.lock().len()
     }
 }
 
@@ -270,10 +461,9 @@ impl Default for Srcu {
 
 impl fmt::Debug for Srcu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = f.debug_struct("Srcu");
-        #[cfg(not(mmun_loom))]
-        s.field("id", &self.inner.id);
-        s.field("shards", &self.inner.shards.len())
+        f.debug_struct("Srcu")
+            .field("id", &self.inner.id)
+            .field("membarrier", &self.inner.asymmetric)
             .finish_non_exhaustive()
     }
 }
@@ -285,12 +475,18 @@ impl Drop for SrcuReadGuard<'_> {
         // Fence C (the kernel's smp_mb() C in __srcu_read_unlock): orders
         // every access of the section before the unlock increment. Release
         // side pairs with the updater's fence A: a scan that counts this
-        // unlock is ordered after the whole section.
-        fence(Ordering::SeqCst);
-        // Relaxed: ordered after the section by fence C above.
-        inner.shards[self.shard].unlock[self.idx].fetch_add(1, Ordering::Relaxed);
-        #[cfg(not(mmun_loom))]
-        local::exit(inner.id);
+        // unlock is ordered after the whole section. With membarrier(2) a
+        // compiler fence: a scan that read this unlock before its membarrier
+        // has the barrier land after it in this thread's program, so the
+        // whole section is complete before the membarrier returns.
+        inner.reader_fence();
+        // Relaxed increments: ordered after the section by fence C above.
+        // The unlock goes to the slot the lock went to, unless the
+        // thread-locals have gone since (the guard outlived them), in which
+        // case the shared slot takes it: the scan only compares sums.
+        if !(self.own && local::exit(inner, self.idx)) {
+            inner.fallback.unlock[self.idx].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -299,126 +495,7 @@ impl fmt::Debug for SrcuReadGuard<'_> {
         f.debug_struct("SrcuReadGuard")
             .field("srcu", self.srcu)
             .field("idx", &self.idx)
-            .field("shard", &self.shard)
+            .field("own_slot", &self.own)
             .finish()
-    }
-}
-
-/// Per-thread state: the thread's shard, its read-section depth in each
-/// domain, and whether it is some domain's callback worker.
-#[cfg(not(mmun_loom))]
-pub(super) mod local {
-    use std::cell::{Cell, RefCell};
-
-    use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-    /// Source of domain identities; 0 means "no domain".
-    static NEXT_DOMAIN_ID: AtomicU64 = AtomicU64::new(1);
-    /// Round-robin source of per-thread shard numbers.
-    static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-    struct Local {
-        /// This thread's shard number (masked by each domain), or MAX.
-        shard: Cell<usize>,
-        /// (domain id, depth) for each domain this thread is reading; one
-        /// entry in the common case, removed when the depth drops to zero.
-        depths: RefCell<Vec<(u64, usize)>>,
-        /// The domain whose callback worker this thread is, or 0.
-        worker_of: Cell<u64>,
-    }
-
-    thread_local! {
-        static LOCAL: Local = const {
-            Local {
-                shard: Cell::new(usize::MAX),
-                depths: RefCell::new(Vec::new()),
-                worker_of: Cell::new(0),
-            }
-        };
-    }
-
-    pub(in crate::rcu) fn new_domain_id() -> u64 {
-        // Relaxed: only uniqueness matters, which the RMW gives; pairs with
-        // nothing.
-        NEXT_DOMAIN_ID.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Records one more read section of `domain` on this thread and returns
-    /// the thread's shard number. During thread-local teardown (a read lock
-    /// taken from a TLS destructor) the depth is not tracked and shard 0 is
-    /// used; the counters stay exact either way.
-    #[inline]
-    pub(in crate::rcu) fn enter(domain: u64) -> usize {
-        LOCAL
-            .try_with(|local| {
-                let mut depths = local.depths.borrow_mut();
-                match depths.iter_mut().find(|(id, _)| *id == domain) {
-                    Some((_, depth)) => *depth += 1,
-                    None => depths.push((domain, 1)),
-                }
-                let mut shard = local.shard.get();
-                if shard == usize::MAX {
-                    // Relaxed: only spreads threads over shards; pairs with
-                    // nothing.
-                    shard = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-                    local.shard.set(shard);
-                }
-                shard
-            })
-            .unwrap_or(0)
-    }
-
-    /// Records the end of one read section of `domain` on this thread.
-    #[inline]
-    pub(in crate::rcu) fn exit(domain: u64) {
-        let _ = LOCAL.try_with(|local| {
-            let mut depths = local.depths.borrow_mut();
-            if let Some(pos) = depths.iter().position(|(id, _)| *id == domain) {
-                depths[pos].1 -= 1;
-                if depths[pos].1 == 0 {
-                    depths.swap_remove(pos);
-                }
-            }
-        });
-    }
-
-    /// This thread's read-section depth in `domain`.
-    pub(in crate::rcu) fn depth(domain: u64) -> usize {
-        LOCAL
-            .try_with(|local| {
-                local
-                    .depths
-                    .borrow()
-                    .iter()
-                    .find(|(id, _)| *id == domain)
-                    .map_or(0, |&(_, depth)| depth)
-            })
-            .unwrap_or(0)
-    }
-
-    /// Marks the current thread as `domain`'s callback worker.
-    pub(in crate::rcu) fn set_worker_of(domain: u64) {
-        LOCAL.with(|local| local.worker_of.set(domain));
-    }
-
-    /// Whether the current thread is `domain`'s callback worker.
-    pub(in crate::rcu) fn is_worker_of(domain: u64) -> bool {
-        LOCAL
-            .try_with(|local| local.worker_of.get() == domain)
-            .unwrap_or(false)
-    }
-}
-
-/// Per-thread state under loom: only the shard choice, derived from loom's
-/// per-execution thread index so that it is the same in every execution.
-#[cfg(mmun_loom)]
-pub(super) mod local {
-    /// The loom thread's index (0 for the model's main thread). loom exposes
-    /// it only through `ThreadId`'s `Debug` form, `ThreadId(N)`.
-    pub(in crate::rcu) fn loom_thread_index() -> usize {
-        let id = format!("{:?}", crate::sync::thread::current().id());
-        id.bytes()
-            .filter(u8::is_ascii_digit)
-            .fold(0, |n, d| n * 10 + usize::from(d - b'0'))
     }
 }

@@ -347,67 +347,92 @@ mod std_tests {
         assert!(format!("{guard:?}").starts_with("SrcuReadGuard"));
     }
 
+    const OBJECTS: usize = 8;
+    const ALIVE: u64 = 1;
+    const DEAD: u64 = 2;
+
+    /// What the stress tests retire: objects marked alive or dead, and the
+    /// index of the published one.
+    struct Objects {
+        state: Arc<Vec<AtomicU64>>,
+        current: AtomicUsize,
+    }
+
+    impl Objects {
+        fn new() -> Self {
+            Self {
+                state: Arc::new(
+                    (0..OBJECTS)
+                        .map(|i| AtomicU64::new(if i == 0 { ALIVE } else { DEAD }))
+                        .collect(),
+                ),
+                current: AtomicUsize::new(0),
+            }
+        }
+
+        /// One read section that checks the published object stays alive
+        /// throughout; `dawdle` makes it sleep instead of spinning briefly.
+        fn read(&self, srcu: &Srcu, dawdle: bool) {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            let guard = srcu.read_lock();
+            let i = self.current.load(std::sync::atomic::Ordering::Acquire);
+            assert_eq!(self.state[i].load(relaxed), ALIVE, "saw a dead object");
+            if dawdle {
+                thread::sleep(Duration::from_micros(50));
+            } else {
+                for _ in 0..16 {
+                    std::hint::spin_loop();
+                }
+            }
+            assert_eq!(self.state[i].load(relaxed), ALIVE, "object died in section");
+            drop(guard);
+        }
+
+        /// Publishes the next object and retires the previous one after a
+        /// grace period: `synchronize`, or every eighth time `call` +
+        /// `barrier`.
+        fn retire_one(&self, srcu: &Srcu, nth: u64) {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            let old = self.current.load(relaxed);
+            let new = (old + 1) % OBJECTS;
+            self.state[new].store(ALIVE, relaxed);
+            self.current
+                .store(new, std::sync::atomic::Ordering::Release);
+            if nth % 8 == 7 {
+                let state = self.state.clone();
+                srcu.call(Box::new(move || state[old].store(DEAD, relaxed)));
+                srcu.barrier();
+            } else {
+                srcu.synchronize();
+                self.state[old].store(DEAD, relaxed);
+            }
+        }
+    }
+
     /// Readers look objects up through a published index and check they are
     /// alive for their whole section; the writer republishes, waits a grace
     /// period (or defers through call + barrier), and only then marks the old
     /// object dead.
-    #[test]
-    fn stress_readers_never_see_a_retired_object() {
-        const SLOTS: usize = 8;
-        const ALIVE: u64 = 1;
-        const DEAD: u64 = 2;
-        within("stress", || {
-            let srcu = Arc::new(Srcu::new());
-            let slots: Arc<Vec<AtomicU64>> = Arc::new(
-                (0..SLOTS)
-                    .map(|i| AtomicU64::new(if i == 0 { ALIVE } else { DEAD }))
-                    .collect(),
-            );
-            let current = Arc::new(AtomicUsize::new(0));
-            let stop = Arc::new(AtomicBool::new(false));
+    fn stress(srcu: &Srcu) {
+        let objects = Objects::new();
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
             let readers: Vec<_> = (0..4)
                 .map(|_| {
-                    let (srcu, slots, current, stop) =
-                        (srcu.clone(), slots.clone(), current.clone(), stop.clone());
-                    thread::spawn(move || {
+                    s.spawn(|| {
                         let mut sections = 0u64;
                         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let guard = srcu.read_lock();
-                            let i = current.load(std::sync::atomic::Ordering::Acquire);
-                            let relaxed = std::sync::atomic::Ordering::Relaxed;
-                            assert_eq!(slots[i].load(relaxed), ALIVE, "saw a dead object");
-                            if sections.is_multiple_of(64) {
-                                thread::sleep(Duration::from_micros(50));
-                            } else {
-                                for _ in 0..16 {
-                                    std::hint::spin_loop();
-                                }
-                            }
-                            assert_eq!(slots[i].load(relaxed), ALIVE, "object died in section");
-                            drop(guard);
+                            objects.read(srcu, sections.is_multiple_of(64));
                             sections += 1;
                         }
                         sections
                     })
                 })
                 .collect();
-
             let deadline = Instant::now() + Duration::from_millis(500);
             let mut retired = 0u64;
             while Instant::now() < deadline {
-                let relaxed = std::sync::atomic::Ordering::Relaxed;
-                let old = current.load(relaxed);
-                let new = (old + 1) % SLOTS;
-                slots[new].store(ALIVE, relaxed);
-                current.store(new, std::sync::atomic::Ordering::Release);
-                if retired % 8 == 7 {
-                    let slots = slots.clone();
-                    srcu.call(Box::new(move || slots[old].store(DEAD, relaxed)));
-                    srcu.barrier();
-                } else {
-                    srcu.synchronize();
-                    slots[old].store(DEAD, relaxed);
-                }
+                objects.retire_one(srcu, retired);
                 retired += 1;
             }
             stop.store(true, SeqCst);
@@ -415,6 +440,250 @@ mod std_tests {
             assert!(retired > 8, "only {retired} grace periods");
             assert!(sections > 100, "only {sections} read sections");
         });
+    }
+
+    #[test]
+    fn stress_readers_never_see_a_retired_object() {
+        within("stress", || stress(&Srcu::new()));
+    }
+
+    #[test]
+    fn stress_readers_never_see_a_retired_object_symmetric_fences() {
+        within("stress, symmetric fences", || {
+            let srcu = Srcu::new_with_symmetric_fences();
+            assert!(!srcu.uses_membarrier());
+            stress(&srcu);
+        });
+    }
+
+    #[test]
+    fn stress_readers_never_see_a_retired_object_global() {
+        within("stress, global domain", || stress(global()));
+    }
+
+    /// Many short-lived reader threads, a few alive at a time, each taking a
+    /// few sections while a writer retires objects continuously: exited
+    /// threads' slots are handed to new threads, which continue from their
+    /// counts, and the registry stays as small as the peak thread count.
+    fn short_lived_readers(srcu: &Srcu) {
+        const ROUNDS: usize = 150;
+        const PER_ROUND: usize = 4;
+        let objects = Objects::new();
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut retired = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    objects.retire_one(srcu, retired);
+                    retired += 1;
+                }
+                retired
+            });
+            for _ in 0..ROUNDS {
+                let round: Vec<_> = (0..PER_ROUND)
+                    .map(|t| {
+                        s.spawn({
+                            let objects = &objects;
+                            move || {
+                                for n in 0..8 {
+                                    objects.read(srcu, t == 0 && n == 0);
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                // Joining waits for the threads' thread-local destructors,
+                // which release their slots.
+                for t in round {
+                    t.join().unwrap();
+                }
+            }
+            stop.store(true, SeqCst);
+            let retired = writer.join().unwrap();
+            assert!(retired > 2, "only {retired} grace periods");
+        });
+        if !srcu.inner.is_global {
+            let slots = srcu.inner.slot_count();
+            assert!(
+                slots <= PER_ROUND,
+                "{slots} slots for at most {PER_ROUND} concurrent readers: exited \
+                 threads' slots were not reused"
+            );
+        }
+    }
+
+    #[test]
+    fn short_lived_readers_reuse_slots() {
+        within("short-lived readers", || short_lived_readers(&Srcu::new()));
+    }
+
+    #[test]
+    fn short_lived_readers_reuse_slots_symmetric_fences() {
+        within("short-lived readers, symmetric fences", || {
+            short_lived_readers(&Srcu::new_with_symmetric_fences());
+        });
+    }
+
+    #[test]
+    fn short_lived_readers_reuse_slots_global() {
+        within("short-lived readers, global domain", || {
+            short_lived_readers(global());
+        });
+    }
+
+    /// A reader ends its section and exits while a grace period waits for
+    /// it; the grace period ends, and the next thread takes over the
+    /// exited thread's slot, counts included, under another grace period.
+    #[test]
+    fn reader_exits_while_another_thread_synchronizes() {
+        for srcu in [Srcu::new(), Srcu::new_with_symmetric_fences()] {
+            let srcu = Arc::new(srcu);
+            within("reader exits during synchronize", move || {
+                let (entered_tx, entered_rx) = mpsc::channel();
+                let (release_tx, release_rx) = mpsc::channel::<()>();
+                let reader = thread::spawn({
+                    let srcu = srcu.clone();
+                    move || {
+                        let guard = srcu.read_lock();
+                        entered_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        drop(guard);
+                        // ...and the thread exits, releasing its slot.
+                    }
+                });
+                entered_rx.recv().unwrap();
+                let done = Arc::new(AtomicBool::new(false));
+                let updater = thread::spawn({
+                    let (srcu, done) = (srcu.clone(), done.clone());
+                    move || {
+                        srcu.synchronize();
+                        done.store(true, SeqCst);
+                    }
+                });
+                thread::sleep(Duration::from_millis(10));
+                assert!(!done.load(SeqCst), "synchronize ignored a live reader");
+                release_tx.send(()).unwrap();
+                reader.join().unwrap();
+                updater.join().unwrap();
+                assert_eq!(srcu.inner.slot_count(), 1);
+
+                // The next reader inherits the slot; a grace period still
+                // waits for it, and ends once it is done.
+                let (entered_tx, entered_rx) = mpsc::channel();
+                let (release_tx, release_rx) = mpsc::channel::<()>();
+                let reader = thread::spawn({
+                    let srcu = srcu.clone();
+                    move || {
+                        let outer = srcu.read_lock();
+                        drop(srcu.read_lock());
+                        entered_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        drop(outer);
+                    }
+                });
+                entered_rx.recv().unwrap();
+                assert_eq!(
+                    srcu.inner.slot_count(),
+                    1,
+                    "the exited reader's slot was not reused"
+                );
+                let done = Arc::new(AtomicBool::new(false));
+                let updater = thread::spawn({
+                    let (srcu, done) = (srcu.clone(), done.clone());
+                    move || {
+                        srcu.synchronize();
+                        done.store(true, SeqCst);
+                    }
+                });
+                thread::sleep(Duration::from_millis(10));
+                assert!(
+                    !done.load(SeqCst),
+                    "synchronize ignored a reader on a reused slot"
+                );
+                release_tx.send(()).unwrap();
+                reader.join().unwrap();
+                updater.join().unwrap();
+                srcu.synchronize();
+            });
+        }
+    }
+
+    /// Read sections taken and ended from thread-local destructors, after
+    /// the domain's own thread-locals may already be gone, and a guard that
+    /// outlives them: the counts stay balanced (grace periods still end).
+    #[test]
+    fn read_sections_during_thread_local_teardown() {
+        use std::cell::RefCell;
+
+        use crate::rcu::SrcuReadGuard;
+
+        struct ReadOnDrop(&'static Srcu, &'static Srcu);
+        impl Drop for ReadOnDrop {
+            fn drop(&mut self) {
+                let a = self.0.read_lock();
+                let b = self.1.read_lock();
+                drop(a);
+                drop(b);
+            }
+        }
+        type Held = RefCell<Option<(SrcuReadGuard<'static>, SrcuReadGuard<'static>)>>;
+
+        for own in [Srcu::new(), Srcu::new_with_symmetric_fences()] {
+            let own: &'static Srcu = Box::leak(Box::new(own));
+            within("sections in TLS destructors", move || {
+                thread_local! {
+                    static LATE: RefCell<Option<ReadOnDrop>> = const { RefCell::new(None) };
+                    static HELD: Held = const { RefCell::new(None) };
+                }
+                thread::spawn(move || {
+                    // Registered first, so destroyed last (after the
+                    // domains' thread-locals, on glibc): takes sections then.
+                    LATE.with(|late| *late.borrow_mut() = Some(ReadOnDrop(global(), own)));
+                    // Holds guards until its destructor, after the domains'
+                    // thread-locals were destroyed with a section open.
+                    HELD.with(|held| {
+                        *held.borrow_mut() = Some((global().read_lock(), own.read_lock()));
+                    });
+                    assert!(global().in_read_section() && own.in_read_section());
+                })
+                .join()
+                .unwrap();
+                // glibc runs thread-local destructors in reverse order of
+                // registration, so both LATE and HELD ran after the domains'
+                // thread-locals: LATE's section went to the shared slot, and
+                // so did both unlocks (HELD's guard took its lock in the
+                // thread's own slot, which stays claimed for good).
+                #[cfg(target_env = "gnu")]
+                assert_eq!(own.inner.fallback_counts().iter().sum::<usize>(), 3);
+                own.synchronize();
+                global().synchronize();
+                // A later thread's sections are counted and waited for as usual.
+                thread::spawn(move || {
+                    let _guard = own.read_lock();
+                    assert!(own.in_read_section());
+                })
+                .join()
+                .unwrap();
+                #[cfg(target_env = "gnu")]
+                assert_eq!(
+                    own.inner.slot_count(),
+                    2,
+                    "a slot with an open section was reused"
+                );
+                own.synchronize();
+            });
+        }
+    }
+
+    #[test]
+    fn membarrier_mode_is_reported() {
+        // Whether the system offers membarrier(2) depends on the kernel and
+        // any seccomp filter; the domains must agree with each other.
+        let available = Srcu::new().uses_membarrier();
+        assert_eq!(global().uses_membarrier(), available);
+        assert_eq!(Srcu::default().uses_membarrier(), available);
+        assert!(!Srcu::new_with_symmetric_fences().uses_membarrier());
+        eprintln!("membarrier(2) available: {available}");
     }
 }
 
@@ -556,5 +825,43 @@ mod loom_models {
             srcu.barrier();
             assert_eq!(runs.load(Relaxed), 1);
         });
+    }
+
+    /// Two readers on threads of their own, one of which may exit (its
+    /// thread-locals hand its slot back) before the other claims a slot,
+    /// and either may register its slot while the grace period scans: the
+    /// reused slot's counts carry over, and late registrations are covered.
+    #[test]
+    fn slot_reuse_and_late_registration() {
+        static REUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        builder().check(|| {
+            let srcu = Arc::new(Srcu::new());
+            let published = Arc::new(AtomicBool::new(true));
+            let freed = Arc::new(AtomicBool::new(false));
+            let reader = || {
+                let (srcu, published, freed) = (srcu.clone(), published.clone(), freed.clone());
+                thread::spawn(move || {
+                    let guard = srcu.read_lock();
+                    if published.load(Relaxed) {
+                        assert!(!freed.load(Relaxed), "freed inside the section");
+                    }
+                    drop(guard);
+                })
+            };
+            let first = reader();
+            let second = reader();
+            published.store(false, Relaxed);
+            srcu.synchronize();
+            freed.store(true, Relaxed);
+            first.join().unwrap();
+            second.join().unwrap();
+            if srcu.inner.slot_count() == 1 {
+                REUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        assert!(
+            REUSED.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "no execution reused a slot"
+        );
     }
 }
