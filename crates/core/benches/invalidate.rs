@@ -160,6 +160,11 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
 
     let mm = Mm::new();
     let lock = mm.mmap_read();
+    // The floor of this harness: building the range from black-boxed
+    // arguments, with no invalidation at all. Subtract it from the others.
+    group.bench_function("baseline_range_only", |b| {
+        b.iter(|| black_box(Range::new(&mm, Event::Clear, black_box(0), black_box(PAGE))))
+    });
     group.bench_function("no_subscriptions", |b| {
         b.iter(|| {
             let range = Range::new(&mm, Event::Clear, black_box(0), black_box(PAGE));

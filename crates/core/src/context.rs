@@ -106,11 +106,21 @@ impl Drop for NonBlock {
 
 /// Records an invalidation this thread has started and not yet ended.
 pub(crate) struct OpenInvalidation {
+    /// The record's id, 0 for none.
     #[cfg(all(debug_assertions, not(mmun_loom)))]
     id: u64,
 }
 
 impl OpenInvalidation {
+    /// No record: the address space has no subscriptions.
+    #[inline]
+    pub(crate) fn none() -> OpenInvalidation {
+        OpenInvalidation {
+            #[cfg(all(debug_assertions, not(mmun_loom)))]
+            id: 0,
+        }
+    }
+
     #[inline]
     pub(crate) fn push(subscriptions: usize, range: &crate::Range<'_>) -> OpenInvalidation {
         #[cfg(all(debug_assertions, not(mmun_loom)))]
@@ -136,13 +146,22 @@ impl OpenInvalidation {
             OpenInvalidation {}
         }
     }
+
+    /// Removes the record (idempotent).
+    #[inline]
+    pub(crate) fn pop(&mut self) {
+        #[cfg(all(debug_assertions, not(mmun_loom)))]
+        if self.id != 0 {
+            let id = std::mem::replace(&mut self.id, 0);
+            let _ = imp::OPEN.try_with(|o| o.borrow_mut().retain(|open| open.id != id));
+        }
+    }
 }
 
 impl Drop for OpenInvalidation {
     #[inline]
     fn drop(&mut self) {
-        #[cfg(all(debug_assertions, not(mmun_loom)))]
-        imp::OPEN.with(|o| o.borrow_mut().retain(|open| open.id != self.id));
+        self.pop();
     }
 }
 

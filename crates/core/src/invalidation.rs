@@ -26,6 +26,9 @@ use crate::lockdep::MapHeld;
 use crate::mm::HeldMmLock;
 use crate::subscriptions::Subscriptions;
 
+const COUNTED: usize = 1;
+const ENDED: usize = 2;
+
 /// A started invalidation of a range; end it once the page tables changed.
 ///
 /// ```
@@ -40,10 +43,12 @@ use crate::subscriptions::Subscriptions;
 pub struct Invalidation<'a> {
     range: Range<'a>,
     subscriptions: Option<&'a Subscriptions>,
-    /// Whether the tree counted this range at start (its end closes it).
-    counted: bool,
-    ended: bool,
-    open: Option<OpenInvalidation>,
+    /// `COUNTED` (the tree counted this range at start, so its end closes
+    /// it) and `ENDED`. A full word on purpose: a byte store followed by
+    /// the word load that moves the struct stalled store forwarding and
+    /// tripled the cost of the no-subscriber path.
+    state: usize,
+    open: OpenInvalidation,
     /// The per-thread debug bookkeeping needs start and end on one thread.
     _not_send: PhantomData<*const ()>,
 }
@@ -56,7 +61,7 @@ impl<'a> Invalidation<'a> {
     /// # Panics
     ///
     /// If `held` is a lock of another address space than the range's.
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     pub fn start(held: &'a impl HeldMmLock, mut range: Range<'a>) -> Invalidation<'a> {
         context::might_sleep();
@@ -66,9 +71,10 @@ impl<'a> Invalidation<'a> {
             let _map = MapHeld::acquire();
             // Blockable: subscribers may not refuse (a refusal was WARNed
             // and already unwound, the tree included). Linux ignores it too.
-            inv.counted = subscriptions
+            let counted = subscriptions
                 .invalidate_range_start(&inv.range)
                 .unwrap_or(false);
+            inv.state = if counted { COUNTED } else { 0 };
         }
         inv
     }
@@ -89,9 +95,9 @@ impl<'a> Invalidation<'a> {
         if let Some(subscriptions) = inv.subscriptions {
             let _map = MapHeld::acquire();
             match subscriptions.invalidate_range_start(&inv.range) {
-                Ok(counted) => inv.counted = counted,
+                Ok(counted) => inv.state = if counted { COUNTED } else { 0 },
                 Err(refused) => {
-                    inv.ended = true;
+                    inv.state = ENDED;
                     return Err(refused);
                 }
             }
@@ -99,7 +105,7 @@ impl<'a> Invalidation<'a> {
         Ok(inv)
     }
 
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     fn prepare(held: &'a impl HeldMmLock, range: Range<'a>) -> Invalidation<'a> {
         assert!(
@@ -107,12 +113,14 @@ impl<'a> Invalidation<'a> {
             "invalidate_range_start: the lock held belongs to another mm than the range"
         );
         let subscriptions = range.mm().subscriptions();
-        let open = subscriptions.map(|s| OpenInvalidation::push(s.id(), &range));
+        let open = match subscriptions {
+            Some(s) => OpenInvalidation::push(s.id(), &range),
+            None => OpenInvalidation::none(),
+        };
         Invalidation {
             range,
             subscriptions,
-            counted: false,
-            ended: false,
+            state: 0,
             open,
             _not_send: PhantomData,
         }
@@ -127,7 +135,7 @@ impl<'a> Invalidation<'a> {
     /// `mmu_notifier_invalidate_range_end`: closes the interval epoch, then
     /// calls every list notifier's `invalidate_range` and
     /// `invalidate_range_end`.
-    #[inline]
+    #[inline(always)]
     pub fn end(mut self) {
         self.finish(false);
     }
@@ -140,28 +148,34 @@ impl<'a> Invalidation<'a> {
         self.finish(true);
     }
 
-    #[inline]
+    #[inline(always)]
     fn finish(&mut self, only_end: bool) {
-        if self.ended {
-            return;
-        }
-        self.ended = true;
         let Some(subscriptions) = self.subscriptions else {
             return;
         };
+        self.finish_slow(subscriptions, only_end);
+    }
+
+    #[inline(never)]
+    fn finish_slow(&mut self, subscriptions: &'a Subscriptions, only_end: bool) {
+        if self.state & ENDED != 0 {
+            return;
+        }
+        let counted = self.state & COUNTED != 0;
+        self.state = ENDED;
         if self.range.is_blockable() {
             context::might_sleep();
         }
         // End callbacks may wait for interval epochs again (the tree's end
         // runs first), so this range no longer counts as open.
-        self.open = None;
+        self.open.pop();
         let _map = MapHeld::acquire();
-        subscriptions.invalidate_range_end(&self.range, only_end, self.counted);
+        subscriptions.invalidate_range_end(&self.range, only_end, counted);
     }
 }
 
 impl Drop for Invalidation<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         self.finish(false);
     }
@@ -171,7 +185,7 @@ impl fmt::Debug for Invalidation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Invalidation")
             .field("range", &self.range)
-            .field("ended", &self.ended)
+            .field("ended", &(self.state & ENDED != 0))
             .finish_non_exhaustive()
     }
 }

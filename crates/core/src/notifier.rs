@@ -44,8 +44,18 @@ pub(crate) struct Subscription<T: 'static> {
     data: T,
 }
 
+/// Bits for the callbacks an ops table provides.
+pub(crate) mod caps {
+    pub(crate) const RELEASE: u16 = 1 << 0;
+    pub(crate) const START: u16 = 1 << 1;
+    pub(crate) const END: u16 = 1 << 2;
+    pub(crate) const INVALIDATE_RANGE: u16 = 1 << 3;
+}
+
 /// The object-safe view of a [`Subscription`] that the list holds.
 pub(crate) trait ErasedSubscription: Send + Sync {
+    /// The `caps::*` bits of the callbacks the ops provide.
+    fn caps(&self) -> u16;
     fn ops_id(&self) -> usize;
     fn ops_debug(&self) -> String;
     fn set_hashed(&self, hashed: bool);
@@ -56,7 +66,6 @@ pub(crate) trait ErasedSubscription: Send + Sync {
     fn change_pte(&self, mm: &Mm, address: u64, pte: PteValue);
     /// `None` when the ops have no `invalidate_range_start`.
     fn invalidate_range_start(&self, range: &Range<'_>) -> Option<Result<(), WouldBlock>>;
-    fn has_invalidate_range_end(&self) -> bool;
     fn invalidate_range_end(&self, range: &Range<'_>);
     fn invalidate_range(&self, mm: &Mm, start: u64, end: u64);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
@@ -67,6 +76,18 @@ fn ops_id<T>(ops: &'static NotifierOps<T>) -> usize {
 }
 
 impl<T: Send + Sync + 'static> ErasedSubscription for Subscription<T> {
+    fn caps(&self) -> u16 {
+        let ops = self.ops;
+        [
+            (ops.release.is_some(), caps::RELEASE),
+            (ops.invalidate_range_start.is_some(), caps::START),
+            (ops.invalidate_range_end.is_some(), caps::END),
+            (ops.invalidate_range.is_some(), caps::INVALIDATE_RANGE),
+        ]
+        .into_iter()
+        .filter(|(present, _)| *present)
+        .fold(0, |bits, (_, cap)| bits | cap)
+    }
     fn ops_id(&self) -> usize {
         ops_id(self.ops)
     }
@@ -109,9 +130,6 @@ impl<T: Send + Sync + 'static> ErasedSubscription for Subscription<T> {
             }
             StartFn::Fallible(f) => Some(f(&self.data, range)),
         }
-    }
-    fn has_invalidate_range_end(&self) -> bool {
-        self.ops.invalidate_range_end.is_some()
     }
     fn invalidate_range_end(&self, range: &Range<'_>) {
         if let Some(f) = self.ops.invalidate_range_end {
@@ -198,7 +216,7 @@ impl<T: Send + Sync + 'static> Notifier<T> {
         data: T,
     ) -> Result<Notifier<T>> {
         let sub = new_subscription(mm, ops, data)?;
-        register_locked(guard, mm, Some(sub.clone()))?;
+        register_locked(guard, mm, Some(ListEntry::new(sub.clone())))?;
         Ok(Notifier { sub: Some(sub) })
     }
 
@@ -252,8 +270,7 @@ fn unregister<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
             }
         }
         if let Some(subscriptions) = sub.mm.subscriptions() {
-            let entry: ListEntry = sub.clone();
-            subscriptions.list_unlink(&entry);
+            subscriptions.list_unlink(&ListEntry::new(sub.clone()));
         }
     }
     // Always: a `release` started by exit may still be running.
@@ -322,7 +339,7 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
             return Err(e);
         }
         let sub = new_subscription(mm, ops, data)?;
-        if let Err(e) = register_locked(guard, mm, Some(sub.clone())) {
+        if let Err(e) = register_locked(guard, mm, Some(ListEntry::new(sub.clone()))) {
             free_now(ops, &sub.data);
             return Err(e);
         }
@@ -379,7 +396,7 @@ fn find_and_get<T: Send + Sync + 'static>(
     let Some(entry) = subscriptions.list_find_ops(&locked, ops_id(ops)) else {
         return Ok(None);
     };
-    let sub = entry
+    let sub = Arc::clone(entry.subscription())
         .into_any()
         .downcast::<Subscription<T>>()
         .unwrap_or_else(|_| unreachable!("one ops table has one driver type"));
@@ -409,8 +426,7 @@ fn put<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
         // Linux does: otherwise a concurrent `get` could find the dying
         // subscription, revive it from 0 users, and its own `put` would
         // queue a second `free_notifier` (found by tests/loom.rs).
-        let entry: ListEntry = sub.clone();
-        subscriptions.list_unlink_locked(&mut locked, &entry);
+        subscriptions.list_unlink_locked(&mut locked, &ListEntry::new(sub.clone()));
     }
     rcu::global().call(Box::new(move || {
         if let Some(free) = sub.ops.free_notifier {

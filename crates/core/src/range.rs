@@ -85,11 +85,17 @@ pub struct Range<'mm> {
     mm: &'mm Mm,
     start: u64,
     end: u64,
-    flags: RangeFlags,
-    event: Event,
     owner: Option<Owner>,
-    vma_readable: Option<bool>,
+    /// The flags (bits 0..32), the event (bits 32..40) and the VMA
+    /// readability hint (bits 40..42: 0 unknown, 2 no, 3 yes), in one word:
+    /// built with one store and moved with one load, which keeps the
+    /// no-subscriber invalidation path free of store-forwarding stalls.
+    meta: u64,
 }
+
+const EVENT_SHIFT: u32 = 32;
+const VMA_SHIFT: u32 = 40;
+const VMA_KNOWN: u64 = 2;
 
 impl<'mm> Range<'mm> {
     /// `mmu_notifier_range_init(range, event, 0, mm, start, end)`.
@@ -108,10 +114,8 @@ impl<'mm> Range<'mm> {
             mm,
             start,
             end,
-            flags: RangeFlags::NONE,
-            event,
             owner: None,
-            vma_readable: None,
+            meta: (event as u64) << EVENT_SHIFT,
         }
     }
 
@@ -127,7 +131,7 @@ impl<'mm> Range<'mm> {
     /// [`RangeFlags::BLOCKABLE`], as the kernel wrappers do.
     #[inline]
     pub fn with_flags(mut self, flags: RangeFlags) -> Range<'mm> {
-        self.flags = flags;
+        self.meta = (self.meta & !u64::from(u32::MAX)) | u64::from(flags.0);
         self
     }
 
@@ -136,7 +140,8 @@ impl<'mm> Range<'mm> {
     /// [`Range::update_to_read_only`] reads it.
     #[inline]
     pub fn with_vma_readable(mut self, readable: bool) -> Range<'mm> {
-        self.vma_readable = Some(readable);
+        let hint = VMA_KNOWN | u64::from(readable);
+        self.meta = (self.meta & !(3 << VMA_SHIFT)) | (hint << VMA_SHIFT);
         self
     }
 
@@ -168,13 +173,14 @@ impl<'mm> Range<'mm> {
     /// The flags.
     #[inline]
     pub fn flags(&self) -> RangeFlags {
-        self.flags
+        RangeFlags(self.meta as u32)
     }
 
     /// Why the range is invalidated.
     #[inline]
     pub fn event(&self) -> Event {
-        self.event
+        let value = (self.meta >> EVENT_SHIFT) as u8;
+        Event::ALL[usize::from(value)]
     }
 
     /// Who caused a [`Event::Migrate`] or [`Event::Exclusive`]; `None` for
@@ -187,7 +193,7 @@ impl<'mm> Range<'mm> {
     /// `mmu_notifier_range_blockable()`: whether callbacks may sleep.
     #[inline]
     pub fn is_blockable(&self) -> bool {
-        self.flags.contains(RangeFlags::BLOCKABLE)
+        self.flags().contains(RangeFlags::BLOCKABLE)
     }
 
     /// Whether `[start, end)` intersects this range.
@@ -203,15 +209,17 @@ impl<'mm> Range<'mm> {
         note = "removed from Linux in v6.3 (7d4a8be0c4b2); the v6.5 header keeps only the prototype"
     )]
     pub fn update_to_read_only(&self) -> bool {
-        self.event == Event::ProtectionVma && self.vma_readable == Some(true)
+        let hint = (self.meta >> VMA_SHIFT) & 3;
+        self.event() == Event::ProtectionVma && hint == VMA_KNOWN | 1
     }
 
     #[inline]
     pub(crate) fn set_blockable(&mut self, blockable: bool) {
-        self.flags = if blockable {
-            RangeFlags(self.flags.0 | RangeFlags::BLOCKABLE.0)
+        let bit = u64::from(RangeFlags::BLOCKABLE.0);
+        self.meta = if blockable {
+            self.meta | bit
         } else {
-            RangeFlags(self.flags.0 & !RangeFlags::BLOCKABLE.0)
+            self.meta & !bit
         };
     }
 }
@@ -228,8 +236,8 @@ impl fmt::Debug for Range<'_> {
         f.debug_struct("Range")
             .field("start", &format_args!("{:#x}", self.start))
             .field("end", &format_args!("{:#x}", self.end))
-            .field("event", &self.event)
-            .field("flags", &self.flags)
+            .field("event", &self.event())
+            .field("flags", &self.flags())
             .field("owner", &self.owner)
             .finish()
     }

@@ -12,7 +12,7 @@
 use super::Subscriptions;
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
-use crate::notifier::ErasedSubscription;
+use crate::notifier::{ErasedSubscription, caps};
 use crate::ops::PteValue;
 use crate::rcu;
 use crate::sync::Arc;
@@ -20,8 +20,43 @@ use crate::sync::atomic::Ordering;
 use crate::warn::Warning;
 use crate::{Mm, Range};
 
-/// One list entry: a registered subscription, type-erased.
-pub(crate) type ListEntry = Arc<dyn ErasedSubscription>;
+/// One list entry: a registered subscription, type-erased, with the set of
+/// callbacks its ops provide, so that dispatch skips absent ones without a
+/// virtual call (the kernel tests the ops pointer for NULL the same way).
+#[derive(Clone)]
+pub(crate) struct ListEntry {
+    sub: Arc<dyn ErasedSubscription>,
+    caps: u16,
+}
+
+impl ListEntry {
+    pub(crate) fn new(sub: Arc<dyn ErasedSubscription>) -> ListEntry {
+        let caps = sub.caps();
+        ListEntry { sub, caps }
+    }
+
+    /// Whether the ops provide the callback `cap` (a `caps::*` bit).
+    #[inline]
+    pub(crate) fn has(&self, cap: u16) -> bool {
+        self.caps & cap != 0
+    }
+
+    /// Whether both entries are the same subscription.
+    pub(crate) fn same(&self, other: &ListEntry) -> bool {
+        Arc::ptr_eq(&self.sub, &other.sub)
+    }
+
+    pub(crate) fn subscription(&self) -> &Arc<dyn ErasedSubscription> {
+        &self.sub
+    }
+}
+
+impl std::ops::Deref for ListEntry {
+    type Target = dyn ErasedSubscription;
+    fn deref(&self) -> &Self::Target {
+        &*self.sub
+    }
+}
 
 impl Subscriptions {
     fn list_may_be_nonempty(&self) -> bool {
@@ -63,7 +98,7 @@ impl Subscriptions {
     /// must drop the last user and unlink in one critical section).
     pub(crate) fn list_unlink_locked(&self, locked: &mut super::Locked, entry: &ListEntry) {
         let before = locked.list.len();
-        locked.list.retain(|e| !Arc::ptr_eq(e, entry));
+        locked.list.retain(|e| !e.same(entry));
         entry.set_hashed(false);
         if locked.list.len() != before {
             self.publish_list(locked);
@@ -80,18 +115,18 @@ impl Subscriptions {
     pub(crate) fn list_invalidate_range_start(&self, range: &Range<'_>) -> Result<(), WouldBlock> {
         self.with_list(|list| {
             let mut result = Ok(());
-            for entry in list {
+            for entry in list.iter().filter(|e| e.has(caps::START)) {
                 let outcome = {
                     let _non_block = NonBlock::enter(!range.is_blockable());
                     entry.invalidate_range_start(range)
                 };
                 if let Some(Err(refused)) = outcome {
-                    self.warn_failed_start(range, entry.as_ref());
+                    self.warn_failed_start(range, entry);
                     result = Err(refused);
                 }
             }
             if result.is_err() {
-                for entry in list.iter().filter(|e| e.has_invalidate_range_end()) {
+                for entry in list.iter().filter(|e| e.has(caps::END)) {
                     entry.invalidate_range_end(range);
                 }
             }
@@ -100,7 +135,7 @@ impl Subscriptions {
         .unwrap_or(Ok(()))
     }
 
-    fn warn_failed_start(&self, range: &Range<'_>, entry: &dyn ErasedSubscription) {
+    fn warn_failed_start(&self, range: &Range<'_>, entry: &ListEntry) {
         tracing::info!(
             target: "mmun",
             "invalidate_range_start of {:?} failed with EAGAIN",
@@ -109,7 +144,7 @@ impl Subscriptions {
         if range.is_blockable() {
             self.warn(Warning::StartFailedBlockable);
         }
-        if entry.has_invalidate_range_end() {
+        if entry.has(caps::END) {
             self.warn(Warning::FailingStartHasEnd);
         }
     }
@@ -119,12 +154,14 @@ impl Subscriptions {
     pub(crate) fn list_invalidate_range_end(&self, range: &Range<'_>, only_end: bool) {
         self.with_list(|list| {
             for entry in list {
-                if !only_end {
+                if !only_end && entry.has(caps::INVALIDATE_RANGE) {
                     let _atomic = NonBlock::enter(true);
                     entry.invalidate_range(range.mm(), range.start(), range.end());
                 }
-                let _non_block = NonBlock::enter(!range.is_blockable());
-                entry.invalidate_range_end(range);
+                if entry.has(caps::END) {
+                    let _non_block = NonBlock::enter(!range.is_blockable());
+                    entry.invalidate_range_end(range);
+                }
             }
         });
     }
@@ -182,7 +219,7 @@ impl Subscriptions {
     /// wait for concurrent callers (an unregister's `release`) to finish.
     pub(crate) fn list_release(&self, mm: &Mm) {
         let released = self.with_list(|list| {
-            for entry in list {
+            for entry in list.iter().filter(|e| e.has(caps::RELEASE)) {
                 entry.release(mm);
             }
             let mut locked = self.lock();
