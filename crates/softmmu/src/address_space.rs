@@ -1,0 +1,238 @@
+//! The address space: VMAs and page tables behind the mmap lock, and the
+//! context every operation runs in.
+//!
+//! # Locking
+//!
+//! Operations take the core `Mm`'s mmap lock (write for layout changes,
+//! read for faults), then `state`, which stands for the page-table locks
+//! and the VMA tree. Invalidations are started while both are held, so
+//! secondary MMUs must not call back into this address space from their
+//! callbacks (Linux forbids the same: a callback may not take the mmap lock
+//! or fault pages in). Their fault paths walk the primary before taking
+//! their own lock, as the retry protocol prescribes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use mmun_core::{Event, HeldMmLock, Invalidation, Mm, Owner, Range};
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::frame::Memory;
+use crate::page_table::PageTable;
+use crate::vma::VmaTree;
+
+/// How transparent huge pages behave (`/sys/kernel/mm/transparent_hugepage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThpMode {
+    /// `always`.
+    Always,
+    /// `madvise`: only in `MADV_HUGEPAGE` VMAs (the recorded kernel's setting).
+    Madvise,
+    /// `never`.
+    Never,
+}
+
+/// Tunables of the simulated kernel.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `transparent_hugepage/enabled`.
+    pub thp: ThpMode,
+    /// `transparent_hugepage/use_zero_page`.
+    pub thp_zero_page: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            thp: ThpMode::Madvise,
+            thp_zero_page: true,
+        }
+    }
+}
+
+/// What `mmap` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct MapRequest {
+    /// The address (a hint unless `fixed` or `noreplace`).
+    pub addr: u64,
+    /// Length in bytes (rounded up to pages).
+    pub len: u64,
+    /// Protection.
+    pub prot: mmun_script::Prot,
+    /// `MAP_SHARED`.
+    pub shared: bool,
+    /// A shmem object to map (memfd) instead of anonymous memory.
+    pub object: Option<Arc<crate::shmem::ShmemObject>>,
+    /// `MAP_POPULATE`.
+    pub populate: bool,
+    /// `MAP_FIXED`: replace whatever is mapped there.
+    pub fixed: bool,
+    /// `MAP_FIXED_NOREPLACE`: fail with `EEXIST` if anything is mapped.
+    pub noreplace: bool,
+}
+
+/// The mutable state behind the mmap lock.
+pub(crate) struct State {
+    pub(crate) vmas: VmaTree,
+    pub(crate) pt: PageTable,
+}
+
+/// A simulated process address space.
+pub struct AddressSpace {
+    mm: Arc<Mm>,
+    memory: Arc<Memory>,
+    config: Config,
+    state: Mutex<State>,
+}
+
+/// Everything an operation needs while it holds the locks.
+pub(crate) struct Ctx<'a, L: HeldMmLock> {
+    pub(crate) lock: &'a L,
+    pub(crate) mm: &'a Mm,
+    pub(crate) mem: &'a Memory,
+    pub(crate) config: &'a Config,
+    pub(crate) st: MutexGuard<'a, State>,
+}
+
+impl<'a, L: HeldMmLock> Ctx<'a, L> {
+    /// `mmu_notifier_invalidate_range_start` of a plain (owner-less) range.
+    pub(crate) fn start(&self, event: Event, start: u64, end: u64) -> Invalidation<'a> {
+        Invalidation::start(self.lock, Range::new(self.mm, event, start, end))
+    }
+
+    /// The same with an owner (`range_init_owner`).
+    pub(crate) fn start_owner(
+        &self,
+        event: Event,
+        start: u64,
+        end: u64,
+        owner: Option<Owner>,
+    ) -> Invalidation<'a> {
+        let range = Range::new(self.mm, event, start, end);
+        let range = match owner {
+            Some(o) => range.with_owner(o),
+            None => range,
+        };
+        Invalidation::start(self.lock, range)
+    }
+}
+
+impl AddressSpace {
+    /// An empty, live address space using `memory` for its frames.
+    pub fn new(memory: Arc<Memory>) -> AddressSpace {
+        AddressSpace::with_config(memory, Config::default())
+    }
+
+    /// The same with explicit tunables.
+    pub fn with_config(memory: Arc<Memory>, config: Config) -> AddressSpace {
+        AddressSpace {
+            mm: Mm::new(),
+            memory,
+            config,
+            state: Mutex::new(State {
+                vmas: VmaTree::default(),
+                pt: PageTable::new(),
+            }),
+        }
+    }
+
+    /// The notifier side of this address space: register notifiers on it.
+    pub fn mm(&self) -> &Arc<Mm> {
+        &self.mm
+    }
+
+    /// The physical memory it maps.
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.memory
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A snapshot of the VMAs.
+    pub fn vmas(&self) -> Vec<crate::Vma> {
+        self.state.lock().vmas.iter().cloned().collect()
+    }
+
+    /// The PTE mapping `addr` (none if unmapped or mapped by a huge entry).
+    pub fn pte(&self, addr: u64) -> crate::page_table::Pte {
+        self.state.lock().pt.pte(addr)
+    }
+
+    /// What `addr` translates to: the frame and whether it may be written.
+    /// Follows huge entries. `None` if nothing is mapped.
+    pub fn translate(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
+        let st = self.state.lock();
+        crate::fault::translate(&st.pt, addr)
+    }
+
+    /// Bytes of page tables in use.
+    pub fn page_table_bytes(&self) -> usize {
+        self.state.lock().pt.table_bytes()
+    }
+
+    /// The state of a fresh child, locked, for `fork` to fill.
+    pub(crate) fn state_for_fork(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    /// Runs `f` with the mmap lock held for write.
+    pub(crate) fn write_op<R>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapWriteGuard<'_>>) -> R,
+    ) -> R {
+        let lock = self.mm.mmap_write();
+        let mut ctx = Ctx {
+            lock: &lock,
+            mm: &self.mm,
+            mem: &self.memory,
+            config: &self.config,
+            st: self.state.lock(),
+        };
+        f(&mut ctx)
+    }
+
+    /// Runs `f` with the mmap lock held for read.
+    pub(crate) fn read_op<R>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapReadGuard<'_>>) -> R,
+    ) -> R {
+        let lock = self.mm.mmap_read();
+        let mut ctx = Ctx {
+            lock: &lock,
+            mm: &self.mm,
+            mem: &self.memory,
+            config: &self.config,
+            st: self.state.lock(),
+        };
+        f(&mut ctx)
+    }
+
+    /// Runs `f` with the rmap stand-in held (reclaim, migration: no mmap lock).
+    pub(crate) fn rmap_op<R>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_, mmun_core::RmapGuard<'_>>) -> R,
+    ) -> R {
+        let lock = self.mm.rmap_lock();
+        let mut ctx = Ctx {
+            lock: &lock,
+            mm: &self.mm,
+            mem: &self.memory,
+            config: &self.config,
+            st: self.state.lock(),
+        };
+        f(&mut ctx)
+    }
+}
+
+impl fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state.lock();
+        f.debug_struct("AddressSpace")
+            .field("vmas", &st.vmas.len())
+            .field("page_tables", &st.pt.table_count())
+            .finish()
+    }
+}

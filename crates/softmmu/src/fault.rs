@@ -1,0 +1,273 @@
+//! Page faults: the anonymous, zero-page, shared and copy-on-write paths.
+//!
+//! Kernel counterpart: `mm/memory.c` (`handle_mm_fault`,
+//! `do_anonymous_page`, `do_fault`, `do_wp_page`, `wp_page_copy`,
+//! `remove_device_exclusive_entry`). Only replacing an existing entry
+//! notifies: filling an empty one or upgrading permission never does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mmun_core::{Event, HeldMmLock, notify};
+
+use crate::address_space::Ctx;
+use crate::error::{Errno, SysResult};
+use crate::frame::{FrameKind, Pfn, ZERO_PFN};
+use crate::huge_memory;
+use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down};
+use crate::page_table::{PageTable, PmdEntry, Pte, SwapKind};
+use crate::vma::{AnonVmaId, VmFlags, Vma};
+
+/// What `addr` translates to, following huge entries.
+pub(crate) fn translate(pt: &PageTable, addr: u64) -> Option<(Pfn, bool)> {
+    match pt.pmd(addr)? {
+        PmdEntry::Huge(huge) => {
+            let pfn = huge.pfn() + ((addr & (PMD_SIZE - 1)) / PAGE_SIZE);
+            Some((pfn, huge.is_write()))
+        }
+        PmdEntry::Table(_) => {
+            let pte = pt.pte(addr);
+            pte.is_present()
+                .then(|| (pte.pfn(), pte.is_write() && !pte.is_protnone()))
+        }
+        PmdEntry::None => None,
+    }
+}
+
+/// Whether the VMA lets the CPU access it this way (x86 `access_error`).
+fn access_allowed(vma: &Vma, write: bool) -> bool {
+    if write {
+        vma.flags.contains(VmFlags::WRITE)
+    } else {
+        vma.flags.intersects(VmFlags::ACCESS)
+    }
+}
+
+/// `handle_mm_fault` for a CPU access to `addr`.
+pub(crate) fn handle_fault<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    addr: u64,
+    write: bool,
+) -> SysResult {
+    let vma = ctx.st.vmas.lookup(addr).cloned().ok_or(Errno::Fault)?;
+    if !access_allowed(&vma, write) {
+        return Err(Errno::Fault);
+    }
+    fault_in_vma(ctx, &vma, addr, write)
+}
+
+/// The fault once the VMA and the access are known to be valid (also the
+/// body of GUP-driven population).
+pub(crate) fn fault_in_vma<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+    write: bool,
+) -> SysResult {
+    // __handle_mm_fault allocates the PUD and PMD tables before it looks.
+    ctx.st.pt.pmd_alloc(addr);
+    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::None))
+        && huge_memory::thp_allowed(ctx, vma, addr)
+    {
+        let vma = anon_vma_prepare(ctx, vma);
+        huge_memory::huge_anonymous_fault(ctx, &vma, addr, write);
+        return Ok(());
+    }
+    if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(addr) {
+        let huge = *huge;
+        if !write || huge.is_write() {
+            return Ok(());
+        }
+        if huge.is_special() {
+            huge_memory::huge_zero_wp(ctx, vma, addr);
+            return Ok(());
+        }
+        if reuse_huge(ctx, align_down(addr, PMD_SIZE), huge) {
+            return Ok(());
+        }
+        huge_memory::split_huge_pmd(ctx, vma, addr);
+    }
+    pte_fault(ctx, vma, addr, write)
+}
+
+fn reuse_huge<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64, huge: Pte) -> bool {
+    let frame = ctx.mem.frame(huge.pfn());
+    if frame.anon_exclusive || frame.refcount == 1 {
+        ctx.mem.update(huge.pfn(), |f| f.anon_exclusive = true);
+        ctx.st.pt.set_pmd(
+            haddr,
+            PmdEntry::Huge(huge.with_write(true).with_dirty(true)),
+        );
+        return true;
+    }
+    false
+}
+
+fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: bool) -> SysResult {
+    let addr = align_down(addr, PAGE_SIZE);
+    let pte = ctx.st.pt.pte(addr);
+    if pte.is_none() {
+        return fill_empty(ctx, vma, addr, write);
+    }
+    if pte.swap_kind() == Some(SwapKind::DeviceExclusive) {
+        remove_device_exclusive_entry(ctx, addr, pte);
+        return pte_fault(ctx, vma, addr, write);
+    }
+    if write && !pte.is_write() {
+        return do_wp_page(ctx, vma, addr, pte);
+    }
+    *ctx.st.pt.pte_alloc(addr) = pte.with_young(true);
+    Ok(())
+}
+
+/// `do_anonymous_page` / `do_fault`: fill an empty PTE. Never notifies.
+fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: bool) -> SysResult {
+    let writable = vma.flags.contains(VmFlags::WRITE);
+    let entry = match &vma.file {
+        None if !write => Pte::zero(ZERO_PFN),
+        None => {
+            anon_vma_prepare(ctx, vma);
+            let pfn = ctx.mem.alloc(FrameKind::Anon);
+            ctx.mem.map_pte(pfn);
+            Pte::new(pfn, writable)
+        }
+        Some(file) => {
+            let index = vma.pgoff_of(addr);
+            if index * PAGE_SIZE >= file.object.size() {
+                return Err(Errno::Fault);
+            }
+            if write && !vma.flags.contains(VmFlags::SHARED) {
+                // do_cow_fault: a private copy of the file page.
+                anon_vma_prepare(ctx, vma);
+                let pfn = ctx.mem.alloc(FrameKind::Anon);
+                ctx.mem.map_pte(pfn);
+                Pte::new(pfn, writable)
+            } else {
+                let pfn = file.object.get_page(ctx.mem, index);
+                ctx.mem.map_pte(pfn);
+                Pte::new(pfn, write && writable)
+            }
+        }
+    };
+    if write {
+        ctx.mem.touch_write(entry.pfn());
+    }
+    *ctx.st.pt.pte_alloc(addr) = entry;
+    Ok(())
+}
+
+/// `do_wp_page`: a write to a present, write-protected PTE.
+fn do_wp_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, pte: Pte) -> SysResult {
+    if vma.flags.contains(VmFlags::SHARED) {
+        // wp_page_shared: the page cache page becomes writable in place.
+        *ctx.st.pt.pte_alloc(addr) = pte.with_write(true).with_dirty(true);
+        ctx.mem.touch_write(pte.pfn());
+        return Ok(());
+    }
+    if !pte.is_special() && can_reuse_anon(ctx, pte.pfn()) {
+        // wp_page_reuse: no other mapping can see the page.
+        ctx.mem.update(pte.pfn(), |f| f.anon_exclusive = true);
+        *ctx.st.pt.pte_alloc(addr) = pte.with_write(true).with_dirty(true);
+        ctx.mem.touch_write(pte.pfn());
+        return Ok(());
+    }
+    wp_page_copy(ctx, vma, addr, pte);
+    Ok(())
+}
+
+fn can_reuse_anon<L: HeldMmLock>(ctx: &Ctx<'_, L>, pfn: Pfn) -> bool {
+    let frame = ctx.mem.frame(pfn);
+    if frame.kind != FrameKind::Anon {
+        return false;
+    }
+    if frame.anon_exclusive {
+        return true;
+    }
+    let head = ctx.mem.frame(frame.head);
+    head.order == 0 && head.refcount == 1
+}
+
+/// `wp_page_copy`: copy the page, and swap the PTE under a `Clear` of the
+/// page (v6.5: `ptep_clear_flush_notify` + `set_pte_at_notify`, then
+/// `invalidate_range_only_end`).
+fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: Pte) {
+    let vma = anon_vma_prepare(ctx, vma);
+    let new_pfn = ctx.mem.alloc(FrameKind::Anon);
+    let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
+    let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
+    let mm = ctx.mm;
+    let slot_old = notify::ptep_clear_flush_notify(mm, addr, || old);
+    notify::set_pte_at_notify(mm, addr, new.raw(), |_| ());
+    ctx.mem.map_pte(new_pfn);
+    ctx.mem.touch_write(new_pfn);
+    *ctx.st.pt.pte_alloc(addr) = new;
+    inv.only_end();
+    crate::zap::release_pte(ctx.mem, slot_old);
+}
+
+/// `remove_device_exclusive_entry`: a CPU access takes the page back from
+/// the device, under a `Clear` (6.18; v6.5 used `Exclusive`) without owner.
+fn remove_device_exclusive_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, entry: Pte) {
+    let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
+    let restored = Pte::new(entry.pfn(), entry.swap_was_writable());
+    ctx.mem.map_pte(entry.pfn());
+    *ctx.st.pt.pte_alloc(addr) = restored;
+    inv.end();
+}
+
+/// `anon_vma_prepare`: gives the VMA an anon_vma, reusing an adjacent
+/// compatible VMA's (`find_mergeable_anon_vma`) so that they may still
+/// merge. Returns the VMA as updated.
+pub(crate) fn anon_vma_prepare<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma) -> Vma {
+    let current = ctx
+        .st
+        .vmas
+        .lookup(vma.start)
+        .cloned()
+        .unwrap_or_else(|| vma.clone());
+    if current.anon_vma.is_some() {
+        return current;
+    }
+    let reuse = neighbour_anon_vma(ctx, &current);
+    let id = reuse.unwrap_or_else(new_anon_vma);
+    let slot = ctx
+        .st
+        .vmas
+        .get_mut(current.start)
+        .expect("VMA is in the tree");
+    slot.anon_vma = Some(id);
+    slot.clone()
+}
+
+fn neighbour_anon_vma<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma) -> Option<AnonVmaId> {
+    let compatible = |other: &Vma| {
+        crate::vma::merge_key(other.flags) == crate::vma::merge_key(vma.flags)
+            && other.file.is_none()
+            && vma.file.is_none()
+    };
+    let prev = ctx
+        .st
+        .vmas
+        .prev(vma.start)
+        .filter(|p| p.end == vma.start && compatible(p));
+    let next = ctx
+        .st
+        .vmas
+        .next_from(vma.end)
+        .filter(|n| n.start == vma.end && compatible(n));
+    prev.and_then(|p| p.anon_vma)
+        .or_else(|| next.and_then(|n| n.anon_vma))
+}
+
+/// A fresh anon_vma identity.
+pub(crate) fn new_anon_vma() -> AnonVmaId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl crate::AddressSpace {
+    /// A CPU access to `addr`: a page fault if the page is not mapped with
+    /// the needed permission. `EFAULT` where the access would `SIGSEGV`.
+    pub fn access(&self, addr: u64, write: bool) -> SysResult {
+        self.read_op(|ctx| handle_fault(ctx, addr, write))
+    }
+}

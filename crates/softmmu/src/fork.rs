@@ -1,0 +1,103 @@
+//! `fork`: the child's copy of the address space.
+//!
+//! Kernel counterpart: `dup_mmap` (`mm/mmap.c`) and `copy_page_range`
+//! (`mm/memory.c`). A VMA is copied entry by entry only if it has an
+//! anon_vma (`vma_needs_copy`); a copy-on-write VMA is then write-protected
+//! in the parent under one `ProtectionPage` over the whole VMA. The child
+//! starts with no notifiers.
+
+use mmun_core::{Event, HeldMmLock};
+
+use crate::address_space::{AddressSpace, Ctx};
+use crate::fault::new_anon_vma;
+use crate::layout::{PAGE_SIZE, PMD_SIZE, block_end};
+use crate::page_table::{PageTable, PmdEntry, Pte};
+use crate::vma::{VmFlags, Vma};
+
+impl AddressSpace {
+    /// `fork(2)`: a new address space sharing every frame copy-on-write.
+    pub fn fork(&self) -> AddressSpace {
+        let child =
+            AddressSpace::with_config(std::sync::Arc::clone(self.memory()), self.config().clone());
+        self.write_op(|ctx| {
+            let vmas: Vec<Vma> = ctx.st.vmas.iter().cloned().collect();
+            let mut child_state = child.state_for_fork();
+            for vma in vmas.iter().filter(|v| !v.flags.contains(VmFlags::DONTCOPY)) {
+                let mut copy = vma.clone();
+                copy.anon_vma = vma.anon_vma.map(|_| new_anon_vma());
+                let wipe = vma.flags.contains(VmFlags::WIPEONFORK);
+                if wipe {
+                    copy.anon_vma = None;
+                }
+                child_state.vmas.insert(copy);
+                if !wipe && vma.anon_vma.is_some() {
+                    copy_page_range(ctx, vma, &mut child_state.pt);
+                }
+            }
+        });
+        child
+    }
+}
+
+/// `copy_page_range`: every entry of `vma` is shared with the child; for a
+/// copy-on-write VMA both sides lose write access, under a `ProtectionPage`
+/// of the whole VMA on the parent.
+fn copy_page_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, child: &mut PageTable) {
+    let cow = vma.is_cow();
+    let inv = cow.then(|| ctx.start(Event::ProtectionPage, vma.start, vma.end));
+    let mut addr = vma.start;
+    while addr < vma.end {
+        let next = block_end(addr, vma.end, PMD_SIZE);
+        if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(addr) {
+            let huge = *huge;
+            let shared = share_huge(ctx, huge, cow);
+            ctx.st.pt.set_pmd(addr, PmdEntry::Huge(shared));
+            child.set_pmd(addr, PmdEntry::Huge(shared));
+            addr = next;
+            continue;
+        }
+        copy_ptes(ctx, addr, next, cow, child);
+        addr = next;
+    }
+    if let Some(inv) = inv {
+        inv.end();
+    }
+}
+
+fn share_huge<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte, cow: bool) -> Pte {
+    if !huge.is_special() {
+        ctx.mem.get(huge.pfn());
+        ctx.mem.map_pmd(huge.pfn());
+        ctx.mem.update(huge.pfn(), |f| f.anon_exclusive = false);
+    }
+    if cow { huge.with_write(false) } else { huge }
+}
+
+fn copy_ptes<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    start: u64,
+    end: u64,
+    cow: bool,
+    child: &mut PageTable,
+) {
+    let mem = ctx.mem;
+    let mut copied: Vec<(u64, Pte)> = Vec::new();
+    ctx.st.pt.for_each_pte_mut(start, end, |a, pte| {
+        if !pte.is_present() {
+            return;
+        }
+        if !pte.is_special() {
+            mem.get(pte.pfn());
+            mem.map_pte(pte.pfn());
+            mem.update(pte.pfn(), |f| f.anon_exclusive = false);
+        }
+        if cow {
+            *pte = pte.with_write(false);
+        }
+        copied.push((a, *pte));
+    });
+    for (a, pte) in copied {
+        *child.pte_alloc(a) = pte;
+    }
+    let _ = PAGE_SIZE;
+}

@@ -1,0 +1,195 @@
+//! Transparent huge pages: the PMD-level fault, split and collapse.
+//!
+//! Kernel counterpart: `mm/huge_memory.c` (`do_huge_pmd_anonymous_page`,
+//! `do_huge_zero_wp_pmd`, `__split_huge_pmd`, `vma_adjust_trans_huge`) and
+//! `mm/khugepaged.c` (`collapse_huge_page` for `MADV_COLLAPSE`).
+
+use mmun_core::{Event, HeldMmLock, notify};
+
+use crate::address_space::{Ctx, ThpMode};
+use crate::frame::FrameKind;
+use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, align_up, is_aligned};
+use crate::page_table::{PmdEntry, Pte};
+use crate::vma::{VmFlags, Vma};
+use crate::zap::release_pte;
+
+/// Whether a fault at `addr` may map a PMD-sized page in `vma`
+/// (`thp_vma_allowable_order` for anonymous memory).
+pub(crate) fn thp_allowed<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, addr: u64) -> bool {
+    let enabled = match ctx.config.thp {
+        ThpMode::Always => true,
+        ThpMode::Madvise => vma.flags.contains(VmFlags::HUGEPAGE),
+        ThpMode::Never => false,
+    };
+    let haddr = align_down(addr, PMD_SIZE);
+    enabled
+        && vma.is_anonymous()
+        && !vma.flags.contains(VmFlags::NOHUGEPAGE)
+        && vma.contains_range(haddr, haddr + PMD_SIZE)
+}
+
+/// `__split_huge_pmd`: notifies `Clear` over the PMD's 2 MiB whether or not
+/// the entry is huge, then replaces a huge entry by a PTE table mapping the
+/// same pages.
+pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, addr: u64) {
+    let haddr = align_down(addr, PMD_SIZE);
+    let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
+    if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(addr) {
+        let huge = *huge;
+        notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+        let mut table = crate::page_table::PageTable::new_pte_table();
+        for i in 0..crate::layout::HPAGE_PMD_NR {
+            let a = haddr + i * PAGE_SIZE;
+            *table.get_mut(a) = if huge.is_special() {
+                Pte::zero(crate::frame::ZERO_PFN)
+            } else {
+                Pte::new(huge.pfn() + i, huge.is_write()).with_young(huge.is_young())
+            };
+        }
+        if !huge.is_special() {
+            remap_as_ptes(ctx, huge);
+        }
+        ctx.st.pt.set_pmd(haddr, PmdEntry::Table(table));
+    }
+    inv.only_end();
+}
+
+/// The frame bookkeeping of turning one PMD mapping into 512 PTE mappings.
+fn remap_as_ptes<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte) {
+    let head = huge.pfn();
+    ctx.mem.unmap_pmd(head);
+    for i in 0..crate::layout::HPAGE_PMD_NR {
+        ctx.mem.map_pte(head + i);
+    }
+    ctx.mem.update(head, |f| {
+        f.refcount += crate::layout::HPAGE_PMD_NR as u32 - 1
+    });
+}
+
+/// `split_huge_pmd_address`: splits only where a PMD can be found
+/// (`mm_find_pmd`: the PUD entry is populated).
+pub(crate) fn split_huge_pmd_address<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) {
+    if ctx.st.pt.pud_present(addr) {
+        split_huge_pmd(ctx, vma, addr);
+    }
+}
+
+/// `split_huge_pmd_if_needed`: a boundary that cuts a PMD-sized block lying
+/// wholly inside `vma` splits it.
+pub(crate) fn split_huge_pmd_if_needed<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) {
+    if is_aligned(addr, PMD_SIZE) {
+        return;
+    }
+    let (down, up) = (
+        align_down(addr, PMD_SIZE),
+        align_up(addr, PMD_SIZE).unwrap_or(u64::MAX),
+    );
+    if vma.contains_range(down, up) {
+        split_huge_pmd_address(ctx, vma, addr);
+    }
+}
+
+/// `vma_adjust_trans_huge(vma, start, end, next)`.
+pub(crate) fn vma_adjust_trans_huge<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+    next: Option<&Vma>,
+) {
+    split_huge_pmd_if_needed(ctx, vma, start);
+    split_huge_pmd_if_needed(ctx, vma, end);
+    if let Some(next) = next {
+        split_huge_pmd_if_needed(ctx, next, end);
+    }
+}
+
+/// `do_huge_pmd_anonymous_page`: a read maps the huge zero page, a write a
+/// new huge page. The caller has prepared the anon_vma. No notifier: the
+/// PMD was empty.
+pub(crate) fn huge_anonymous_fault<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+    write: bool,
+) {
+    let haddr = align_down(addr, PMD_SIZE);
+    let entry = if !write && ctx.config.thp_zero_page {
+        Pte::zero(ctx.mem.huge_zero())
+    } else {
+        let head = ctx.mem.alloc_huge(FrameKind::Anon);
+        ctx.mem.map_pmd(head);
+        Pte::new(head, vma.flags.contains(VmFlags::WRITE))
+    };
+    ctx.st.pt.set_pmd(haddr, PmdEntry::Huge(entry));
+}
+
+/// `do_huge_zero_wp_pmd` (6.18): a write to the huge zero page allocates a
+/// huge page and replaces the PMD under a `Clear` of the 2 MiB.
+pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) {
+    let haddr = align_down(addr, PMD_SIZE);
+    let head = ctx.mem.alloc_huge(FrameKind::Anon);
+    let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
+    notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+    ctx.mem.map_pmd(head);
+    ctx.st.pt.set_pmd(
+        haddr,
+        PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),
+    );
+    inv.only_end();
+}
+
+/// `collapse_huge_page` for `MADV_COLLAPSE`: a 2 MiB block mapped by PTEs of
+/// exclusive anonymous pages becomes one huge page. The `Clear` brackets
+/// only the clearing of the PMD; the copy and the new PMD come after it.
+/// Returns whether the block was collapsed.
+pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u64) -> bool {
+    if !vma.is_anonymous()
+        || vma.flags.contains(VmFlags::SHARED)
+        || !vma.contains_range(haddr, haddr + PMD_SIZE)
+    {
+        return false;
+    }
+    if !collapsible(ctx, haddr) {
+        return false;
+    }
+    let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
+    let old = ctx.st.pt.set_pmd(haddr, PmdEntry::None);
+    inv.end();
+    if let PmdEntry::Table(table) = old {
+        for i in 0..crate::layout::HPAGE_PMD_NR {
+            release_pte(ctx.mem, table.get(haddr + i * PAGE_SIZE));
+        }
+    }
+    let head = ctx.mem.alloc_huge(FrameKind::Anon);
+    ctx.mem.map_pmd(head);
+    ctx.st.pt.set_pmd(
+        haddr,
+        PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),
+    );
+    true
+}
+
+/// Whether the PTE table at `haddr` holds at least one anonymous page and
+/// only pages no other mapping shares.
+fn collapsible<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> bool {
+    let Some(PmdEntry::Table(table)) = ctx.st.pt.pmd(haddr) else {
+        return false;
+    };
+    let mut present = 0;
+    for i in 0..crate::layout::HPAGE_PMD_NR {
+        let pte = table.get(haddr + i * PAGE_SIZE);
+        if pte.is_none() || pte.is_special() {
+            continue;
+        }
+        if !pte.is_present() {
+            return false;
+        }
+        let frame = ctx.mem.frame(pte.pfn());
+        if frame.kind != FrameKind::Anon || frame.mapcount > 1 {
+            return false;
+        }
+        present += 1;
+    }
+    present > 0
+}

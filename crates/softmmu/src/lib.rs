@@ -1,0 +1,38 @@
+//! A software MMU: address spaces with VMAs, 4-level page tables and page
+//! frames, whose operations call the MMU notifiers of `mmun-core` where
+//! Linux calls them, with the same event, range and flags.
+//!
+//! The fidelity target is Linux 6.18 (the kernel the recorded traces come
+//! from) driving the v6.5 notifier API. [`AddressSpace`] is the entry
+//! point: system calls (`mmap`, `munmap`, `mprotect`, `madvise`, `mremap`,
+//! `mlock`, `fork`, …), faults, and the kernel-internal operations
+//! (migration, KSM, reclaim, device-exclusive, OOM reaping, exit).
+//! [`replay`] runs an address-space script and reports the notifier ranges
+//! exactly as the kernel oracle prints them.
+
+#![forbid(unsafe_code)]
+
+mod address_space;
+pub mod error;
+mod fault;
+mod fork;
+pub mod frame;
+mod huge_memory;
+pub mod layout;
+mod madvise;
+mod mmap;
+mod mprotect;
+pub mod mremap;
+pub mod page_table;
+pub mod replay;
+pub mod shmem;
+mod split;
+mod task_mmu;
+pub mod vma;
+mod zap;
+
+pub use address_space::{AddressSpace, Config, MapRequest, ThpMode};
+pub use error::{Errno, SysResult};
+pub use frame::{Memory, Pfn};
+pub use mremap::MremapFlags;
+pub use vma::{VmFlags, Vma};

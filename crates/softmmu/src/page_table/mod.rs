@@ -1,0 +1,335 @@
+//! Four-level page tables (PGD → PUD → PMD → PTE), allocated lazily per
+//! level as Linux does, with 2 MiB PMD and 1 GiB PUD leaves.
+//!
+//! Which tables exist is observable through the notifiers: mprotect starts
+//! its range only where a PUD entry is populated, and a THP split notifies
+//! wherever a PMD can be found. So tables are created exactly where a fault
+//! creates them and freed exactly where `free_pgtables` frees them.
+
+mod pte;
+
+pub use pte::{Pte, SwapKind};
+
+use crate::layout::{
+    ENTRIES, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, align_down, pgd_index, pmd_index, pte_index, pud_index,
+};
+
+/// A table of PTEs (4 KiB each): 8 bytes per entry.
+pub struct PteTable {
+    entries: Box<[Pte]>,
+}
+
+/// A PMD entry: empty, a PTE table, or a 2 MiB leaf.
+pub enum PmdEntry {
+    /// `pmd_none`.
+    None,
+    /// Points to a PTE table.
+    Table(PteTable),
+    /// A huge (THP) leaf, or a huge zero page.
+    Huge(Pte),
+}
+
+/// A table of PMD entries.
+pub struct PmdTable {
+    entries: Box<[PmdEntry]>,
+}
+
+/// A PUD entry: empty, a PMD table, or a 1 GiB leaf.
+pub enum PudEntry {
+    /// `pud_none`.
+    None,
+    /// Points to a PMD table.
+    Table(PmdTable),
+    /// A 1 GiB leaf.
+    Huge(Pte),
+}
+
+/// A table of PUD entries.
+pub struct PudTable {
+    entries: Box<[PudEntry]>,
+}
+
+/// The page tables of one address space.
+pub struct PageTable {
+    pgd: Box<[Option<PudTable>]>,
+    tables: usize,
+}
+
+fn boxed<T>(make: impl FnMut() -> T) -> Box<[T]> {
+    std::iter::repeat_with(make).take(ENTRIES).collect()
+}
+
+impl PteTable {
+    fn new() -> PteTable {
+        PteTable {
+            entries: vec![Pte::NONE; ENTRIES].into_boxed_slice(),
+        }
+    }
+
+    /// The entry for `addr`.
+    pub fn get(&self, addr: u64) -> Pte {
+        self.entries[pte_index(addr)]
+    }
+
+    /// The entry for `addr`, mutably.
+    pub fn get_mut(&mut self, addr: u64) -> &mut Pte {
+        &mut self.entries[pte_index(addr)]
+    }
+
+    /// Whether every entry is none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.iter().all(|p| p.is_none())
+    }
+}
+
+impl PageTable {
+    /// Empty page tables: a PGD and nothing else.
+    pub fn new() -> PageTable {
+        PageTable {
+            pgd: boxed(|| None),
+            tables: 1,
+        }
+    }
+
+    /// Number of tables at all levels (the PGD included).
+    pub fn table_count(&self) -> usize {
+        self.tables
+    }
+
+    /// Bytes the tables occupy (entries only).
+    pub fn table_bytes(&self) -> usize {
+        self.tables * ENTRIES * 8
+    }
+
+    /// Whether the PGD entry covering `addr` points to a PUD table.
+    pub fn p4d_present(&self, addr: u64) -> bool {
+        self.pgd[pgd_index(addr)].is_some()
+    }
+
+    /// The PUD entry covering `addr`, if its table exists.
+    pub fn pud(&self, addr: u64) -> Option<&PudEntry> {
+        self.pgd[pgd_index(addr)]
+            .as_ref()
+            .map(|t| &t.entries[pud_index(addr)])
+    }
+
+    /// Whether the PUD entry covering `addr` is populated (`!pud_none`).
+    pub fn pud_present(&self, addr: u64) -> bool {
+        matches!(self.pud(addr), Some(PudEntry::Table(_) | PudEntry::Huge(_)))
+    }
+
+    /// The PMD entry covering `addr`, if its table exists (`mm_find_pmd`).
+    pub fn pmd(&self, addr: u64) -> Option<&PmdEntry> {
+        match self.pud(addr)? {
+            PudEntry::Table(t) => Some(&t.entries[pmd_index(addr)]),
+            _ => None,
+        }
+    }
+
+    /// The PMD entry covering `addr`, mutably, if its table exists.
+    pub fn pmd_mut(&mut self, addr: u64) -> Option<&mut PmdEntry> {
+        let pud = &mut self.pgd[pgd_index(addr)].as_mut()?.entries[pud_index(addr)];
+        match pud {
+            PudEntry::Table(t) => Some(&mut t.entries[pmd_index(addr)]),
+            _ => None,
+        }
+    }
+
+    /// The PMD entry covering `addr`, allocating the PUD and PMD tables on
+    /// the way (`pud_alloc` + `pmd_alloc`).
+    pub fn pmd_alloc(&mut self, addr: u64) -> &mut PmdEntry {
+        let tables = &mut self.tables;
+        let pud_table = self.pgd[pgd_index(addr)].get_or_insert_with(|| {
+            *tables += 1;
+            PudTable {
+                entries: boxed(|| PudEntry::None),
+            }
+        });
+        let pud = &mut pud_table.entries[pud_index(addr)];
+        if matches!(pud, PudEntry::None) {
+            *tables += 1;
+            *pud = PudEntry::Table(PmdTable {
+                entries: boxed(|| PmdEntry::None),
+            });
+        }
+        match pud {
+            PudEntry::Table(t) => &mut t.entries[pmd_index(addr)],
+            _ => panic!("pmd_alloc() under a huge PUD at {addr:#x}"),
+        }
+    }
+
+    /// The PTE for `addr`; none if any level is missing or huge.
+    pub fn pte(&self, addr: u64) -> Pte {
+        match self.pmd(addr) {
+            Some(PmdEntry::Table(t)) => t.get(addr),
+            _ => Pte::NONE,
+        }
+    }
+
+    /// The PTE slot for `addr`, if its PTE table exists.
+    pub fn pte_mut(&mut self, addr: u64) -> Option<&mut Pte> {
+        match self.pmd_mut(addr)? {
+            PmdEntry::Table(t) => Some(t.get_mut(addr)),
+            _ => None,
+        }
+    }
+
+    /// The PTE slot for `addr`, allocating tables down to the PTE level
+    /// (`pte_alloc`). Panics under a huge PMD: callers split first.
+    pub fn pte_alloc(&mut self, addr: u64) -> &mut Pte {
+        if matches!(self.pmd_alloc(addr), PmdEntry::None) {
+            self.set_pmd(addr, PmdEntry::Table(PteTable::new()));
+        }
+        match self.pmd_mut(addr) {
+            Some(PmdEntry::Table(t)) => t.get_mut(addr),
+            _ => panic!("pte_alloc() under a huge PMD at {addr:#x}"),
+        }
+    }
+
+    /// Calls `f(addr, pte)` for every PTE slot in `[start, end)` whose PTE
+    /// table exists (not under huge PMDs), in address order.
+    pub fn for_each_pte_mut(&mut self, start: u64, end: u64, mut f: impl FnMut(u64, &mut Pte)) {
+        let mut addr = start;
+        while addr < end {
+            let next = crate::layout::block_end(addr, end, PMD_SIZE);
+            if let Some(PmdEntry::Table(t)) = self.pmd_mut(addr) {
+                let mut a = addr;
+                while a < next {
+                    f(a, t.get_mut(a));
+                    a += crate::layout::PAGE_SIZE;
+                }
+            }
+            addr = next;
+        }
+    }
+
+    /// Replaces the PMD entry at `addr` (which must exist) and keeps the
+    /// table count right.
+    pub fn set_pmd(&mut self, addr: u64, entry: PmdEntry) -> PmdEntry {
+        let new_is_table = matches!(entry, PmdEntry::Table(_));
+        let slot = self.pmd_alloc(addr);
+        let old = std::mem::replace(slot, entry);
+        let old_is_table = matches!(old, PmdEntry::Table(_));
+        self.tables = self.tables + usize::from(new_is_table) - usize::from(old_is_table);
+        old
+    }
+
+    /// A fresh PTE table for `set_pmd` (e.g. when splitting a huge PMD).
+    pub fn new_pte_table() -> PteTable {
+        PteTable::new()
+    }
+
+    /// `free_pgd_range(addr, end, floor, ceiling)`: frees the page tables
+    /// covering `[addr, end)` that no address in `[floor, ceiling)` outside
+    /// the range still needs. `ceiling == 0` means the top of the address
+    /// space. The entries must already be empty (the range was zapped).
+    pub fn free_pgd_range(&mut self, addr: u64, end: u64, floor: u64, ceiling: u64) {
+        let mut addr = align_down(addr, PMD_SIZE);
+        if addr < floor {
+            addr = addr.wrapping_add(PMD_SIZE);
+            if addr == 0 {
+                return;
+            }
+        }
+        let mut ceiling_c = ceiling;
+        if ceiling_c != 0 {
+            ceiling_c = align_down(ceiling_c, PMD_SIZE);
+            if ceiling_c == 0 {
+                return;
+            }
+        }
+        let mut end = end;
+        if end.wrapping_sub(1) > ceiling_c.wrapping_sub(1) {
+            end = end.wrapping_sub(PMD_SIZE);
+        }
+        if addr > end.wrapping_sub(1) {
+            return;
+        }
+        let mut a = addr;
+        loop {
+            let next = crate::layout::block_end(a, end, PGDIR_SIZE);
+            if self.pgd[pgd_index(a)].is_some() {
+                self.free_pud_range(a, next, floor, ceiling);
+            }
+            a = next;
+            if a == end {
+                break;
+            }
+        }
+    }
+
+    fn free_pud_range(&mut self, addr: u64, end: u64, floor: u64, ceiling: u64) {
+        let mut a = addr;
+        loop {
+            let next = crate::layout::block_end(a, end, PUD_SIZE);
+            if matches!(self.pud(a), Some(PudEntry::Table(_))) {
+                self.free_pmd_range(a, next, floor, ceiling);
+            }
+            a = next;
+            if a == end {
+                break;
+            }
+        }
+        if covers(addr, end, floor, ceiling, PGDIR_SIZE) {
+            let removed = self.pgd[pgd_index(addr)].take();
+            if removed.is_some() {
+                self.tables -= 1;
+            }
+        }
+    }
+
+    fn free_pmd_range(&mut self, addr: u64, end: u64, floor: u64, ceiling: u64) {
+        let mut a = addr;
+        loop {
+            let next = crate::layout::block_end(a, end, PMD_SIZE);
+            if let Some(entry @ PmdEntry::Table(_)) = self.pmd_mut(a) {
+                *entry = PmdEntry::None;
+                self.tables -= 1;
+            }
+            a = next;
+            if a == end {
+                break;
+            }
+        }
+        if covers(addr, end, floor, ceiling, PUD_SIZE) {
+            if let Some(t) = self.pgd[pgd_index(addr)].as_mut() {
+                let pud = &mut t.entries[pud_index(addr)];
+                if matches!(pud, PudEntry::Table(_)) {
+                    *pud = PudEntry::None;
+                    self.tables -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// The tail test of `free_p?d_range`: whether the `size`-aligned table
+/// around `[addr, end)` is needed by nothing between `floor` and `ceiling`.
+fn covers(addr: u64, end: u64, floor: u64, ceiling: u64, size: u64) -> bool {
+    let start = align_down(addr, size);
+    if start < floor {
+        return false;
+    }
+    let mut ceiling = ceiling;
+    if ceiling != 0 {
+        ceiling = align_down(ceiling, size);
+        if ceiling == 0 {
+            return false;
+        }
+    }
+    end.wrapping_sub(1) <= ceiling.wrapping_sub(1)
+}
+
+impl Default for PageTable {
+    fn default() -> Self {
+        PageTable::new()
+    }
+}
+
+impl std::fmt::Debug for PageTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageTable")
+            .field("tables", &self.tables)
+            .finish()
+    }
+}

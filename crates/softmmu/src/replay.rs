@@ -1,0 +1,341 @@
+//! Running an address-space script on the software MMU, and the report of
+//! what the notifiers saw (`mmun replay`).
+//!
+//! A recording list notifier plays the part of KVM in the kernel oracle:
+//! it sees every `invalidate_range_start` (and the young callbacks), so
+//! the report lists exactly what KVM's tracepoints show on Linux. The full
+//! stream (events, flags, owners, ends, every callback) is kept too, for
+//! `--events`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use mmun_core::{Event, Mm, Notifier, NotifierOps, Owner, Range, StartFn};
+use mmun_script::{Line, Op, Outcome, Report, Step, StepReport, WINDOW_BASE, WINDOW_SIZE};
+use parking_lot::Mutex;
+
+use crate::address_space::{AddressSpace, MapRequest};
+use crate::error::SysResult;
+use crate::frame::Memory;
+use crate::layout::PAGE_SIZE;
+use crate::mremap::MremapFlags;
+use crate::shmem::ShmemObject;
+
+/// One notifier callback as the recorder saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Callback {
+    /// `invalidate_range_start`.
+    Start {
+        /// Why.
+        event: Event,
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+        /// Whether callbacks could sleep.
+        blockable: bool,
+        /// The owner, for `Migrate`/`Exclusive`.
+        owner: Option<Owner>,
+    },
+    /// `invalidate_range_end`.
+    End {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+    },
+    /// `invalidate_range` (secondary TLB flush).
+    InvalidateRange {
+        /// Start.
+        start: u64,
+        /// End.
+        end: u64,
+    },
+    /// `clear_flush_young`.
+    ClearFlushYoung {
+        /// Start.
+        start: u64,
+        /// End.
+        end: u64,
+    },
+    /// `clear_young`.
+    ClearYoung {
+        /// Start.
+        start: u64,
+        /// End.
+        end: u64,
+    },
+    /// `test_young`.
+    TestYoung {
+        /// The address.
+        addr: u64,
+    },
+    /// `change_pte`.
+    ChangePte {
+        /// The address.
+        addr: u64,
+        /// The new PTE value.
+        pte: u64,
+    },
+    /// `release`.
+    Release,
+}
+
+impl fmt::Display for Callback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let off = |a: u64| Off(a);
+        match self {
+            Callback::Start {
+                event,
+                start,
+                end,
+                blockable,
+                owner,
+            } => {
+                write!(f, "start {event} {} {}", off(*start), off(*end))?;
+                if !blockable {
+                    f.write_str(" nonblock")?;
+                }
+                if let Some(o) = owner {
+                    write!(f, " owner={:#x}", o.get())?;
+                }
+                Ok(())
+            }
+            Callback::End { start, end } => write!(f, "end {} {}", off(*start), off(*end)),
+            Callback::InvalidateRange { start, end } => {
+                write!(f, "invalidate_range {} {}", off(*start), off(*end))
+            }
+            Callback::ClearFlushYoung { start, end } => {
+                write!(f, "clear_flush_young {} {}", off(*start), off(*end))
+            }
+            Callback::ClearYoung { start, end } => {
+                write!(f, "clear_young {} {}", off(*start), off(*end))
+            }
+            Callback::TestYoung { addr } => write!(f, "test_young {}", off(*addr)),
+            Callback::ChangePte { addr, pte } => write!(f, "change_pte {} {pte:#x}", off(*addr)),
+            Callback::Release => f.write_str("release"),
+        }
+    }
+}
+
+/// An address relative to the window when inside it, absolute otherwise.
+struct Off(u64);
+
+impl fmt::Display for Off {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self
+            .0
+            .checked_sub(WINDOW_BASE)
+            .filter(|o| *o <= WINDOW_SIZE)
+        {
+            Some(0) => f.write_str("0"),
+            Some(o) => write!(f, "{o:#x}"),
+            None if self.0 == u64::MAX => f.write_str("max"),
+            None => write!(f, "abs:{:#x}", self.0),
+        }
+    }
+}
+
+/// The recording notifier's state.
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<Callback>>,
+}
+
+impl Recorder {
+    fn push(&self, call: Callback) {
+        self.calls.lock().push(call);
+    }
+}
+
+static RECORDER_OPS: NotifierOps<Recorder> = NotifierOps {
+    release: Some(|r, _| r.push(Callback::Release)),
+    clear_flush_young: Some(|r, _, start, end| {
+        r.push(Callback::ClearFlushYoung { start, end });
+        false
+    }),
+    clear_young: Some(|r, _, start, end| {
+        r.push(Callback::ClearYoung { start, end });
+        false
+    }),
+    test_young: Some(|r, _, addr| {
+        r.push(Callback::TestYoung { addr });
+        false
+    }),
+    change_pte: Some(|r, _, addr, pte| r.push(Callback::ChangePte { addr, pte })),
+    invalidate_range_start: Some(StartFn::Infallible(|r, range: &Range<'_>| {
+        r.push(Callback::Start {
+            event: range.event(),
+            start: range.start(),
+            end: range.end(),
+            blockable: range.is_blockable(),
+            owner: range.owner(),
+        })
+    })),
+    invalidate_range_end: Some(|r, range| {
+        r.push(Callback::End {
+            start: range.start(),
+            end: range.end(),
+        })
+    }),
+    invalidate_range: Some(|r, _, start, end| r.push(Callback::InvalidateRange { start, end })),
+    alloc_notifier: None,
+    free_notifier: None,
+};
+
+/// What one step did: its report (as the oracle prints it) and the full
+/// callback stream.
+#[derive(Debug, Clone)]
+pub struct StepTrace {
+    /// The oracle-format report of the step.
+    pub report: StepReport,
+    /// Every callback, in order.
+    pub callbacks: Vec<Callback>,
+}
+
+/// A software MMU process running a script: an address space with a
+/// KVM-like recording notifier, at the oracle's window.
+pub struct Replayer {
+    space: AddressSpace,
+    recorder: Notifier<Recorder>,
+}
+
+impl Replayer {
+    /// A fresh process.
+    pub fn new() -> Replayer {
+        let space = AddressSpace::new(Arc::new(Memory::new()));
+        let recorder = Notifier::register(space.mm(), &RECORDER_OPS, Recorder::default())
+            .expect("a live address space accepts a notifier");
+        Replayer { space, recorder }
+    }
+
+    /// The address space, for inspection.
+    pub fn space(&self) -> &AddressSpace {
+        &self.space
+    }
+
+    /// The notifier side of the address space.
+    pub fn mm(&self) -> &Arc<Mm> {
+        self.space.mm()
+    }
+
+    /// Runs one step.
+    pub fn step(&self, step: &Step) -> StepTrace {
+        let outcome = match run_op(&self.space, &step.op) {
+            Ok(outcome) => outcome,
+            Err(errno) => Outcome::Rc(-i64::from(errno.code())),
+        };
+        let callbacks = std::mem::take(&mut *self.recorder.calls.lock());
+        let lines = callbacks.iter().filter_map(report_line).collect();
+        StepTrace {
+            report: StepReport {
+                number: step.number,
+                text: step.text.clone(),
+                lines,
+                outcome,
+            },
+            callbacks,
+        }
+    }
+}
+
+impl Default for Replayer {
+    fn default() -> Self {
+        Replayer::new()
+    }
+}
+
+/// Runs a whole script and returns what every step did.
+pub fn replay(steps: &[Step]) -> Vec<StepTrace> {
+    let replayer = Replayer::new();
+    steps.iter().map(|s| replayer.step(s)).collect()
+}
+
+/// Runs a whole script and returns the oracle-format report.
+pub fn replay_report(steps: &[Step]) -> Report {
+    Report {
+        steps: replay(steps).into_iter().map(|t| t.report).collect(),
+    }
+}
+
+fn report_line(call: &Callback) -> Option<Line> {
+    match *call {
+        Callback::Start { start, end, .. } => Line::invalidate(start, end),
+        Callback::ClearFlushYoung { start, end } | Callback::ClearYoung { start, end } => {
+            Line::age(start, end)
+        }
+        Callback::TestYoung { addr } => Line::test_age(addr),
+        _ => None,
+    }
+}
+
+fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
+    let at = |off: u64| WINDOW_BASE.wrapping_add(off);
+    match *op {
+        Op::Mmap {
+            off,
+            len,
+            prot,
+            flags,
+        } => {
+            let object = flags.memfd.then(|| Arc::new(ShmemObject::new(len)));
+            let req = MapRequest {
+                addr: at(off),
+                len,
+                prot,
+                shared: flags.shared,
+                object,
+                populate: flags.populate,
+                fixed: flags.fixed,
+                noreplace: !flags.fixed,
+            };
+            space.mmap(req).map(|_| Outcome::Rc(0))
+        }
+        Op::Touch { off, len, write } => {
+            let mut o = 0;
+            while o < len {
+                space.access(at(off) + o, write)?;
+                o += PAGE_SIZE;
+            }
+            Ok(Outcome::Rc(0))
+        }
+        Op::Munmap { off, len } => space.munmap(at(off), len).map(|()| Outcome::Rc(0)),
+        Op::Mprotect { off, len, prot } => {
+            space.mprotect(at(off), len, prot).map(|()| Outcome::Rc(0))
+        }
+        Op::Madvise { off, len, advice } => {
+            space.madvise(at(off), len, advice).map(|()| Outcome::Rc(0))
+        }
+        Op::Mremap {
+            off,
+            old_len,
+            new_len,
+            may_move,
+            dont_unmap,
+            new_off,
+        } => {
+            let flags = MremapFlags {
+                may_move,
+                dont_unmap,
+                fixed: new_off.map(at),
+            };
+            let new = space.mremap(at(off), old_len, new_len, flags)?;
+            Ok(
+                match new.checked_sub(WINDOW_BASE).filter(|o| *o <= WINDOW_SIZE) {
+                    Some(o) => Outcome::Rc(o as i64),
+                    None => Outcome::Moved,
+                },
+            )
+        }
+        Op::Fork => {
+            space.fork().exit();
+            Ok(Outcome::Rc(0))
+        }
+        Op::Mlock { off, len } => space.mlock(at(off), len).map(|()| Outcome::Rc(0)),
+        Op::Munlock { off, len } => space.munlock(at(off), len).map(|()| Outcome::Rc(0)),
+        Op::SoftDirty => {
+            space.clear_soft_dirty();
+            Ok(Outcome::Rc(0))
+        }
+    }
+}

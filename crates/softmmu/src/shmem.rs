@@ -1,0 +1,78 @@
+//! Shared memory objects: anonymous `MAP_SHARED` mappings and memfds.
+//!
+//! Kernel counterpart: `mm/shmem.c` — a page cache indexed by page offset,
+//! whose pages every mapping of the object shares.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::frame::{FrameKind, Memory, Pfn};
+
+/// A shmem object: its size and its page cache.
+pub struct ShmemObject {
+    id: u64,
+    size: u64,
+    pages: Mutex<BTreeMap<u64, Pfn>>,
+}
+
+impl ShmemObject {
+    /// A new, empty object of `size` bytes.
+    pub fn new(size: u64) -> ShmemObject {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ShmemObject {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            size,
+            pages: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The page at `index`, allocated (zero-filled) on first use; the
+    /// returned frame carries a reference for the caller's new mapping.
+    pub fn get_page(&self, memory: &Memory, index: u64) -> Pfn {
+        let mut pages = self.pages.lock();
+        let pfn = *pages.entry(index).or_insert_with(|| {
+            memory.alloc(FrameKind::File {
+                object: self.id,
+                index,
+            })
+        });
+        memory.get(pfn);
+        pfn
+    }
+
+    /// The page at `index` if it is in the cache.
+    pub fn find_page(&self, index: u64) -> Option<Pfn> {
+        self.pages.lock().get(&index).copied()
+    }
+
+    /// Drops the pages `[first, last]` from the cache (hole punch); returns
+    /// them so the caller can put the cache's references.
+    pub fn punch(&self, first: u64, last: u64) -> Vec<Pfn> {
+        let mut pages = self.pages.lock();
+        let keys: Vec<u64> = pages.range(first..=last).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|k| pages.remove(&k)).collect()
+    }
+}
+
+impl fmt::Debug for ShmemObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmemObject")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .field("pages", &self.pages.lock().len())
+            .finish()
+    }
+}

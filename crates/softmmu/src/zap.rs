@@ -1,0 +1,86 @@
+//! Tearing down mappings: the PTE and PMD clearing of `unmap_page_range`
+//! (`zap_pte_range`, `zap_huge_pmd`) and the frame release that follows.
+//!
+//! Kernel counterpart: `mm/memory.c` (`unmap_vmas`, `unmap_single_vma`,
+//! `zap_page_range_single`). Callers bracket these with the notifier
+//! range; a huge PMD that the range only partly covers is split first,
+//! which notifies on its own (`__split_huge_pmd`, nested inside).
+
+use mmun_core::HeldMmLock;
+
+use crate::address_space::Ctx;
+use crate::frame::{Memory, ZERO_PFN};
+use crate::huge_memory;
+use crate::layout::{PAGE_SIZE, PMD_SIZE, block_end};
+use crate::page_table::{PmdEntry, Pte};
+use crate::vma::Vma;
+
+/// Clears every mapping of `[start, end) ∩ vma`, releasing the frames.
+pub(crate) fn zap_vma_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) {
+    let (start, end) = (start.max(vma.start), end.min(vma.end));
+    let mut addr = start;
+    while addr < end {
+        let next = block_end(addr, end, PMD_SIZE);
+        let huge = matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_)));
+        if huge && next - addr != PMD_SIZE {
+            huge_memory::split_huge_pmd(ctx, vma, addr);
+        } else if huge {
+            zap_huge_pmd(ctx, addr);
+            addr = next;
+            continue;
+        }
+        zap_pte_range(ctx, addr, next);
+        addr = next;
+    }
+}
+
+fn zap_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
+    if let PmdEntry::Huge(pte) = ctx.st.pt.set_pmd(addr, PmdEntry::None) {
+        release_huge(ctx.mem, pte);
+    }
+}
+
+fn zap_pte_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64) {
+    let mem = ctx.mem;
+    ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
+        let old = std::mem::replace(pte, Pte::NONE);
+        release_pte(mem, old);
+    });
+}
+
+/// Drops what one PTE held: its map count and its frame reference.
+pub(crate) fn release_pte(mem: &Memory, pte: Pte) {
+    if pte.is_none() || pte.is_special() {
+        return;
+    }
+    let pfn = pte.pfn();
+    if pfn == ZERO_PFN {
+        return;
+    }
+    if pte.is_present() {
+        mem.unmap_pte(pfn);
+    }
+    mem.put(pfn);
+}
+
+/// Drops what a huge PMD held.
+pub(crate) fn release_huge(mem: &Memory, pte: Pte) {
+    if pte.is_special() || pte.pfn() == ZERO_PFN {
+        return;
+    }
+    mem.unmap_pmd(pte.pfn());
+    mem.put(pte.pfn());
+}
+
+/// Whether `[start, end)` has any present or special entry.
+pub(crate) fn any_mapped<L: HeldMmLock>(ctx: &Ctx<'_, L>, start: u64, end: u64) -> bool {
+    let mut addr = start;
+    while addr < end {
+        if !ctx.st.pt.pte(addr).is_none() || matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_)))
+        {
+            return true;
+        }
+        addr += PAGE_SIZE;
+    }
+    false
+}
