@@ -79,6 +79,8 @@ pub(crate) struct State {
 
 /// A simulated process address space.
 pub struct AddressSpace {
+    /// Identifies this address space in frame bookkeeping.
+    id: u64,
     mm: Arc<Mm>,
     memory: Arc<Memory>,
     config: Config,
@@ -87,6 +89,7 @@ pub struct AddressSpace {
 
 /// Everything an operation needs while it holds the locks.
 pub(crate) struct Ctx<'a, L: HeldMmLock> {
+    pub(crate) id: u64,
     pub(crate) lock: &'a L,
     pub(crate) mm: &'a Mm,
     pub(crate) mem: &'a Memory,
@@ -125,7 +128,9 @@ impl AddressSpace {
 
     /// The same with explicit tunables.
     pub fn with_config(memory: Arc<Memory>, config: Config) -> AddressSpace {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         AddressSpace {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             mm: Mm::new(),
             memory,
             config,
@@ -139,6 +144,11 @@ impl AddressSpace {
     /// The notifier side of this address space: register notifiers on it.
     pub fn mm(&self) -> &Arc<Mm> {
         &self.mm
+    }
+
+    /// This address space's identity in frame bookkeeping.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The physical memory it maps.
@@ -185,6 +195,7 @@ impl AddressSpace {
     ) -> R {
         let lock = self.mm.mmap_write();
         let mut ctx = Ctx {
+            id: self.id,
             lock: &lock,
             mm: &self.mm,
             mem: &self.memory,
@@ -201,6 +212,7 @@ impl AddressSpace {
     ) -> R {
         let lock = self.mm.mmap_read();
         let mut ctx = Ctx {
+            id: self.id,
             lock: &lock,
             mm: &self.mm,
             mem: &self.memory,
@@ -217,6 +229,7 @@ impl AddressSpace {
     ) -> R {
         let lock = self.mm.rmap_lock();
         let mut ctx = Ctx {
+            id: self.id,
             lock: &lock,
             mm: &self.mm,
             mem: &self.memory,

@@ -91,7 +91,8 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
 
 fn reuse_huge<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64, huge: Pte) -> bool {
     let frame = ctx.mem.frame(huge.pfn());
-    if frame.anon_exclusive || frame.refcount == 1 {
+    let exclusive = frame.mapped_only_by(ctx.id) && frame.refcount == frame.total_mappings();
+    if frame.anon_exclusive || exclusive {
         ctx.mem.update(huge.pfn(), |f| f.anon_exclusive = true);
         ctx.st.pt.set_pmd(
             haddr,
@@ -127,7 +128,7 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
         None => {
             anon_vma_prepare(ctx, vma);
             let pfn = ctx.mem.alloc(FrameKind::Anon);
-            ctx.mem.map_pte(pfn);
+            ctx.mem.map_pte(pfn, ctx.id);
             Pte::new(pfn, writable)
         }
         Some(file) => {
@@ -139,11 +140,11 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
                 // do_cow_fault: a private copy of the file page.
                 anon_vma_prepare(ctx, vma);
                 let pfn = ctx.mem.alloc(FrameKind::Anon);
-                ctx.mem.map_pte(pfn);
+                ctx.mem.map_pte(pfn, ctx.id);
                 Pte::new(pfn, writable)
             } else {
                 let pfn = file.object.get_page(ctx.mem, index);
-                ctx.mem.map_pte(pfn);
+                ctx.mem.map_pte(pfn, ctx.id);
                 Pte::new(pfn, write && writable)
             }
         }
@@ -174,6 +175,8 @@ fn do_wp_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, pte: Pt
     Ok(())
 }
 
+/// `wp_can_reuse_anon_folio`: a small folio with no other reference, or a
+/// large folio that only this address space maps and nobody pins.
 fn can_reuse_anon<L: HeldMmLock>(ctx: &Ctx<'_, L>, pfn: Pfn) -> bool {
     let frame = ctx.mem.frame(pfn);
     if frame.kind != FrameKind::Anon {
@@ -183,7 +186,11 @@ fn can_reuse_anon<L: HeldMmLock>(ctx: &Ctx<'_, L>, pfn: Pfn) -> bool {
         return true;
     }
     let head = ctx.mem.frame(frame.head);
-    head.order == 0 && head.refcount == 1
+    if head.order == 0 {
+        head.refcount == 1
+    } else {
+        head.mapped_only_by(ctx.id) && head.refcount == head.total_mappings()
+    }
 }
 
 /// `wp_page_copy`: copy the page, and swap the PTE under a `Clear` of the
@@ -197,11 +204,11 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
     let mm = ctx.mm;
     let slot_old = notify::ptep_clear_flush_notify(mm, addr, || old);
     notify::set_pte_at_notify(mm, addr, new.raw(), |_| ());
-    ctx.mem.map_pte(new_pfn);
+    ctx.mem.map_pte(new_pfn, ctx.id);
     ctx.mem.touch_write(new_pfn);
     *ctx.st.pt.pte_alloc(addr) = new;
     inv.only_end();
-    crate::zap::release_pte(ctx.mem, slot_old);
+    crate::zap::release_pte(ctx.mem, ctx.id, slot_old);
 }
 
 /// `remove_device_exclusive_entry`: a CPU access takes the page back from
@@ -209,7 +216,7 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
 fn remove_device_exclusive_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, entry: Pte) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let restored = Pte::new(entry.pfn(), entry.swap_was_writable());
-    ctx.mem.map_pte(entry.pfn());
+    ctx.mem.map_pte(entry.pfn(), ctx.id);
     *ctx.st.pt.pte_alloc(addr) = restored;
     inv.end();
 }

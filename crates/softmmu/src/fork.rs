@@ -31,7 +31,7 @@ impl AddressSpace {
                 }
                 child_state.vmas.insert(copy);
                 if !wipe && vma.anon_vma.is_some() {
-                    copy_page_range(ctx, vma, &mut child_state.pt);
+                    copy_page_range(ctx, vma, &mut child_state.pt, child.id());
                 }
             }
         });
@@ -42,7 +42,12 @@ impl AddressSpace {
 /// `copy_page_range`: every entry of `vma` is shared with the child; for a
 /// copy-on-write VMA both sides lose write access, under a `ProtectionPage`
 /// of the whole VMA on the parent.
-fn copy_page_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, child: &mut PageTable) {
+fn copy_page_range<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    child: &mut PageTable,
+    child_id: u64,
+) {
     let cow = vma.is_cow();
     let inv = cow.then(|| ctx.start(Event::ProtectionPage, vma.start, vma.end));
     let mut addr = vma.start;
@@ -50,13 +55,13 @@ fn copy_page_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, child: &mut P
         let next = block_end(addr, vma.end, PMD_SIZE);
         if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(addr) {
             let huge = *huge;
-            let shared = share_huge(ctx, huge, cow);
+            let shared = share_huge(ctx, huge, cow, child_id);
             ctx.st.pt.set_pmd(addr, PmdEntry::Huge(shared));
             child.set_pmd(addr, PmdEntry::Huge(shared));
             addr = next;
             continue;
         }
-        copy_ptes(ctx, addr, next, cow, child);
+        copy_ptes(ctx, addr, next, cow, child, child_id);
         addr = next;
     }
     if let Some(inv) = inv {
@@ -64,10 +69,10 @@ fn copy_page_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, child: &mut P
     }
 }
 
-fn share_huge<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte, cow: bool) -> Pte {
+fn share_huge<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte, cow: bool, child_id: u64) -> Pte {
     if !huge.is_special() {
         ctx.mem.get(huge.pfn());
-        ctx.mem.map_pmd(huge.pfn());
+        ctx.mem.map_pmd(huge.pfn(), child_id);
         ctx.mem.update(huge.pfn(), |f| f.anon_exclusive = false);
     }
     if cow { huge.with_write(false) } else { huge }
@@ -79,6 +84,7 @@ fn copy_ptes<L: HeldMmLock>(
     end: u64,
     cow: bool,
     child: &mut PageTable,
+    child_id: u64,
 ) {
     let mem = ctx.mem;
     let mut copied: Vec<(u64, Pte)> = Vec::new();
@@ -88,7 +94,7 @@ fn copy_ptes<L: HeldMmLock>(
         }
         if !pte.is_special() {
             mem.get(pte.pfn());
-            mem.map_pte(pte.pfn());
+            mem.map_pte(pte.pfn(), child_id);
             mem.update(pte.pfn(), |f| f.anon_exclusive = false);
         }
         if cow {

@@ -58,10 +58,47 @@ pub struct Frame {
     /// Bumped on every allocation and write: frame identity plus content
     /// version, for coherence checks of secondary MMUs.
     pub generation: u64,
+    /// Which address spaces map the folio (head only): two tracked ids with
+    /// their mapping counts, the rest counted together — the userspace form
+    /// of the folio's `_mm_id` tracking, which decides whether a large
+    /// folio is exclusive to one mm.
+    pub mappers: [(u64, u32); 2],
+    /// Mappings by address spaces beyond the two tracked.
+    pub other_mappers: u32,
 }
 
 impl Frame {
-    const FREE: Frame = Frame {
+    fn add_mapper(&mut self, mm: u64) {
+        if let Some(slot) = self.mappers.iter_mut().find(|(id, n)| *id == mm && *n > 0) {
+            slot.1 += 1;
+        } else if let Some(slot) = self.mappers.iter_mut().find(|(_, n)| *n == 0) {
+            *slot = (mm, 1);
+        } else {
+            self.other_mappers += 1;
+        }
+    }
+
+    fn remove_mapper(&mut self, mm: u64) {
+        if let Some(slot) = self.mappers.iter_mut().find(|(id, n)| *id == mm && *n > 0) {
+            slot.1 -= 1;
+        } else {
+            self.other_mappers = self.other_mappers.saturating_sub(1);
+        }
+    }
+
+    /// Whether only `mm` maps the folio (head frames).
+    pub fn mapped_only_by(&self, mm: u64) -> bool {
+        self.other_mappers == 0 && self.mappers.iter().all(|(id, n)| *n == 0 || *id == mm)
+    }
+
+    /// How many mappings of the folio exist (head frames).
+    pub fn total_mappings(&self) -> u32 {
+        self.mappers.iter().map(|(_, n)| n).sum::<u32>() + self.other_mappers
+    }
+}
+
+impl Frame {
+    pub(crate) const FREE: Frame = Frame {
         kind: FrameKind::Free,
         refcount: 0,
         mapcount: 0,
@@ -70,6 +107,8 @@ impl Frame {
         order: 0,
         head: 0,
         generation: 0,
+        mappers: [(0, 0); 2],
+        other_mappers: 0,
     };
 }
 
@@ -169,30 +208,39 @@ impl Memory {
         }
     }
 
-    /// Records one more PTE mapping of the base page `pfn`.
-    pub fn map_pte(&self, pfn: Pfn) {
+    /// Records one more PTE mapping of the base page `pfn` by address
+    /// space `mm`.
+    pub fn map_pte(&self, pfn: Pfn, mm: u64) {
         if pfn != ZERO_PFN {
-            self.inner.lock().frames[pfn as usize].mapcount += 1;
+            let mut f = self.inner.lock();
+            f.frames[pfn as usize].mapcount += 1;
+            let head = f.frames[pfn as usize].head;
+            f.frames[head as usize].add_mapper(mm);
         }
     }
 
-    /// Records one PTE mapping fewer of the base page `pfn`.
-    pub fn unmap_pte(&self, pfn: Pfn) {
+    /// Records one PTE mapping fewer of the base page `pfn` by `mm`.
+    pub fn unmap_pte(&self, pfn: Pfn, mm: u64) {
         if pfn != ZERO_PFN {
             let mut f = self.inner.lock();
             let frame = &mut f.frames[pfn as usize];
             assert!(frame.mapcount > 0, "unmap of unmapped frame {pfn:#x}");
             frame.mapcount -= 1;
+            let head = frame.head;
+            f.frames[head as usize].remove_mapper(mm);
         }
     }
 
-    /// Records a PMD mapping of the compound frame headed by `head`.
-    pub fn map_pmd(&self, head: Pfn) {
-        self.inner.lock().frames[head as usize].pmd_mapcount += 1;
+    /// Records a PMD mapping of the compound frame headed by `head` by `mm`.
+    pub fn map_pmd(&self, head: Pfn, mm: u64) {
+        let mut f = self.inner.lock();
+        let frame = &mut f.frames[head as usize];
+        frame.pmd_mapcount += 1;
+        frame.add_mapper(mm);
     }
 
-    /// Records one PMD mapping fewer of the compound frame.
-    pub fn unmap_pmd(&self, head: Pfn) {
+    /// Records one PMD mapping fewer of the compound frame by `mm`.
+    pub fn unmap_pmd(&self, head: Pfn, mm: u64) {
         let mut f = self.inner.lock();
         let frame = &mut f.frames[head as usize];
         assert!(
@@ -200,6 +248,7 @@ impl Memory {
             "PMD unmap of unmapped folio {head:#x}"
         );
         frame.pmd_mapcount -= 1;
+        frame.remove_mapper(mm);
     }
 
     /// Marks a write to the frame: its content version changes.
@@ -267,6 +316,8 @@ impl Frames {
                 order: 0,
                 head,
                 generation,
+                mappers: [(0, 0); 2],
+                other_mappers: 0,
             };
         }
         let frame = &mut self.frames[head as usize];

@@ -57,9 +57,9 @@ pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, ad
 /// The frame bookkeeping of turning one PMD mapping into 512 PTE mappings.
 fn remap_as_ptes<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte) {
     let head = huge.pfn();
-    ctx.mem.unmap_pmd(head);
+    ctx.mem.unmap_pmd(head, ctx.id);
     for i in 0..crate::layout::HPAGE_PMD_NR {
-        ctx.mem.map_pte(head + i);
+        ctx.mem.map_pte(head + i, ctx.id);
     }
     ctx.mem.update(head, |f| {
         f.refcount += crate::layout::HPAGE_PMD_NR as u32 - 1
@@ -118,7 +118,7 @@ pub(crate) fn huge_anonymous_fault<L: HeldMmLock>(
         Pte::zero(ctx.mem.huge_zero())
     } else {
         let head = ctx.mem.alloc_huge(FrameKind::Anon);
-        ctx.mem.map_pmd(head);
+        ctx.mem.map_pmd(head, ctx.id);
         Pte::new(head, vma.flags.contains(VmFlags::WRITE))
     };
     ctx.st.pt.set_pmd(haddr, PmdEntry::Huge(entry));
@@ -131,7 +131,7 @@ pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr:
     let head = ctx.mem.alloc_huge(FrameKind::Anon);
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
-    ctx.mem.map_pmd(head);
+    ctx.mem.map_pmd(head, ctx.id);
     ctx.st.pt.set_pmd(
         haddr,
         PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),
@@ -158,11 +158,11 @@ pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u6
     inv.end();
     if let PmdEntry::Table(table) = old {
         for i in 0..crate::layout::HPAGE_PMD_NR {
-            release_pte(ctx.mem, table.get(haddr + i * PAGE_SIZE));
+            release_pte(ctx.mem, ctx.id, table.get(haddr + i * PAGE_SIZE));
         }
     }
     let head = ctx.mem.alloc_huge(FrameKind::Anon);
-    ctx.mem.map_pmd(head);
+    ctx.mem.map_pmd(head, ctx.id);
     ctx.st.pt.set_pmd(
         haddr,
         PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),

@@ -218,11 +218,15 @@ fn remove<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) 
 /// Zaps the file pages of `[start, end)` in `vma`, keeping private COW
 /// copies (`even_cows == false`).
 fn zap_shared_only<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) {
-    let mem = ctx.mem;
+    let (mem, id) = (ctx.mem, ctx.id);
     ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
         if pte.is_present() && !pte.is_special() {
             if let crate::frame::FrameKind::File { .. } = mem.frame(pte.pfn()).kind {
-                crate::zap::release_pte(mem, std::mem::replace(pte, crate::page_table::Pte::NONE));
+                crate::zap::release_pte(
+                    mem,
+                    id,
+                    std::mem::replace(pte, crate::page_table::Pte::NONE),
+                );
             }
         }
     });

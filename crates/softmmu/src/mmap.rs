@@ -118,7 +118,7 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
     let vma = new_vma(req, start, end);
     let vma = insert_or_merge(ctx, vma);
     if req.populate {
-        populate(ctx, start, end);
+        let _ = populate(ctx, start, end);
     }
     let _ = vma;
     Ok(start)
@@ -230,12 +230,14 @@ pub(crate) fn free_pgtables<L: HeldMmLock>(
     }
 }
 
-/// `__mm_populate`: fault in every page of the accessible VMAs in the range
-/// (write faults for private writable mappings, read faults otherwise).
-pub(crate) fn populate<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64) {
+/// `__mm_populate`: fault in every page of the VMAs in the range (write
+/// faults for private writable mappings, read faults otherwise). A VMA
+/// without access fails GUP with `EFAULT`; `mmap(MAP_POPULATE)` ignores
+/// that, `mlock` does not.
+pub(crate) fn populate<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64) -> SysResult {
     for vma in ctx.st.vmas.overlapping(start, end) {
         if !vma.flags.intersects(VmFlags::ACCESS) {
-            continue;
+            return Err(Errno::Fault);
         }
         let write = vma.flags.contains(VmFlags::WRITE) && !vma.flags.contains(VmFlags::SHARED);
         let mut addr = start.max(vma.start);
@@ -246,8 +248,9 @@ pub(crate) fn populate<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64
                 .lookup(addr)
                 .cloned()
                 .unwrap_or_else(|| vma.clone());
-            let _ = fault::fault_in_vma(ctx, &current, addr, write);
+            fault::fault_in_vma(ctx, &current, addr, write)?;
             addr += PAGE_SIZE;
         }
     }
+    Ok(())
 }

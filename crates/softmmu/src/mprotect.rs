@@ -52,10 +52,10 @@ impl AddressSpace {
                 }
                 Ok(())
             });
-            if result.is_ok() {
-                populate(ctx, start, end);
-            }
-            result
+            result?;
+            // __mm_populate: an inaccessible VMA fails GUP with EFAULT,
+            // which mlock reports as ENOMEM (the VMAs stay locked).
+            populate(ctx, start, end).map_err(|_| Errno::NoMem)
         })
     }
 
@@ -125,14 +125,24 @@ fn mprotect_fixup<L: HeldMmLock>(
     }
     let was_locked_readonly = vma.flags.contains(VmFlags::LOCKED)
         && !vma.flags.intersects(VmFlags::WRITE.with(VmFlags::SHARED));
+    // A private mapping made writable is charged (VM_ACCOUNT); made
+    // read-only again it stays charged, unless it is anonymous memory that
+    // was never faulted.
     let mut flags = flags;
-    if vma.is_cow() && flags.contains(VmFlags::WRITE) {
+    let exempt = VmFlags::ACCOUNT.with(VmFlags::WRITE).with(VmFlags::SHARED);
+    if flags.contains(VmFlags::WRITE) && !vma.flags.intersects(exempt) {
         flags = flags.with(VmFlags::ACCOUNT);
+    } else if !flags.contains(VmFlags::WRITE)
+        && vma.flags.contains(VmFlags::ACCOUNT)
+        && vma.is_anonymous()
+        && vma.anon_vma.is_none()
+    {
+        flags = flags.without(VmFlags::ACCOUNT);
     }
     let modified = vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() });
     change_protection(ctx, &modified, start, end);
     if was_locked_readonly && flags.contains(VmFlags::WRITE) {
-        populate(ctx, start, end);
+        let _ = populate(ctx, start, end);
     }
 }
 

@@ -36,20 +36,20 @@ pub(crate) fn zap_vma_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, star
 
 fn zap_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
     if let PmdEntry::Huge(pte) = ctx.st.pt.set_pmd(addr, PmdEntry::None) {
-        release_huge(ctx.mem, pte);
+        release_huge(ctx.mem, ctx.id, pte);
     }
 }
 
 fn zap_pte_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64) {
-    let mem = ctx.mem;
+    let (mem, id) = (ctx.mem, ctx.id);
     ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
         let old = std::mem::replace(pte, Pte::NONE);
-        release_pte(mem, old);
+        release_pte(mem, id, old);
     });
 }
 
 /// Drops what one PTE held: its map count and its frame reference.
-pub(crate) fn release_pte(mem: &Memory, pte: Pte) {
+pub(crate) fn release_pte(mem: &Memory, mm: u64, pte: Pte) {
     if pte.is_none() || pte.is_special() {
         return;
     }
@@ -58,17 +58,17 @@ pub(crate) fn release_pte(mem: &Memory, pte: Pte) {
         return;
     }
     if pte.is_present() {
-        mem.unmap_pte(pfn);
+        mem.unmap_pte(pfn, mm);
     }
     mem.put(pfn);
 }
 
 /// Drops what a huge PMD held.
-pub(crate) fn release_huge(mem: &Memory, pte: Pte) {
+pub(crate) fn release_huge(mem: &Memory, mm: u64, pte: Pte) {
     if pte.is_special() || pte.pfn() == ZERO_PFN {
         return;
     }
-    mem.unmap_pmd(pte.pfn());
+    mem.unmap_pmd(pte.pfn(), mm);
     mem.put(pte.pfn());
 }
 

@@ -8,10 +8,6 @@ use std::path::{Path, PathBuf};
 use mmun_script::{Report, parse_script};
 use mmun_softmmu::replay::replay_report;
 
-/// Steps that must match, at least: raise it as fidelity improves; the
-/// test fails if a change makes fewer steps match.
-const MATCHING_STEPS_FLOOR: usize = 2697;
-
 struct ScriptResult {
     name: String,
     steps: usize,

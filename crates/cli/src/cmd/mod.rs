@@ -1,0 +1,20 @@
+//! One module per subcommand.
+
+pub(crate) mod replay;
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+
+/// The whole input file, or stdin for `-`.
+pub(crate) fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading stdin")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}

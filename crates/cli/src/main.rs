@@ -1,0 +1,31 @@
+//! `mmun`: the user-facing tools of the workspace.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Linux MMU notifiers, in Rust, for userspace.
+#[derive(Debug, Parser)]
+#[command(name = "mmun", version, about)]
+enum Command {
+    /// Run an address-space script on the software MMU and print the report
+    /// the kernel oracle would print.
+    Replay(cmd::replay::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Command::parse() {
+        Command::Replay(args) => cmd::replay::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("mmun: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
