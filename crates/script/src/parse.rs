@@ -79,6 +79,29 @@ fn parse_op(words: &[&str]) -> Parsed<Op> {
             expect_count(name, args, 0, 0, "")?;
             Op::SoftDirty
         }
+        "migrate" | "migrate_device" | "ksm" | "exclusive" | "age" | "reclaim" => {
+            let [off, len] = fixed_args::<2>(name, args, "OFF LEN")?;
+            match name {
+                "migrate" => Op::Migrate { off, len },
+                "migrate_device" => Op::MigrateDevice { off, len },
+                "ksm" => Op::Ksm { off, len },
+                "exclusive" => Op::Exclusive { off, len },
+                "age" => Op::Age { off, len },
+                _ => Op::Reclaim { off, len },
+            }
+        }
+        "test_young" => {
+            let [off] = fixed_args::<1>(name, args, "OFF")?;
+            Op::TestYoung { off }
+        }
+        "oom_reap" | "exit" => {
+            expect_count(name, args, 0, 0, "")?;
+            if name == "exit" {
+                Op::Exit
+            } else {
+                Op::OomReap
+            }
+        }
         other => return Err(format!("unknown operation `{other}`")),
     };
     Ok(op)

@@ -190,6 +190,66 @@ pub enum Op {
     },
     /// `echo 4 > /proc/self/clear_refs`.
     SoftDirty,
+    /// Software MMU only: migrate the anonymous pages (`migrate_pages`).
+    Migrate {
+        off: u64,
+        len: u64,
+    },
+    /// Software MMU only: a device driver migrates the range to its memory
+    /// (`migrate_vma_*`, owner = the replay's device).
+    MigrateDevice {
+        off: u64,
+        len: u64,
+    },
+    /// Software MMU only: ksmd merges the range's anonymous pages.
+    Ksm {
+        off: u64,
+        len: u64,
+    },
+    /// Software MMU only: the replay's device takes each page exclusively
+    /// (`make_device_exclusive`).
+    Exclusive {
+        off: u64,
+        len: u64,
+    },
+    /// Software MMU only: MGLRU aging of the range (`clear_young`).
+    Age {
+        off: u64,
+        len: u64,
+    },
+    /// Software MMU only: reclaim of the range (`clear_flush_young`, then
+    /// unmapping of what can be reclaimed).
+    Reclaim {
+        off: u64,
+        len: u64,
+    },
+    /// Software MMU only: khugepaged asks whether the page was used (`test_young`).
+    TestYoung {
+        off: u64,
+    },
+    /// Software MMU only: the OOM reaper unmaps everything, non-blocking.
+    OomReap,
+    /// Software MMU only: the process exits (`exit_mmap`).
+    Exit,
+}
+
+impl Op {
+    /// Whether the op exists only in the software MMU (the kernel oracle
+    /// cannot trigger it deterministically).
+    pub fn is_softmmu_only(&self) -> bool {
+        matches!(
+            self,
+            Op::Migrate { .. }
+                | Op::MigrateDevice { .. }
+                | Op::Ksm { .. }
+                | Op::Exclusive { .. }
+                | Op::Age { .. }
+                | Op::Reclaim { .. }
+                | Op::TestYoung { .. }
+                | Op::OomReap
+                | Op::Exit
+        )
+    }
 }
 
 /// A step: its operation and its words as written (single-spaced), which

@@ -27,6 +27,9 @@ pub enum FrameKind {
     Zero,
     /// Anonymous memory.
     Anon,
+    /// A KSM page: anonymous memory merged across mappings, write-protected
+    /// for good (a write always copies).
+    Ksm,
     /// A page of a shared-memory object (shmem, memfd) at this index.
     File {
         /// The object's id.

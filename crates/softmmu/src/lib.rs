@@ -14,17 +14,21 @@
 
 mod address_space;
 pub mod error;
+mod exclusive;
 mod fault;
 mod fork;
 pub mod frame;
 mod huge_memory;
+mod ksm;
 pub mod layout;
 mod madvise;
 mod mmap;
 mod mprotect;
 pub mod mremap;
+pub mod oom_kill;
 pub mod page_table;
 pub mod replay;
+mod rmap;
 pub mod shmem;
 mod split;
 mod task_mmu;

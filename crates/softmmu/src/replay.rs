@@ -337,5 +337,41 @@ fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
             space.clear_soft_dirty();
             Ok(Outcome::Rc(0))
         }
+        Op::Migrate { off, len } => count(space.migrate(at(off), at(off) + len)),
+        Op::MigrateDevice { off, len } => {
+            count(space.migrate_device(at(off), at(off) + len, device_owner()))
+        }
+        Op::Ksm { off, len } => count(space.ksm_merge(at(off), at(off) + len)),
+        Op::Exclusive { off, len } => {
+            let mut o = 0;
+            while o < len {
+                space.make_device_exclusive(at(off) + o, device_owner())?;
+                o += PAGE_SIZE;
+            }
+            Ok(Outcome::Rc(0))
+        }
+        Op::Age { off, len } => count(space.age(at(off), at(off) + len)),
+        Op::Reclaim { off, len } => count(space.reclaim(at(off), at(off) + len)),
+        Op::TestYoung { off } => Ok(Outcome::Rc(i64::from(space.test_young(at(off))))),
+        Op::OomReap => Ok(Outcome::Rc(if space.oom_reap() {
+            0
+        } else {
+            -i64::from(crate::Errno::Again.code())
+        })),
+        Op::Exit => {
+            space.exit();
+            Ok(Outcome::Rc(0))
+        }
     }
+}
+
+/// The RC of the software-MMU-only ops that act on many pages: how many.
+fn count(n: usize) -> SysResult<Outcome> {
+    Ok(Outcome::Rc(i64::try_from(n).unwrap_or(i64::MAX)))
+}
+
+/// The device that `migrate_device` and `exclusive` act for in a replay.
+pub fn device_owner() -> Owner {
+    static DEVICE: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
+    *DEVICE.get_or_init(Owner::unique)
 }

@@ -267,7 +267,7 @@ impl VmaTree {
     }
 
     /// Every VMA in address order.
-    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Vma> {
         self.map.values()
     }
 

@@ -1,0 +1,234 @@
+//! Operations the kernel drives from the page's side (the reverse map)
+//! rather than from a system call: migration, reclaim and aging.
+//!
+//! Kernel counterpart: `mm/rmap.c` (`try_to_migrate_one`,
+//! `try_to_unmap_one`, `folio_referenced_one`), `mm/migrate.c`,
+//! `mm/vmscan.c` (6.18 MGLRU aging: `clear_young`), `mm/khugepaged.c`
+//! (`test_young`). These paths hold the rmap lock, not the mmap lock. The
+//! software MMU's reverse map is the walk of the one address space.
+//!
+//! Per-folio ranges are as in Linux: `[addr, addr + 4 KiB)` for a base
+//! page, the 2 MiB of a PMD-mapped huge page.
+
+use mmun_core::{Event, HeldMmLock, notify};
+
+use crate::address_space::{AddressSpace, Ctx};
+use crate::frame::FrameKind;
+use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, block_end};
+use crate::page_table::{PmdEntry, Pte, SwapKind};
+use crate::zap::release_pte;
+
+/// A mapped folio found by a walk: its range in the address space and how
+/// it is mapped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mapped {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) entry: Pte,
+    pub(crate) huge: bool,
+}
+
+/// Every present, non-zero-page mapping of `[start, end)`, one per folio
+/// mapping (a huge PMD is one).
+pub(crate) fn mapped_folios<L: HeldMmLock>(ctx: &Ctx<'_, L>, start: u64, end: u64) -> Vec<Mapped> {
+    let mut out = Vec::new();
+    let mut addr = start;
+    while addr < end {
+        let next = block_end(addr, end, PMD_SIZE);
+        match ctx.st.pt.pmd(addr) {
+            Some(PmdEntry::Huge(huge)) if !huge.is_special() => {
+                let haddr = align_down(addr, PMD_SIZE);
+                out.push(Mapped {
+                    start: haddr,
+                    end: haddr + PMD_SIZE,
+                    entry: *huge,
+                    huge: true,
+                });
+            }
+            Some(PmdEntry::Table(_)) => {
+                let mut a = addr;
+                while a < next {
+                    let pte = ctx.st.pt.pte(a);
+                    if pte.is_present() && !pte.is_special() {
+                        out.push(Mapped {
+                            start: a,
+                            end: a + PAGE_SIZE,
+                            entry: pte,
+                            huge: false,
+                        });
+                    }
+                    a += PAGE_SIZE;
+                }
+            }
+            _ => {}
+        }
+        addr = next;
+    }
+    out
+}
+
+impl AddressSpace {
+    /// Migrates every mapped anonymous page of `[start, end)` to a new frame, as
+    /// `migrate_pages(2)`, NUMA balancing or compaction would: `Clear` over
+    /// each folio while migration entries replace its mappings; the new
+    /// mappings are installed without notification. Returns how many folios
+    /// moved.
+    pub fn migrate(&self, start: u64, end: u64) -> usize {
+        self.rmap_op(|ctx| {
+            let folios: Vec<Mapped> = mapped_folios(ctx, start, end)
+                .into_iter()
+                .filter(|f| ctx.mem.frame(f.entry.pfn()).kind == FrameKind::Anon)
+                .collect();
+            for folio in &folios {
+                migrate_one(ctx, folio);
+            }
+            folios.len()
+        })
+    }
+
+    /// `migrate_vma_setup` … `migrate_vma_finalize` for a device driver
+    /// moving `[start, end)` to its memory: one `Migrate` range with the
+    /// driver's `owner` over the whole request while the pages are
+    /// collected, then new frames for them. Returns how many pages moved.
+    pub fn migrate_device(&self, start: u64, end: u64, owner: mmun_core::Owner) -> usize {
+        self.read_op(|ctx| {
+            let inv = ctx.start_owner(Event::Migrate, start, end, Some(owner));
+            let folios = mapped_folios(ctx, start, end);
+            let collected: Vec<(Mapped, Pte)> = folios
+                .iter()
+                .filter(|f| !f.huge)
+                .map(|f| (*f, install_migration_entry(ctx, f)))
+                .collect();
+            inv.end();
+            for (folio, old) in &collected {
+                finish_migration(ctx, folio.start, *old);
+            }
+            collected.len()
+        })
+    }
+
+    /// Aging as MGLRU's page-table walk does it in 6.18: every present entry
+    /// of `[start, end)` has its accessed bit cleared in the primary, then
+    /// in the secondaries (`clear_young` per page or per 2 MiB). Returns
+    /// how many were young on either side.
+    pub fn age(&self, start: u64, end: u64) -> usize {
+        self.rmap_op(|ctx| {
+            let folios = mapped_folios(ctx, start, end);
+            folios.iter().filter(|f| age_one(ctx, f, false)).count()
+        })
+    }
+
+    /// Reclaim of `[start, end)`: `folio_referenced` asks the secondaries
+    /// with `clear_flush_young`; unreferenced reclaimable folios (shared
+    /// memory, and anonymous pages `MADV_FREE` left clean — the recorded
+    /// kernel has no swap) are unmapped under a `Clear` of the folio.
+    /// Returns how many folios were reclaimed.
+    pub fn reclaim(&self, start: u64, end: u64) -> usize {
+        self.rmap_op(|ctx| {
+            let folios = mapped_folios(ctx, start, end);
+            let mut reclaimed = 0;
+            for folio in &folios {
+                let referenced = age_one(ctx, folio, true);
+                if !referenced && reclaimable(ctx, folio) {
+                    unmap_one(ctx, folio);
+                    reclaimed += 1;
+                }
+            }
+            reclaimed
+        })
+    }
+
+    /// khugepaged's question for a PTE that is not young in the primary:
+    /// has a secondary MMU used the page (`test_young`)?
+    pub fn test_young(&self, addr: u64) -> bool {
+        self.rmap_op(|ctx| {
+            let pte = ctx.st.pt.pte(addr);
+            pte.is_young() || ctx.mm.test_young(align_down(addr, PAGE_SIZE))
+        })
+    }
+}
+
+fn age_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped, flush: bool) -> bool {
+    let mm = ctx.mm;
+    let primary = folio.entry.is_young();
+    let clear = |pte: Pte| pte.with_young(false);
+    if folio.huge {
+        ctx.st
+            .pt
+            .set_pmd(folio.start, PmdEntry::Huge(clear(folio.entry)));
+        if flush {
+            notify::pmdp_clear_flush_young_notify(mm, folio.start, || primary)
+        } else {
+            notify::pmdp_clear_young_notify(mm, folio.start, || primary)
+        }
+    } else {
+        if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
+            *slot = clear(*slot);
+        }
+        if flush {
+            notify::ptep_clear_flush_young_notify(mm, folio.start, || primary)
+        } else {
+            notify::ptep_clear_young_notify(mm, folio.start, || primary)
+        }
+    }
+}
+
+fn reclaimable<L: HeldMmLock>(ctx: &Ctx<'_, L>, folio: &Mapped) -> bool {
+    match ctx.mem.frame(folio.entry.pfn()).kind {
+        FrameKind::File { .. } => true,
+        FrameKind::Anon => !folio.huge && !folio.entry.is_dirty(),
+        _ => false,
+    }
+}
+
+/// `try_to_unmap_one`: `Clear` over the folio, the entry cleared and the
+/// secondary TLBs flushed per PTE (v6.5 `invalidate_range`), then the
+/// folio is dropped.
+fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
+    let inv = ctx.start(Event::Clear, folio.start, folio.end);
+    if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
+        let old = std::mem::replace(slot, Pte::NONE);
+        ctx.mm
+            .invalidate_range(folio.start, folio.start + PAGE_SIZE);
+        release_pte(ctx.mem, ctx.id, old);
+    }
+    inv.end();
+}
+
+/// `try_to_migrate_one` + `remove_migration_ptes`.
+fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
+    if folio.huge {
+        let inv = ctx.start(Event::Clear, folio.start, folio.end);
+        let head = ctx.mem.alloc_huge(ctx.mem.frame(folio.entry.pfn()).kind);
+        ctx.mem.map_pmd(head, ctx.id);
+        let new = Pte::new(head, folio.entry.is_write()).with_young(folio.entry.is_young());
+        ctx.st.pt.set_pmd(folio.start, PmdEntry::Huge(new));
+        inv.end();
+        crate::zap::release_huge(ctx.mem, ctx.id, folio.entry);
+        return;
+    }
+    let inv = ctx.start(Event::Clear, folio.start, folio.end);
+    let old = install_migration_entry(ctx, folio);
+    inv.end();
+    finish_migration(ctx, folio.start, old);
+}
+
+fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
+    let old = folio.entry;
+    if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
+        *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.is_write());
+    }
+    old
+}
+
+fn finish_migration<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, old: Pte) {
+    let kind = ctx.mem.frame(old.pfn()).kind;
+    let new_pfn = ctx.mem.alloc(kind);
+    ctx.mem.map_pte(new_pfn, ctx.id);
+    if let Some(slot) = ctx.st.pt.pte_mut(addr) {
+        *slot = Pte::new(new_pfn, old.is_write())
+            .with_young(old.is_young())
+            .with_dirty(old.is_dirty());
+    }
+    release_pte(ctx.mem, ctx.id, old);
+}
