@@ -15,11 +15,19 @@ enum Command {
     /// Run an address-space script on the software MMU and print the report
     /// the kernel oracle would print.
     Replay(cmd::replay::Args),
+    /// Run an address-space script on this machine's kernel (root, /dev/kvm
+    /// and tracefs needed) and print what its MMU notifier saw.
+    Oracle(cmd::oracle::Args),
+    /// Run a script on the software MMU and on the kernel (or against a
+    /// recorded report) and show the first step where they differ.
+    Diff(cmd::diff::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Command::parse() {
         Command::Replay(args) => cmd::replay::run(&args),
+        Command::Oracle(args) => cmd::oracle::run(&args),
+        Command::Diff(args) => cmd::diff::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -46,10 +46,18 @@ fn walk_vmas<L: HeldMmLock>(
     let mut at = start;
     while at < end {
         let Some(vma) = ctx.st.vmas.find(at).filter(|v| v.start < end).cloned() else {
+            if matches!(advice, Advice::PopulateRead | Advice::PopulateWrite) {
+                return Err(Errno::NoMem);
+            }
             unmapped = true;
             break;
         };
         if vma.start > at {
+            if matches!(advice, Advice::PopulateRead | Advice::PopulateWrite) {
+                // madvise_populate faults from the start and stops at the
+                // first address no VMA covers.
+                return Err(Errno::NoMem);
+            }
             unmapped = true;
             at = vma.start;
         }
@@ -220,14 +228,15 @@ fn remove<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) 
 fn zap_shared_only<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) {
     let (mem, id) = (ctx.mem, ctx.id);
     ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
-        if pte.is_present() && !pte.is_special() {
-            if let crate::frame::FrameKind::File { .. } = mem.frame(pte.pfn()).kind {
-                crate::zap::release_pte(
-                    mem,
-                    id,
-                    std::mem::replace(pte, crate::page_table::Pte::NONE),
-                );
-            }
+        if pte.is_present()
+            && !pte.is_special()
+            && matches!(
+                mem.frame(pte.pfn()).kind,
+                crate::frame::FrameKind::File { .. }
+            )
+        {
+            let old = std::mem::replace(pte, crate::page_table::Pte::NONE);
+            crate::zap::release_pte(mem, id, old);
         }
     });
     let _ = vma;

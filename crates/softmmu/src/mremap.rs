@@ -48,6 +48,10 @@ impl AddressSpace {
         if new_len == 0 || (flags.dont_unmap && old_len != new_len) {
             return Err(Errno::Inval);
         }
+        let beyond = |len: u64| addr.checked_add(len).is_none_or(|end| end > TASK_SIZE);
+        if beyond(old_len) || beyond(new_len) {
+            return Err(Errno::Inval);
+        }
         if old_len == 0 {
             // Duplicating a shared mapping is not modelled; private ones are refused.
             return Err(Errno::Inval);
@@ -104,12 +108,13 @@ fn grow<L: HeldMmLock>(
 ) -> SysResult<u64> {
     let vma = vma_to_resize(ctx, addr, old_len)?;
     let new_end = addr.checked_add(new_len).filter(|&e| e <= TASK_SIZE);
-    if let Some(new_end) = new_end {
-        if vma.end == addr + old_len && !ctx.st.vmas.any_in(vma.end, new_end) {
-            let slot = ctx.st.vmas.get_mut(vma.start).expect("vma");
-            slot.end = new_end;
-            return Ok(addr);
-        }
+    if let Some(new_end) = new_end
+        && vma.end == addr + old_len
+        && !ctx.st.vmas.any_in(vma.end, new_end)
+    {
+        let slot = ctx.st.vmas.get_mut(vma.start).expect("vma");
+        slot.end = new_end;
+        return Ok(addr);
     }
     if !may_move {
         return Err(Errno::NoMem);

@@ -239,6 +239,14 @@ impl Replayer {
     }
 }
 
+impl fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replayer")
+            .field("space", &self.space)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Replayer {
     fn default() -> Self {
         Replayer::new()
@@ -292,10 +300,8 @@ fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
             space.mmap(req).map(|_| Outcome::Rc(0))
         }
         Op::Touch { off, len, write } => {
-            let mut o = 0;
-            while o < len {
-                space.access(at(off) + o, write)?;
-                o += PAGE_SIZE;
+            for page in pages(at(off), len) {
+                space.access(page?, write)?;
             }
             Ok(Outcome::Rc(0))
         }
@@ -337,21 +343,19 @@ fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
             space.clear_soft_dirty();
             Ok(Outcome::Rc(0))
         }
-        Op::Migrate { off, len } => count(space.migrate(at(off), at(off) + len)),
+        Op::Migrate { off, len } => count(space.migrate(at(off), end_of(at(off), len))),
         Op::MigrateDevice { off, len } => {
-            count(space.migrate_device(at(off), at(off) + len, device_owner()))
+            count(space.migrate_device(at(off), end_of(at(off), len), device_owner()))
         }
-        Op::Ksm { off, len } => count(space.ksm_merge(at(off), at(off) + len)),
+        Op::Ksm { off, len } => count(space.ksm_merge(at(off), end_of(at(off), len))),
         Op::Exclusive { off, len } => {
-            let mut o = 0;
-            while o < len {
-                space.make_device_exclusive(at(off) + o, device_owner())?;
-                o += PAGE_SIZE;
+            for page in pages(at(off), len) {
+                space.make_device_exclusive(page?, device_owner())?;
             }
             Ok(Outcome::Rc(0))
         }
-        Op::Age { off, len } => count(space.age(at(off), at(off) + len)),
-        Op::Reclaim { off, len } => count(space.reclaim(at(off), at(off) + len)),
+        Op::Age { off, len } => count(space.age(at(off), end_of(at(off), len))),
+        Op::Reclaim { off, len } => count(space.reclaim(at(off), end_of(at(off), len))),
         Op::TestYoung { off } => Ok(Outcome::Rc(i64::from(space.test_young(at(off))))),
         Op::OomReap => Ok(Outcome::Rc(if space.oom_reap() {
             0
@@ -363,6 +367,18 @@ fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
             Ok(Outcome::Rc(0))
         }
     }
+}
+
+/// The end of `[start, start + len)`, clamped to the top of memory.
+fn end_of(start: u64, len: u64) -> u64 {
+    start.saturating_add(len)
+}
+
+/// The page addresses a byte-per-page walk of `[start, start + len)` visits;
+/// an address past the top of memory faults, as it would on a CPU.
+fn pages(start: u64, len: u64) -> impl Iterator<Item = SysResult<u64>> {
+    (0..len.div_ceil(PAGE_SIZE))
+        .map(move |i| start.checked_add(i * PAGE_SIZE).ok_or(crate::Errno::Fault))
 }
 
 /// The RC of the software-MMU-only ops that act on many pages: how many.

@@ -31,9 +31,17 @@ pub(crate) struct Mapped {
 /// Every present, non-zero-page mapping of `[start, end)`, one per folio
 /// mapping (a huge PMD is one).
 pub(crate) fn mapped_folios<L: HeldMmLock>(ctx: &Ctx<'_, L>, start: u64, end: u64) -> Vec<Mapped> {
+    // Only user addresses have page tables; above them the table indices
+    // would alias lower addresses.
+    let end = end.min(crate::layout::TASK_SIZE);
     let mut out = Vec::new();
     let mut addr = start;
     while addr < end {
+        let resume = ctx.st.pt.skip_empty(addr, end);
+        if resume != addr {
+            addr = resume;
+            continue;
+        }
         let next = block_end(addr, end, PMD_SIZE);
         match ctx.st.pt.pmd(addr) {
             Some(PmdEntry::Huge(huge)) if !huge.is_special() => {

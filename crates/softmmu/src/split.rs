@@ -164,10 +164,10 @@ fn expand<L: HeldMmLock>(
         }
     }
     let mut grown = ctx.st.vmas.remove(target.start).expect("target");
-    if start < grown.start {
-        if let Some(file) = grown.file.as_mut() {
-            file.pgoff -= (grown.start - start) >> crate::layout::PAGE_SHIFT;
-        }
+    if start < grown.start
+        && let Some(file) = grown.file.as_mut()
+    {
+        file.pgoff -= (grown.start - start) >> crate::layout::PAGE_SHIFT;
     }
     grown.start = start;
     grown.end = end;

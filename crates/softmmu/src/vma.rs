@@ -157,6 +157,11 @@ impl Vma {
         self.end - self.start
     }
 
+    /// Whether the VMA is empty (never, for a VMA in a tree).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
     /// Whether `[start, end)` lies inside the VMA (`range_in_vma`).
     pub fn contains_range(&self, start: u64, end: u64) -> bool {
         self.start <= start && end <= self.end
@@ -188,10 +193,10 @@ pub struct VmaTree {
 impl VmaTree {
     /// The first VMA that ends above `addr` (`find_vma`).
     pub fn find(&self, addr: u64) -> Option<&Vma> {
-        if let Some((_, vma)) = self.map.range(..=addr).next_back() {
-            if vma.end > addr {
-                return Some(vma);
-            }
+        if let Some((_, vma)) = self.map.range(..=addr).next_back()
+            && vma.end > addr
+        {
+            return Some(vma);
         }
         self.map.range(addr..).next().map(|(_, v)| v)
     }

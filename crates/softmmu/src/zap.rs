@@ -11,7 +11,7 @@ use mmun_core::HeldMmLock;
 use crate::address_space::Ctx;
 use crate::frame::{Memory, ZERO_PFN};
 use crate::huge_memory;
-use crate::layout::{PAGE_SIZE, PMD_SIZE, block_end};
+use crate::layout::{PMD_SIZE, block_end};
 use crate::page_table::{PmdEntry, Pte};
 use crate::vma::Vma;
 
@@ -20,6 +20,11 @@ pub(crate) fn zap_vma_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, star
     let (start, end) = (start.max(vma.start), end.min(vma.end));
     let mut addr = start;
     while addr < end {
+        let resume = ctx.st.pt.skip_empty(addr, end);
+        if resume != addr {
+            addr = resume;
+            continue;
+        }
         let next = block_end(addr, end, PMD_SIZE);
         let huge = matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_)));
         if huge && next - addr != PMD_SIZE {
@@ -70,17 +75,4 @@ pub(crate) fn release_huge(mem: &Memory, mm: u64, pte: Pte) {
     }
     mem.unmap_pmd(pte.pfn(), mm);
     mem.put(pte.pfn());
-}
-
-/// Whether `[start, end)` has any present or special entry.
-pub(crate) fn any_mapped<L: HeldMmLock>(ctx: &Ctx<'_, L>, start: u64, end: u64) -> bool {
-    let mut addr = start;
-    while addr < end {
-        if !ctx.st.pt.pte(addr).is_none() || matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_)))
-        {
-            return true;
-        }
-        addr += PAGE_SIZE;
-    }
-    false
 }

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub(crate) mod diff;
+pub(crate) mod oracle;
 pub(crate) mod replay;
 
 use std::io::Read;
@@ -17,4 +19,10 @@ pub(crate) fn read_input(path: &Path) -> anyhow::Result<String> {
         return Ok(text);
     }
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Parses a script file, naming the file in errors (which name the line).
+pub(crate) fn load_script(path: &Path) -> anyhow::Result<Vec<mmun_script::Step>> {
+    let text = read_input(path)?;
+    mmun_script::parse_script(&text).with_context(|| format!("{}", path.display()))
 }

@@ -186,11 +186,31 @@ impl PageTable {
         }
     }
 
+    /// Where a walk at `addr` can resume: `addr` itself if a PMD table
+    /// covers it, else the end of the empty PGD or PUD entry around it
+    /// (clipped to `end`), so that walks of sparse ranges skip empty levels.
+    pub fn skip_empty(&self, addr: u64, end: u64) -> u64 {
+        if !self.p4d_present(addr) {
+            crate::layout::block_end(addr, end, PGDIR_SIZE)
+        } else if !matches!(self.pud(addr), Some(PudEntry::Table(_))) {
+            crate::layout::block_end(addr, end, PUD_SIZE)
+        } else {
+            addr
+        }
+    }
+
     /// Calls `f(addr, pte)` for every PTE slot in `[start, end)` whose PTE
     /// table exists (not under huge PMDs), in address order.
     pub fn for_each_pte_mut(&mut self, start: u64, end: u64, mut f: impl FnMut(u64, &mut Pte)) {
+        // Above the user address space the indices would alias lower ones.
+        let end = end.min(crate::layout::TASK_SIZE);
         let mut addr = start;
         while addr < end {
+            let resume = self.skip_empty(addr, end);
+            if resume != addr {
+                addr = resume;
+                continue;
+            }
             let next = crate::layout::block_end(addr, end, PMD_SIZE);
             if let Some(PmdEntry::Table(t)) = self.pmd_mut(addr) {
                 let mut a = addr;
@@ -291,13 +311,13 @@ impl PageTable {
                 break;
             }
         }
-        if covers(addr, end, floor, ceiling, PUD_SIZE) {
-            if let Some(t) = self.pgd[pgd_index(addr)].as_mut() {
-                let pud = &mut t.entries[pud_index(addr)];
-                if matches!(pud, PudEntry::Table(_)) {
-                    *pud = PudEntry::None;
-                    self.tables -= 1;
-                }
+        if covers(addr, end, floor, ceiling, PUD_SIZE)
+            && let Some(t) = self.pgd[pgd_index(addr)].as_mut()
+        {
+            let pud = &mut t.entries[pud_index(addr)];
+            if matches!(pud, PudEntry::Table(_)) {
+                *pud = PudEntry::None;
+                self.tables -= 1;
             }
         }
     }
@@ -318,6 +338,38 @@ fn covers(addr: u64, end: u64, floor: u64, ceiling: u64, size: u64) -> bool {
         }
     }
     end.wrapping_sub(1) <= ceiling.wrapping_sub(1)
+}
+
+macro_rules! opaque_debug {
+    ($($ty:ident),*) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($ty))
+            }
+        }
+    )*};
+}
+
+opaque_debug!(PteTable, PmdTable, PudTable);
+
+impl std::fmt::Debug for PmdEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PmdEntry::None => f.write_str("none"),
+            PmdEntry::Table(_) => f.write_str("PTE table"),
+            PmdEntry::Huge(pte) => write!(f, "huge {pte:?}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for PudEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PudEntry::None => f.write_str("none"),
+            PudEntry::Table(_) => f.write_str("PMD table"),
+            PudEntry::Huge(pte) => write!(f, "huge {pte:?}"),
+        }
+    }
 }
 
 impl Default for PageTable {

@@ -1,0 +1,115 @@
+//! The `mmun` binary, end to end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mmun(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmun"))
+        .args(args)
+        .output()
+        .expect("run mmun")
+}
+
+fn traces() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../softmmu/tests/kernel-traces")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn replay_prints_what_linux_printed() {
+    let script = traces().join("scripts/thp.txt");
+    let out = mmun(&["replay", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = std::fs::read_to_string(traces().join("expected/thp.out")).unwrap();
+    assert_eq!(text(&out.stdout), expected);
+}
+
+#[test]
+fn replay_events_shows_the_whole_stream() {
+    let script = traces().join("scripts/cow.txt");
+    let out = mmun(&["replay", "--events", script.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("    | start CLEAR 0 0x1000"), "{stdout}");
+    assert!(stdout.contains("    | change_pte 0 "), "{stdout}");
+    assert!(stdout.contains("    | end 0 0x1000"), "{stdout}");
+}
+
+#[test]
+fn a_malformed_script_is_an_error_naming_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("mmun-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "mmap 0 0x1000 rw\n# fine\nmprotect 0 0x1000 rq\n").unwrap();
+    let out = mmun(&["replay", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("bad.txt") && stderr.contains("line 3") && stderr.contains("`rq`"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing runs before the whole script parses"
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = mmun(&["replay", "/nonexistent/script.txt"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("reading /nonexistent/script.txt"));
+}
+
+#[test]
+fn diff_against_a_recording_agrees_and_reports_a_divergence() {
+    let script = traces().join("scripts/fork.txt");
+    let good = traces().join("expected/fork.out");
+    let out = mmun(&[
+        "diff",
+        script.to_str().unwrap(),
+        "--against",
+        good.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).starts_with("identical: 21 steps"));
+
+    let dir = std::env::temp_dir().join(format!("mmun-cli-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let altered = dir.join("fork.out");
+    let recorded = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(
+        &altered,
+        recorded.replacen("  invalidate 0 0x10000\n", "  invalidate 0 0x20000\n", 1),
+    )
+    .unwrap();
+    let out = mmun(&[
+        "diff",
+        script.to_str().unwrap(),
+        "--against",
+        altered.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("first divergence at step 14 of 21"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// Needs root, /dev/kvm and tracefs; says it skipped otherwise.
+#[test]
+fn oracle_matches_the_recording_or_says_why_it_skipped() {
+    let script = traces().join("scripts/munmap.txt");
+    let out = mmun(&["oracle", script.to_str().unwrap()]);
+    if out.status.code() == Some(77) {
+        eprintln!("skipped: {}", text(&out.stderr).trim());
+        assert!(text(&out.stderr).contains("skipped:"));
+        return;
+    }
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = std::fs::read_to_string(traces().join("expected/munmap.out")).unwrap();
+    assert_eq!(text(&out.stdout), expected);
+}
