@@ -105,10 +105,25 @@ fn listed_scenarios_match_the_recordings_exactly() {
     check_all(&traces(), &LISTED.map(String::from));
 }
 
+/// The whole corpus takes a minute of live-kernel time and depends on THP
+/// and khugepaged timing, so it runs on request (`MMUN_ORACLE_CORPUS=1`);
+/// CI stays deterministic with the listed scenarios, and the software MMU's
+/// fidelity test compares against the same recordings offline.
+fn corpus_requested() -> bool {
+    let on = std::env::var_os("MMUN_ORACLE_CORPUS").is_some_and(|v| v == "1");
+    if !on {
+        eprintln!("skipped: the full recorded corpus runs with MMUN_ORACLE_CORPUS=1");
+    }
+    on
+}
+
 #[test]
 fn other_recorded_scripts_match_exactly() {
     // fork, shared, thp and random-1..40: reproducible here too (every one
     // matched in repeated runs), so they are compared as strictly.
+    if !corpus_requested() {
+        return;
+    }
     let Some(_live) = live() else { return };
     let others: Vec<String> = names_in(&traces())
         .into_iter()
@@ -119,6 +134,9 @@ fn other_recorded_scripts_match_exactly() {
 
 #[test]
 fn new_recordings_match_exactly() {
+    if !corpus_requested() {
+        return;
+    }
     let Some(_live) = live() else { return };
     let dir = traces().join("recorded");
     check_all(&dir, &names_in(&dir));
