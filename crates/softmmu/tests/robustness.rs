@@ -22,7 +22,7 @@ fn number() -> impl Strategy<Value = u64> {
 fn length() -> impl Strategy<Value = u64> {
     prop_oneof![
         (0u64..64).prop_map(|p| p * 0x1000),
-        0u64..0x4000_000,
+        0u64..0x0400_0000,
         Just(u64::MAX),
         Just(u64::MAX - 0xfff),
         Just(1u64 << 47),
