@@ -31,13 +31,6 @@ fn start(event: Event, s: u64, e: u64) -> Callback {
     }
 }
 
-fn end(s: u64, e: u64) -> Callback {
-    Callback::End {
-        start: B + s,
-        end: B + e,
-    }
-}
-
 fn starts(calls: &[Callback]) -> Vec<Callback> {
     calls
         .iter()
