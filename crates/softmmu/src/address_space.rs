@@ -92,7 +92,7 @@ pub(crate) struct Ctx<'a, L: HeldMmLock> {
     pub(crate) id: u64,
     pub(crate) lock: &'a L,
     pub(crate) mm: &'a Mm,
-    pub(crate) mem: &'a Memory,
+    pub(crate) mem: &'a Arc<Memory>,
     pub(crate) config: &'a Config,
     pub(crate) st: MutexGuard<'a, State>,
 }
@@ -171,11 +171,21 @@ impl AddressSpace {
         self.state.lock().pt.pte(addr)
     }
 
-    /// What `addr` translates to: the frame and whether it may be written.
-    /// Follows huge entries. `None` if nothing is mapped.
+    /// What a CPU access to `addr` would reach: the frame and whether it
+    /// may be written. Follows huge entries. `None` if nothing is mapped or
+    /// the entry is inaccessible (PROT_NONE): a secondary MMU mirroring the
+    /// primary must not map it either.
     pub fn translate(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
         let st = self.state.lock();
         crate::fault::translate(&st.pt, addr)
+    }
+
+    /// The frame mapped at `addr`, whatever its protection (PROT_NONE
+    /// included), and whether the entry is writable: the page-table view,
+    /// for bookkeeping checks.
+    pub fn mapped_frame(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
+        let st = self.state.lock();
+        crate::fault::mapped_frame(&st.pt, addr)
     }
 
     /// Bytes of page tables in use.

@@ -17,18 +17,33 @@ use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down};
 use crate::page_table::{PageTable, PmdEntry, Pte, SwapKind};
 use crate::vma::{AnonVmaId, VmFlags, Vma};
 
-/// What `addr` translates to, following huge entries.
+/// The frame an entry maps at `addr` regardless of protection.
+pub(crate) fn mapped_frame(pt: &PageTable, addr: u64) -> Option<(Pfn, bool)> {
+    match pt.pmd(addr)? {
+        PmdEntry::Huge(huge) => Some((
+            huge.pfn() + ((addr & (PMD_SIZE - 1)) / PAGE_SIZE),
+            huge.is_write(),
+        )),
+        PmdEntry::Table(_) => {
+            let pte = pt.pte(addr);
+            pte.is_present().then(|| (pte.pfn(), pte.is_write()))
+        }
+        PmdEntry::None => None,
+    }
+}
+
+/// What an access to `addr` reaches, following huge entries.
 pub(crate) fn translate(pt: &PageTable, addr: u64) -> Option<(Pfn, bool)> {
     match pt.pmd(addr)? {
-        PmdEntry::Huge(huge) => {
+        PmdEntry::Huge(huge) if !huge.is_protnone() => {
             let pfn = huge.pfn() + ((addr & (PMD_SIZE - 1)) / PAGE_SIZE);
             Some((pfn, huge.is_write()))
         }
         PmdEntry::Table(_) => {
             let pte = pt.pte(addr);
-            pte.is_present()
-                .then(|| (pte.pfn(), pte.is_write() && !pte.is_protnone()))
+            (pte.is_present() && !pte.is_protnone()).then(|| (pte.pfn(), pte.is_write()))
         }
+        PmdEntry::Huge(_) => None,
         PmdEntry::None => None,
     }
 }

@@ -323,6 +323,11 @@ impl Frames {
                 other_mappers: 0,
             };
         }
+        // Only the head of a large folio carries PageAnonExclusive until a
+        // split spreads it (see `huge_memory::remap_as_ptes`).
+        for pfn in head + 1..head + (1 << order) {
+            self.frames[pfn as usize].anon_exclusive = false;
+        }
         let frame = &mut self.frames[head as usize];
         frame.refcount = 1;
         frame.order = order;

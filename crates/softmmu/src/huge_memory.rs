@@ -40,11 +40,18 @@ pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, ad
         let mut table = crate::page_table::PageTable::new_pte_table();
         for i in 0..crate::layout::HPAGE_PMD_NR {
             let a = haddr + i * PAGE_SIZE;
-            *table.get_mut(a) = if huge.is_special() {
+            let pte = if huge.is_special() {
                 Pte::zero(crate::frame::ZERO_PFN)
             } else {
-                Pte::new(huge.pfn() + i, huge.is_write()).with_young(huge.is_young())
+                Pte::new(huge.pfn() + i, huge.is_write())
             };
+            // The PTEs inherit every bit of the PMD: protection, accessed,
+            // dirty and soft-dirty (__split_huge_pmd_locked).
+            *table.get_mut(a) = pte
+                .with_young(huge.is_young())
+                .with_dirty(huge.is_dirty())
+                .with_soft_dirty(huge.is_soft_dirty())
+                .with_protnone(huge.is_protnone());
         }
         if !huge.is_special() {
             remap_as_ptes(ctx, huge);
@@ -58,8 +65,12 @@ pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, ad
 fn remap_as_ptes<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte) {
     let head = huge.pfn();
     ctx.mem.unmap_pmd(head, ctx.id);
+    // PageAnonExclusive lives on the head while the folio is PMD-mapped;
+    // the split copies it to every page.
+    let exclusive = ctx.mem.frame(head).anon_exclusive;
     for i in 0..crate::layout::HPAGE_PMD_NR {
         ctx.mem.map_pte(head + i, ctx.id);
+        ctx.mem.update(head + i, |f| f.anon_exclusive = exclusive);
     }
     ctx.mem.update(head, |f| {
         f.refcount += crate::layout::HPAGE_PMD_NR as u32 - 1

@@ -154,7 +154,8 @@ fn dontneed<L: HeldMmLock>(
 /// `madvise_free_single_vma`: anonymous memory only; `Clear` over the
 /// piece while the pages are marked lazily freeable (clean, old).
 fn free<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) -> SysResult {
-    if !vma.is_anonymous() {
+    // madvise_dontneed_free_valid_vma: locked VMAs keep their pages.
+    if !vma.is_anonymous() || vma.flags.contains(VmFlags::LOCKED) {
         return Err(Errno::Inval);
     }
     let inv = ctx.start(Event::Clear, start, end);

@@ -62,6 +62,10 @@ impl AddressSpace {
         }
         self.write_op(|ctx| {
             let vmas: Vec<Vma> = ctx.st.vmas.iter().cloned().collect();
+            if vmas.is_empty() {
+                // exit_mmap skips unmap_vmas when nothing is mapped.
+                return;
+            }
             let inv = ctx.start(Event::Unmap, 0, u64::MAX);
             for vma in &vmas {
                 zap_vma_range(ctx, vma, vma.start, vma.end);
@@ -96,15 +100,17 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
     }
     let len = align_up(req.len, PAGE_SIZE).ok_or(Errno::NoMem)?;
     let start = if req.fixed || req.noreplace {
-        if !is_aligned(req.addr, PAGE_SIZE) {
-            return Err(Errno::Inval);
-        }
+        // __get_unmapped_area checks the range (ENOMEM) before the
+        // alignment (EINVAL); NOREPLACE then refuses any overlap.
         let end = req
             .addr
             .checked_add(len)
             .filter(|&e| e <= TASK_SIZE)
             .ok_or(Errno::NoMem)?;
-        if req.noreplace && !req.fixed && ctx.st.vmas.any_in(req.addr, end) {
+        if !is_aligned(req.addr, PAGE_SIZE) {
+            return Err(Errno::Inval);
+        }
+        if req.noreplace && ctx.st.vmas.any_in(req.addr, end) {
             return Err(Errno::Exist);
         }
         req.addr
@@ -115,7 +121,7 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
     if req.fixed {
         do_munmap(ctx, start, end);
     }
-    let vma = new_vma(req, start, end);
+    let vma = new_vma(req, ctx.mem, start, end);
     let vma = insert_or_merge(ctx, vma);
     if req.populate {
         let _ = populate(ctx, start, end);
@@ -124,7 +130,7 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
     Ok(start)
 }
 
-fn new_vma(req: &MapRequest, start: u64, end: u64) -> Vma {
+fn new_vma(req: &MapRequest, memory: &Arc<crate::frame::Memory>, start: u64, end: u64) -> Vma {
     let mut flags = prot_flags(req.prot)
         .with(VmFlags::MAYREAD)
         .with(VmFlags::MAYWRITE)
@@ -141,7 +147,7 @@ fn new_vma(req: &MapRequest, start: u64, end: u64) -> Vma {
         }),
         // shmem_zero_setup: anonymous shared memory is a shmem object.
         (None, true) => Some(FileBacking {
-            object: Arc::new(ShmemObject::new(end - start)),
+            object: Arc::new(ShmemObject::new(Arc::clone(memory), end - start)),
             pgoff: 0,
         }),
         (None, false) => None,

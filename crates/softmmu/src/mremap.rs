@@ -77,6 +77,15 @@ impl AddressSpace {
                 Some(new_addr) => {
                     mremap_to(ctx, addr, old_len, new_len, new_addr, flags.dont_unmap)
                 }
+                None if flags.dont_unmap => {
+                    // MREMAP_DONTUNMAP always moves, to an address the
+                    // kernel picks when none is fixed.
+                    let vma = vma_to_resize(ctx, addr, old_len)?;
+                    let new_addr =
+                        crate::mmap::unmapped_area_for(ctx, new_len).ok_or(Errno::NoMem)?;
+                    move_vma(ctx, &vma, addr, old_len, new_len, new_addr, true);
+                    Ok(new_addr)
+                }
                 None if new_len <= old_len => {
                     if new_len < old_len {
                         do_munmap(ctx, addr + new_len, addr + old_len);

@@ -286,7 +286,9 @@ fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
             prot,
             flags,
         } => {
-            let object = flags.memfd.then(|| Arc::new(ShmemObject::new(len)));
+            let object = flags
+                .memfd
+                .then(|| Arc::new(ShmemObject::new(Arc::clone(space.memory()), len)));
             let req = MapRequest {
                 addr: at(off),
                 len,

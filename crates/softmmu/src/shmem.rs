@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -16,16 +17,20 @@ pub struct ShmemObject {
     id: u64,
     size: u64,
     pages: Mutex<BTreeMap<u64, Pfn>>,
+    /// Where the cached pages live; the cache's references are dropped
+    /// when the object goes (the inode is evicted).
+    memory: Arc<Memory>,
 }
 
 impl ShmemObject {
-    /// A new, empty object of `size` bytes.
-    pub fn new(size: u64) -> ShmemObject {
+    /// A new, empty object of `size` bytes whose pages come from `memory`.
+    pub fn new(memory: Arc<Memory>, size: u64) -> ShmemObject {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         ShmemObject {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             size,
             pages: Mutex::new(BTreeMap::new()),
+            memory,
         }
     }
 
@@ -64,6 +69,14 @@ impl ShmemObject {
         let mut pages = self.pages.lock();
         let keys: Vec<u64> = pages.range(first..=last).map(|(k, _)| *k).collect();
         keys.into_iter().filter_map(|k| pages.remove(&k)).collect()
+    }
+}
+
+impl Drop for ShmemObject {
+    fn drop(&mut self) {
+        for (_, pfn) in std::mem::take(&mut *self.pages.lock()) {
+            self.memory.put(pfn);
+        }
     }
 }
 
