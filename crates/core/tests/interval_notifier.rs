@@ -485,6 +485,33 @@ fn a_panicking_callback_leaves_the_subscriptions_consistent() {
     });
 }
 
+/// A list notifier that panics in `invalidate_range_start` after the tree
+/// counted the range: the epoch must still close.
+#[test]
+fn a_panicking_list_start_after_the_tree_counted_leaves_no_epoch_open() {
+    static PANICS: mmun_core::NotifierOps<()> = mmun_core::NotifierOps {
+        invalidate_range_start: Some(mmun_core::StartFn::Infallible(|_, _| panic!("driver bug"))),
+        ..mmun_core::NotifierOps::EMPTY
+    };
+    let mm = Mm::new();
+    let log = Log::default();
+    let good = IntervalNotifier::insert(&mm, 0, 0x1000, Recorder::new("good", &log)).unwrap();
+    let bad = Notifier::register(&mm, &PANICS, ()).unwrap();
+    let mm2 = Arc::clone(&mm);
+    let outcome = std::thread::spawn(move || {
+        let lock = mm2.mmap_read();
+        Invalidation::start(&lock, range(&mm2, 0, 0x1000)).end();
+    })
+    .join();
+    assert!(outcome.is_err(), "the panic propagates");
+    within(5, move || {
+        let s = good.read_begin();
+        assert!(!good.read_retry(s));
+        good.remove();
+        bad.unregister();
+    });
+}
+
 #[test]
 #[cfg(debug_assertions)]
 fn remove_from_inside_its_own_callback_panics_naming_the_rule() {

@@ -72,6 +72,20 @@ pub(crate) struct Locked {
     pub(crate) list: Vec<ListEntry>,
 }
 
+/// A counted tree range, ended on drop while armed.
+struct ItreeCount<'a> {
+    subscriptions: &'a Subscriptions,
+    armed: bool,
+}
+
+impl Drop for ItreeCount<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.subscriptions.itree_inv_end();
+        }
+    }
+}
+
 impl Subscriptions {
     pub(crate) fn new() -> Subscriptions {
         Subscriptions {
@@ -118,15 +132,18 @@ impl Subscriptions {
         } else {
             false
         };
-        if let Err(refused) = self.list_invalidate_range_start(range) {
-            // Linux leaves the tree side counted here (spec §5 latent issue
-            // (a)), which strands `active` and can hang readers forever; the
-            // caller may not call end, so close it ourselves.
-            if counted {
-                self.itree_inv_end();
-            }
-            return Err(refused);
-        }
+        // Closes the tree's epoch unless the list accepts the range: when a
+        // list notifier refuses it (Linux leaves the tree side counted here,
+        // spec §5 latent issue (a), stranding `active` and hanging readers;
+        // the caller may not call end, so close it ourselves), and when a
+        // list callback panics (the caller's `Invalidation` does not know
+        // the tree counted it yet).
+        let mut close = ItreeCount {
+            subscriptions: self,
+            armed: counted,
+        };
+        self.list_invalidate_range_start(range)?;
+        close.armed = false;
         Ok(counted)
     }
 
