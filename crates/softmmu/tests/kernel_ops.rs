@@ -261,3 +261,57 @@ fn exit_releases_the_list_notifier_which_then_sees_nothing() {
     assert_eq!(rc, "RC 0");
     assert_eq!(calls, vec![Callback::Release]);
 }
+
+static REFUSES_NONBLOCK: mmun_core::NotifierOps<()> = mmun_core::NotifierOps {
+    invalidate_range_start: Some(mmun_core::StartFn::Fallible(|_, range| {
+        if range.is_blockable() {
+            Ok(())
+        } else {
+            Err(mmun_core::WouldBlock)
+        }
+    })),
+    ..mmun_core::NotifierOps::EMPTY
+};
+
+/// §2.14: a subscriber that would sleep refuses the reaper's non-blockable
+/// range; the VMA is skipped with no end and its pages stay, and the reaper
+/// gives up after its retries. Other notifiers that got the start get their
+/// end (§5 #12).
+#[test]
+fn the_oom_reaper_skips_a_vma_a_subscriber_refuses() {
+    let replayer = Replayer::new();
+    for step in parse_script("mmap 0 0x1000 rw\ntouch 0 0x1000 w\n").unwrap() {
+        replayer.step(&step);
+    }
+    let refuser = mmun_core::Notifier::register(replayer.mm(), &REFUSES_NONBLOCK, ()).unwrap();
+    let trace = replayer.step(&parse_script("oom_reap").unwrap()[0]);
+    assert_eq!(trace.report.outcome.to_string(), "RC -11");
+    let nonblock = Callback::Start {
+        event: Event::Unmap,
+        start: B,
+        end: B + 0x1000,
+        blockable: false,
+        owner: None,
+    };
+    let tries = mmun_softmmu::oom_kill::MAX_OOM_REAP_RETRIES;
+    assert_eq!(
+        starts(&trace.callbacks),
+        vec![nonblock; tries],
+        "one refused start per pass"
+    );
+    assert_paired(&trace.callbacks);
+    assert!(
+        replayer.space().translate(B).is_some(),
+        "the refused VMA keeps its page"
+    );
+    assert!(
+        replayer.mm().warnings().is_empty(),
+        "a non-blockable refusal is legitimate"
+    );
+    drop(refuser);
+    assert!(
+        replayer.space().oom_reap(),
+        "without the refuser the reaper succeeds"
+    );
+    assert!(replayer.space().translate(B).is_none());
+}
