@@ -203,16 +203,7 @@ impl AddressSpace {
         &self,
         f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapWriteGuard<'_>>) -> R,
     ) -> R {
-        let lock = self.mm.mmap_write();
-        let mut ctx = Ctx {
-            id: self.id,
-            lock: &lock,
-            mm: &self.mm,
-            mem: &self.memory,
-            config: &self.config,
-            st: self.state.lock(),
-        };
-        f(&mut ctx)
+        self.with_lock(&self.mm.mmap_write(), f)
     }
 
     /// Runs `f` with the mmap lock held for read.
@@ -220,16 +211,7 @@ impl AddressSpace {
         &self,
         f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapReadGuard<'_>>) -> R,
     ) -> R {
-        let lock = self.mm.mmap_read();
-        let mut ctx = Ctx {
-            id: self.id,
-            lock: &lock,
-            mm: &self.mm,
-            mem: &self.memory,
-            config: &self.config,
-            st: self.state.lock(),
-        };
-        f(&mut ctx)
+        self.with_lock(&self.mm.mmap_read(), f)
     }
 
     /// Runs `f` with the rmap stand-in held (reclaim, migration: no mmap lock).
@@ -237,10 +219,19 @@ impl AddressSpace {
         &self,
         f: impl FnOnce(&mut Ctx<'_, mmun_core::RmapGuard<'_>>) -> R,
     ) -> R {
-        let lock = self.mm.rmap_lock();
+        self.with_lock(&self.mm.rmap_lock(), f)
+    }
+
+    /// Runs `f` with `lock` held, then the state lock: the order every
+    /// operation takes them in.
+    fn with_lock<'a, L: HeldMmLock, R>(
+        &'a self,
+        lock: &'a L,
+        f: impl FnOnce(&mut Ctx<'a, L>) -> R,
+    ) -> R {
         let mut ctx = Ctx {
             id: self.id,
-            lock: &lock,
+            lock,
             mm: &self.mm,
             mem: &self.memory,
             config: &self.config,
