@@ -70,6 +70,30 @@ pub(crate) fn handle_fault<L: HeldMmLock>(
     fault_in_vma(ctx, &vma, addr, write)
 }
 
+/// Faults in every page of `[start, end)` of `vma` (GUP-driven population:
+/// `MAP_POPULATE`, `mlock`, `MADV_POPULATE_*`). The VMA is looked up again
+/// per page, since a THP fault may have given it an anon_vma.
+pub(crate) fn fault_in_range<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+    write: bool,
+) -> SysResult {
+    let mut addr = start;
+    while addr < end {
+        let current = ctx
+            .st
+            .vmas
+            .lookup(addr)
+            .cloned()
+            .unwrap_or_else(|| vma.clone());
+        fault_in_vma(ctx, &current, addr, write)?;
+        addr += PAGE_SIZE;
+    }
+    Ok(())
+}
+
 /// The fault once the VMA and the access are known to be valid (also the
 /// body of GUP-driven population).
 pub(crate) fn fault_in_vma<L: HeldMmLock>(

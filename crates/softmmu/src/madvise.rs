@@ -259,18 +259,7 @@ fn populate<L: HeldMmLock>(
     if !allowed {
         return Err(Errno::Inval);
     }
-    let mut addr = start;
-    while addr < end {
-        let current = ctx
-            .st
-            .vmas
-            .lookup(addr)
-            .cloned()
-            .unwrap_or_else(|| vma.clone());
-        fault::fault_in_vma(ctx, &current, addr, write)?;
-        addr += PAGE_SIZE;
-    }
-    Ok(())
+    fault::fault_in_range(ctx, vma, start, end, write)
 }
 
 /// `madvise_collapse`: every PMD-sized block of the piece becomes a huge

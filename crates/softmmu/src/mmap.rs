@@ -246,17 +246,7 @@ pub(crate) fn populate<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64
             return Err(Errno::Fault);
         }
         let write = vma.flags.contains(VmFlags::WRITE) && !vma.flags.contains(VmFlags::SHARED);
-        let mut addr = start.max(vma.start);
-        while addr < end.min(vma.end) {
-            let current = ctx
-                .st
-                .vmas
-                .lookup(addr)
-                .cloned()
-                .unwrap_or_else(|| vma.clone());
-            fault::fault_in_vma(ctx, &current, addr, write)?;
-            addr += PAGE_SIZE;
-        }
+        fault::fault_in_range(ctx, &vma, start.max(vma.start), end.min(vma.end), write)?;
     }
     Ok(())
 }
