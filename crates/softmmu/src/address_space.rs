@@ -77,6 +77,18 @@ pub(crate) struct State {
     pub(crate) pt: PageTable,
 }
 
+/// One translation of the primary: a page frame in one of its lives, and
+/// whether the primary lets it be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The base page frame.
+    pub pfn: crate::Pfn,
+    /// Which allocation of that frame ([`Frame::serial`](crate::frame::Frame::serial)).
+    pub serial: u64,
+    /// Whether the primary's entry is writable.
+    pub writable: bool,
+}
+
 /// A simulated process address space.
 pub struct AddressSpace {
     /// Identifies this address space in frame bookkeeping.
@@ -178,6 +190,20 @@ impl AddressSpace {
     pub fn translate(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
         let st = self.state.lock();
         crate::fault::translate(&st.pt, addr)
+    }
+
+    /// What a CPU access to `addr` would reach right now, with the life of
+    /// the frame ([`Frame::serial`](crate::frame::Frame::serial)), read
+    /// under the page-table lock: the primary's side of a coherence check.
+    pub fn translate_frame(&self, addr: u64) -> Option<Translation> {
+        let st = self.state.lock();
+        let (pfn, writable) = crate::fault::translate(&st.pt, addr)?;
+        let frame = self.memory.frame(pfn);
+        Some(Translation {
+            pfn,
+            serial: frame.serial,
+            writable,
+        })
     }
 
     /// The frame mapped at `addr`, whatever its protection (PROT_NONE

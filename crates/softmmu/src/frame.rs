@@ -61,6 +61,10 @@ pub struct Frame {
     /// Bumped on every allocation and write: frame identity plus content
     /// version, for coherence checks of secondary MMUs.
     pub generation: u64,
+    /// Set once per allocation and never changed by writes: with the pfn,
+    /// it names one life of the frame (a freed and reallocated pfn gets a
+    /// new serial), which is what a secondary translation must still match.
+    pub serial: u64,
     /// Which address spaces map the folio (head only): two tracked ids with
     /// their mapping counts, the rest counted together — the userspace form
     /// of the folio's `_mm_id` tracking, which decides whether a large
@@ -110,6 +114,7 @@ impl Frame {
         order: 0,
         head: 0,
         generation: 0,
+        serial: 0,
         mappers: [(0, 0); 2],
         other_mappers: 0,
     };
@@ -319,6 +324,7 @@ impl Frames {
                 order: 0,
                 head,
                 generation,
+                serial: generation,
                 mappers: [(0, 0); 2],
                 other_mappers: 0,
             };

@@ -35,7 +35,7 @@ mod task_mmu;
 pub mod vma;
 mod zap;
 
-pub use address_space::{AddressSpace, Config, MapRequest, ThpMode};
+pub use address_space::{AddressSpace, Config, MapRequest, ThpMode, Translation};
 pub use error::{Errno, SysResult};
 pub use frame::{Memory, Pfn};
 pub use mremap::MremapFlags;
