@@ -24,8 +24,8 @@ use criterion::{BenchmarkId, Criterion};
 use iset::IntervalMap;
 use mmun_core::interval_tree::IntervalTree;
 use mmun_core::{
-    DynIntervalSub, Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm,
-    Notifier, NotifierOps, Range, Seq, StartFn,
+    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
+    NotifierOps, Range, Seq, StartFn,
 };
 
 const PAGE: u64 = 4096;
@@ -39,7 +39,7 @@ const ROTATION: usize = 1024;
 struct SetSeq;
 
 impl IntervalNotifierOps for SetSeq {
-    fn invalidate(&self, sub: &DynIntervalSub, _range: &Range<'_>, cur_seq: Seq) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, _range: &Range<'_>, cur_seq: Seq) -> bool {
         sub.set_seq(cur_seq);
         true
     }
@@ -130,8 +130,9 @@ fn build_measured(n: usize) -> Fixture {
     }
     let after = rss_bytes();
     let handle = size_of::<IntervalNotifier<SetSeq>>();
-    let sub = size_of::<IntervalSub<SetSeq>>();
-    let node = IntervalTree::<Arc<DynIntervalSub>>::NODE_BYTES;
+    let seq_word = size_of::<IntervalSub>();
+    // The tree's value is a pointer to the driver state (two words).
+    let node = IntervalTree::<[usize; 2]>::NODE_BYTES;
     eprintln!("memory per interval notifier (n = {n}, ops zero-sized):");
     match (before, after) {
         (Some(before), Some(after)) => {
@@ -147,10 +148,9 @@ fn build_measured(n: usize) -> Fixture {
         _ => eprintln!("  /proc/self/statm unreadable: no RSS figure"),
     }
     eprintln!(
-        "  layout: IntervalSub<ZST> {sub} B + Arc counts 16 B (one heap block), \
-         tree slot IntervalTree<Arc<DynIntervalSub>>::NODE_BYTES = {node} B, handle {handle} B; \
-         IntervalTree::<usize>::NODE_BYTES = {}",
-        IntervalTree::<usize>::NODE_BYTES
+        "  layout: tree node {node} B + seq word {seq_word} B = {} B owned by the subsystem; \
+         the caller's handle {handle} B; driver state (zero-sized here) in the caller's allocation",
+        node + seq_word
     );
     fixture_from(n, mm, notifiers)
 }

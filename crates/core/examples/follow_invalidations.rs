@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use mmun_core::{
-    DynIntervalSub, Event, IntervalNotifier, IntervalNotifierOps, Invalidation, Mm, Notifier,
+    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
     NotifierOps, Owner, Range, Seq, StartFn,
 };
 
@@ -65,7 +65,7 @@ struct Mirror {
 struct MirrorOps(Arc<Mirror>);
 
 impl IntervalNotifierOps for MirrorOps {
-    fn invalidate(&self, sub: &DynIntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
         let own = range.event() == Event::Migrate && range.owner() == Some(self.0.owner);
         let mut state = match self.0.state.try_lock() {
             Ok(state) => state,

@@ -35,92 +35,34 @@ use crate::interval_tree::NodeId;
 use crate::mm::MmapWriteGuard;
 use crate::notifier::register_locked;
 use crate::ops::IntervalNotifierOps;
+use crate::subscriptions::ops_ptr::OpsBox;
+use crate::subscriptions::seq_arena::SeqChunk;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Mm, Seq};
 
-/// `struct mmu_interval_notifier`: one subscribed interval and the driver
-/// state `O` that handles its invalidations.
+/// The sequence word of one interval subscription: the part of
+/// `struct mmu_interval_notifier` that the retry protocol reads and writes.
+///
+/// A driver reaches it through its [`IntervalNotifier`] (which dereferences
+/// to it) and, in its `invalidate` callback, through the `sub` argument.
 ///
 /// # Invariants
 ///
-/// `invalidate_seq` is odd from insertion on: it is set to an odd value by
-/// insert, and `set_seq` is only ever given the odd `cur_seq` of a running
+/// The seq is odd from insertion on: insert sets an odd value, and
+/// `set_seq` is only ever given the odd `cur_seq` of a running
 /// invalidation.
-pub struct IntervalSub<O: ?Sized + IntervalNotifierOps> {
+pub struct IntervalSub {
     /// Written by `set_seq` under the driver lock, read by `read_retry`
     /// under the same lock and by `read_begin` under the subscriptions lock.
     invalidate_seq: AtomicU64,
-    start: u64,
-    last: u64,
-    /// `mmgrab`: the address space outlives the subscription.
-    mm: Arc<Mm>,
-    /// Where the subscription is with respect to the tree. Accessed only
-    /// under the subscriptions lock, so relaxed ordering suffices.
-    tree_state: AtomicU64,
-    ops: O,
 }
 
-/// An interval subscription of any driver type, as the tree holds it.
-pub type DynIntervalSub = IntervalSub<dyn IntervalNotifierOps>;
-
-/// Tree membership, encoded in one word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TreeState {
-    /// Not in the tree and not queued (before insert, after remove).
-    Detached,
-    /// Queued to be inserted when the running epoch closes.
-    PendingInsert,
-    /// In the tree at this node.
-    InTree(NodeId),
-    /// In the tree, queued to be removed when the running epoch closes.
-    PendingRemove(NodeId),
-    /// Removed before its deferred insert happened.
-    Cancelled,
-}
-
-impl TreeState {
-    const TAG_SHIFT: u32 = 32;
-
-    fn encode(self) -> u64 {
-        let (tag, node) = match self {
-            TreeState::Detached => (0, 0),
-            TreeState::PendingInsert => (1, 0),
-            TreeState::InTree(n) => (2, n.index()),
-            TreeState::PendingRemove(n) => (3, n.index()),
-            TreeState::Cancelled => (4, 0),
-        };
-        (tag << Self::TAG_SHIFT) | u64::from(node)
-    }
-
-    fn decode(word: u64) -> TreeState {
-        let node = NodeId::from_index(word as u32);
-        match word >> Self::TAG_SHIFT {
-            0 => TreeState::Detached,
-            1 => TreeState::PendingInsert,
-            2 => TreeState::InTree(node),
-            3 => TreeState::PendingRemove(node),
-            _ => TreeState::Cancelled,
+impl IntervalSub {
+    pub(crate) fn new() -> IntervalSub {
+        IntervalSub {
+            invalidate_seq: AtomicU64::new(0),
         }
-    }
-}
-
-impl<O: ?Sized + IntervalNotifierOps> IntervalSub<O> {
-    /// `mmu_interval_read_begin`: a sequence number for
-    /// [`IntervalSub::read_retry`]. If an invalidation that covers this
-    /// interval is running, waits until every running invalidation of the
-    /// address space has ended. The result may already be stale; callers
-    /// loop (see the module docs).
-    ///
-    /// # Panics
-    ///
-    /// In debug builds, if it would have to wait while this thread has an
-    /// invalidation of the same address space open (from a callback, or
-    /// between start and end), or inside a non-blockable callback.
-    #[must_use = "pass the seq to read_retry"]
-    pub fn read_begin(&self) -> Seq {
-        let subscriptions = self.mm.subscriptions().expect("inserted, so present");
-        subscriptions.itree_read_begin(&self.invalidate_seq)
     }
 
     /// `mmu_interval_read_retry`: whether an invalidation has started since
@@ -157,57 +99,91 @@ impl<O: ?Sized + IntervalNotifierOps> IntervalSub<O> {
         self.invalidate_seq.store(cur_seq.0, Ordering::Release);
     }
 
-    /// First address of the interval.
-    pub fn start(&self) -> u64 {
-        self.start
-    }
-
-    /// Last address of the interval (inclusive).
-    pub fn last(&self) -> u64 {
-        self.last
-    }
-
-    /// The address space.
-    pub fn mm(&self) -> &Arc<Mm> {
-        &self.mm
-    }
-
-    /// The driver state.
-    pub fn ops(&self) -> &O {
-        &self.ops
-    }
-
     pub(crate) fn set_seq_locked(&self, seq: u64) {
         self.invalidate_seq.store(seq, Ordering::Release);
     }
 
-    pub(crate) fn tree_state(&self) -> TreeState {
-        TreeState::decode(self.tree_state.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn set_tree_state(&self, state: TreeState) {
-        self.tree_state.store(state.encode(), Ordering::Relaxed);
+    /// The seq as `read_begin` reads it, under the subscriptions lock.
+    pub(crate) fn load_seq(&self) -> u64 {
+        // Pairs with the Release store in `set_seq`.
+        self.invalidate_seq.load(Ordering::Acquire)
     }
 }
 
-impl<O: ?Sized + IntervalNotifierOps> fmt::Debug for IntervalSub<O> {
+impl fmt::Debug for IntervalSub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IntervalSub")
-            .field("start", &format_args!("{:#x}", self.start))
-            .field("last", &format_args!("{:#x}", self.last))
             .field(
                 "invalidate_seq",
                 &self.invalidate_seq.load(Ordering::Relaxed),
             )
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
-/// An inserted interval notifier; removes itself when dropped.
+/// A handle's seq word, kept alive by its chunk.
+pub(crate) struct SeqRef {
+    chunk: SeqChunk,
+    offset: u32,
+}
+
+impl SeqRef {
+    pub(crate) fn new(chunk: SeqChunk, offset: usize) -> SeqRef {
+        SeqRef {
+            chunk,
+            offset: offset as u32,
+        }
+    }
+}
+
+impl Deref for SeqRef {
+    type Target = IntervalSub;
+    #[inline]
+    fn deref(&self) -> &IntervalSub {
+        &self.chunk[self.offset as usize]
+    }
+}
+
+/// Tree membership of a subscription, kept in its node's tag byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TreeState {
+    /// Reserved, queued to be linked when the running epoch closes.
+    PendingInsert = 1,
+    /// Linked into the tree.
+    InTree = 2,
+    /// Linked, queued to be taken out when the running epoch closes.
+    PendingRemove = 3,
+    /// Removed before its deferred insert happened; freed at epoch end.
+    Cancelled = 4,
+}
+
+impl TreeState {
+    pub(crate) fn from_tag(tag: u8) -> Option<TreeState> {
+        match tag {
+            1 => Some(TreeState::PendingInsert),
+            2 => Some(TreeState::InTree),
+            3 => Some(TreeState::PendingRemove),
+            4 => Some(TreeState::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// `struct mmu_interval_notifier`: an inserted interval notifier with its
+/// driver state `O`. Removes itself when dropped.
 ///
-/// Dereferences to its [`IntervalSub`], which carries the retry protocol.
+/// Dereferences to its [`IntervalSub`], which carries `read_retry`,
+/// `check_retry` and `set_seq`; `read_begin` is a method of the handle
+/// because it may wait on the address space.
 pub struct IntervalNotifier<O: IntervalNotifierOps> {
-    sub: Option<Arc<IntervalSub<O>>>,
+    /// `mmgrab`: the address space outlives the subscription.
+    mm: Arc<Mm>,
+    seq: SeqRef,
+    node: NodeId,
+    start: u64,
+    last: u64,
+    /// `None` once removed (the state is freed then).
+    ops: Option<OpsBox<O>>,
 }
 
 impl<O: IntervalNotifierOps> IntervalNotifier<O> {
@@ -249,17 +225,33 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
             return Err(Error::NoUsers);
         }
         let subscriptions = mm.subscriptions().ok_or(Error::Disabled)?;
-        let sub = Arc::new(IntervalSub {
-            invalidate_seq: AtomicU64::new(0),
+        let ops = OpsBox::new(ops);
+        let (node, seq) = subscriptions.itree_insert(start, last, ops.erased());
+        Ok(IntervalNotifier {
+            mm: Arc::clone(mm),
+            seq,
+            node,
             start,
             last,
-            mm: Arc::clone(mm),
-            tree_state: AtomicU64::new(TreeState::Detached.encode()),
-            ops,
-        });
-        let erased: Arc<DynIntervalSub> = sub.clone();
-        subscriptions.itree_insert(erased);
-        Ok(IntervalNotifier { sub: Some(sub) })
+            ops: Some(ops),
+        })
+    }
+
+    /// `mmu_interval_read_begin`: a sequence number for
+    /// [`IntervalSub::read_retry`]. If an invalidation that covers this
+    /// interval is running, waits until every running invalidation of the
+    /// address space has ended. The result may already be stale; callers
+    /// loop (see the module docs).
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if it would have to wait while this thread has an
+    /// invalidation of the same address space open (from a callback, or
+    /// between start and end), or inside a non-blockable callback.
+    #[must_use = "pass the seq to read_retry"]
+    pub fn read_begin(&self) -> Seq {
+        let subscriptions = self.mm.subscriptions().expect("inserted, so present");
+        subscriptions.itree_read_begin(&self.seq)
     }
 
     /// `mmu_interval_notifier_remove`: unsubscribes, waiting until no
@@ -274,11 +266,36 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     }
 
     fn remove_now(&mut self) {
-        let Some(sub) = self.sub.take() else { return };
-        let mm = Arc::clone(&sub.mm);
-        let subscriptions = mm.subscriptions().expect("inserted, so present");
-        let erased: Arc<DynIntervalSub> = sub;
-        subscriptions.itree_remove(&erased);
+        if self.ops.is_none() {
+            return;
+        }
+        let subscriptions = self.mm.subscriptions().expect("inserted, so present");
+        // If this panics the state stays allocated (an `OpsBox` leaks when
+        // dropped): the tree may still point at it.
+        let unsubscribed = subscriptions.itree_remove(self.node);
+        if let Some(ops) = self.ops.take() {
+            ops.free(unsubscribed);
+        }
+    }
+
+    /// First address of the interval.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Last address of the interval (inclusive).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The address space.
+    pub fn mm(&self) -> &Arc<Mm> {
+        &self.mm
+    }
+
+    /// The driver state.
+    pub fn ops(&self) -> &O {
+        self.ops.as_ref().expect("present until remove").get()
     }
 }
 
@@ -291,9 +308,10 @@ fn checked_last(start: u64, length: u64) -> Result<u64> {
 }
 
 impl<O: IntervalNotifierOps> Deref for IntervalNotifier<O> {
-    type Target = IntervalSub<O>;
-    fn deref(&self) -> &IntervalSub<O> {
-        self.sub.as_ref().expect("present until remove")
+    type Target = IntervalSub;
+    #[inline]
+    fn deref(&self) -> &IntervalSub {
+        &self.seq
     }
 }
 
@@ -305,6 +323,10 @@ impl<O: IntervalNotifierOps> Drop for IntervalNotifier<O> {
 
 impl<O: IntervalNotifierOps> fmt::Debug for IntervalNotifier<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
+        f.debug_struct("IntervalNotifier")
+            .field("start", &format_args!("{:#x}", self.start))
+            .field("last", &format_args!("{:#x}", self.last))
+            .field("seq", &*self.seq)
+            .finish_non_exhaustive()
     }
 }

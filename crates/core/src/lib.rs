@@ -39,7 +39,7 @@ pub mod warn;
 pub use context::{in_non_block, might_sleep};
 pub use error::{Error, Result, WouldBlock};
 pub use event::Event;
-pub use interval_notifier::{DynIntervalSub, IntervalNotifier, IntervalSub};
+pub use interval_notifier::{IntervalNotifier, IntervalSub};
 pub use invalidation::Invalidation;
 pub use mm::{HeldMmLock, Mm, MmapReadGuard, MmapWriteGuard, RmapGuard};
 pub use notifier::{Notifier, SharedNotifier, synchronize};

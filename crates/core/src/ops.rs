@@ -177,10 +177,5 @@ pub trait IntervalNotifierOps: Send + Sync + 'static {
     ///   or [`IntervalSub::read_begin`] on this address space: both wait for
     ///   the invalidation that is calling it.
     /// * `range` is the whole invalidated range, not clipped to the interval.
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool;
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool;
 }

@@ -77,12 +77,7 @@ fn blocking_on_a_lock_in_atomic_context_callbacks_is_reported() {
 
 struct TakesLock(&'static Mutex<()>);
 impl IntervalNotifierOps for TakesLock {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        range: &Range<'_>,
-        seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, seq: Seq) -> bool {
         let _guard = if range.is_blockable() {
             self.0.lock()
         } else {
@@ -159,24 +154,14 @@ fn read_begin_from_inside_a_callback_of_the_same_mm_panics_instead_of_hanging() 
         std::sync::Mutex::new(None);
     struct Plain;
     impl IntervalNotifierOps for Plain {
-        fn invalidate(
-            &self,
-            sub: &IntervalSub<dyn IntervalNotifierOps>,
-            _: &Range<'_>,
-            seq: Seq,
-        ) -> bool {
+        fn invalidate(&self, sub: &IntervalSub, _: &Range<'_>, seq: Seq) -> bool {
             sub.set_seq(seq);
             true
         }
     }
     struct ReadsInside;
     impl IntervalNotifierOps for ReadsInside {
-        fn invalidate(
-            &self,
-            sub: &IntervalSub<dyn IntervalNotifierOps>,
-            _: &Range<'_>,
-            seq: Seq,
-        ) -> bool {
+        fn invalidate(&self, sub: &IntervalSub, _: &Range<'_>, seq: Seq) -> bool {
             sub.set_seq(seq);
             let other = OTHER.lock().unwrap().clone();
             if let Some(other) = other {

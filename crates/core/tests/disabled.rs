@@ -9,7 +9,7 @@ use mmun_core::{
 
 struct Nop;
 impl IntervalNotifierOps for Nop {
-    fn invalidate(&self, _: &IntervalSub<dyn IntervalNotifierOps>, _: &Range<'_>, _: Seq) -> bool {
+    fn invalidate(&self, _: &IntervalSub, _: &Range<'_>, _: Seq) -> bool {
         true
     }
 }

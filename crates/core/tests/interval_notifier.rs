@@ -256,12 +256,7 @@ fn remove_waits_for_the_epoch_in_which_its_callback_runs() {
         finished: Arc<AtomicBool>,
     }
     impl IntervalNotifierOps for Slow {
-        fn invalidate(
-            &self,
-            sub: &IntervalSub<dyn IntervalNotifierOps>,
-            _: &Range<'_>,
-            seq: Seq,
-        ) -> bool {
+        fn invalidate(&self, sub: &IntervalSub, _: &Range<'_>, seq: Seq) -> bool {
             sub.set_seq(seq);
             self.entered.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(80));
@@ -358,12 +353,7 @@ fn nonblock_refusal_aborts_before_the_list_and_restores_the_count() {
 fn a_refusal_of_a_blockable_range_is_warned_and_ignored() {
     struct Rude;
     impl IntervalNotifierOps for Rude {
-        fn invalidate(
-            &self,
-            _: &IntervalSub<dyn IntervalNotifierOps>,
-            _: &Range<'_>,
-            _: Seq,
-        ) -> bool {
+        fn invalidate(&self, _: &IntervalSub, _: &Range<'_>, _: Seq) -> bool {
             false
         }
     }
@@ -455,7 +445,7 @@ fn insert_locked_needs_the_write_lock_of_the_same_mm() {
 
 struct Panics;
 impl IntervalNotifierOps for Panics {
-    fn invalidate(&self, _: &IntervalSub<dyn IntervalNotifierOps>, _: &Range<'_>, _: Seq) -> bool {
+    fn invalidate(&self, _: &IntervalSub, _: &Range<'_>, _: Seq) -> bool {
         panic!("driver bug");
     }
 }
@@ -518,12 +508,7 @@ fn remove_from_inside_its_own_callback_panics_naming_the_rule() {
     static SELF_REMOVE: Mutex<Option<IntervalNotifier<Remover>>> = Mutex::new(None);
     struct Remover;
     impl IntervalNotifierOps for Remover {
-        fn invalidate(
-            &self,
-            sub: &IntervalSub<dyn IntervalNotifierOps>,
-            _: &Range<'_>,
-            seq: Seq,
-        ) -> bool {
+        fn invalidate(&self, sub: &IntervalSub, _: &Range<'_>, seq: Seq) -> bool {
             sub.set_seq(seq);
             if let Some(me) = SELF_REMOVE.lock().unwrap().take() {
                 me.remove();

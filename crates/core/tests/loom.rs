@@ -74,12 +74,7 @@ struct Mirror {
 struct MirrorOps(Arc<Mirror>);
 
 impl IntervalNotifierOps for MirrorOps {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        _range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, _range: &Range<'_>, cur_seq: Seq) -> bool {
         let mut mirrored = self.0.lock.lock().unwrap();
         sub.set_seq(cur_seq);
         *mirrored = None;
@@ -172,12 +167,7 @@ struct Probe {
 struct ProbeOps(Arc<Probe>);
 
 impl IntervalNotifierOps for ProbeOps {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        _range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, _range: &Range<'_>, cur_seq: Seq) -> bool {
         let probe = &*self.0;
         assert!(
             !probe.removed.load(SeqCst),
@@ -206,7 +196,7 @@ fn probe() -> (Arc<Probe>, ProbeOps) {
 
 /// `read_begin` + `read_retry` with no invalidation running in between
 /// succeeds on the first try (the seq protocol is back at rest).
-fn assert_quiescent<O: IntervalNotifierOps>(sub: &IntervalSub<O>) {
+fn assert_quiescent<O: IntervalNotifierOps>(sub: &IntervalNotifier<O>) {
     let seq = sub.read_begin();
     assert!(seq.is_odd(), "an interval's seq is always odd: {seq:?}");
     assert!(!sub.read_retry(seq), "retry without any invalidation");

@@ -132,12 +132,7 @@ struct DeviceInterval {
 }
 
 impl IntervalNotifierOps for DeviceInterval {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
         let mut mirror = self.device.mirror.lock();
         sub.set_seq(cur_seq);
         let first = (range.start() / PAGE) as usize;
@@ -286,12 +281,7 @@ struct Extra {
 }
 
 impl IntervalNotifierOps for Extra {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        _range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, _range: &Range<'_>, cur_seq: Seq) -> bool {
         let _guard = self.lock.lock();
         sub.set_seq(cur_seq);
         self.stats.extra_invalidates.fetch_add(1, Ordering::Relaxed);

@@ -95,12 +95,7 @@ impl Mirror {
 }
 
 impl IntervalNotifierOps for Mirror {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
         let mut table = self.table.lock();
         sub.set_seq(cur_seq);
         // The primary changes nothing before this returns: every frame the

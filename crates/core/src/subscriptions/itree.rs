@@ -17,21 +17,25 @@
 
 use smallvec::SmallVec;
 
+use super::ops_ptr::{OpsPtr, Unsubscribed};
 use super::{Locked, Subscriptions};
+
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
-use crate::interval_notifier::{DynIntervalSub, TreeState};
+use crate::interval_notifier::{IntervalSub, SeqRef, TreeState};
+use crate::interval_tree::NodeId;
 use crate::lockdep;
-use crate::sync::Arc;
-use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::warn::Warning;
 use crate::{Event, Mm, Range, Seq};
 
-type Hits = SmallVec<[Arc<DynIntervalSub>; 4]>;
+/// The subscriptions a start collected: each driver's state and seq word.
+type Hits<'s> = SmallVec<[(OpsPtr, &'s IntervalSub); 4]>;
 
 /// Closes the epoch opened by a start unless disarmed: the failure and the
-/// unwinding paths of a start both end up here.
-struct EpochGuard<'a> {
+/// unwinding paths of a start both end up here. While it lives, the epoch
+/// is open, which is what lets callbacks reach the driver state collected
+/// in it (`OpsPtr::get`).
+pub(crate) struct EpochGuard<'a> {
     subscriptions: &'a Subscriptions,
     armed: bool,
 }
@@ -47,34 +51,34 @@ impl Drop for EpochGuard<'_> {
 impl Subscriptions {
     /// `mn_itree_inv_start_range`: counts the range and, if it hits any
     /// interval, enters full exclusion (`seq |= 1`).
-    fn itree_inv_start_range(&self, range: &Range<'_>) -> (Seq, Hits) {
+    /// Fills `hits` in place: it is large enough that moving it out of a
+    /// return value showed up as a tenth of a whole invalidation.
+    fn itree_inv_start_range<'s>(&'s self, range: &Range<'_>, hits: &mut Hits<'s>) -> Seq {
         let mut locked = self.lock();
         locked.active += 1;
-        let hits: Hits = match range.last() {
-            Some(last) => locked
-                .tree
-                .overlapping(range.start(), last)
-                .map(|(_, sub)| Arc::clone(sub))
-                .collect(),
-            None => Hits::new(),
-        };
+        if let Some(last) = range.last() {
+            for (node, ops) in locked.tree.overlapping(range.start(), last) {
+                hits.push((*ops, self.seq_words.get(node)));
+            }
+        }
         if !hits.is_empty() {
             locked.invalidate_seq |= 1;
         }
-        (Seq(locked.invalidate_seq), hits)
+        Seq(locked.invalidate_seq)
     }
 
     /// `mn_itree_invalidate`: calls every overlapping interval notifier. A
     /// refusal of a non-blockable range closes the epoch again and aborts.
     pub(crate) fn itree_invalidate(&self, range: &Range<'_>) -> Result<(), WouldBlock> {
-        let (cur_seq, hits) = self.itree_inv_start_range(range);
+        let mut hits = Hits::new();
+        let cur_seq = self.itree_inv_start_range(range, &mut hits);
         let mut epoch = EpochGuard {
             subscriptions: self,
             armed: true,
         };
-        for sub in &hits {
+        for (ops, sub) in &hits {
             let _non_block = NonBlock::enter(!range.is_blockable());
-            if sub.ops().invalidate(sub, range, cur_seq) {
+            if ops.get(&epoch).invalidate(sub, range, cur_seq) {
                 continue;
             }
             if range.is_blockable() {
@@ -98,45 +102,49 @@ impl Subscriptions {
             return;
         }
         locked.invalidate_seq = locked.invalidate_seq.wrapping_add(1);
-        let applied = apply_deferred(&mut locked);
+        apply_deferred(&mut locked);
         drop(locked);
         // Waiters re-check the seq under the lock, so waking after unlocking
-        // loses nothing; the removed subscriptions are dropped outside it.
+        // loses nothing.
         self.wq.notify_all();
-        drop(applied);
     }
 
     /// `mn_itree_release`: `Release` over the whole address space, blockable.
     pub(crate) fn itree_release(&self, mm: &Mm) {
         let mut range = Range::new(mm, Event::Release, 0, u64::MAX);
         range.set_blockable(true);
-        let (cur_seq, hits) = self.itree_inv_start_range(&range);
-        let _epoch = EpochGuard {
+        let mut hits = Hits::new();
+        let cur_seq = self.itree_inv_start_range(&range, &mut hits);
+        let epoch = EpochGuard {
             subscriptions: self,
             armed: true,
         };
-        for sub in &hits {
-            if !sub.ops().invalidate(sub, &range, cur_seq) {
+        for (ops, sub) in &hits {
+            if !ops.get(&epoch).invalidate(sub, &range, cur_seq) {
                 self.warn(Warning::IntervalRefusedRelease);
             }
         }
     }
 
-    /// `__mmu_interval_notifier_insert`, after the tree was enabled.
-    pub(crate) fn itree_insert(&self, sub: Arc<DynIntervalSub>) {
+    /// `__mmu_interval_notifier_insert`, after the tree was enabled: returns
+    /// the subscription's node and seq word.
+    pub(crate) fn itree_insert(&self, start: u64, last: u64, ops: OpsPtr) -> (NodeId, SeqRef) {
         let mut locked = self.lock();
+        let node = locked.tree.reserve(start, last, ops);
+        let (chunk, offset) = self.seq_words.ensure(node);
+        let sub = SeqRef::new(chunk, offset);
         let seq = locked.invalidate_seq;
         if locked.active > 0 && seq & 1 == 1 {
             // Fully excluded: the tree is frozen, join it when the epoch ends.
             sub.set_seq_locked(seq);
-            sub.set_tree_state(TreeState::PendingInsert);
-            locked.deferred.push(sub);
+            locked.tree.set_tag(node, TreeState::PendingInsert as u8);
+            locked.deferred.push(node);
         } else if locked.active > 0 {
             // Partially excluded: a running range might cover the new
             // interval, so treat it as covered and make readers wait.
             locked.invalidate_seq |= 1;
             sub.set_seq_locked(locked.invalidate_seq);
-            insert_now(&mut locked, sub);
+            link_now(&mut locked, node);
         } else {
             if seq & 1 == 1 {
                 drop(locked);
@@ -146,56 +154,57 @@ impl Subscriptions {
             // Odd and different from the (even) idle seq: read_begin returns
             // at once.
             sub.set_seq_locked(locked.invalidate_seq.wrapping_sub(1));
-            insert_now(&mut locked, sub);
+            link_now(&mut locked, node);
         }
+        (node, sub)
     }
 
-    /// `mmu_interval_notifier_remove`: takes `sub` out of the tree, waiting
+    /// `mmu_interval_notifier_remove`: takes `node` out of the tree, waiting
     /// for the epoch to close if a callback may still be running for it.
-    pub(crate) fn itree_remove(&self, sub: &Arc<DynIntervalSub>) {
+    pub(crate) fn itree_remove(&self, node: NodeId) -> Unsubscribed {
         context::might_sleep();
-        let wait_for = self.unlink_or_defer(sub);
+        let wait_for = self.unlink_or_defer(node);
         lockdep::acquire_release(&lockdep::INVALIDATE_RANGE_START_MAP);
         if let Some(seq) = wait_for {
             context::assert_not_waiting_on_self(self.id(), "mmu_interval_notifier_remove()");
             // Read under the lock (Linux fix 319561669a59): the closing
             // `inv_end` finishes with the tree and the deferred list before
-            // it unlocks, so seeing the new seq means it is done with `sub`.
+            // it unlocks, so seeing the new seq means it is done with `node`.
             let mut locked = self.lock();
             while locked.invalidate_seq == seq {
                 locked = self.wq.wait(locked);
             }
         }
+        // Either the node never reached the tree, or it left it while no
+        // epoch was open, or the epoch that could have called it is closed.
+        Unsubscribed::after_waiting_out_callbacks()
     }
 
-    fn unlink_or_defer(&self, sub: &Arc<DynIntervalSub>) -> Option<u64> {
+    fn unlink_or_defer(&self, node: NodeId) -> Option<u64> {
         let mut locked = self.lock();
+        let state = locked.tree.tag(node).and_then(TreeState::from_tag);
         if locked.invalidate_seq & 1 == 1 {
-            match sub.tree_state() {
-                TreeState::PendingInsert => {
-                    // Never reached the tree: nothing can be calling it.
-                    sub.set_tree_state(TreeState::Cancelled);
+            match state {
+                Some(TreeState::PendingInsert) => {
+                    // Never reached the tree: nothing can be calling it. The
+                    // epoch's end frees the node, keeping its seq word
+                    // unused until then.
+                    locked.tree.set_tag(node, TreeState::Cancelled as u8);
                     None
                 }
-                TreeState::InTree(node) => {
-                    sub.set_tree_state(TreeState::PendingRemove(node));
-                    locked.deferred.push(Arc::clone(sub));
+                Some(TreeState::InTree) => {
+                    locked.tree.set_tag(node, TreeState::PendingRemove as u8);
+                    locked.deferred.push(node);
                     Some(locked.invalidate_seq)
                 }
-                TreeState::PendingRemove(_) | TreeState::Cancelled | TreeState::Detached => None,
+                Some(TreeState::PendingRemove | TreeState::Cancelled) | None => None,
             }
         } else {
-            match sub.tree_state() {
-                TreeState::InTree(node) => {
-                    let removed = locked.tree.remove(node);
-                    sub.set_tree_state(TreeState::Detached);
-                    drop(locked);
-                    drop(removed);
-                }
-                _ => {
-                    drop(locked);
-                    self.warn(Warning::RemoveNotInTree);
-                }
+            if state == Some(TreeState::InTree) {
+                locked.tree.remove(node);
+            } else {
+                drop(locked);
+                self.warn(Warning::RemoveNotInTree);
             }
             None
         }
@@ -203,10 +212,9 @@ impl Subscriptions {
 
     /// `mmu_interval_read_begin`: the seq to check with `read_retry`,
     /// after waiting out an epoch that already covers `sub`.
-    pub(crate) fn itree_read_begin(&self, sub_seq: &AtomicU64) -> Seq {
+    pub(crate) fn itree_read_begin(&self, sub: &IntervalSub) -> Seq {
         let locked = self.lock();
-        // Pairs with the Release store in `set_seq`.
-        let seq = sub_seq.load(Ordering::Acquire);
+        let seq = sub.load_seq();
         let is_invalidating = seq == locked.invalidate_seq;
         drop(locked);
         lockdep::acquire_release(&lockdep::INVALIDATE_RANGE_START_MAP);
@@ -222,27 +230,23 @@ impl Subscriptions {
     }
 }
 
-fn insert_now(locked: &mut Locked, sub: Arc<DynIntervalSub>) {
-    let (start, last) = (sub.start(), sub.last());
-    let keep = Arc::clone(&sub);
-    let node = locked.tree.insert(start, last, sub);
-    keep.set_tree_state(TreeState::InTree(node));
+fn link_now(locked: &mut Locked, node: NodeId) {
+    locked.tree.link(node);
+    locked.tree.set_tag(node, TreeState::InTree as u8);
 }
 
 /// Applies the deferred list newest first, as the kernel's hlist walk does.
-/// Returns the subscriptions taken out of the tree, to drop after unlocking.
-fn apply_deferred(locked: &mut Locked) -> Vec<Arc<DynIntervalSub>> {
-    let mut removed = Vec::new();
-    while let Some(sub) = locked.deferred.pop() {
-        match sub.tree_state() {
-            TreeState::PendingInsert => insert_now(locked, sub),
-            TreeState::PendingRemove(node) => {
-                removed.push(locked.tree.remove(node));
-                sub.set_tree_state(TreeState::Detached);
+fn apply_deferred(locked: &mut Locked) {
+    while let Some(node) = locked.deferred.pop() {
+        match locked.tree.tag(node).and_then(TreeState::from_tag) {
+            Some(TreeState::PendingInsert) => link_now(locked, node),
+            Some(TreeState::PendingRemove) => {
+                locked.tree.remove(node);
             }
-            TreeState::Cancelled => sub.set_tree_state(TreeState::Detached),
-            TreeState::InTree(_) | TreeState::Detached => {}
+            Some(TreeState::Cancelled) => {
+                locked.tree.free(node);
+            }
+            Some(TreeState::InTree) | None => {}
         }
     }
-    removed
 }

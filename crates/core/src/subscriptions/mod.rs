@@ -28,13 +28,15 @@
 
 pub(crate) mod itree;
 pub(crate) mod list;
+pub(crate) mod ops_ptr;
+pub(crate) mod seq_arena;
 mod snapshot;
 
 use crate::error::WouldBlock;
-use crate::interval_notifier::DynIntervalSub;
 use crate::interval_tree::IntervalTree;
+use crate::interval_tree::NodeId;
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::warn::Warning;
 use crate::{Mm, Range};
 
@@ -51,6 +53,8 @@ pub(crate) struct Subscriptions {
     /// Snapshot of the list for SRCU readers, replaced under `lock`.
     list: SrcuPtr<Vec<ListEntry>>,
     lock: Mutex<Locked>,
+    /// The seq word of each tree node; grows under `lock`, read without it.
+    seq_words: seq_arena::SeqArena,
     /// Waiters for the sequence to move (`read_begin`, `remove`).
     wq: Condvar,
     warnings: Mutex<Vec<Warning>>,
@@ -63,11 +67,13 @@ pub(crate) struct Locked {
     /// `active_invalidate_ranges`: starts counted by the tree code whose end
     /// has not run. `invalidate_seq` odd ⇒ `active > 0`.
     pub(crate) active: u64,
-    /// Interval notifiers by `[start, last]`; frozen while the seq is odd.
-    pub(crate) tree: IntervalTree<Arc<DynIntervalSub>>,
+    /// Interval notifiers by `[start, last]`, each node pointing at its
+    /// driver state and tagged with its `TreeState`; frozen while the seq
+    /// is odd. Deferred inserts are reserved nodes, not yet linked.
+    pub(crate) tree: IntervalTree<ops_ptr::OpsPtr>,
     /// Inserts and removes that arrived while the tree was frozen, applied
     /// newest first when the epoch closes.
-    pub(crate) deferred: Vec<Arc<DynIntervalSub>>,
+    pub(crate) deferred: Vec<NodeId>,
     /// The list notifiers, newest first (`hlist_add_head_rcu`).
     pub(crate) list: Vec<ListEntry>,
 }
@@ -99,6 +105,7 @@ impl Subscriptions {
                 deferred: Vec::new(),
                 list: Vec::new(),
             }),
+            seq_words: seq_arena::SeqArena::new(),
             wq: Condvar::new(),
             warnings: Mutex::new(Vec::new()),
         }

@@ -116,12 +116,7 @@ impl Recorder {
 }
 
 impl IntervalNotifierOps for Recorder {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
         if self.refuse_nonblock && !range.is_blockable() {
             return false;
         }

@@ -157,12 +157,7 @@ pub struct IntervalRec {
 }
 
 impl IntervalNotifierOps for IntervalRec {
-    fn invalidate(
-        &self,
-        sub: &IntervalSub<dyn IntervalNotifierOps>,
-        range: &Range<'_>,
-        cur_seq: Seq,
-    ) -> bool {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
         let _driver = self.lock.lock();
         sub.set_seq(cur_seq);
         self.log.push(Ev::Interval {
