@@ -1,3 +1,4 @@
+//! `IntervalBTree` (what the subscriptions use) and the red-black
 //! `IntervalTree` against `iset::IntervalMap`, side by side: overlap queries
 //! that hit about one node, and one insert+remove, at n = 10^3 and 10^6.
 //!
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use iset::IntervalMap;
+use mmun_core::interval_btree::{IntervalBTree, Key};
 use mmun_core::interval_tree::IntervalTree;
 
 /// Number of precomputed queries / new intervals cycled through per bench,
@@ -38,6 +40,7 @@ impl XorShift {
 }
 
 struct Fixture {
+    btree: IntervalBTree<u64>,
     ours: IntervalTree<u64>,
     theirs: IntervalMap<u64, u64>,
     /// Midpoints of existing intervals: each stabs its own interval and,
@@ -52,7 +55,9 @@ fn build(n: usize) -> Fixture {
     let intervals: Vec<(u64, u64)> = (0..n).map(|_| rng.interval()).collect();
     let mut ours = IntervalTree::with_capacity(n + 1);
     let mut theirs = IntervalMap::with_capacity(n + 1);
+    let mut btree = IntervalBTree::new();
     for (value, &(s, l)) in intervals.iter().enumerate() {
+        btree.insert(key(s, value as u32), l, value as u64);
         ours.insert(s, l, value as u64);
         theirs.force_insert(s..l + 1, value as u64);
     }
@@ -64,6 +69,7 @@ fn build(n: usize) -> Fixture {
         .collect();
     let fresh = (0..ROTATION).map(|_| rng.interval()).collect();
     Fixture {
+        btree,
         ours,
         theirs,
         stab_points,
@@ -82,14 +88,37 @@ fn report_hits(fx: &Fixture, n: usize) {
         .iter()
         .map(|&p| fx.theirs.iter(p..=p).count())
         .sum();
+    let btree_hits: usize = fx
+        .stab_points
+        .iter()
+        .map(|&p| fx.btree.overlapping(p, p).count())
+        .sum();
     assert_eq!(hits, iset_hits, "implementations disagree");
+    assert_eq!(hits, btree_hits, "implementations disagree");
     eprintln!(
         "n={n}: mean hits per stabbing query = {:.3}",
         hits as f64 / ROTATION as f64
     );
 }
 
+/// Keys for the B+-tree: the value doubles as the unique id.
+fn key(start: u64, id: u32) -> Key {
+    Key {
+        start,
+        order: id,
+        id,
+    }
+}
+
 fn bench_stab(group: &mut BenchmarkGroup<'_, WallTime>, fx: &Fixture) {
+    let mut i = 0;
+    group.bench_function("btree", |b| {
+        b.iter(|| {
+            i = (i + 1) % ROTATION;
+            let p = black_box(fx.stab_points[i]);
+            fx.btree.overlapping(p, p).map(|(_, _, &v)| v).sum::<u64>()
+        })
+    });
     let mut i = 0;
     group.bench_function("ours", |b| {
         b.iter(|| {
@@ -112,6 +141,17 @@ fn bench_insert_remove(group: &mut BenchmarkGroup<'_, WallTime>, fx: &mut Fixtur
     const MARKER: u64 = u64::MAX;
     let mut i = 0;
     let fresh = fx.fresh.clone();
+    let btree = &mut fx.btree;
+    group.bench_function("btree", |b| {
+        b.iter(|| {
+            i = (i + 1) % ROTATION;
+            let (s, l) = black_box(fresh[i]);
+            let key = key(s, u32::MAX);
+            btree.insert(key, l, MARKER);
+            btree.remove(key)
+        })
+    });
+    let mut i = 0;
     let ours = &mut fx.ours;
     group.bench_function("ours", |b| {
         b.iter(|| {
@@ -144,6 +184,7 @@ fn bench_size(c: &mut Criterion, n: usize) {
     bench_insert_remove(&mut group, &mut fx);
     group.finish();
     assert_eq!(fx.ours.len(), n);
+    assert_eq!(fx.btree.len(), n);
     assert_eq!(fx.theirs.len(), n);
 }
 

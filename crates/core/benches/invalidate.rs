@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use iset::IntervalMap;
+use mmun_core::interval_btree::{IntervalBTree, Key};
 use mmun_core::interval_tree::IntervalTree;
 use mmun_core::{
     Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
@@ -131,8 +132,21 @@ fn build_measured(n: usize) -> Fixture {
     let after = rss_bytes();
     let handle = size_of::<IntervalNotifier<SetSeq>>();
     let seq_word = size_of::<IntervalSub>();
-    // The tree's value is a pointer to the driver state (two words).
-    let node = IntervalTree::<[usize; 2]>::NODE_BYTES;
+    // The same shape as the subscriptions' index: the value is a pointer to
+    // the driver state (two words), keys inserted in ascending order.
+    let mut shape = IntervalBTree::<[usize; 2]>::new();
+    for i in 0..n as u32 {
+        let start = u64::from(i) * STRIDE;
+        shape.insert(
+            Key {
+                start,
+                order: i,
+                id: i,
+            },
+            start + PAGE - 1,
+            [0, 0],
+        );
+    }
     eprintln!("memory per interval notifier (n = {n}, ops zero-sized):");
     match (before, after) {
         (Some(before), Some(after)) => {
@@ -148,9 +162,10 @@ fn build_measured(n: usize) -> Fixture {
         _ => eprintln!("  /proc/self/statm unreadable: no RSS figure"),
     }
     eprintln!(
-        "  layout: tree node {node} B + seq word {seq_word} B = {} B owned by the subsystem; \
-         the caller's handle {handle} B; driver state (zero-sized here) in the caller's allocation",
-        node + seq_word
+        "  layout: B+-tree {:.1} B/entry + seq word {seq_word} B + state byte 1 B owned by the \
+         subsystem; the caller's handle {handle} B; driver state (zero-sized here) in the \
+         caller's allocation",
+        shape.bytes_per_entry()
     );
     fixture_from(n, mm, notifiers)
 }

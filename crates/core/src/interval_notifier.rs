@@ -31,7 +31,7 @@ use std::fmt;
 use std::ops::Deref;
 
 use crate::error::{Error, Result};
-use crate::interval_tree::NodeId;
+use crate::interval_btree::Key;
 use crate::mm::MmapWriteGuard;
 use crate::notifier::register_locked;
 use crate::ops::IntervalNotifierOps;
@@ -144,16 +144,17 @@ impl Deref for SeqRef {
     }
 }
 
-/// Tree membership of a subscription, kept in its node's tag byte.
+/// Tree membership of a subscription, one byte per id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TreeState {
-    /// Reserved, queued to be linked when the running epoch closes.
+    /// Queued to be linked when the running epoch closes.
     PendingInsert = 1,
     /// Linked into the tree.
     InTree = 2,
     /// Linked, queued to be taken out when the running epoch closes.
     PendingRemove = 3,
-    /// Removed before its deferred insert happened; freed at epoch end.
+    /// Removed before its deferred insert happened; its id is freed at
+    /// epoch end.
     Cancelled = 4,
 }
 
@@ -179,8 +180,8 @@ pub struct IntervalNotifier<O: IntervalNotifierOps> {
     /// `mmgrab`: the address space outlives the subscription.
     mm: Arc<Mm>,
     seq: SeqRef,
-    node: NodeId,
-    start: u64,
+    /// Where the subscription sorts in the tree (`key.start` is the start).
+    key: Key,
     last: u64,
     /// `None` once removed (the state is freed then).
     ops: Option<OpsBox<O>>,
@@ -226,12 +227,11 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         }
         let subscriptions = mm.subscriptions().ok_or(Error::Disabled)?;
         let ops = OpsBox::new(ops);
-        let (node, seq) = subscriptions.itree_insert(start, last, ops.erased());
+        let (key, seq) = subscriptions.itree_insert(start, last, ops.erased());
         Ok(IntervalNotifier {
             mm: Arc::clone(mm),
             seq,
-            node,
-            start,
+            key,
             last,
             ops: Some(ops),
         })
@@ -272,15 +272,14 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         let subscriptions = self.mm.subscriptions().expect("inserted, so present");
         // If this panics the state stays allocated (an `OpsBox` leaks when
         // dropped): the tree may still point at it.
-        let unsubscribed = subscriptions.itree_remove(self.node);
-        if let Some(ops) = self.ops.take() {
-            ops.free(unsubscribed);
-        }
+        let Some(ops) = self.ops.take() else { return };
+        let unsubscribed = subscriptions.itree_remove(self.key, ops.erased());
+        ops.free(unsubscribed);
     }
 
     /// First address of the interval.
     pub fn start(&self) -> u64 {
-        self.start
+        self.key.start
     }
 
     /// Last address of the interval (inclusive).
@@ -324,7 +323,7 @@ impl<O: IntervalNotifierOps> Drop for IntervalNotifier<O> {
 impl<O: IntervalNotifierOps> fmt::Debug for IntervalNotifier<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IntervalNotifier")
-            .field("start", &format_args!("{:#x}", self.start))
+            .field("start", &format_args!("{:#x}", self.key.start))
             .field("last", &format_args!("{:#x}", self.last))
             .field("seq", &*self.seq)
             .finish_non_exhaustive()

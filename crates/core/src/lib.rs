@@ -21,6 +21,7 @@
 pub mod context;
 pub mod error;
 pub mod event;
+pub mod interval_btree;
 pub mod interval_notifier;
 pub mod interval_tree;
 pub mod invalidation;

@@ -22,8 +22,8 @@ use super::{Locked, Subscriptions};
 
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
+use crate::interval_btree::Key;
 use crate::interval_notifier::{IntervalSub, SeqRef, TreeState};
-use crate::interval_tree::NodeId;
 use crate::lockdep;
 use crate::warn::Warning;
 use crate::{Event, Mm, Range, Seq};
@@ -57,8 +57,8 @@ impl Subscriptions {
         let mut locked = self.lock();
         locked.active += 1;
         if let Some(last) = range.last() {
-            for (node, ops) in locked.tree.overlapping(range.start(), last) {
-                hits.push((*ops, self.seq_words.get(node)));
+            for (key, _, ops) in locked.tree.overlapping(range.start(), last) {
+                hits.push((*ops, self.seq_words.get(key.id)));
             }
         }
         if !hits.is_empty() {
@@ -127,24 +127,24 @@ impl Subscriptions {
     }
 
     /// `__mmu_interval_notifier_insert`, after the tree was enabled: returns
-    /// the subscription's node and seq word.
-    pub(crate) fn itree_insert(&self, start: u64, last: u64, ops: OpsPtr) -> (NodeId, SeqRef) {
+    /// the subscription's key and seq word.
+    pub(crate) fn itree_insert(&self, start: u64, last: u64, ops: OpsPtr) -> (Key, SeqRef) {
         let mut locked = self.lock();
-        let node = locked.tree.reserve(start, last, ops);
-        let (chunk, offset) = self.seq_words.ensure(node);
+        let key = locked.ids.alloc(start);
+        let (chunk, offset) = self.seq_words.ensure(key.id);
         let sub = SeqRef::new(chunk, offset);
         let seq = locked.invalidate_seq;
         if locked.active > 0 && seq & 1 == 1 {
             // Fully excluded: the tree is frozen, join it when the epoch ends.
             sub.set_seq_locked(seq);
-            locked.tree.set_tag(node, TreeState::PendingInsert as u8);
-            locked.deferred.push(node);
+            locked.ids.set(key.id, TreeState::PendingInsert);
+            locked.deferred.push(Deferred { key, last, ops });
         } else if locked.active > 0 {
             // Partially excluded: a running range might cover the new
             // interval, so treat it as covered and make readers wait.
             locked.invalidate_seq |= 1;
             sub.set_seq_locked(locked.invalidate_seq);
-            link_now(&mut locked, node);
+            link_now(&mut locked, key, last, ops);
         } else {
             if seq & 1 == 1 {
                 drop(locked);
@@ -154,54 +154,56 @@ impl Subscriptions {
             // Odd and different from the (even) idle seq: read_begin returns
             // at once.
             sub.set_seq_locked(locked.invalidate_seq.wrapping_sub(1));
-            link_now(&mut locked, node);
+            link_now(&mut locked, key, last, ops);
         }
-        (node, sub)
+        (key, sub)
     }
 
-    /// `mmu_interval_notifier_remove`: takes `node` out of the tree, waiting
-    /// for the epoch to close if a callback may still be running for it.
-    pub(crate) fn itree_remove(&self, node: NodeId) -> Unsubscribed {
+    /// `mmu_interval_notifier_remove`: takes the subscription `key` out of
+    /// the tree, waiting for the epoch to close if a callback may still be
+    /// running for it.
+    pub(crate) fn itree_remove(&self, key: Key, ops: OpsPtr) -> Unsubscribed {
         context::might_sleep();
-        let wait_for = self.unlink_or_defer(node);
+        let wait_for = self.unlink_or_defer(key, ops);
         lockdep::acquire_release(&lockdep::INVALIDATE_RANGE_START_MAP);
         if let Some(seq) = wait_for {
             context::assert_not_waiting_on_self(self.id(), "mmu_interval_notifier_remove()");
             // Read under the lock (Linux fix 319561669a59): the closing
             // `inv_end` finishes with the tree and the deferred list before
-            // it unlocks, so seeing the new seq means it is done with `node`.
+            // it unlocks, so seeing the new seq means it is done with `key`.
             let mut locked = self.lock();
             while locked.invalidate_seq == seq {
                 locked = self.wq.wait(locked);
             }
         }
-        // Either the node never reached the tree, or it left it while no
+        // Either the entry never reached the tree, or it left it while no
         // epoch was open, or the epoch that could have called it is closed.
         Unsubscribed::after_waiting_out_callbacks()
     }
 
-    fn unlink_or_defer(&self, node: NodeId) -> Option<u64> {
+    fn unlink_or_defer(&self, key: Key, ops: OpsPtr) -> Option<u64> {
         let mut locked = self.lock();
-        let state = locked.tree.tag(node).and_then(TreeState::from_tag);
+        let state = locked.ids.get(key.id);
         if locked.invalidate_seq & 1 == 1 {
             match state {
                 Some(TreeState::PendingInsert) => {
                     // Never reached the tree: nothing can be calling it. The
-                    // epoch's end frees the node, keeping its seq word
-                    // unused until then.
-                    locked.tree.set_tag(node, TreeState::Cancelled as u8);
+                    // epoch's end frees the id, keeping its seq word unused
+                    // until then.
+                    locked.ids.set(key.id, TreeState::Cancelled);
                     None
                 }
                 Some(TreeState::InTree) => {
-                    locked.tree.set_tag(node, TreeState::PendingRemove as u8);
-                    locked.deferred.push(node);
+                    locked.ids.set(key.id, TreeState::PendingRemove);
+                    locked.deferred.push(Deferred { key, last: 0, ops });
                     Some(locked.invalidate_seq)
                 }
                 Some(TreeState::PendingRemove | TreeState::Cancelled) | None => None,
             }
         } else {
             if state == Some(TreeState::InTree) {
-                locked.tree.remove(node);
+                locked.tree.remove(key);
+                locked.ids.free(key.id);
             } else {
                 drop(locked);
                 self.warn(Warning::RemoveNotInTree);
@@ -230,22 +232,68 @@ impl Subscriptions {
     }
 }
 
-fn link_now(locked: &mut Locked, node: NodeId) {
-    locked.tree.link(node);
-    locked.tree.set_tag(node, TreeState::InTree as u8);
+/// An insert or remove waiting for the epoch to close.
+pub(crate) struct Deferred {
+    key: Key,
+    /// The interval's last address (inserts only).
+    last: u64,
+    ops: OpsPtr,
+}
+
+/// Subscription ids: each names a seq word and records its `TreeState`.
+/// Ids are reused, so the seq words stay dense; an id is freed only when
+/// nothing can refer to it any more.
+#[derive(Default)]
+pub(crate) struct Ids {
+    /// `TreeState as u8` per id, 0 when free.
+    states: Vec<u8>,
+    free: Vec<u32>,
+    /// Insertion counter: equal starts keep insertion order, as the
+    /// kernel's tree does (it wraps after 2^32 inserts, which can only
+    /// reorder equal starts inserted that far apart).
+    next_order: u32,
+}
+
+impl Ids {
+    fn alloc(&mut self, start: u64) -> Key {
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.states.push(0);
+            u32::try_from(self.states.len() - 1).expect("at most 2^32 interval notifiers per mm")
+        });
+        let order = self.next_order;
+        self.next_order = order.wrapping_add(1);
+        Key { start, order, id }
+    }
+
+    fn get(&self, id: u32) -> Option<TreeState> {
+        TreeState::from_tag(self.states[id as usize])
+    }
+
+    fn set(&mut self, id: u32, state: TreeState) {
+        self.states[id as usize] = state as u8;
+    }
+
+    fn free(&mut self, id: u32) {
+        self.states[id as usize] = 0;
+        self.free.push(id);
+    }
+}
+
+fn link_now(locked: &mut Locked, key: Key, last: u64, ops: OpsPtr) {
+    locked.tree.insert(key, last, ops);
+    locked.ids.set(key.id, TreeState::InTree);
 }
 
 /// Applies the deferred list newest first, as the kernel's hlist walk does.
 fn apply_deferred(locked: &mut Locked) {
-    while let Some(node) = locked.deferred.pop() {
-        match locked.tree.tag(node).and_then(TreeState::from_tag) {
-            Some(TreeState::PendingInsert) => link_now(locked, node),
+    while let Some(Deferred { key, last, ops }) = locked.deferred.pop() {
+        match locked.ids.get(key.id) {
+            Some(TreeState::PendingInsert) => link_now(locked, key, last, ops),
             Some(TreeState::PendingRemove) => {
-                locked.tree.remove(node);
+                locked.tree.remove(key);
+                locked.ids.free(key.id);
             }
-            Some(TreeState::Cancelled) => {
-                locked.tree.free(node);
-            }
+            Some(TreeState::Cancelled) => locked.ids.free(key.id),
             Some(TreeState::InTree) | None => {}
         }
     }

@@ -33,8 +33,7 @@ pub(crate) mod seq_arena;
 mod snapshot;
 
 use crate::error::WouldBlock;
-use crate::interval_tree::IntervalTree;
-use crate::interval_tree::NodeId;
+use crate::interval_btree::IntervalBTree;
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::warn::Warning;
@@ -67,13 +66,14 @@ pub(crate) struct Locked {
     /// `active_invalidate_ranges`: starts counted by the tree code whose end
     /// has not run. `invalidate_seq` odd ⇒ `active > 0`.
     pub(crate) active: u64,
-    /// Interval notifiers by `[start, last]`, each node pointing at its
-    /// driver state and tagged with its `TreeState`; frozen while the seq
-    /// is odd. Deferred inserts are reserved nodes, not yet linked.
-    pub(crate) tree: IntervalTree<ops_ptr::OpsPtr>,
+    /// Interval notifiers by `[start, last]`, each entry pointing at its
+    /// driver state; frozen while the seq is odd.
+    pub(crate) tree: IntervalBTree<ops_ptr::OpsPtr>,
+    /// Subscription ids (which name their seq word) and their `TreeState`.
+    pub(crate) ids: itree::Ids,
     /// Inserts and removes that arrived while the tree was frozen, applied
     /// newest first when the epoch closes.
-    pub(crate) deferred: Vec<NodeId>,
+    pub(crate) deferred: Vec<itree::Deferred>,
     /// The list notifiers, newest first (`hlist_add_head_rcu`).
     pub(crate) list: Vec<ListEntry>,
 }
@@ -101,7 +101,8 @@ impl Subscriptions {
             lock: Mutex::new(Locked {
                 invalidate_seq: 2,
                 active: 0,
-                tree: IntervalTree::new(),
+                tree: IntervalBTree::new(),
+                ids: itree::Ids::default(),
                 deferred: Vec::new(),
                 list: Vec::new(),
             }),

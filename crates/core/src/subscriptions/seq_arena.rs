@@ -1,5 +1,5 @@
-//! Where interval subscriptions keep their seq words: indexed like the
-//! tree's nodes, allocated in chunks that never move or go away while the
+//! Where interval subscriptions keep their seq words: indexed by the
+//! subscription's id, allocated in chunks that never move or go away while the
 //! address space's subscriptions live.
 //!
 //! Because nothing moves, a running invalidation borrows the words of the
@@ -16,7 +16,6 @@
 use std::sync::OnceLock;
 
 use crate::interval_notifier::IntervalSub;
-use crate::interval_tree::NodeId;
 use crate::sync::Arc;
 
 #[cfg(not(mmun_loom))]
@@ -44,21 +43,21 @@ impl SeqArena {
         }
     }
 
-    /// Makes sure `node` has a word and returns its chunk and offset, for
+    /// Makes sure `id` has a word and returns its chunk and offset, for
     /// the new subscription's handle. Called under the subscriptions lock,
     /// so the lazy initialisations never race.
-    pub(crate) fn ensure(&self, node: NodeId) -> (SeqChunk, usize) {
-        let (bucket, slot, offset) = locate(node);
+    pub(crate) fn ensure(&self, id: u32) -> (SeqChunk, usize) {
+        let (bucket, slot, offset) = locate(id);
         let bucket = self.buckets[bucket]
             .get_or_init(|| (0..1usize << bucket).map(|_| OnceLock::new()).collect());
         let chunk = bucket[slot].get_or_init(|| (0..CHUNK).map(|_| IntervalSub::new()).collect());
         (Arc::clone(chunk), offset)
     }
 
-    /// The word of `node`, which `ensure` has seen.
+    /// The word of `id`, which `ensure` has seen.
     #[inline]
-    pub(crate) fn get(&self, node: NodeId) -> &IntervalSub {
-        let (bucket, slot, offset) = locate(node);
+    pub(crate) fn get(&self, id: u32) -> &IntervalSub {
+        let (bucket, slot, offset) = locate(id);
         let chunk = self.buckets[bucket]
             .get()
             .and_then(|bucket| bucket[slot].get())
@@ -67,10 +66,10 @@ impl SeqArena {
     }
 }
 
-/// Directory bucket, slot in it, and offset in the chunk of a node's word.
+/// Directory bucket, slot in it, and offset in the chunk of an id's word.
 #[inline]
-fn locate(node: NodeId) -> (usize, usize, usize) {
-    let index = node.index() as usize;
+fn locate(id: u32) -> (usize, usize, usize) {
+    let index = id as usize;
     let chunk = (index >> CHUNK_BITS) + 1;
     let bucket = chunk.ilog2() as usize;
     (bucket, chunk - (1 << bucket), index & (CHUNK - 1))
@@ -92,15 +91,12 @@ mod tests {
             40_000,
         ];
         for (i, &n) in nodes.iter().enumerate() {
-            let (chunk, offset) = arena.ensure(NodeId::from_index(n));
+            let (chunk, offset) = arena.ensure(n);
             chunk[offset].set_seq_locked(2 * i as u64 + 1);
         }
         for (i, &n) in nodes.iter().enumerate() {
-            assert_eq!(
-                arena.get(NodeId::from_index(n)).load_seq(),
-                2 * i as u64 + 1
-            );
+            assert_eq!(arena.get(n).load_seq(), 2 * i as u64 + 1);
         }
-        assert_eq!(locate(NodeId::from_index(u32::MAX)).0, BUCKETS - 1);
+        assert_eq!(locate(u32::MAX).0, BUCKETS - 1);
     }
 }
