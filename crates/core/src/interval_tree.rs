@@ -13,14 +13,6 @@
 //!
 //! Among nodes with equal `start`, a newer insert sorts after the older ones,
 //! so in-order iteration is "ascending start, then insertion order".
-//!
-//! A node can also be *reserved* ([`IntervalTree::reserve`]): it owns its
-//! slot and id but is not linked into the tree, so queries do not see it,
-//! until [`IntervalTree::link`]. [`IntervalTree::detach`] and
-//! [`IntervalTree::free`] are the two halves of removal. The interval
-//! notifiers use this to know a subscription's id before a deferred insert
-//! links it. Each node also carries one byte of caller state
-//! ([`IntervalTree::tag`]) that lives in what would otherwise be padding.
 
 use std::fmt;
 use std::iter::FusedIterator;
@@ -61,24 +53,17 @@ impl NodeId {
     }
 }
 
-/// Node colour, or `Detached` for a reserved node that is not linked. An
-/// enum (not a `bool` flag in a wider field) so the unused byte values give
-/// `Slot` a niche and free slots cost no extra space.
+/// Node colour. An enum (not a `bool` flag in a wider field) so the unused
+/// byte values give `Slot` a niche and free slots cost no extra space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Color {
     Red,
     Black,
-    Detached,
 }
 
 /// One tree node: the interval, the augmented subtree maximum, the links and
 /// the caller's value.
-///
-/// `repr(C)` keeps what a query reads (the interval, the maximum, the links)
-/// at the front, ahead of the value, so a node that straddles two cache
-/// lines usually has its hot part in the first.
 #[derive(Clone, Debug)]
-#[repr(C)]
 struct Node<V> {
     start: u64,
     last: u64,
@@ -87,8 +72,6 @@ struct Node<V> {
     child: [u32; 2],
     parent: u32,
     color: Color,
-    /// Caller state; shares the padding word with `color`.
-    tag: u8,
     value: V,
 }
 
@@ -107,8 +90,6 @@ pub struct IntervalTree<V> {
     root: u32,
     free_head: u32,
     len: usize,
-    /// Reserved nodes not linked into the tree.
-    detached: usize,
 }
 
 impl<V> Default for IntervalTree<V> {
@@ -145,7 +126,6 @@ impl<V> IntervalTree<V> {
             root: NIL,
             free_head: NIL,
             len: 0,
-            detached: 0,
         }
     }
 
@@ -168,27 +148,6 @@ impl<V> IntervalTree<V> {
     /// # Panics
     /// If `start > last`, or if the tree already holds `u32::MAX` slots.
     pub fn insert(&mut self, start: u64, last: u64, value: V) -> NodeId {
-        let id = self.reserve(start, last, value);
-        self.link(id);
-        id
-    }
-
-    /// Removes the node `id` in O(log n) and returns its value.
-    ///
-    /// # Panics
-    /// With "stale NodeId" if `id` does not name a linked node.
-    pub fn remove(&mut self, id: NodeId) -> V {
-        self.detach(id);
-        self.free(id)
-    }
-
-    /// Allocates a node for `[start, last]` without linking it: it has an
-    /// id, a value and a tag, but queries do not see it until
-    /// [`link`](Self::link). O(1).
-    ///
-    /// # Panics
-    /// If `start > last`, or if the tree already holds `u32::MAX` slots.
-    pub fn reserve(&mut self, start: u64, last: u64, value: V) -> NodeId {
         assert!(
             start <= last,
             "IntervalTree::insert: start {start:#x} > last {last:#x}"
@@ -199,86 +158,27 @@ impl<V> IntervalTree<V> {
             subtree_last: last,
             child: [NIL, NIL],
             parent: NIL,
-            color: Color::Detached,
-            tag: 0,
+            color: Color::Red,
             value,
         });
-        self.detached += 1;
+        self.link_as_leaf(id);
+        self.fix_after_insert(id);
+        self.len += 1;
         NodeId(id)
     }
 
-    /// Links the reserved node `id` into the tree, in O(log n).
+    /// Removes the node `id` in O(log n) and returns its value.
     ///
     /// # Panics
-    /// If `id` is not a reserved (detached) node.
-    pub fn link(&mut self, id: NodeId) {
-        assert!(
-            self.is_detached(id),
-            "link() of {id:?}, which is not detached"
-        );
-        self.node_mut(id.0).color = Color::Red;
-        self.link_as_leaf(id.0);
-        self.fix_after_insert(id.0);
-        self.detached -= 1;
-        self.len += 1;
-    }
-
-    /// Takes node `id` out of the tree but keeps its slot, value and tag,
-    /// in O(log n); [`free`](Self::free) or [`link`](Self::link) it later.
-    ///
-    /// # Panics
-    /// With "stale NodeId" if `id` does not name a linked node.
-    pub fn detach(&mut self, id: NodeId) {
+    /// With "stale NodeId" if `id` does not name a live node.
+    pub fn remove(&mut self, id: NodeId) -> V {
         assert!(self.contains(id), "stale NodeId {id:?} passed to remove");
         self.unlink(id.0);
-        let node = self.node_mut(id.0);
-        node.child = [NIL, NIL];
-        node.parent = NIL;
-        node.subtree_last = node.last;
-        node.color = Color::Detached;
         self.len -= 1;
-        self.detached += 1;
-    }
-
-    /// Frees the detached node `id` and returns its value; the id may be
-    /// handed out again.
-    ///
-    /// # Panics
-    /// If `id` is not a reserved (detached) node.
-    pub fn free(&mut self, id: NodeId) -> V {
-        assert!(
-            self.is_detached(id),
-            "free() of {id:?}, which is not detached"
-        );
-        self.detached -= 1;
         self.release(id.0)
     }
 
-    /// Whether `id` names a reserved node that is not linked.
-    pub fn is_detached(&self, id: NodeId) -> bool {
-        self.live(id)
-            .is_some_and(|node| node.color == Color::Detached)
-    }
-
-    /// The caller's byte of node `id` (0 when reserved), or `None` if `id`
-    /// names no node, linked or detached.
-    pub fn tag(&self, id: NodeId) -> Option<u8> {
-        self.live(id).map(|node| node.tag)
-    }
-
-    /// Sets the caller's byte of node `id`.
-    ///
-    /// # Panics
-    /// If `id` names no node, linked or detached.
-    pub fn set_tag(&mut self, id: NodeId, tag: u8) {
-        match self.slots.get_mut(id.0 as usize) {
-            Some(Slot::Live(node)) => node.tag = tag,
-            _ => panic!("set_tag() of {id:?}, which names no node"),
-        }
-    }
-
-    /// The value of node `id` (linked or detached), or `None` if `id`
-    /// names no node.
+    /// The value of node `id`, or `None` if `id` is not live.
     pub fn get(&self, id: NodeId) -> Option<&V> {
         self.live(id).map(|node| &node.value)
     }
@@ -297,10 +197,9 @@ impl<V> IntervalTree<V> {
         self.live(id).map(|node| (node.start, node.last))
     }
 
-    /// Whether `id` names a node linked into this tree.
+    /// Whether `id` names a live node of this tree.
     pub fn contains(&self, id: NodeId) -> bool {
-        self.live(id)
-            .is_some_and(|node| node.color != Color::Detached)
+        self.live(id).is_some()
     }
 
     /// The first node (lowest start; earliest inserted among equal starts)
@@ -828,11 +727,7 @@ impl<V> IntervalTree<V> {
             free += 1;
             assert!(free <= self.slots.len(), "free list has a cycle");
         }
-        assert_eq!(
-            free + self.len + self.detached,
-            self.slots.len(),
-            "slots leak"
-        );
+        assert_eq!(free + self.len, self.slots.len(), "slots leak");
     }
 }
 
@@ -1025,46 +920,6 @@ mod tests {
         assert_eq!(size_of::<Slot<[usize; 2]>>(), size_of::<Node<[usize; 2]>>());
         const { assert!(IntervalTree::<u64>::NODE_BYTES <= 48) };
         const { assert!(IntervalTree::<Box<u8>>::NODE_BYTES <= 48) };
-        // The interval notifiers' node: a fat pointer plus the tag byte.
-        const { assert!(IntervalTree::<[usize; 2]>::NODE_BYTES <= 56) };
-    }
-
-    #[test]
-    fn reserved_nodes_are_invisible_until_linked() {
-        let mut tree = IntervalTree::new();
-        let a = tree.insert(0, 9, 0);
-        let b = tree.reserve(5, 6, 1);
-        tree.set_tag(b, 7);
-        assert_eq!(ids_of(&tree, 0, 20), vec![0]);
-        assert!(tree.is_detached(b) && !tree.contains(b));
-        assert_eq!(
-            (tree.len(), tree.tag(b), tree.get(b)),
-            (1, Some(7), Some(&1))
-        );
-        tree.check_invariants();
-        tree.link(b);
-        assert_eq!(ids_of(&tree, 0, 20), vec![0, 1]);
-        assert_eq!(tree.tag(b), Some(7), "linking keeps the tag");
-        tree.check_invariants();
-        tree.detach(a);
-        assert_eq!(ids_of(&tree, 0, 20), vec![1]);
-        assert!(tree.is_detached(a));
-        tree.check_invariants();
-        tree.link(a);
-        tree.check_invariants();
-        assert_eq!(ids_of(&tree, 0, 20), vec![0, 1]);
-        tree.detach(a);
-        assert_eq!(tree.free(a), 0);
-        assert_eq!(tree.tag(a), None);
-        tree.check_invariants();
-    }
-
-    #[test]
-    #[should_panic(expected = "not detached")]
-    fn freeing_a_linked_node_panics() {
-        let mut tree = IntervalTree::new();
-        let a = tree.insert(0, 9, 0);
-        tree.free(a);
     }
 
     #[test]
