@@ -115,6 +115,16 @@ impl<'a, L: HeldMmLock> Ctx<'a, L> {
         Invalidation::start(self.lock, Range::new(self.mm, event, start, end))
     }
 
+    /// Lets other threads take the page-table lock once, handing it to a
+    /// waiter if there is one. Linux calls `invalidate_range_start` before
+    /// it takes the PTL for the update, so a concurrent walker
+    /// (`hmm_range_fault`, GUP) can still read the old entry after the
+    /// secondaries were told; this opens that window here. Whatever was
+    /// read from the page tables before must be checked again after.
+    pub(crate) fn page_table_lock_window(&mut self) {
+        MutexGuard::unlocked_fair(&mut self.st, || {});
+    }
+
     /// The same with an owner (`range_init_owner`).
     pub(crate) fn start_owner(
         &self,

@@ -216,7 +216,19 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
         return;
     }
     let inv = ctx.start(Event::Clear, folio.start, folio.end);
-    let old = install_migration_entry(ctx, folio);
+    // `try_to_migrate_one` takes the PTL only after the start, and
+    // `page_vma_mapped_walk` finds the entry again under it.
+    ctx.page_table_lock_window();
+    let current = ctx.st.pt.pte(folio.start);
+    if !current.is_present() || current.pfn() != folio.entry.pfn() {
+        inv.end();
+        return;
+    }
+    let folio = Mapped {
+        entry: current,
+        ..*folio
+    };
+    let old = install_migration_entry(ctx, &folio);
     inv.end();
     finish_migration(ctx, folio.start, old);
 }
