@@ -1,19 +1,45 @@
 //! The coherence oracle: every use of a secondary translation is compared
 //! with what the primary maps at that instant.
 //!
-//! A secondary calls [`Coherence::check`] for each access, *holding the lock
-//! its invalidation callback takes before it zaps*. An invalidation of the
-//! page then either has not started (the primary still maps what the
-//! secondary holds) or is waiting for that lock (the primary has not
-//! changed the page yet either), so any difference is a stale use.
+//! A secondary calls [`Coherence::try_check`] (or [`Coherence::check`]) for
+//! each access, *holding the lock its invalidation callback takes before it
+//! zaps*. An invalidation of the page then either has not started (the
+//! primary still maps what the secondary holds) or is waiting for that lock
+//! (the primary has not changed the page yet either), so any difference is
+//! a stale use.
 //!
 //! A translation is a frame in one of its lives: the pfn plus the frame's
 //! allocation serial, so a freed and reallocated frame does not pass for
 //! the old one.
+//!
+//! # Reading the primary without deadlocking
+//!
+//! The software MMU calls invalidation callbacks with its page-table lock
+//! held, and reading the primary takes that lock. A checker holding its
+//! own lock that blocks on the page-table lock can therefore deadlock with
+//! an invalidation that holds the page-table lock and waits in the
+//! callback for the checker's lock. [`Coherence::try_check`] does not
+//! wait: when the page-table lock is busy it returns
+//! [`CheckError::Busy`], and the secondary drops its lock and tries the
+//! whole access again. The software MMU holds that lock from before an
+//! invalidation's callbacks until after its page-table change, so when the
+//! check does get it, every invalidation has either not started or has
+//! zapped the secondary and finished: the argument above still holds. [`Coherence::check`] blocks, so it is only for
+//! secondaries whose callbacks never wait for the lock held around it.
+//!
+//! # Device-exclusive entries
+//!
+//! A device that made a page exclusive (`make_device_exclusive`) uses it
+//! while the CPU cannot: the primary's entry is a device-exclusive swap
+//! entry. [`Use::device`] names the accessing device; the check accepts
+//! such an entry only if that device made it, and the CPU's access that
+//! takes the page back notifies a `Clear` without owner, which every
+//! device must honour.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use mmun_core::Owner;
 use mmun_softmmu::{AddressSpace, Translation};
 use parking_lot::Mutex;
 
@@ -60,6 +86,34 @@ impl fmt::Display for Violation {
     }
 }
 
+/// One use of a secondary translation, as [`Coherence::try_check`] judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Use {
+    /// The secondary that uses it.
+    pub secondary: &'static str,
+    /// The virtual address.
+    pub va: u64,
+    /// Whether it is a write.
+    pub write: bool,
+    /// What the secondary uses.
+    pub held: Translation,
+    /// The accessing device, whose own device-exclusive entries count as
+    /// mappings (`None`: only what the CPU can reach counts).
+    pub device: Option<Owner>,
+}
+
+/// Why [`Coherence::try_check`] did not pass a use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// The primary's page-table lock was busy: drop the secondary's lock
+    /// and try the access again. Nothing was checked or recorded.
+    #[error("the primary's page table is busy; retry without the secondary's lock")]
+    Busy,
+    /// The use was stale; the violation is recorded.
+    #[error("{0}")]
+    Stale(Violation),
+}
+
 /// The oracle; shared by every secondary of a run.
 #[derive(Debug, Default)]
 pub struct Coherence {
@@ -77,6 +131,10 @@ impl Coherence {
     /// Checks one use of `held` at `va` by `secondary`; records and returns
     /// the violation if the primary no longer maps that frame life, or no
     /// longer lets it be written and this is a write.
+    ///
+    /// Waits for the primary's page-table lock: see the module docs for
+    /// when that deadlocks, and [`Coherence::try_check`] for the variant
+    /// that does not.
     pub fn check(
         &self,
         secondary: &'static str,
@@ -85,17 +143,47 @@ impl Coherence {
         held: Translation,
         write: bool,
     ) -> Result<(), Violation> {
-        self.checks.fetch_add(1, Ordering::Relaxed);
         let primary = space.translate_frame(va);
-        let same_frame = primary.is_some_and(|p| p.pfn == held.pfn && p.serial == held.serial);
-        let may_write = primary.is_some_and(|p| p.writable);
-        if same_frame && (!write || may_write) {
-            return Ok(());
-        }
-        let violation = Violation {
+        let used = Use {
             secondary,
             va,
             write,
+            held,
+            device: None,
+        };
+        self.judge(&used, primary)
+    }
+
+    /// Checks `used` against the primary without waiting for its page-table
+    /// lock (call it holding the lock the secondary's invalidation takes).
+    ///
+    /// # Errors
+    ///
+    /// [`CheckError::Busy`] if the page-table lock is held (back off and
+    /// retry); [`CheckError::Stale`] with the recorded violation if the
+    /// primary no longer maps that frame life to `used.device` (or, for a
+    /// write, no longer lets it be written).
+    pub fn try_check(&self, space: &AddressSpace, used: &Use) -> Result<(), CheckError> {
+        let view = space
+            .try_device_view(used.va, used.device)
+            .map_err(|_| CheckError::Busy)?;
+        let primary = view.map(|v| v.translation);
+        self.judge(used, primary).map_err(CheckError::Stale)
+    }
+
+    /// The verdict on one use, given what the primary maps.
+    fn judge(&self, used: &Use, primary: Option<Translation>) -> Result<(), Violation> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let held = used.held;
+        let same_frame = primary.is_some_and(|p| p.pfn == held.pfn && p.serial == held.serial);
+        let may_write = primary.is_some_and(|p| p.writable);
+        if same_frame && (!used.write || may_write) {
+            return Ok(());
+        }
+        let violation = Violation {
+            secondary: used.secondary,
+            va: used.va,
+            write: used.write,
             held,
             primary,
         };

@@ -89,6 +89,21 @@ pub struct Translation {
     pub writable: bool,
 }
 
+/// What a device may use at one address of the primary (see
+/// [`AddressSpace::device_view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceView {
+    /// The frame life and whether it may be written.
+    pub translation: Translation,
+    /// Whether the device reaches it through its own device-exclusive entry
+    /// (the CPU cannot reach it until a CPU access takes it back).
+    pub exclusive: bool,
+}
+
+/// The page-table lock was busy; see [`AddressSpace::try_device_view`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageTableBusy;
+
 /// A simulated process address space.
 pub struct AddressSpace {
     /// Identifies this address space in frame bookkeeping.
@@ -214,6 +229,66 @@ impl AddressSpace {
             serial: frame.serial,
             writable,
         })
+    }
+
+    /// What the device `device` may use at `addr`: what a CPU access would
+    /// reach ([`AddressSpace::translate_frame`]), or else the frame of a
+    /// device-exclusive entry that `device` made (writable only while the
+    /// entry and the VMA both allow writes). `None` otherwise, e.g. for an
+    /// exclusive entry another device holds.
+    pub fn device_view(&self, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
+        self.view_locked(&self.state.lock(), addr, device)
+    }
+
+    /// [`AddressSpace::device_view`] without waiting for the page-table
+    /// lock. A coherence check runs under the secondary's own lock, which
+    /// an invalidation holding the page-table lock may be waiting for: the
+    /// checker must back off (drop its lock, try again) instead of waiting.
+    pub fn try_device_view(
+        &self,
+        addr: u64,
+        device: Option<Owner>,
+    ) -> Result<Option<DeviceView>, PageTableBusy> {
+        let st = self.state.try_lock().ok_or(PageTableBusy)?;
+        Ok(self.view_locked(&st, addr, device))
+    }
+
+    fn view_locked(&self, st: &State, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
+        match crate::fault::translate(&st.pt, addr) {
+            Some((pfn, writable)) => Some(DeviceView {
+                translation: self.frame_life(pfn, writable),
+                exclusive: false,
+            }),
+            None => self.exclusive_view_locked(st, addr, device?),
+        }
+    }
+
+    /// The device-exclusive entry at `addr`, if `device` made it.
+    fn exclusive_view_locked(&self, st: &State, addr: u64, device: Owner) -> Option<DeviceView> {
+        let pte = st.pt.pte(addr);
+        if pte.swap_kind() != Some(crate::page_table::SwapKind::DeviceExclusive) {
+            return None;
+        }
+        if self.memory.frame(pte.pfn()).exclusive_owner != Some(device) {
+            return None;
+        }
+        let vma_writable = st
+            .vmas
+            .lookup(addr)
+            .is_some_and(|v| v.flags.contains(crate::VmFlags::WRITE));
+        let writable = pte.swap_was_writable() && vma_writable;
+        Some(DeviceView {
+            translation: self.frame_life(pte.pfn(), writable),
+            exclusive: true,
+        })
+    }
+
+    fn frame_life(&self, pfn: crate::Pfn, writable: bool) -> Translation {
+        Translation {
+            pfn,
+            serial: self.memory.frame(pfn).serial,
+            writable,
+        }
     }
 
     /// The frame mapped at `addr`, whatever its protection (PROT_NONE

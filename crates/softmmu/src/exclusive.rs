@@ -48,6 +48,8 @@ impl AddressSpace {
                 *slot = Pte::swap(SwapKind::DeviceExclusive, pte.pfn(), pte.is_write());
             }
             ctx.mem.unmap_pte(pte.pfn(), ctx.id);
+            ctx.mem
+                .update(pte.pfn(), |f| f.exclusive_owner = Some(owner));
             inv.end();
             Ok(pte.pfn())
         })

@@ -65,6 +65,12 @@ pub struct Frame {
     /// it names one life of the frame (a freed and reallocated pfn gets a
     /// new serial), which is what a secondary translation must still match.
     pub serial: u64,
+    /// The device holding the page through a device-exclusive entry, as
+    /// `make_device_exclusive` last set it; meaningful only while such an
+    /// entry maps the frame. Linux keeps no owner in the entry; the
+    /// software MMU records it so that a coherence check can tell the
+    /// device that owns the page from one using it stale.
+    pub exclusive_owner: Option<mmun_core::Owner>,
     /// Which address spaces map the folio (head only): two tracked ids with
     /// their mapping counts, the rest counted together — the userspace form
     /// of the folio's `_mm_id` tracking, which decides whether a large
@@ -115,6 +121,7 @@ impl Frame {
         head: 0,
         generation: 0,
         serial: 0,
+        exclusive_owner: None,
         mappers: [(0, 0); 2],
         other_mappers: 0,
     };
@@ -325,6 +332,7 @@ impl Frames {
                 head,
                 generation,
                 serial: generation,
+                exclusive_owner: None,
                 mappers: [(0, 0); 2],
                 other_mappers: 0,
             };

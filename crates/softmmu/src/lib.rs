@@ -35,7 +35,9 @@ mod task_mmu;
 pub mod vma;
 mod zap;
 
-pub use address_space::{AddressSpace, Config, MapRequest, ThpMode, Translation};
+pub use address_space::{
+    AddressSpace, Config, DeviceView, MapRequest, PageTableBusy, ThpMode, Translation,
+};
 pub use error::{Errno, SysResult};
 pub use frame::{Memory, Pfn};
 pub use mremap::MremapFlags;

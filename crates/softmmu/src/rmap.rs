@@ -99,6 +99,26 @@ impl AddressSpace {
     /// driver's `owner` over the whole request while the pages are
     /// collected, then new frames for them. Returns how many pages moved.
     pub fn migrate_device(&self, start: u64, end: u64, owner: mmun_core::Owner) -> usize {
+        self.migrate_device_and_map(start, end, owner, |_, _| ())
+    }
+
+    /// [`AddressSpace::migrate_device`] with the driver's
+    /// `finalize_and_map` step: `map(addr, new)` is called for every moved
+    /// page once its new frame is installed (`None` if the new entry is
+    /// inaccessible), while the page-table lock is
+    /// still held, so that the device's table holds the new frames before
+    /// anyone can see the migration completed (`lib/test_hmm.c`
+    /// `dmirror_migrate_finalize_and_map` runs before `migrate_vma_finalize`).
+    /// The device skipped its own `Migrate` range, so this is what replaces
+    /// its old translations. `map` runs like an invalidation callback: it
+    /// may take the driver lock but must not call into this address space.
+    pub fn migrate_device_and_map(
+        &self,
+        start: u64,
+        end: u64,
+        owner: mmun_core::Owner,
+        mut map: impl FnMut(u64, Option<crate::Translation>),
+    ) -> usize {
         self.read_op(|ctx| {
             let inv = ctx.start_owner(Event::Migrate, start, end, Some(owner));
             let folios = mapped_folios(ctx, start, end);
@@ -110,6 +130,17 @@ impl AddressSpace {
             inv.end();
             for (folio, old) in &collected {
                 finish_migration(ctx, folio.start, *old);
+                // What the CPU now reaches there: the new frame, unless the
+                // entry is inaccessible.
+                let new =
+                    crate::fault::translate(&ctx.st.pt, folio.start).map(|(pfn, writable)| {
+                        crate::Translation {
+                            pfn,
+                            serial: ctx.mem.frame(pfn).serial,
+                            writable,
+                        }
+                    });
+                map(folio.start, new);
             }
             collected.len()
         })

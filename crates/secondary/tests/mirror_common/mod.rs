@@ -1,0 +1,155 @@
+//! What the device-mirror tests share: a fixture (memory, address space,
+//! oracle, mirror), a watchdog, and the multi-threaded race workload that
+//! shows each injected bug is caught.
+
+pub mod race;
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mmun_script::Prot;
+use mmun_secondary::device_mirror::DeviceMirror;
+use mmun_secondary::{Bug, Coherence};
+use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory, ThpMode};
+
+/// Where the tests map: 2 MiB-aligned, far from kernel-chosen addresses.
+pub const B: u64 = 0x1000_0000_0000;
+/// A page.
+pub const P: u64 = 0x1000;
+/// A PMD.
+pub const M2: u64 = 0x20_0000;
+/// `PROT_READ`.
+pub const R: Prot = Prot {
+    read: true,
+    write: false,
+    exec: false,
+};
+
+/// Longest a multi-threaded test may run before it counts as hung.
+pub const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// One address space, the oracle, and a device mirroring it.
+pub struct Fixture {
+    pub memory: Arc<Memory>,
+    pub space: Arc<AddressSpace>,
+    pub coherence: Arc<Coherence>,
+    pub mirror: Arc<DeviceMirror>,
+}
+
+impl Fixture {
+    /// A correct mirror on a fresh address space (THP in `madvise` mode).
+    pub fn new() -> Fixture {
+        Fixture::with_bug(None)
+    }
+
+    /// The same with `bug` injected.
+    pub fn with_bug(bug: Option<Bug>) -> Fixture {
+        let memory = Arc::new(Memory::new());
+        let config = Config {
+            thp: ThpMode::Madvise,
+            thp_zero_page: true,
+        };
+        let space = Arc::new(AddressSpace::with_config(Arc::clone(&memory), config));
+        let coherence = Arc::new(Coherence::new());
+        let mirror = DeviceMirror::new(Arc::clone(&space), Arc::clone(&coherence), bug);
+        Fixture {
+            memory,
+            space,
+            coherence,
+            mirror,
+        }
+    }
+
+    /// Another device on the same address space and oracle.
+    pub fn second_mirror(&self) -> Arc<DeviceMirror> {
+        DeviceMirror::new(Arc::clone(&self.space), Arc::clone(&self.coherence), None)
+    }
+
+    /// A device on another address space (a fork child), same oracle.
+    pub fn mirror_of(&self, space: &Arc<AddressSpace>) -> Arc<DeviceMirror> {
+        DeviceMirror::new(Arc::clone(space), Arc::clone(&self.coherence), None)
+    }
+
+    /// `mmap(addr, pages, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)`.
+    pub fn map(&self, addr: u64, pages: u64, prot: Prot) {
+        map_on(&self.space, addr, pages, prot, false);
+    }
+
+    /// The same with `MAP_SHARED`.
+    pub fn map_shared(&self, addr: u64, pages: u64) {
+        map_on(&self.space, addr, pages, Prot::RW, true);
+    }
+
+    /// CPU writes to every page of `[addr, addr + pages)`.
+    pub fn cpu_write(&self, addr: u64, pages: u64) {
+        for i in 0..pages {
+            self.space.access(addr + i * P, true).expect("CPU write");
+        }
+    }
+
+    /// The frame the CPU reaches at `va`.
+    pub fn cpu_pfn(&self, va: u64) -> u64 {
+        self.space.translate(va).expect("mapped for the CPU").0
+    }
+
+    /// No stale use was found; shows the first ones otherwise.
+    pub fn assert_coherent(&self) {
+        let found = self.coherence.violation_count();
+        assert_eq!(found, 0, "violations: {:#?}", self.coherence.violations());
+    }
+}
+
+/// `mmap` with `MAP_FIXED` on `space`.
+pub fn map_on(space: &AddressSpace, addr: u64, pages: u64, prot: Prot, shared: bool) {
+    let req = MapRequest {
+        addr,
+        len: pages * P,
+        prot,
+        shared,
+        fixed: true,
+        ..MapRequest::default()
+    };
+    assert_eq!(space.mmap(req), Ok(addr));
+}
+
+/// Runs `f` on its own thread; a run longer than [`WATCHDOG`] fails the
+/// test as a hang instead of hanging it.
+pub fn with_watchdog<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(WATCHDOG) {
+        Ok(value) => {
+            worker.join().expect("worker finished");
+            value
+        }
+        // The worker panicked: re-raise its panic.
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker sends before it returns"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung for {WATCHDOG:?}"),
+    }
+}
+
+/// xorshift64*: deterministic per thread, good enough for picking pages.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
