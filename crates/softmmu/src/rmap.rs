@@ -277,9 +277,12 @@ fn finish_migration<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, old: Pte) {
     let new_pfn = ctx.mem.alloc(kind);
     ctx.mem.map_pte(new_pfn, ctx.id);
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {
+        // `remove_migration_pte` rebuilds the entry from the VMA's
+        // protection: a PROT_NONE page stays inaccessible.
         *slot = Pte::new(new_pfn, old.is_write())
             .with_young(old.is_young())
-            .with_dirty(old.is_dirty());
+            .with_dirty(old.is_dirty())
+            .with_protnone(old.is_protnone());
     }
     release_pte(ctx.mem, ctx.id, old);
 }

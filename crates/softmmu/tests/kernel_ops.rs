@@ -315,3 +315,18 @@ fn the_oom_reaper_skips_a_vma_a_subscriber_refuses() {
     );
     assert!(replayer.space().translate(B).is_none());
 }
+
+#[test]
+fn migration_keeps_a_prot_none_page_inaccessible() {
+    let replayer = Replayer::new();
+    let setup = "mmap 0 0x1000 rw\ntouch 0 0x1000 w\nmprotect 0 0x1000 none\n";
+    for step in parse_script(setup).unwrap() {
+        replayer.step(&step);
+    }
+    let space = replayer.space();
+    let (before, _) = space.mapped_frame(B).expect("mapped, PROT_NONE");
+    assert_eq!(space.migrate(B, B + 0x1000), 1);
+    let (after, _) = space.mapped_frame(B).expect("still mapped after migration");
+    assert_ne!(before, after, "the page moved");
+    assert_eq!(space.translate(B), None, "PROT_NONE survives migration");
+}
