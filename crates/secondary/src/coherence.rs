@@ -118,6 +118,7 @@ pub enum CheckError {
 #[derive(Debug, Default)]
 pub struct Coherence {
     checks: AtomicU64,
+    inconclusive: AtomicU64,
     violations: AtomicU64,
     kept: Mutex<Vec<Violation>>,
 }
@@ -171,15 +172,53 @@ impl Coherence {
         self.judge(used, primary).map_err(CheckError::Stale)
     }
 
+    /// Checks `used` after the fact, for a use whose check found the
+    /// primary busy and that could not wait for it: reads the primary now
+    /// (waiting for it; call it holding no lock a callback could need), and
+    /// if it differs, asks `still_held` (evaluated after that read) whether
+    /// the secondary still holds the same translation.
+    ///
+    /// Sound because a correct secondary drops a translation (under its own
+    /// lock) before the primary may change that page: a translation that
+    /// is still held after the primary changed was kept across the change.
+    /// A difference whose translation is gone proves nothing: it is counted
+    /// as inconclusive, not as a violation.
+    ///
+    /// # Errors
+    ///
+    /// The recorded violation, if the translation survived the change.
+    pub fn check_after(
+        &self,
+        space: &AddressSpace,
+        used: &Use,
+        still_held: impl FnOnce() -> bool,
+    ) -> Result<(), Violation> {
+        let primary = space
+            .device_view(used.va, used.device)
+            .map(|v| v.translation);
+        if matches_use(used, primary) {
+            self.checks.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if !still_held() {
+            self.inconclusive.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.judge(used, primary)
+    }
+
+    /// Deferred checks that proved nothing (see [`Coherence::check_after`]).
+    pub fn inconclusive(&self) -> u64 {
+        self.inconclusive.load(Ordering::Relaxed)
+    }
+
     /// The verdict on one use, given what the primary maps.
     fn judge(&self, used: &Use, primary: Option<Translation>) -> Result<(), Violation> {
         self.checks.fetch_add(1, Ordering::Relaxed);
-        let held = used.held;
-        let same_frame = primary.is_some_and(|p| p.pfn == held.pfn && p.serial == held.serial);
-        let may_write = primary.is_some_and(|p| p.writable);
-        if same_frame && (!used.write || may_write) {
+        if matches_use(used, primary) {
             return Ok(());
         }
+        let held = used.held;
         let violation = Violation {
             secondary: used.secondary,
             va: used.va,
@@ -214,4 +253,13 @@ impl Coherence {
     pub fn violations(&self) -> Vec<Violation> {
         self.kept.lock().clone()
     }
+}
+
+/// Whether the primary's `primary` still backs `used`: the same frame life,
+/// and writable if the use writes.
+fn matches_use(used: &Use, primary: Option<Translation>) -> bool {
+    let held = used.held;
+    let same_frame = primary.is_some_and(|p| p.pfn == held.pfn && p.serial == held.serial);
+    let may_write = primary.is_some_and(|p| p.writable);
+    same_frame && (!used.write || may_write)
 }

@@ -1,1 +1,703 @@
-//! (being written)
+//! A registration cache, as UCX's `ucs_rcache` and libfabric's MR cache
+//! keep for RDMA, driven by interval notifiers the way the kernel's RDMA
+//! ODP driver (`umem_odp.c`) is, instead of by hooks on `munmap`.
+//!
+//! [`RegistrationCache::get`] returns a [`RegHandle`] on a registration
+//! covering the requested bytes: every page faulted in and pinned, with one
+//! interval notifier over the page-aligned range.
+//!
+//! | path | what happens |
+//! |---|---|
+//! | hit ([`RegistrationCache::lookup`]) | load the index snapshot (an `arc-swap` guard: no lock, no reference count), jump table and binary search, check the registration is live, stamp the LRU clock (a relaxed store) |
+//! | miss | insert a notifier; `read_begin`; fault and pin every page; take the cache lock; `read_retry` (on a collision unpin and start over); publish a new index snapshot, dropping dead entries, replacing overlapped ones (merged into the new range, as UCX merges) and evicting the least recently used registrations with no use in flight while over the bound |
+//! | use ([`RegHandle::begin_use`]) | take the use reference; check the registration did not change since the lookup; the device reads or writes (each page checked by the [`Coherence`] oracle); drop the reference |
+//! | invalidation (the notifier callback) | under the cache lock `set_seq` and mark the registration dead; then wait for the uses in flight (refuse if the range is not blockable and one is); unpin |
+//! | reap (next miss, [`RegistrationCache::reap`]) | drop dead registrations from the index and remove their notifiers, which a callback may not do itself (UCX's deferred invalidation queue) |
+//!
+//! # Why a checked use is sound
+//!
+//! A use checks page `va` with `Coherence::check`, which compares what the
+//! registration pinned with what the primary maps at that moment. For a
+//! correct cache the two agree, for three reasons:
+//!
+//! 1. *Published translations are current.* The pages are walked after
+//!    `read_begin` and published under the cache lock only if `read_retry`
+//!    says no invalidation reached the notifier since. Any later change of
+//!    a page (unmap, protection, COW, migration, …) first calls the
+//!    callback, which takes the same lock; so at publication, and until the
+//!    callback runs, the primary maps exactly the recorded frames (upgrades
+//!    such as write-enabling an exclusive page need no notification and
+//!    only make the record more conservative). The pins keep each frame in
+//!    its recorded life: a pinned frame is not freed, so its serial cannot
+//!    change under the registration.
+//! 2. *No use starts after the callback.* A use increments `users` and
+//!    then reads the state; the callback stores `Dead` and then reads
+//!    `users`, all SeqCst (Dekker's pattern). Either the use sees `Dead` and
+//!    gives up, or the callback sees the use and waits for it.
+//! 3. *No use outlives the callback.* The callback returns only once
+//!    `users` is zero (or returns `false`, when it may not sleep, and the
+//!    core aborts the whole invalidation, so the primary does not change).
+//!    The primary changes the pages only after every callback returned.
+//!
+//! So a use in flight always falls in the window where the primary still
+//! maps what was registered, and the oracle's verdict is about the cache,
+//! not about timing. The two injectable bugs break exactly one link each:
+//! [`Bug::LookupNoRetry`] hands out dead registrations (link 2, at the
+//! lookup: a use only checks that the state did not change *since the
+//! lookup*, as `read_retry` only compares with what `read_begin` returned),
+//! and [`Bug::KeepStaleRegistration`] acknowledges the callback without
+//! killing or unpinning (links 2 and 3).
+//!
+//! # Checking a use without deadlocking
+//!
+//! The software MMU calls the callbacks with its page-table lock held, and
+//! reading the primary takes that same lock; a callback waits for the uses
+//! in flight. So a use never waits for that lock: it checks with
+//! [`Coherence::try_check`](crate::Coherence::try_check), and when the
+//! lock is busy it defers the check to the end of the use, when it is
+//! made with [`Coherence::check_after`](crate::Coherence::check_after):
+//! a primary that differs while the registration is still live was changed
+//! without invalidating it.
+//!
+//! Lock order: the primary's locks → the cache lock (in callbacks). The
+//! cache lock is never held while calling into the primary, waiting for
+//! uses, or removing a notifier.
+//!
+//! # Pins
+//!
+//! A pin is a reference on the frame's head (`Memory::update` with a
+//! recheck of the frame's life, then `Memory::put`), as GUP takes. The
+//! software MMU honours them as Linux does: a pinned frame survives the
+//! primary's unmapping until the last reference goes, and a pinned page
+//! that is not `PageAnonExclusive` is copied, not reused, on a write fault.
+//! (It does not refuse to migrate pinned pages, which Linux does.)
+
+mod handle;
+mod index;
+mod registration;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+
+use arc_swap::ArcSwap;
+use mmun_core::IntervalNotifier;
+use mmun_softmmu::layout::{PAGE_SIZE, align_down, align_up};
+use mmun_softmmu::{AddressSpace, Translation};
+use parking_lot::{Mutex, MutexGuard};
+
+use handle::Held;
+pub use handle::{RegHandle, UseGuard};
+
+use crate::bug::Bug;
+use crate::coherence::Coherence;
+use crate::secondary::{Access, Counters, FaultError, Secondary};
+use index::Index;
+use registration::{RegionOps, Registration, State, pin, unpin_all};
+
+/// The name the oracle reports violations under.
+const NAME: &str = "rcache";
+
+/// Sizing and fault injection of a [`RegistrationCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RcacheConfig {
+    /// Live registrations kept before the least recently used idle ones
+    /// are evicted (`FI_MR_CACHE_MAX_COUNT`).
+    pub max_regions: usize,
+    /// Registered bytes kept before eviction (`FI_MR_CACHE_MAX_SIZE`).
+    pub max_bytes: u64,
+    /// A registration-cache bug to inject; bugs of other secondaries are
+    /// ignored.
+    pub bug: Option<Bug>,
+}
+
+impl Default for RcacheConfig {
+    /// Unbounded, no bug.
+    fn default() -> RcacheConfig {
+        RcacheConfig {
+            max_regions: usize::MAX,
+            max_bytes: u64::MAX,
+            bug: None,
+        }
+    }
+}
+
+/// What a [`RegistrationCache`] has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RcacheStats {
+    /// Registrations published.
+    pub registrations: u64,
+    /// Walks started over because an invalidation collided with them.
+    pub retries: u64,
+    /// Invalidation callbacks received (refused ones included).
+    pub invalidations: u64,
+    /// Registrations evicted to stay within the bound.
+    pub evictions: u64,
+    /// Dead registrations whose deferred removal finished (notifier
+    /// removed, pins dropped).
+    pub reaped: u64,
+    /// [`Secondary::fault`] calls that succeeded.
+    pub faults: u64,
+    /// [`Secondary::access`] calls that used a registration.
+    pub hits: u64,
+    /// [`Secondary::access`] calls that found none usable.
+    pub misses: u64,
+}
+
+/// The counters behind [`RcacheStats`], bumped with relaxed atomics.
+#[derive(Debug, Default)]
+struct Stats {
+    registrations: AtomicU64,
+    retries: AtomicU64,
+    invalidations: AtomicU64,
+    evictions: AtomicU64,
+    reaped: AtomicU64,
+    faults: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+/// What the cache lock guards.
+#[derive(Default)]
+struct Locked {
+    /// The notifier of every registration in the index, by id. Removed
+    /// only outside the lock (removal waits for running callbacks, which
+    /// take the lock).
+    notifiers: HashMap<u64, IntervalNotifier<RegionOps>>,
+    live_regions: usize,
+    live_bytes: u64,
+}
+
+impl Locked {
+    /// Kills `reg` and keeps the live totals.
+    fn kill(&mut self, reg: &Registration) {
+        if reg.kill() {
+            self.live_regions -= 1;
+            self.live_bytes -= reg.len();
+        }
+    }
+
+    fn over(&self, config: &RcacheConfig) -> bool {
+        self.live_regions > config.max_regions || self.live_bytes > config.max_bytes
+    }
+}
+
+/// A registration that left the index, with its notifier, for
+/// [`RegistrationCache::finish`] to tear down once the lock is dropped.
+type Retired = (Arc<Registration>, Option<IntervalNotifier<RegionOps>>);
+
+/// The state shared by the cache, its handles and its notifiers' callbacks.
+struct Shared {
+    space: Arc<AddressSpace>,
+    coherence: Arc<Coherence>,
+    config: RcacheConfig,
+    /// The hit path's check, skipped with [`Bug::LookupNoRetry`].
+    lookup_checks_state: bool,
+    index: ArcSwap<Index>,
+    /// The LRU clock: advanced by each publication, stamped by each hit.
+    clock: AtomicU64,
+    next_id: AtomicU64,
+    locked: Mutex<Locked>,
+    stats: Stats,
+}
+
+impl Shared {
+    /// The LRU clock's reading.
+    #[inline]
+    fn now(&self) -> u64 {
+        self.clock.load(Relaxed)
+    }
+
+    /// The notifier callback of `reg` (see the module docs). `set_seq`
+    /// records the invalidation in the notifier.
+    fn invalidate(&self, reg: &Registration, blockable: bool, set_seq: impl FnOnce()) -> bool {
+        bump(&self.stats.invalidations);
+        let mut locked = if blockable {
+            self.locked.lock()
+        } else {
+            match self.locked.try_lock() {
+                Some(locked) => locked,
+                None => return false,
+            }
+        };
+        // Under the lock `read_retry` is checked under.
+        set_seq();
+        if self.config.bug == Some(Bug::KeepStaleRegistration) || reg.state() == State::Registering
+        {
+            // A registration still being walked: its `read_retry` fails and
+            // it starts over, nothing was published to tear down.
+            return true;
+        }
+        locked.kill(reg);
+        drop(locked);
+        if !reg.drain(blockable) {
+            // Dead, so no new use; the reaper unpins once the uses end.
+            return false;
+        }
+        reg.unpin(self.space.memory());
+        true
+    }
+}
+
+/// The index rebuilt under the cache lock, and the registrations leaving it.
+struct Rebuild<'l> {
+    locked: &'l mut Locked,
+    regs: Vec<Arc<Registration>>,
+    retired: Vec<Retired>,
+}
+
+impl<'l> Rebuild<'l> {
+    fn new(locked: &'l mut Locked, current: &Index) -> Rebuild<'l> {
+        Rebuild {
+            locked,
+            regs: current.regs().to_vec(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// Keeps the registrations `keep` accepts; kills and retires the rest.
+    fn retain(&mut self, keep: impl Fn(&Registration) -> bool) {
+        let (kept, gone): (Vec<_>, Vec<_>) = self.regs.drain(..).partition(|r| keep(r));
+        self.regs = kept;
+        for reg in gone {
+            self.retire(reg);
+        }
+    }
+
+    fn retire(&mut self, reg: Arc<Registration>) {
+        self.locked.kill(&reg);
+        let notifier = self.locked.notifiers.remove(&reg.id);
+        self.retired.push((reg, notifier));
+    }
+
+    /// Adds a walked registration, live from now.
+    fn insert(&mut self, reg: Arc<Registration>, notifier: IntervalNotifier<RegionOps>, now: u64) {
+        reg.go_live(now);
+        self.locked.live_regions += 1;
+        self.locked.live_bytes += reg.len();
+        self.locked.notifiers.insert(reg.id, notifier);
+        let at = self.regs.partition_point(|r| r.start < reg.start);
+        self.regs.insert(at, reg);
+    }
+
+    /// Evicts least recently used idle registrations, never `keep`, until
+    /// within `config`'s bound or nothing idle is left. Returns how many.
+    ///
+    /// Idle means no use in flight. Handles do not count: they hold off
+    /// no invalidation either, and a registration being used is stamped
+    /// recent by each use, so it is not the least recently used.
+    fn evict(&mut self, keep: &Arc<Registration>, config: &RcacheConfig) -> u64 {
+        let mut evicted = 0;
+        while self.locked.over(config) {
+            let Some(at) = self.lru_idle(keep) else { break };
+            let reg = self.regs.remove(at);
+            self.retire(reg);
+            evicted += 1;
+        }
+        evicted
+    }
+
+    fn lru_idle(&self, keep: &Arc<Registration>) -> Option<usize> {
+        let idle =
+            |r: &Arc<Registration>| r.state() == State::Live && !Arc::ptr_eq(r, keep) && r.idle();
+        (0..self.regs.len())
+            .filter(|&i| idle(&self.regs[i]))
+            .min_by_key(|&i| self.regs[i].last_used())
+    }
+
+    /// Publishes the new index; returns what left it.
+    fn store(self, index: &ArcSwap<Index>) -> Vec<Retired> {
+        index.store(Arc::new(Index::new(self.regs)));
+        self.retired
+    }
+}
+
+/// Why a walk of the primary did not produce a registration.
+enum WalkError {
+    /// A page is not accessible: the registration fails.
+    Unmapped,
+    /// A page changed between faulting and pinning: walk again.
+    Collided,
+}
+
+/// A registration cache over one address space. See the module docs.
+pub struct RegistrationCache {
+    shared: Arc<Shared>,
+}
+
+impl RegistrationCache {
+    /// An empty cache over `space`, whose uses `coherence` checks.
+    pub fn new(
+        space: Arc<AddressSpace>,
+        coherence: Arc<Coherence>,
+        config: RcacheConfig,
+    ) -> RegistrationCache {
+        let shared = Shared {
+            space,
+            coherence,
+            config,
+            lookup_checks_state: config.bug != Some(Bug::LookupNoRetry),
+            index: ArcSwap::from_pointee(Index::default()),
+            clock: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            locked: Mutex::new(Locked::default()),
+            stats: Stats::default(),
+        };
+        RegistrationCache {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// A registration covering `[addr, addr + len)` (at least the byte at
+    /// `addr`): a cached one if one is live, otherwise a new one, which
+    /// faults in and pins every page (for writing where the mapping
+    /// allows it).
+    ///
+    /// # Errors
+    ///
+    /// [`FaultError::Unmapped`] if a page is not accessible;
+    /// [`FaultError::Released`] after the address space exited.
+    #[inline(always)]
+    pub fn get(&self, addr: u64, len: u64) -> Result<RegHandle<'_>, FaultError> {
+        match self.lookup(addr, len) {
+            Some(handle) => Ok(handle),
+            None => self.get_slow(addr, len),
+        }
+    }
+
+    /// The hit path of [`RegistrationCache::get`] alone: a live cached
+    /// registration covering `[addr, addr + len)`, or `None`. Takes no lock.
+    #[inline(always)]
+    pub fn lookup(&self, addr: u64, len: u64) -> Option<RegHandle<'_>> {
+        let shared = &*self.shared;
+        let end = addr.checked_add(len.max(1))?;
+        let index = shared.index.load();
+        let at = index.position(addr, end)?;
+        let reg = &index.regs()[at];
+        let issued = reg.state();
+        if shared.lookup_checks_state && issued != State::Live {
+            return None;
+        }
+        reg.touch(shared.now());
+        Some(RegHandle {
+            cache: shared,
+            held: Held::Snapshot(index, at),
+            issued,
+        })
+    }
+
+    /// Finishes the deferred work: drops invalidated registrations from the
+    /// index, removes their notifiers and releases what they still pin.
+    /// Every miss does this too. Returns how many were reaped.
+    pub fn reap(&self) -> usize {
+        self.rebuild_keeping(|r| r.state() == State::Live)
+    }
+
+    /// Drops every registration (as UCX does before `fork`).
+    pub fn purge(&self) -> usize {
+        self.rebuild_keeping(|_| false)
+    }
+
+    /// Live registrations.
+    pub fn len(&self) -> usize {
+        self.shared.locked.lock().live_regions
+    }
+
+    /// Whether no registration is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes covered by live registrations.
+    pub fn live_bytes(&self) -> u64 {
+        self.shared.locked.lock().live_bytes
+    }
+
+    /// Inserted interval notifiers: one per registration in the index,
+    /// live or waiting for its deferred removal.
+    pub fn notifiers(&self) -> usize {
+        self.shared.locked.lock().notifiers.len()
+    }
+
+    /// Invalidated registrations still waiting for their deferred removal.
+    pub fn pending(&self) -> usize {
+        let index = self.shared.index.load();
+        index
+            .regs()
+            .iter()
+            .filter(|r| r.state() != State::Live)
+            .count()
+    }
+
+    /// What the cache has done so far.
+    pub fn stats(&self) -> RcacheStats {
+        let s = &self.shared.stats;
+        RcacheStats {
+            registrations: s.registrations.load(Relaxed),
+            retries: s.retries.load(Relaxed),
+            invalidations: s.invalidations.load(Relaxed),
+            evictions: s.evictions.load(Relaxed),
+            reaped: s.reaped.load(Relaxed),
+            faults: s.faults.load(Relaxed),
+            hits: s.hits.load(Relaxed),
+            misses: s.misses.load(Relaxed),
+        }
+    }
+
+    /// The address space the cache registers memory of.
+    pub fn space(&self) -> &Arc<AddressSpace> {
+        &self.shared.space
+    }
+
+    #[cold]
+    fn get_slow(&self, addr: u64, len: u64) -> Result<RegHandle<'_>, FaultError> {
+        let want = page_range(addr, len).ok_or(FaultError::Unmapped)?;
+        let merged = self.merged_with_live(want);
+        match self.register(merged, want) {
+            // Part of a neighbour's range went away: register just ours.
+            Err(FaultError::Unmapped) if merged != want => self.register(want, want),
+            result => result,
+        }
+    }
+
+    /// `want` grown to cover the live registrations it overlaps, which the
+    /// new registration replaces (UCX merges overlapping regions too): the
+    /// index stays disjoint and a later lookup of either range hits.
+    fn merged_with_live(&self, want: (u64, u64)) -> (u64, u64) {
+        let index = self.shared.index.load();
+        index.regs()[index.overlapping(want.0, want.1)]
+            .iter()
+            .filter(|r| r.state() == State::Live)
+            .fold(want, |(s, e), r| (s.min(r.start), e.max(r.end)))
+    }
+
+    /// The miss path: a new registration of `range`, or a live one that
+    /// covers `want` if another thread published it first.
+    fn register(&self, range: (u64, u64), want: (u64, u64)) -> Result<RegHandle<'_>, FaultError> {
+        let (start, end) = range;
+        let id = self.shared.next_id.fetch_add(1, Relaxed);
+        let reg = Arc::new(Registration::new(id, start, end));
+        let ops = RegionOps {
+            reg: Arc::clone(&reg),
+            cache: Arc::downgrade(&self.shared),
+        };
+        let notifier = IntervalNotifier::insert(self.shared.space.mm(), start, end - start, ops)
+            .map_err(core_error)?;
+        let (pages, locked) = match self.walk(&notifier, start, end) {
+            Ok(walked) => walked,
+            Err(err) => {
+                notifier.remove();
+                return Err(err);
+            }
+        };
+        reg.adopt(pages);
+        let (chosen, retired) = self.publish(locked, reg, notifier, want);
+        self.finish(retired);
+        Ok(RegHandle {
+            cache: &self.shared,
+            held: Held::Owned(chosen),
+            issued: State::Live,
+        })
+    }
+
+    /// The collision-retry loop: `read_begin`, fault and pin, lock,
+    /// `read_retry`. Returns the pinned pages with the cache lock held, so
+    /// that publication happens before any callback can run for them.
+    fn walk(
+        &self,
+        notifier: &IntervalNotifier<RegionOps>,
+        start: u64,
+        end: u64,
+    ) -> Result<(Vec<Translation>, MutexGuard<'_, Locked>), FaultError> {
+        loop {
+            let seq = notifier.read_begin();
+            match fault_and_pin(&self.shared.space, start, end) {
+                Ok(pages) => {
+                    let locked = self.shared.locked.lock();
+                    if !notifier.read_retry(seq) {
+                        return Ok((pages, locked));
+                    }
+                    drop(locked);
+                    unpin_all(self.shared.space.memory(), &pages);
+                }
+                Err(WalkError::Unmapped) => return Err(FaultError::Unmapped),
+                // The page changed under the walk, so an invalidation ran;
+                // the next `read_begin` waits for it to end.
+                Err(WalkError::Collided) => {}
+            }
+            bump(&self.shared.stats.retries);
+        }
+    }
+
+    /// Publishes `reg` under the lock taken by [`Self::walk`], unless a live
+    /// registration covering `want` appeared meanwhile (then that one is
+    /// returned and `reg` retired). Returns the registration to hand out
+    /// and what left the index.
+    fn publish(
+        &self,
+        mut locked: MutexGuard<'_, Locked>,
+        reg: Arc<Registration>,
+        notifier: IntervalNotifier<RegionOps>,
+        want: (u64, u64),
+    ) -> (Arc<Registration>, Vec<Retired>) {
+        let shared = &*self.shared;
+        let current = shared.index.load_full();
+        if let Some(existing) = current.find(want.0, want.1)
+            && existing.state() == State::Live
+        {
+            reg.kill();
+            return (Arc::clone(existing), vec![(reg, Some(notifier))]);
+        }
+        let now = shared.clock.fetch_add(1, Relaxed) + 1;
+        let mut rebuild = Rebuild::new(&mut locked, &current);
+        rebuild.retain(|r| r.state() == State::Live && !r.overlaps(reg.start, reg.end));
+        rebuild.insert(Arc::clone(&reg), notifier, now);
+        let evicted = rebuild.evict(&reg, &shared.config);
+        let retired = rebuild.store(&shared.index);
+        drop(locked);
+        bump(&shared.stats.registrations);
+        shared.stats.evictions.fetch_add(evicted, Relaxed);
+        (reg, retired)
+    }
+
+    /// Rebuilds the index with the live registrations `keep` accepts and
+    /// tears down the rest; returns how many went.
+    fn rebuild_keeping(&self, keep: impl Fn(&Registration) -> bool) -> usize {
+        let retired = {
+            let mut locked = self.shared.locked.lock();
+            let current = self.shared.index.load_full();
+            let mut rebuild = Rebuild::new(&mut locked, &current);
+            rebuild.retain(|r| r.state() == State::Live && keep(r));
+            rebuild.store(&self.shared.index)
+        };
+        let count = retired.len();
+        self.finish(retired);
+        count
+    }
+
+    /// The deferred teardown, with no lock held: wait for the last uses,
+    /// unpin, remove the notifier.
+    fn finish(&self, retired: Vec<Retired>) {
+        for (reg, notifier) in retired {
+            reg.drain(true);
+            reg.unpin(self.shared.space.memory());
+            if let Some(notifier) = notifier {
+                notifier.remove();
+            }
+            bump(&self.shared.stats.reaped);
+        }
+    }
+}
+
+/// Faults in and pins every page of `[start, end)`; on failure nothing
+/// stays pinned.
+fn fault_and_pin(
+    space: &AddressSpace,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Translation>, WalkError> {
+    let mut pages = Vec::with_capacity(((end - start) / PAGE_SIZE) as usize);
+    for va in (start..end).step_by(PAGE_SIZE as usize) {
+        match fault_page(space, va) {
+            Ok(t) => pages.push(t),
+            Err(err) => {
+                unpin_all(space.memory(), &pages);
+                return Err(err);
+            }
+        }
+    }
+    Ok(pages)
+}
+
+/// One page of the walk: a write fault where the mapping allows it (it
+/// breaks COW now, as `ibv_reg_mr` with write access does), else a read
+/// fault; then the translation, pinned.
+fn fault_page(space: &AddressSpace, va: u64) -> Result<Translation, WalkError> {
+    if space.access(va, true).is_err() {
+        space.access(va, false).map_err(|_| WalkError::Unmapped)?;
+    }
+    let t = space.translate_frame(va).ok_or(WalkError::Collided)?;
+    if !pin(space.memory(), t) {
+        return Err(WalkError::Collided);
+    }
+    Ok(t)
+}
+
+/// The pages holding `[addr, addr + len)` (at least one), or `None` past
+/// the end of the address range.
+fn page_range(addr: u64, len: u64) -> Option<(u64, u64)> {
+    let end = align_up(addr.checked_add(len.max(1))?, PAGE_SIZE)?;
+    Some((align_down(addr, PAGE_SIZE), end))
+}
+
+fn core_error(err: mmun_core::Error) -> FaultError {
+    match err {
+        mmun_core::Error::Overflow => FaultError::Unmapped,
+        _ => FaultError::Released,
+    }
+}
+
+impl Secondary for RegistrationCache {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// Gets a registration of the page holding `va`.
+    fn fault(&self, va: u64, write: bool) -> Result<(), FaultError> {
+        let handle = self.get(align_down(va, PAGE_SIZE), PAGE_SIZE)?;
+        if write && !handle.translation(va).is_some_and(|t| t.writable) {
+            // Registered read-only because the mapping refused a write.
+            return Err(FaultError::Unmapped);
+        }
+        bump(&self.shared.stats.faults);
+        Ok(())
+    }
+
+    /// The hit path, then one use.
+    fn access(&self, va: u64, write: bool) -> Access {
+        let outcome = match self.lookup(va, 1) {
+            Some(handle) => handle.access(va, write),
+            None => Access::Miss,
+        };
+        match outcome {
+            Access::Hit => bump(&self.shared.stats.hits),
+            Access::Miss => bump(&self.shared.stats.misses),
+        }
+        outcome
+    }
+
+    fn counters(&self) -> Counters {
+        let s = self.stats();
+        Counters {
+            faults: s.faults,
+            retries: s.retries,
+            invalidations: s.invalidations,
+            hits: s.hits,
+            misses: s.misses,
+        }
+    }
+}
+
+impl Drop for RegistrationCache {
+    /// Unpins everything and removes every notifier.
+    fn drop(&mut self) {
+        self.purge();
+    }
+}
+
+impl fmt::Debug for RegistrationCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let locked = self.shared.locked.lock();
+        f.debug_struct("RegistrationCache")
+            .field("live_regions", &locked.live_regions)
+            .field("live_bytes", &locked.live_bytes)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,241 @@
+//! One registration: the pages it pinned, its state, its in-flight uses,
+//! and the interval notifier callback that tears it down.
+
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize};
+use std::sync::{Arc, OnceLock, Weak};
+
+use mmun_core::{IntervalNotifierOps, IntervalSub, Range, Seq};
+use mmun_softmmu::frame::{FrameKind, ZERO_PFN};
+use mmun_softmmu::layout::PAGE_SIZE;
+use mmun_softmmu::{Memory, Translation};
+
+use super::Shared;
+
+/// Where a registration is in its one life. It only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum State {
+    /// Its notifier is inserted and its pages are being faulted and pinned;
+    /// not in the index yet.
+    Registering = 0,
+    /// In the index, pinned, usable.
+    Live = 1,
+    /// Invalidated, evicted or replaced: no use may start any more.
+    Dead = 2,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Registering,
+            1 => State::Live,
+            _ => State::Dead,
+        }
+    }
+}
+
+/// A page-aligned registered range and the frames it pins.
+#[derive(Debug)]
+pub(super) struct Registration {
+    /// Unique per cache; keys the notifier in the locked map.
+    pub(super) id: u64,
+    pub(super) start: u64,
+    pub(super) end: u64,
+    /// A [`State`]. Every change happens under the cache lock; the hit path
+    /// and the uses read it without the lock.
+    state: AtomicU8,
+    /// Uses in flight ([`super::UseGuard`]s). Invalidation waits for it
+    /// to drain before it lets the primary change the pages.
+    users: AtomicUsize,
+    /// The LRU clock when it was last looked up.
+    last_used: AtomicU64,
+    /// One translation per page, as pinned; set once, before it goes live.
+    pages: OnceLock<Box<[Translation]>>,
+    /// Whether the frames of `pages` still carry our reference.
+    pinned: AtomicBool,
+}
+
+impl Registration {
+    pub(super) fn new(id: u64, start: u64, end: u64) -> Registration {
+        Registration {
+            id,
+            start,
+            end,
+            state: AtomicU8::new(State::Registering as u8),
+            users: AtomicUsize::new(0),
+            last_used: AtomicU64::new(0),
+            pages: OnceLock::new(),
+            pinned: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// The state as the lock-free readers see it. Acquire pairs with the
+    /// cache lock's release of whoever changed it.
+    #[inline]
+    pub(super) fn state(&self) -> State {
+        State::from_u8(self.state.load(Acquire))
+    }
+
+    pub(super) fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.start < end && start < self.end
+    }
+
+    /// Records a lookup. Stores only when the clock moved, so concurrent
+    /// hits on a hot registration keep its cache line shared.
+    #[inline]
+    pub(super) fn touch(&self, now: u64) {
+        if self.last_used.load(Relaxed) != now {
+            self.last_used.store(now, Relaxed);
+        }
+    }
+
+    pub(super) fn last_used(&self) -> u64 {
+        self.last_used.load(Relaxed)
+    }
+
+    /// The pinned translation of the page holding `va`.
+    pub(super) fn page(&self, va: u64) -> Option<Translation> {
+        if !(self.start..self.end).contains(&va) {
+            return None;
+        }
+        let index = ((va - self.start) / PAGE_SIZE) as usize;
+        self.pages.get()?.get(index).copied()
+    }
+
+    /// Takes over the pins of a successful walk. Under the cache lock,
+    /// after `read_retry` said the walk is still current.
+    pub(super) fn adopt(&self, pages: Vec<Translation>) {
+        let fresh = self.pages.set(pages.into_boxed_slice()).is_ok();
+        debug_assert!(fresh, "a registration is walked once");
+        self.pinned.store(true, Release);
+    }
+
+    /// Registering → Live. Under the cache lock; the index store that
+    /// follows publishes it.
+    pub(super) fn go_live(&self, now: u64) {
+        self.last_used.store(now, Relaxed);
+        self.state.store(State::Live as u8, SeqCst);
+    }
+
+    /// Live (or Registering) → Dead; returns whether it was Live. Under the
+    /// cache lock. SeqCst: with [`Registration::enter`] this is Dekker's
+    /// pattern, so either the use sees `Dead` or the killer sees the use.
+    pub(super) fn kill(&self) -> bool {
+        State::from_u8(self.state.swap(State::Dead as u8, SeqCst)) == State::Live
+    }
+
+    /// Starts a use of a registration handed out while it was in state
+    /// `issued`: fails if the state changed since (the registration's
+    /// `read_retry`, with the handle as the reader).
+    pub(super) fn enter(&self, issued: State) -> bool {
+        self.users.fetch_add(1, SeqCst);
+        if State::from_u8(self.state.load(SeqCst)) == issued {
+            return true;
+        }
+        self.leave();
+        false
+    }
+
+    /// Whether no use is in flight (a hint, for eviction's choice).
+    pub(super) fn idle(&self) -> bool {
+        self.users.load(Relaxed) == 0
+    }
+
+    /// Ends a use. Release: what the use did happens before the drain that
+    /// sees the count drop.
+    pub(super) fn leave(&self) {
+        self.users.fetch_sub(1, Release);
+    }
+
+    /// Waits until no use is in flight, if it may sleep; otherwise reports
+    /// whether none is. Only after [`Registration::kill`], so no new use
+    /// can start.
+    pub(super) fn drain(&self, may_sleep: bool) -> bool {
+        if self.users.load(SeqCst) == 0 {
+            return true;
+        }
+        if !may_sleep {
+            return false;
+        }
+        mmun_core::might_sleep();
+        let mut spins = 0u32;
+        while self.users.load(SeqCst) != 0 {
+            // Uses are a few page checks long: spin first, then let the
+            // user's thread run.
+            if spins < 64 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        true
+    }
+
+    /// Drops the page references, once, whoever gets here first.
+    pub(super) fn unpin(&self, memory: &Memory) {
+        if !self.pinned.swap(false, AcqRel) {
+            return;
+        }
+        if let Some(pages) = self.pages.get() {
+            unpin_all(memory, pages);
+        }
+    }
+
+    /// Whether the frames still carry this registration's references.
+    pub(super) fn is_pinned(&self) -> bool {
+        self.pinned.load(Acquire)
+    }
+}
+
+/// Takes a reference on the frame life `t` names, as GUP-fast does
+/// (`folio_try_get` and a recheck): fails if the frame was freed or
+/// reallocated since `translate_frame` saw it, so a pin never lands on a
+/// free frame or on the wrong life.
+pub(super) fn pin(memory: &Memory, t: Translation) -> bool {
+    if t.pfn == ZERO_PFN {
+        // The zero page is never freed and `put` ignores it: no reference.
+        return true;
+    }
+    let head = memory.head(t.pfn);
+    memory.update(head, |frame| {
+        let same_life = frame.kind != FrameKind::Free && frame.serial == t.serial;
+        if same_life && frame.refcount > 0 {
+            frame.refcount += 1;
+        }
+        same_life && frame.refcount > 0
+    })
+}
+
+/// Drops the references [`pin`] took.
+pub(super) fn unpin_all(memory: &Memory, pages: &[Translation]) {
+    for t in pages.iter().filter(|t| t.pfn != ZERO_PFN) {
+        memory.put(t.pfn);
+    }
+}
+
+/// The interval notifier's driver state: the registration it guards and
+/// the cache it belongs to.
+///
+/// The cache is held weakly: the cache owns the notifiers, and removes
+/// them all before it goes away.
+pub(super) struct RegionOps {
+    pub(super) reg: Arc<Registration>,
+    pub(super) cache: Weak<Shared>,
+}
+
+impl IntervalNotifierOps for RegionOps {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
+        let Some(cache) = self.cache.upgrade() else {
+            // Only while the cache drops, after it unpinned everything.
+            sub.set_seq(cur_seq);
+            return true;
+        };
+        cache.invalidate(&self.reg, range.is_blockable(), || sub.set_seq(cur_seq))
+    }
+}
