@@ -21,6 +21,11 @@ enum Command {
     /// Run a script on the software MMU and on the kernel (or against a
     /// recorded report) and show the first step where they differ.
     Diff(cmd::diff::Args),
+    /// Threads fault and access through the three reference secondaries
+    /// while others unmap, protect, move, advise, fork, migrate, merge, take
+    /// pages exclusively, reclaim and exit; every use is checked by the
+    /// coherence oracle. Exits 1 on any violation.
+    Stress(cmd::stress::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +33,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => cmd::replay::run(&args),
         Command::Oracle(args) => cmd::oracle::run(&args),
         Command::Diff(args) => cmd::diff::run(&args),
+        Command::Stress(args) => cmd::stress::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 pub(crate) mod diff;
 pub(crate) mod oracle;
 pub(crate) mod replay;
+pub(crate) mod stress;
 
 use std::io::Read;
 use std::path::Path;

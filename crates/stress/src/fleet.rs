@@ -1,0 +1,113 @@
+//! The secondaries of a round: the device mirror, the shadow MMU and the
+//! registration cache, one of them possibly built with an injected bug.
+
+use std::sync::Arc;
+
+use mmun_secondary::device_mirror::DeviceMirror;
+use mmun_secondary::rcache::{RcacheConfig, RegistrationCache};
+use mmun_secondary::shadow_mmu::ShadowMmu;
+use mmun_secondary::{Bug, Coherence, Counters, Secondary};
+use mmun_softmmu::AddressSpace;
+
+use crate::StressError;
+use crate::racer::Racer;
+use crate::slow::SlowWalks;
+
+/// The secondaries attached to one address space.
+pub(crate) struct Fleet {
+    all: Vec<Arc<dyn Secondary>>,
+    mirror: Arc<DeviceMirror>,
+    shadow: Arc<ShadowMmu>,
+    racer: Racer,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.all.iter().map(|s| s.name()).collect();
+        f.debug_struct("Fleet")
+            .field("secondaries", &names)
+            .finish()
+    }
+}
+
+impl Fleet {
+    /// Attaches every secondary to `space`, mirroring `[span.0, span.1)`;
+    /// only the one `inject` belongs to is built with it.
+    pub(crate) fn build(
+        space: &Arc<AddressSpace>,
+        coherence: &Arc<Coherence>,
+        inject: Option<Bug>,
+        span: (u64, u64),
+        slow: SlowWalks,
+    ) -> Result<Fleet, StressError> {
+        let attach = |secondary| {
+            move |why: &dyn std::fmt::Display| StressError::Attach {
+                secondary,
+                reason: why.to_string(),
+            }
+        };
+        let mirror = DeviceMirror::new(Arc::clone(space), Arc::clone(coherence), inject);
+        mirror
+            .mirror_range(span.0, span.1 - span.0)
+            .map_err(|e| attach("device-mirror")(&e))?;
+        mirror.set_walk_hook(Some(slow.hook()));
+        // Before the shadow MMU, so that its callbacks run after the shadow
+        // MMU's (the newest notifier is called first).
+        let racer = Racer::register(space.mm()).map_err(|e| attach("racer")(&e))?;
+        let shadow = ShadowMmu::new(Arc::clone(space), Arc::clone(coherence), inject)
+            .map_err(|e| attach("shadow-mmu")(&e))?;
+        racer.attach(&shadow);
+        let rcache = RegistrationCache::new(
+            Arc::clone(space),
+            Arc::clone(coherence),
+            RcacheConfig {
+                bug: inject,
+                ..RcacheConfig::default()
+            },
+        );
+        Ok(Fleet {
+            all: vec![mirror.clone(), shadow.clone(), Arc::new(rcache)],
+            mirror,
+            shadow,
+            racer,
+        })
+    }
+
+    /// The shadow MMU.
+    pub(crate) fn shadow(&self) -> &Arc<ShadowMmu> {
+        &self.shadow
+    }
+
+    /// The racer feeding the shadow MMU walks that race invalidations.
+    pub(crate) fn racer(&self) -> &Racer {
+        &self.racer
+    }
+
+    /// Every secondary, in report order.
+    pub(crate) fn secondaries(&self) -> &[Arc<dyn Secondary>] {
+        &self.all
+    }
+
+    /// The device mirror migrates `[start, end)` to its own memory; says
+    /// how it went.
+    pub(crate) fn migrate_to_device(&self, start: u64, end: u64) -> String {
+        match self.mirror.migrate_to_device(start, end) {
+            Ok(moved) => format!("{moved} pages moved"),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    /// The device mirror takes the page at `va` exclusively; says how it
+    /// went.
+    pub(crate) fn make_exclusive(&self, va: u64) -> String {
+        match self.mirror.make_exclusive(va) {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    /// Every secondary's counters.
+    pub(crate) fn counters(&self) -> Vec<(&'static str, Counters)> {
+        self.all.iter().map(|s| (s.name(), s.counters())).collect()
+    }
+}

@@ -1,0 +1,309 @@
+//! The operations a mutator chooses from.
+
+use mmun_script::{Advice, Op, Prot};
+use mmun_softmmu::MremapFlags;
+
+use super::Mutator;
+use crate::kind::OpKind;
+use crate::layout::{AWAY, Kind, PAGE, Target};
+use crate::script::off;
+
+/// The advice `madvise` picks from, with weights.
+const ADVICE: [(Advice, u32); 10] = [
+    (Advice::DontNeed, 25),
+    (Advice::Free, 15),
+    (Advice::Cold, 5),
+    (Advice::PageOut, 10),
+    (Advice::Remove, 10),
+    (Advice::Collapse, 10),
+    (Advice::HugePage, 5),
+    (Advice::NoHugePage, 5),
+    (Advice::PopulateWrite, 10),
+    (Advice::WillNeed, 5),
+];
+
+/// Forked children alive at once, at most.
+const CHILDREN: usize = 2;
+
+impl Mutator<'_, '_> {
+    /// CPU accesses to a few pages: COW breaks, exclusive entries restored.
+    pub(super) fn touch(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        let len = len.min(4 * PAGE);
+        let write = self.rng.chance(60);
+        let op = Op::Touch {
+            off: off(start),
+            len,
+            write,
+        };
+        self.step(OpKind::Touch, op, |space| {
+            (start..start + len)
+                .step_by(PAGE as usize)
+                .try_for_each(|page| space.access(page, write))
+        });
+    }
+
+    /// `munmap`, then the range mapped again as it was.
+    pub(super) fn munmap(&mut self, t: Target) {
+        let Target { region, start, len } = t;
+        let op = Op::Munmap {
+            off: off(start),
+            len,
+        };
+        self.step(OpKind::Munmap, op, |space| space.munmap(start, len));
+        self.remap(region, start, len);
+    }
+
+    fn remap(&mut self, region: crate::layout::Region, start: u64, len: u64) {
+        let done = self
+            .round
+            .layout
+            .map(&self.round.space, &region, start, len);
+        for (op, result) in done {
+            let kind = match op {
+                Op::Mmap { .. } => OpKind::Mmap,
+                _ => OpKind::Madvise,
+            };
+            self.step(kind, op, |_| result);
+        }
+    }
+
+    /// `mprotect` to read-only, none or read-write.
+    pub(super) fn mprotect(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        let read = Prot {
+            read: true,
+            ..Prot::NONE
+        };
+        let prot = [read, Prot::NONE, Prot::RW][self.rng.weighted(&[35, 15, 50])];
+        let op = Op::Mprotect {
+            off: off(start),
+            len,
+            prot,
+        };
+        self.step(OpKind::Mprotect, op, |space| {
+            space.mprotect(start, len, prot)
+        });
+    }
+
+    /// `mremap` of a range away from the window's regions and back.
+    pub(super) fn mremap(&mut self, t: Target) {
+        let Target { region, start, len } = t;
+        let away = start + AWAY;
+        let moved = self.step(OpKind::Mremap, mremap_op(start, away, len), |space| {
+            space.mremap(start, len, len, fixed(away)).map(drop)
+        });
+        if !moved {
+            return;
+        }
+        if self.rng.chance(50) {
+            let op = Op::Touch {
+                off: off(away),
+                len: PAGE,
+                write: true,
+            };
+            self.step(OpKind::Touch, op, |space| space.access(away, true));
+        }
+        let back = self.step(OpKind::Mremap, mremap_op(away, start, len), |space| {
+            space.mremap(away, len, len, fixed(start)).map(drop)
+        });
+        if !back {
+            let op = Op::Munmap {
+                off: off(away),
+                len,
+            };
+            self.step(OpKind::Munmap, op, |space| space.munmap(away, len));
+            self.remap(region, start, len);
+        }
+    }
+
+    /// `madvise` with a random advice; `pageout` is followed by reclaim of
+    /// the range, as the kernel would do it.
+    pub(super) fn madvise(&mut self, t: Target) {
+        let Target { region, start, len } = t;
+        let weights: Vec<u32> = ADVICE.iter().map(|&(_, w)| w).collect();
+        let mut advice = ADVICE[self.rng.weighted(&weights)].0;
+        if advice == Advice::Remove && region.kind != Kind::Memfd {
+            advice = Advice::DontNeed;
+        }
+        let op = Op::Madvise {
+            off: off(start),
+            len,
+            advice,
+        };
+        self.step(OpKind::Madvise, op, |space| {
+            space.madvise(start, len, advice)
+        });
+        if advice == Advice::PageOut {
+            self.reclaim_range(start, len);
+        }
+    }
+
+    /// `fork`: the child shares every private page copy-on-write.
+    pub(super) fn fork(&mut self, t: Target) {
+        if self.children.len() >= CHILDREN {
+            return self.child(t);
+        }
+        let at = self.round.run.now();
+        let child = self.round.space.fork();
+        self.children.push(child);
+        let entry = crate::trace::Entry::Step(Op::Fork, None);
+        self.out.record(self.round.run, OpKind::Fork, at, entry);
+    }
+
+    /// A child writes some pages (breaking COW on its side) or exits.
+    pub(super) fn child(&mut self, t: Target) {
+        if self.children.is_empty() {
+            return self.fork(t);
+        }
+        let which = self.rng.below(self.children.len() as u64) as usize;
+        if self.rng.chance(30) {
+            return self.child_exit(which);
+        }
+        let Target { start, len, .. } = t;
+        let child = &self.children[which];
+        let errors = (start..start + len)
+            .step_by(PAGE as usize)
+            .filter(|&page| child.access(page, true).is_err())
+            .count();
+        let text = format!(
+            "child {which}: touch {:#x} {len:#x} w ({errors} pages failed)",
+            off(start)
+        );
+        self.note(OpKind::Child, text);
+    }
+
+    /// Child `which` exits.
+    pub(super) fn child_exit(&mut self, which: usize) {
+        let child = self.children.remove(which);
+        child.exit();
+        self.note(OpKind::Child, format!("child {which}: exit"));
+    }
+
+    /// Migration of the range's anonymous pages.
+    pub(super) fn migrate(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        let op = Op::Migrate {
+            off: off(start),
+            len,
+        };
+        self.step(OpKind::Migrate, op, |space| {
+            space.migrate(start, start + len);
+            Ok(())
+        });
+    }
+
+    /// Migration to a device: the mirror's own, or another one.
+    pub(super) fn migrate_device(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        let op = Op::MigrateDevice {
+            off: off(start),
+            len,
+        };
+        if self.rng.chance(50) {
+            let at = self.round.run.now();
+            let result = self.round.fleet.migrate_to_device(start, start + len);
+            let text = format!(
+                "device-mirror's own device: {} ({result})",
+                crate::script::line(&op)
+            );
+            let entry = crate::trace::Entry::Note(text);
+            self.out
+                .record(self.round.run, OpKind::MigrateDevice, at, entry);
+        } else {
+            let stranger = self.stranger;
+            self.step(OpKind::MigrateDevice, op, |space| {
+                space.migrate_device(start, start + len, stranger);
+                Ok(())
+            });
+        }
+    }
+
+    /// KSM merges a few pages into one read-only page.
+    pub(super) fn ksm(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        let len = len.clamp(2 * PAGE, 8 * PAGE);
+        let op = Op::Ksm {
+            off: off(start),
+            len,
+        };
+        self.step(OpKind::Ksm, op, |space| {
+            space.ksm_merge(start, start + len);
+            Ok(())
+        });
+    }
+
+    /// A device takes a page exclusively: the mirror's own, or another.
+    pub(super) fn exclusive(&mut self, t: Target) {
+        let va = t.start;
+        let op = Op::Exclusive {
+            off: off(va),
+            len: PAGE,
+        };
+        if self.rng.chance(50) {
+            let at = self.round.run.now();
+            let result = self.round.fleet.make_exclusive(va);
+            let text = format!(
+                "device-mirror's own device: {} ({result})",
+                crate::script::line(&op)
+            );
+            let entry = crate::trace::Entry::Note(text);
+            self.out
+                .record(self.round.run, OpKind::Exclusive, at, entry);
+        } else {
+            let stranger = self.stranger;
+            self.step(OpKind::Exclusive, op, |space| {
+                space.make_device_exclusive(va, stranger).map(drop)
+            });
+        }
+    }
+
+    /// Reclaim of a range.
+    pub(super) fn reclaim(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        self.reclaim_range(start, len);
+    }
+
+    fn reclaim_range(&mut self, start: u64, len: u64) {
+        let op = Op::Reclaim {
+            off: off(start),
+            len,
+        };
+        self.step(OpKind::Reclaim, op, |space| {
+            space.reclaim(start, start + len);
+            Ok(())
+        });
+    }
+
+    /// MGLRU aging of a range.
+    pub(super) fn age(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        let op = Op::Age {
+            off: off(start),
+            len,
+        };
+        self.step(OpKind::Age, op, |space| {
+            space.age(start, start + len);
+            Ok(())
+        });
+    }
+}
+
+fn fixed(to: u64) -> MremapFlags {
+    MremapFlags {
+        may_move: true,
+        dont_unmap: false,
+        fixed: Some(to),
+    }
+}
+
+fn mremap_op(from: u64, to: u64, len: u64) -> Op {
+    Op::Mremap {
+        off: off(from),
+        old_len: len,
+        new_len: len,
+        may_move: true,
+        dont_unmap: false,
+        new_off: Some(off(to)),
+    }
+}

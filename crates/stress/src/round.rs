@@ -1,0 +1,187 @@
+//! One round: map the window, attach the secondaries, let the threads
+//! loose, then (sometimes) OOM-reap and exit while the accessors go on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, ScopedJoinHandle};
+use std::time::{Duration, Instant};
+
+use mmun_script::Op;
+use mmun_softmmu::{AddressSpace, Config, Memory, ThpMode};
+
+use crate::StressError;
+use crate::fleet::Fleet;
+use crate::kind::OpKind;
+use crate::layout::Layout;
+use crate::rng::Rng;
+use crate::shared::{Out, Round, Shared};
+use crate::slow::SlowWalks;
+use crate::trace::{Actor, Entry};
+use crate::{accessor, mutator};
+
+/// Accessor operations to wait for after the OOM reaper and after exit,
+/// per accessor, so that they run into what those left.
+const SETTLE_OPS: u64 = 500;
+/// The longest such a wait lasts.
+const SETTLE_TIME: Duration = Duration::from_millis(50);
+/// How often the main thread looks at the clock and reports progress.
+const POLL: Duration = Duration::from_millis(1);
+
+/// What a round leaves behind.
+#[derive(Debug)]
+pub(crate) struct RoundOut {
+    /// Every thread's counts and ring, the main thread's first.
+    pub(crate) outs: Vec<Out>,
+    /// The secondaries' counters.
+    pub(crate) counters: Vec<(&'static str, mmun_secondary::Counters)>,
+}
+
+/// The per-round knobs the run chooses.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Mutator weights (see [`mutator::WEIGHTS`]).
+    pub(crate) weights: Vec<u32>,
+    /// Percent of rounds that run the OOM reaper before exit.
+    pub(crate) oom_percent: u64,
+    /// Percent of mutator operations that race a walk with their
+    /// invalidation (see the racer).
+    pub(crate) race_percent: u64,
+    /// One device-mirror fault attempt in this many waits for a mutator
+    /// between its walk and its commit (see [`SlowWalks`]).
+    pub(crate) slow_every: u64,
+}
+
+/// Runs round `number`; `tick` is called every millisecond or so.
+pub(crate) fn run(
+    run: &Shared,
+    number: u64,
+    plan: &Plan,
+    tick: &mut dyn FnMut(),
+) -> Result<RoundOut, StressError> {
+    let config = &run.config;
+    let mut main = Out::new(Actor::Main, config.window);
+    let memory = Arc::new(Memory::new());
+    let space = Arc::new(AddressSpace::with_config(
+        Arc::clone(&memory),
+        Config {
+            thp: ThpMode::Madvise,
+            thp_zero_page: true,
+        },
+    ));
+    let layout = Layout::new(&memory);
+    for (op, result) in layout.map_all(&space) {
+        let kind = match op {
+            Op::Mmap { .. } => OpKind::Mmap,
+            _ => OpKind::Madvise,
+        };
+        main.record(run, kind, run.now(), Entry::Step(op, result.err()));
+    }
+    let slow = SlowWalks::new(plan.slow_every);
+    let fleet = Fleet::build(
+        &space,
+        &run.coherence,
+        config.inject,
+        layout.span(),
+        slow.clone(),
+    )?;
+    let round = Round {
+        number,
+        run,
+        space,
+        layout,
+        fleet,
+        slow,
+        over: AtomicBool::new(false),
+    };
+    let mut rng = Rng::new(config.seed, number, u64::MAX);
+    let outs = thread::scope(|s| {
+        let accessors = spawn_accessors(s, &round);
+        let mutators = spawn_mutators(s, &round, plan);
+        while mutators.iter().any(|h| !h.is_finished()) {
+            wait(run, &mut main, tick);
+        }
+        if rng.chance(plan.oom_percent) {
+            let at = run.now();
+            round.space.oom_reap();
+            main.record(run, OpKind::OomReap, at, Entry::Step(Op::OomReap, None));
+            settle(run, &mut main, tick);
+        }
+        let at = run.now();
+        round.space.exit();
+        main.record(run, OpKind::Exit, at, Entry::Step(Op::Exit, None));
+        settle(run, &mut main, tick);
+        round.over.store(true, Ordering::Relaxed);
+        let mut outs = vec![main];
+        outs.extend(accessors.into_iter().map(join));
+        outs.extend(mutators.into_iter().map(join));
+        outs
+    });
+    Ok(RoundOut {
+        outs,
+        counters: round.fleet.counters(),
+    })
+}
+
+fn spawn_accessors<'s, 'r>(
+    s: &'s thread::Scope<'s, '_>,
+    round: &'s Round<'r>,
+) -> Vec<ScopedJoinHandle<'s, Out>> {
+    let config = &round.run.config;
+    (0..config.accessors)
+        .map(|i| {
+            let actor = Actor::Accessor(i as u8);
+            let mut rng = Rng::new(config.seed, round.number, i as u64);
+            let window = config.window;
+            s.spawn(move || {
+                let mut out = Out::new(actor, window);
+                accessor::run(round, &mut rng, &mut out);
+                out
+            })
+        })
+        .collect()
+}
+
+fn spawn_mutators<'s, 'r>(
+    s: &'s thread::Scope<'s, '_>,
+    round: &'s Round<'r>,
+    plan: &'s Plan,
+) -> Vec<ScopedJoinHandle<'s, Out>> {
+    let config = &round.run.config;
+    let quota = config.round_ops.div_ceil(config.mutators as u64);
+    (0..config.mutators)
+        .map(|i| {
+            let actor = Actor::Mutator(i as u8);
+            let rng = Rng::new(config.seed, round.number, 1000 + i as u64);
+            let out = Out::new(actor, config.window);
+            s.spawn(move || mutator::run(round, rng, out, quota, plan))
+        })
+        .collect()
+}
+
+fn join(handle: ScopedJoinHandle<'_, Out>) -> Out {
+    match handle.join() {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// One poll of the main thread: beat, check the oracle, report.
+fn wait(run: &Shared, main: &mut Out, tick: &mut dyn FnMut()) {
+    thread::sleep(POLL);
+    main.publish(run);
+    run.check_violations();
+    tick();
+}
+
+/// Lets the accessors run into what the last operation left (yielding,
+/// not sleeping: a sleep would let them run for a scheduler tick).
+fn settle(run: &Shared, main: &mut Out, tick: &mut dyn FnMut()) {
+    let target = run.ops.load(Ordering::Relaxed) + SETTLE_OPS * run.config.accessors as u64;
+    let deadline = Instant::now() + SETTLE_TIME;
+    while run.ops.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+        thread::yield_now();
+    }
+    main.publish(run);
+    run.check_violations();
+    tick();
+}
