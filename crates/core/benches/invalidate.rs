@@ -133,8 +133,9 @@ fn build_measured(n: usize) -> Fixture {
     let handle = size_of::<IntervalNotifier<SetSeq>>();
     let seq_word = size_of::<IntervalSub>();
     // The same shape as the subscriptions' index: the value is a pointer to
-    // the driver state (two words), keys inserted in ascending order.
-    let mut shape = IntervalBTree::<[usize; 2]>::new();
+    // the driver state (two words, never null), keys inserted in ascending
+    // order.
+    let mut shape = IntervalBTree::<&'static [u8]>::new();
     for i in 0..n as u32 {
         let start = u64::from(i) * STRIDE;
         shape.insert(
@@ -144,7 +145,7 @@ fn build_measured(n: usize) -> Fixture {
                 id: i,
             },
             start + PAGE - 1,
-            [0, 0],
+            &[],
         );
     }
     eprintln!("memory per interval notifier (n = {n}, ops zero-sized):");
