@@ -354,6 +354,10 @@ impl Secondary for ShadowMmu {
             if self.commit_fault(prepared)? == Commit::Installed {
                 return Ok(());
             }
+            // KVM goes back into the guest and takes the fault again; on
+            // few cores, retrying at once would mostly find the same
+            // invalidation still in progress.
+            std::thread::yield_now();
         }
     }
 
