@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod format;
 mod parse;
 mod report;
 mod step;

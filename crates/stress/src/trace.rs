@@ -12,7 +12,7 @@ use mmun_script::Op;
 use mmun_secondary::{Access, FaultError};
 use mmun_softmmu::Errno;
 
-use crate::script::{line, off};
+use crate::script::off;
 
 /// Which thread of the run did something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -193,7 +193,7 @@ fn write_record(s: &mut String, r: &Record) -> fmt::Result {
     let rw = |write: bool| if write { "w" } else { "r" };
     match &r.entry {
         Entry::Step(op, err) => {
-            writeln!(s, "{}", line(op))?;
+            writeln!(s, "{op}")?;
             if let Some(e) = err {
                 writeln!(s, "#   ^ {} {when:.6}: {e}", r.actor)?;
             }

@@ -203,10 +203,7 @@ impl Mutator<'_, '_> {
         if self.rng.chance(50) {
             let at = self.round.run.now();
             let result = self.round.fleet.migrate_to_device(start, start + len);
-            let text = format!(
-                "device-mirror's own device: {} ({result})",
-                crate::script::line(&op)
-            );
+            let text = format!("device-mirror's own device: {op} ({result})");
             let entry = crate::trace::Entry::Note(text);
             self.out
                 .record(self.round.run, OpKind::MigrateDevice, at, entry);
@@ -243,10 +240,7 @@ impl Mutator<'_, '_> {
         if self.rng.chance(50) {
             let at = self.round.run.now();
             let result = self.round.fleet.make_exclusive(va);
-            let text = format!(
-                "device-mirror's own device: {} ({result})",
-                crate::script::line(&op)
-            );
+            let text = format!("device-mirror's own device: {op} ({result})");
             let entry = crate::trace::Entry::Note(text);
             self.out
                 .record(self.round.run, OpKind::Exclusive, at, entry);
