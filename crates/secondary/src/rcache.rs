@@ -72,11 +72,12 @@
 //! that is not `PageAnonExclusive` is copied, not reused, on a write fault.
 //! (It does not refuse to migrate pinned pages, which Linux does.)
 
+mod config;
 mod handle;
 mod index;
+mod rebuild;
 mod registration;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -88,8 +89,11 @@ use mmun_softmmu::layout::{PAGE_SIZE, align_down, align_up};
 use mmun_softmmu::{AddressSpace, Translation};
 use parking_lot::{Mutex, MutexGuard};
 
+pub use config::{RcacheConfig, RcacheStats};
+use config::{Stats, bump};
 use handle::Held;
 pub use handle::{RegHandle, UseGuard};
+use rebuild::{Locked, Rebuild, Retired};
 
 use crate::bug::Bug;
 use crate::coherence::Coherence;
@@ -99,98 +103,6 @@ use registration::{RegionOps, Registration, State, pin, unpin_all};
 
 /// The name the oracle reports violations under.
 const NAME: &str = "rcache";
-
-/// Sizing and fault injection of a [`RegistrationCache`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RcacheConfig {
-    /// Live registrations kept before the least recently used idle ones
-    /// are evicted (`FI_MR_CACHE_MAX_COUNT`).
-    pub max_regions: usize,
-    /// Registered bytes kept before eviction (`FI_MR_CACHE_MAX_SIZE`).
-    pub max_bytes: u64,
-    /// A registration-cache bug to inject; bugs of other secondaries are
-    /// ignored.
-    pub bug: Option<Bug>,
-}
-
-impl Default for RcacheConfig {
-    /// Unbounded, no bug.
-    fn default() -> RcacheConfig {
-        RcacheConfig {
-            max_regions: usize::MAX,
-            max_bytes: u64::MAX,
-            bug: None,
-        }
-    }
-}
-
-/// What a [`RegistrationCache`] has done so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RcacheStats {
-    /// Registrations published.
-    pub registrations: u64,
-    /// Walks started over because an invalidation collided with them.
-    pub retries: u64,
-    /// Invalidation callbacks received (refused ones included).
-    pub invalidations: u64,
-    /// Registrations evicted to stay within the bound.
-    pub evictions: u64,
-    /// Dead registrations whose deferred removal finished (notifier
-    /// removed, pins dropped).
-    pub reaped: u64,
-    /// [`Secondary::fault`] calls that succeeded.
-    pub faults: u64,
-    /// [`Secondary::access`] calls that used a registration.
-    pub hits: u64,
-    /// [`Secondary::access`] calls that found none usable.
-    pub misses: u64,
-}
-
-/// The counters behind [`RcacheStats`], bumped with relaxed atomics.
-#[derive(Debug, Default)]
-struct Stats {
-    registrations: AtomicU64,
-    retries: AtomicU64,
-    invalidations: AtomicU64,
-    evictions: AtomicU64,
-    reaped: AtomicU64,
-    faults: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
-}
-
-/// What the cache lock guards.
-#[derive(Default)]
-struct Locked {
-    /// The notifier of every registration in the index, by id. Removed
-    /// only outside the lock (removal waits for running callbacks, which
-    /// take the lock).
-    notifiers: HashMap<u64, IntervalNotifier<RegionOps>>,
-    live_regions: usize,
-    live_bytes: u64,
-}
-
-impl Locked {
-    /// Kills `reg` and keeps the live totals.
-    fn kill(&mut self, reg: &Registration) {
-        if reg.kill() {
-            self.live_regions -= 1;
-            self.live_bytes -= reg.len();
-        }
-    }
-
-    fn over(&self, config: &RcacheConfig) -> bool {
-        self.live_regions > config.max_regions || self.live_bytes > config.max_bytes
-    }
-}
-
-/// A registration that left the index, with its notifier, for
-/// [`RegistrationCache::finish`] to tear down once the lock is dropped.
-type Retired = (Arc<Registration>, Option<IntervalNotifier<RegionOps>>);
 
 /// The state shared by the cache, its handles and its notifiers' callbacks.
 struct Shared {
@@ -242,79 +154,6 @@ impl Shared {
         }
         reg.unpin(self.space.memory());
         true
-    }
-}
-
-/// The index rebuilt under the cache lock, and the registrations leaving it.
-struct Rebuild<'l> {
-    locked: &'l mut Locked,
-    regs: Vec<Arc<Registration>>,
-    retired: Vec<Retired>,
-}
-
-impl<'l> Rebuild<'l> {
-    fn new(locked: &'l mut Locked, current: &Index) -> Rebuild<'l> {
-        Rebuild {
-            locked,
-            regs: current.regs().to_vec(),
-            retired: Vec::new(),
-        }
-    }
-
-    /// Keeps the registrations `keep` accepts; kills and retires the rest.
-    fn retain(&mut self, keep: impl Fn(&Registration) -> bool) {
-        let (kept, gone): (Vec<_>, Vec<_>) = self.regs.drain(..).partition(|r| keep(r));
-        self.regs = kept;
-        for reg in gone {
-            self.retire(reg);
-        }
-    }
-
-    fn retire(&mut self, reg: Arc<Registration>) {
-        self.locked.kill(&reg);
-        let notifier = self.locked.notifiers.remove(&reg.id);
-        self.retired.push((reg, notifier));
-    }
-
-    /// Adds a walked registration, live from now.
-    fn insert(&mut self, reg: Arc<Registration>, notifier: IntervalNotifier<RegionOps>, now: u64) {
-        reg.go_live(now);
-        self.locked.live_regions += 1;
-        self.locked.live_bytes += reg.len();
-        self.locked.notifiers.insert(reg.id, notifier);
-        let at = self.regs.partition_point(|r| r.start < reg.start);
-        self.regs.insert(at, reg);
-    }
-
-    /// Evicts least recently used idle registrations, never `keep`, until
-    /// within `config`'s bound or nothing idle is left. Returns how many.
-    ///
-    /// Idle means no use in flight. Handles do not count: they hold off
-    /// no invalidation either, and a registration being used is stamped
-    /// recent by each use, so it is not the least recently used.
-    fn evict(&mut self, keep: &Arc<Registration>, config: &RcacheConfig) -> u64 {
-        let mut evicted = 0;
-        while self.locked.over(config) {
-            let Some(at) = self.lru_idle(keep) else { break };
-            let reg = self.regs.remove(at);
-            self.retire(reg);
-            evicted += 1;
-        }
-        evicted
-    }
-
-    fn lru_idle(&self, keep: &Arc<Registration>) -> Option<usize> {
-        let idle =
-            |r: &Arc<Registration>| r.state() == State::Live && !Arc::ptr_eq(r, keep) && r.idle();
-        (0..self.regs.len())
-            .filter(|&i| idle(&self.regs[i]))
-            .min_by_key(|&i| self.regs[i].last_used())
-    }
-
-    /// Publishes the new index; returns what left it.
-    fn store(self, index: &ArcSwap<Index>) -> Vec<Retired> {
-        index.store(Arc::new(Index::new(self.regs)));
-        self.retired
     }
 }
 
