@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod context;
+pub mod driver_lock;
 pub mod error;
 pub mod event;
 pub mod interval_btree;
@@ -38,6 +39,7 @@ pub(crate) mod sync;
 pub mod warn;
 
 pub use context::{in_non_block, might_sleep};
+pub use driver_lock::{DriverLock, FaultGuard, InvalidateGuard, Retry};
 pub use error::{Error, Result, WouldBlock};
 pub use event::Event;
 pub use interval_notifier::{IntervalNotifier, IntervalSub};

@@ -144,8 +144,11 @@ impl Mm {
         self.all_locks.write()
     }
 
-    /// Test hook: sets the interval sequence counter, to exercise wrap-around.
+    /// Test hook (feature `test-hooks`): sets the interval sequence
+    /// counter, to exercise wrap-around. It can corrupt the protocol, so
+    /// only tests get it.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn set_invalidate_seq_for_test(&self, seq: u64) {
         let guard = self.mmap_write();
         self.subscriptions_or_init(&guard).set_seq_for_test(seq);

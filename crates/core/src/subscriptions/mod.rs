@@ -186,6 +186,7 @@ impl Subscriptions {
         self.warnings.lock().clone()
     }
 
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn set_seq_for_test(&self, seq: u64) {
         let mut locked = self.lock();
         assert_eq!(locked.active, 0, "set the seq only while idle");

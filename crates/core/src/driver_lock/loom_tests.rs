@@ -1,0 +1,104 @@
+//! loom models of the driver lock: a fault whose walk raced an
+//! invalidation never leaves a stale translation, in every interleaving
+//! (bounded preemption), and without `set_seq` loom finds one.
+
+use loom::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use loom::thread;
+
+use super::{DriverLock, InvalidateGuard, Retry};
+use crate::lockdep::LockClass;
+use crate::sync::Arc;
+use crate::{Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm};
+use crate::{Range, Seq};
+
+const PAGE: u64 = 0x1000;
+
+static MIRROR_LOCK: LockClass = LockClass::new("loom-mirror");
+
+type LockForInvalidate = for<'a> fn(
+    &'a DriverLock<Option<usize>>,
+    &IntervalSub,
+    &Range<'_>,
+    Seq,
+) -> Option<InvalidateGuard<'a, Option<usize>>>;
+
+struct Mirror {
+    pte: DriverLock<Option<usize>>,
+    lock_for_invalidate: LockForInvalidate,
+}
+
+struct MirrorOps(Arc<Mirror>);
+
+impl IntervalNotifierOps for MirrorOps {
+    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
+        let mirror = &self.0;
+        let Some(mut pte) = (mirror.lock_for_invalidate)(&mirror.pte, sub, range, cur_seq) else {
+            return false;
+        };
+        *pte = None;
+        true
+    }
+}
+
+/// Thread A faults with `lock_if_current` (at most two attempts); the main
+/// thread changes the primary PTE from 1 to 2 inside an invalidation. At
+/// the end the mirror is empty or holds 2.
+fn model(lock_for_invalidate: LockForInvalidate) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(move || {
+        let mm = Mm::new();
+        let mirror = Arc::new(Mirror {
+            pte: DriverLock::new(&MIRROR_LOCK, None),
+            lock_for_invalidate,
+        });
+        // Relaxed: only the protocol may order it.
+        let primary = Arc::new(AtomicUsize::new(1));
+        let sub =
+            Arc::new(IntervalNotifier::insert(&mm, 0, PAGE, MirrorOps(mirror.clone())).unwrap());
+
+        let fault = thread::spawn({
+            let (sub, mirror, primary) = (sub.clone(), mirror.clone(), primary.clone());
+            move || {
+                for _ in 0..2 {
+                    let seq = sub.read_begin();
+                    let walked = primary.load(Relaxed);
+                    match mirror.pte.lock_if_current(&sub, seq) {
+                        Ok(mut pte) => {
+                            *pte = Some(walked);
+                            return;
+                        }
+                        Err(Retry) => continue,
+                    }
+                }
+            }
+        });
+
+        {
+            let lock = mm.mmap_read();
+            let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, PAGE));
+            primary.store(2, Relaxed);
+            inv.end();
+        }
+        fault.join().unwrap();
+        let mirrored = *mirror.pte.lock();
+        assert!(
+            mirrored.is_none() || mirrored == Some(primary.load(Relaxed)),
+            "stale translation: mirror {mirrored:?}, primary {}",
+            primary.load(Relaxed)
+        );
+    });
+}
+
+#[test]
+fn a_fault_through_the_driver_lock_never_commits_a_stale_translation() {
+    model(|lock, sub, range, cur_seq| lock.lock_for_invalidate(sub, range, cur_seq));
+}
+
+#[test]
+#[should_panic(expected = "stale translation")]
+fn without_set_seq_loom_finds_the_stale_translation() {
+    model(|lock, _sub, range, _cur_seq| lock.lock_for_invalidate_without_set_seq(range));
+}
