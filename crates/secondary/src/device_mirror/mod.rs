@@ -8,12 +8,15 @@
 //!   around the page first, so every page the device maps is covered.
 //! * **Fault** ([`DeviceMirror::fault`], `dmirror_range_fault`):
 //!   `read_begin` → fault and walk the primary with no device lock held →
-//!   take the device lock → `read_retry` (retry on a collision) → program
+//!   [`DriverLock::lock_if_current`](mmun_core::DriverLock::lock_if_current)
+//!   (the device lock, then `read_retry`; retry on a collision) → program
 //!   the device PTE.
-//! * **Invalidate** (`dmirror_interval_invalidate`): the device lock
-//!   (`try_lock` for a non-blockable range, refusing if busy) → `set_seq`
-//!   → zap the overlap. `Migrate`/`Exclusive` ranges carrying the device's
-//!   own [`Owner`] are skipped; `Release` drops everything for good.
+//! * **Invalidate** (`dmirror_interval_invalidate`):
+//!   [`DriverLock::lock_for_invalidate`](mmun_core::DriverLock::lock_for_invalidate)
+//!   (the device lock, `try_lock` for a non-blockable range and refuse if
+//!   busy, then `set_seq`) → zap the overlap. `Migrate`/`Exclusive` ranges
+//!   carrying the device's own [`Owner`] are skipped; `Release` drops
+//!   everything for good.
 //! * **Device accesses** ([`DeviceMirror::access`]) use only the device
 //!   table, and every use is checked by the [`Coherence`] oracle under the
 //!   device lock.
@@ -21,7 +24,9 @@
 //!   ([`DeviceMirror::migrate_to_device`]) follow test_hmm's commands.
 //!
 //! A [`Bug`] can be injected to break the protocol on purpose; see
-//! [`Bug`] for what each does.
+//! [`Bug`] for what each does. The textbook steps are `Device::invalidate`
+//! and `Device::commit` (`device.rs`); a bug replaces one of them with its
+//! own broken version (`bugs.rs`), so the textbook code has no `if bug`.
 //!
 //! # Locks
 //!
@@ -31,21 +36,23 @@
 //! first; an access whose coherence check finds the page table busy drops
 //! the device lock and tries again.
 
+mod bugs;
 mod device;
+mod protocol;
 mod table;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use mmun_core::{Error, IntervalNotifier, Owner, Seq};
+use mmun_core::{Error, IntervalNotifier, Owner};
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 use mmun_softmmu::{AddressSpace, DeviceView, Translation};
 use parking_lot::{Mutex, RwLock};
 
 use self::device::{Device, MirrorOps};
+use self::table::bump;
 pub use self::table::{DevicePte, MirrorStats};
-use self::table::{Table, bump};
 use crate::bug::Bug;
 use crate::coherence::{CheckError, Coherence, Use};
 use crate::secondary::{Access, Counters, FaultError, Secondary};
@@ -263,6 +270,7 @@ impl DeviceMirror {
         walk: impl Fn(u64) -> Result<Option<DevicePte>, FaultError>,
     ) -> Result<(), FaultError> {
         let page = align_down(va, PAGE_SIZE);
+        let protocol = self.device.protocol();
         for attempt in 0..MAX_FAULT_ATTEMPTS {
             // The generation first: a `close` after it fails the commit,
             // one before it cannot have removed the subscription found next.
@@ -271,8 +279,9 @@ impl DeviceMirror {
             let seq = sub.read_begin();
             let walked = walk(page)?;
             self.run_walk_hook(page, attempt);
+            let commit = |pte| protocol.commit(&self.device, &sub, seq, generation, page, pte);
             if let Some(pte) = walked
-                && self.commit(&sub, seq, generation, page, pte)?
+                && commit(pte)?
             {
                 bump(&self.device.counts.faults);
                 return Ok(());
@@ -381,36 +390,6 @@ impl DeviceMirror {
             .make_device_exclusive(page, owner)
             .map_err(|_| FaultError::Unmapped)?;
         Ok(self.space.device_view(page, Some(owner)).filter(ours))
-    }
-
-    /// Programs `pte` at `page` under the device lock unless an
-    /// invalidation (or our own remapping) ran since `seq` and `generation`
-    /// were read; returns whether it stands. The injected bugs break
-    /// exactly this step.
-    fn commit(
-        &self,
-        sub: &Subscription,
-        seq: Seq,
-        generation: u64,
-        page: u64,
-        pte: DevicePte,
-    ) -> Result<bool, FaultError> {
-        let mut table = self.device.table.lock();
-        if table.released {
-            return Err(FaultError::Released);
-        }
-        let collided = |t: &Table| sub.read_retry(seq) || t.generation != generation;
-        match self.device.bug {
-            Some(Bug::NoReadRetry) => {}
-            Some(Bug::ProgramBeforeRetry) => {
-                table.ptes.insert(page, pte);
-                return Ok(!collided(&table));
-            }
-            _ if collided(&table) => return Ok(false),
-            _ => {}
-        }
-        table.ptes.insert(page, pte);
-        Ok(true)
     }
 
     /// The table's generation, read before a walk; `Released` after exit.
