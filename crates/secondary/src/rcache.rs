@@ -42,10 +42,10 @@
 //! So a use in flight always falls in the window where the primary still
 //! maps what was registered, and the oracle's verdict is about the cache,
 //! not about timing. The two injectable bugs break exactly one link each:
-//! [`Bug::LookupNoRetry`] hands out dead registrations (link 2, at the
+//! [`Bug::LookupNoRetry`](crate::Bug::LookupNoRetry) hands out dead registrations (link 2, at the
 //! lookup: a use only checks that the state did not change *since the
 //! lookup*, as `read_retry` only compares with what `read_begin` returned),
-//! and [`Bug::KeepStaleRegistration`] acknowledges the callback without
+//! and [`Bug::KeepStaleRegistration`](crate::Bug::KeepStaleRegistration) acknowledges the callback without
 //! killing or unpinning (links 2 and 3).
 //!
 //! # Checking a use without deadlocking
@@ -72,9 +72,11 @@
 //! that is not `PageAnonExclusive` is copied, not reused, on a write fault.
 //! (It does not refuse to migrate pinned pages, which Linux does.)
 
+mod bugs;
 mod config;
 mod handle;
 mod index;
+mod protocol;
 mod rebuild;
 mod registration;
 
@@ -84,10 +86,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use arc_swap::ArcSwap;
-use mmun_core::IntervalNotifier;
+use mmun_core::driver_lock::{DriverLock, FaultGuard, Retry};
+use mmun_core::lockdep::LockClass;
+use mmun_core::{IntervalNotifier, IntervalSub, Range, Seq};
 use mmun_softmmu::layout::{PAGE_SIZE, align_down, align_up};
 use mmun_softmmu::{AddressSpace, Translation};
-use parking_lot::{Mutex, MutexGuard};
 
 pub use config::{RcacheConfig, RcacheStats};
 use config::{Stats, bump};
@@ -95,27 +98,31 @@ use handle::Held;
 pub use handle::{RegHandle, UseGuard};
 use rebuild::{Locked, Rebuild, Retired};
 
-use crate::bug::Bug;
 use crate::coherence::Coherence;
 use crate::secondary::{Access, Counters, FaultError, Secondary};
 use index::Index;
+use protocol::Protocol;
 use registration::{RegionOps, Registration, State, pin, unpin_all};
 
 /// The name the oracle reports violations under.
 const NAME: &str = "rcache";
+
+/// The cache lock's lockdep class (UCX's `rcache->lock`).
+static CACHE_LOCK: LockClass = LockClass::new("rcache->lock");
 
 /// The state shared by the cache, its handles and its notifiers' callbacks.
 struct Shared {
     space: Arc<AddressSpace>,
     coherence: Arc<Coherence>,
     config: RcacheConfig,
-    /// The hit path's check, skipped with [`Bug::LookupNoRetry`].
-    lookup_checks_state: bool,
+    /// The textbook steps, or the broken ones of an injected bug.
+    protocol: &'static dyn Protocol,
     index: ArcSwap<Index>,
     /// The LRU clock: advanced by each publication, stamped by each hit.
     clock: AtomicU64,
     next_id: AtomicU64,
-    locked: Mutex<Locked>,
+    /// The cache lock: the driver lock of the retry protocol.
+    locked: DriverLock<Locked>,
     stats: Stats,
 }
 
@@ -126,29 +133,25 @@ impl Shared {
         self.clock.load(Relaxed)
     }
 
-    /// The notifier callback of `reg` (see the module docs). `set_seq`
-    /// records the invalidation in the notifier.
-    fn invalidate(&self, reg: &Registration, blockable: bool, set_seq: impl FnOnce()) -> bool {
-        bump(&self.stats.invalidations);
-        let mut locked = if blockable {
-            self.locked.lock()
-        } else {
-            match self.locked.try_lock() {
-                Some(locked) => locked,
-                None => return false,
-            }
+    /// The notifier callback of `reg` (see the module docs).
+    fn invalidate(
+        &self,
+        reg: &Registration,
+        sub: &IntervalSub,
+        range: &Range<'_>,
+        cur_seq: Seq,
+    ) -> bool {
+        let Some(mut locked) = self.locked.lock_for_invalidate(sub, range, cur_seq) else {
+            return false;
         };
-        // Under the lock `read_retry` is checked under.
-        set_seq();
-        if self.config.bug == Some(Bug::KeepStaleRegistration) || reg.state() == State::Registering
-        {
+        if reg.state() == State::Registering {
             // A registration still being walked: its `read_retry` fails and
             // it starts over, nothing was published to tear down.
             return true;
         }
         locked.kill(reg);
         drop(locked);
-        if !reg.drain(blockable) {
+        if !reg.drain(range.is_blockable()) {
             // Dead, so no new use; the reaper unpins once the uses end.
             return false;
         }
@@ -181,11 +184,11 @@ impl RegistrationCache {
             space,
             coherence,
             config,
-            lookup_checks_state: config.bug != Some(Bug::LookupNoRetry),
+            protocol: protocol::for_bug(config.bug),
             index: ArcSwap::from_pointee(Index::default()),
             clock: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
-            locked: Mutex::new(Locked::default()),
+            locked: DriverLock::new(&CACHE_LOCK, Locked::default()),
             stats: Stats::default(),
         };
         RegistrationCache {
@@ -220,7 +223,7 @@ impl RegistrationCache {
         let at = index.position(addr, end)?;
         let reg = &index.regs()[at];
         let issued = reg.state();
-        if shared.lookup_checks_state && issued != State::Live {
+        if !shared.protocol.hands_out(issued) {
             return None;
         }
         reg.touch(shared.now());
@@ -353,18 +356,14 @@ impl RegistrationCache {
         notifier: &IntervalNotifier<RegionOps>,
         start: u64,
         end: u64,
-    ) -> Result<(Vec<Translation>, MutexGuard<'_, Locked>), FaultError> {
+    ) -> Result<(Vec<Translation>, FaultGuard<'_, Locked>), FaultError> {
         loop {
             let seq = notifier.read_begin();
             match fault_and_pin(&self.shared.space, start, end) {
-                Ok(pages) => {
-                    let locked = self.shared.locked.lock();
-                    if !notifier.read_retry(seq) {
-                        return Ok((pages, locked));
-                    }
-                    drop(locked);
-                    unpin_all(self.shared.space.memory(), &pages);
-                }
+                Ok(pages) => match self.shared.locked.lock_if_current(notifier, seq) {
+                    Ok(locked) => return Ok((pages, locked)),
+                    Err(Retry) => unpin_all(self.shared.space.memory(), &pages),
+                },
                 Err(WalkError::Unmapped) => return Err(FaultError::Unmapped),
                 // The page changed under the walk, so an invalidation ran;
                 // the next `read_begin` waits for it to end.
@@ -380,7 +379,7 @@ impl RegistrationCache {
     /// and what left the index.
     fn publish(
         &self,
-        mut locked: MutexGuard<'_, Locked>,
+        mut locked: FaultGuard<'_, Locked>,
         reg: Arc<Registration>,
         notifier: IntervalNotifier<RegionOps>,
         want: (u64, u64),

@@ -11,6 +11,7 @@ use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{Memory, Translation};
 
 use super::Shared;
+use super::config::bump;
 
 /// Where a registration is in its one life. It only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,10 +233,14 @@ pub(super) struct RegionOps {
 impl IntervalNotifierOps for RegionOps {
     fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
         let Some(cache) = self.cache.upgrade() else {
-            // Only while the cache drops, after it unpinned everything.
+            // Only while the cache drops, after it unpinned everything and
+            // with no fault in flight: nothing to order `set_seq` against.
             sub.set_seq(cur_seq);
             return true;
         };
-        cache.invalidate(&self.reg, range.is_blockable(), || sub.set_seq(cur_seq))
+        bump(&cache.stats.invalidations);
+        cache
+            .protocol
+            .invalidate(&cache, &self.reg, sub, range, cur_seq)
     }
 }
