@@ -15,6 +15,7 @@ use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 use mmun_softmmu::{Memory, Translation};
 use parking_lot::{Mutex, MutexGuard};
 
+use super::protocol::Protocol;
 use super::table::Table;
 use crate::Bug;
 
@@ -68,6 +69,8 @@ pub(super) fn read(counter: &AtomicU64) -> u64 {
 #[derive(Debug)]
 pub(super) struct Inner {
     pub(super) bug: Option<Bug>,
+    /// The textbook steps, or the broken ones of an injected bug.
+    pub(super) protocol: &'static dyn Protocol,
     /// To look up the life (serial) of the frame `change_pte` names,
     /// without the primary's page-table lock its caller holds.
     pub(super) memory: Arc<Memory>,
@@ -83,6 +86,7 @@ impl Inner {
     pub(super) fn new(memory: Arc<Memory>, bug: Option<Bug>) -> Inner {
         Inner {
             bug,
+            protocol: super::protocol::for_bug(bug),
             memory,
             mmu_lock: Mutex::new(Table::default()),
             seq: AtomicU64::new(0),
@@ -110,15 +114,15 @@ impl Inner {
 
     /// `seq++`, under `mmu_lock`; release-ordered for the lockless
     /// snapshot (KVM's `smp_wmb` before `in_progress--`).
-    fn bump_seq(&self, _table: &mut Table) {
+    pub(super) fn bump_seq(&self, _table: &mut Table) {
         self.seq.fetch_add(1, Ordering::Release);
     }
 
-    /// `is_page_fault_stale` → `mmu_invalidate_retry_hva` (v6.5), with the
-    /// `IgnoreInProgress` bug looking only at the sequence.
+    /// `is_page_fault_stale` → `mmu_invalidate_retry_hva` (v6.5): an
+    /// invalidation covering the page is in progress, or one ended since
+    /// the snapshot.
     pub(super) fn fault_is_stale(&self, table: &Table, page: u64, mmu_seq: u64) -> bool {
-        let collides = self.bug != Some(Bug::IgnoreInProgress) && table.collides(page);
-        collides || self.seq_locked(table) != mmu_seq
+        table.collides(page) || self.seq_locked(table) != mmu_seq
     }
 
     /// `invalidate_range_start` → `kvm_mmu_invalidate_begin` +
@@ -130,21 +134,14 @@ impl Inner {
     /// for another lock, so the wait is bounded spinning, not the sleep a
     /// non-blockable range forbids. KVM's start never fails, so the start is
     /// `Infallible` and there is no `try_lock` to refuse with.
-    fn invalidate_range_start(&self, range: &Range<'_>) {
-        bump(&self.stats.invalidations);
-        if !range.is_blockable() {
-            bump(&self.stats.nonblocking);
-        }
+    pub(super) fn invalidate_range_start(&self, range: &Range<'_>) {
         let mut table = self.lock();
-        if self.bug == Some(Bug::MissingRangeEnd) {
-            // All of begin and end at once: the count is back to zero
-            // before the primary has changed anything.
-            table.begin(range.start(), range.end());
-            self.bump_seq(&mut table);
-            table.finish();
-        } else {
-            table.begin(range.start(), range.end());
-        }
+        table.begin(range.start(), range.end());
+        self.zap(&mut table, range);
+    }
+
+    /// `kvm_unmap_gfn_range` + flush.
+    pub(super) fn zap(&self, table: &mut Table, range: &Range<'_>) {
         let zapped = table.zap(range.start(), range.end());
         add(&self.stats.zapped, zapped as u64);
     }
@@ -153,12 +150,14 @@ impl Inner {
     /// then `in_progress--`. The other order would let a fault that walked
     /// the primary before the update see neither: no invalidation in
     /// progress and the sequence it snapshot, and install the old page.
-    fn invalidate_range_end(&self, _range: &Range<'_>) {
-        bump(&self.stats.ends);
+    pub(super) fn invalidate_range_end(&self, _range: &Range<'_>) {
         let mut table = self.lock();
-        if self.bug != Some(Bug::NoSeqBump) {
-            self.bump_seq(&mut table);
-        }
+        self.bump_seq(&mut table);
+        self.finish(&mut table);
+    }
+
+    /// `mmu_invalidate_in_progress--`, counting an end without a start.
+    pub(super) fn finish(&self, table: &mut Table) {
         if !table.finish() {
             bump(&self.stats.unpaired_ends);
         }
@@ -242,11 +241,16 @@ impl Inner {
 type Data = Arc<Inner>;
 
 fn start(data: &Data, range: &Range<'_>) {
-    data.invalidate_range_start(range);
+    bump(&data.stats.invalidations);
+    if !range.is_blockable() {
+        bump(&data.stats.nonblocking);
+    }
+    data.protocol.invalidate_range_start(data, range);
 }
 
 fn end(data: &Data, range: &Range<'_>) {
-    data.invalidate_range_end(range);
+    bump(&data.stats.ends);
+    data.protocol.invalidate_range_end(data, range);
 }
 
 fn clear_flush_young(data: &Data, _mm: &Mm, start: u64, end: u64) -> bool {
@@ -286,5 +290,5 @@ const fn ops(with_end: bool) -> NotifierOps<Data> {
 /// The shadow MMU's callbacks.
 pub(super) static OPS: NotifierOps<Data> = ops(true);
 
-/// The same without `invalidate_range_end`, for [`Bug::MissingRangeEnd`].
+/// The same without `invalidate_range_end`, for a shadow MMU that has none.
 pub(super) static OPS_WITHOUT_END: NotifierOps<Data> = ops(false);

@@ -40,7 +40,9 @@
 //! survive prove nothing and are only counted
 //! ([`ShadowStats::inconclusive`]).
 
+mod bugs;
 mod callbacks;
+mod protocol;
 mod table;
 
 use std::fmt;
@@ -50,7 +52,7 @@ use mmun_core::Notifier;
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 use mmun_softmmu::{AddressSpace, Translation};
 
-use self::callbacks::{Inner, OPS, OPS_WITHOUT_END, bump, read};
+use self::callbacks::{Inner, bump, read};
 use self::table::Held;
 use crate::{Access, Bug, Coherence, Counters, FaultError, Secondary};
 
@@ -172,11 +174,7 @@ impl ShadowMmu {
     ) -> Result<Arc<ShadowMmu>, mmun_core::Error> {
         let bug = bug.filter(|b| b.secondary() == NAME);
         let inner = Arc::new(Inner::new(Arc::clone(space.memory()), bug));
-        let ops = if bug == Some(Bug::MissingRangeEnd) {
-            &OPS_WITHOUT_END
-        } else {
-            &OPS
-        };
+        let ops = inner.protocol.ops();
         let notifier = Notifier::register(space.mm(), ops, Arc::clone(&inner))?;
         Ok(Arc::new(ShadowMmu {
             space,
@@ -252,7 +250,8 @@ impl ShadowMmu {
         if table.is_released() {
             return Err(FaultError::Released);
         }
-        if self.inner.fault_is_stale(&table, fault.page, fault.mmu_seq) {
+        let protocol = self.inner.protocol;
+        if protocol.fault_is_stale(&self.inner, &table, fault.page, fault.mmu_seq) {
             bump(&self.inner.stats.retries);
             return Ok(Commit::Stale);
         }
