@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use iset::IntervalMap;
 use mmun_core::interval_btree::{IntervalBTree, Key};
-use mmun_core::interval_tree::IntervalTree;
+use mmun_rbtree::IntervalTree;
 
 /// Number of precomputed queries / new intervals cycled through per bench,
 /// so each iteration touches a different part of the tree.

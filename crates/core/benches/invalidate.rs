@@ -23,11 +23,11 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion};
 use iset::IntervalMap;
 use mmun_core::interval_btree::{IntervalBTree, Key};
-use mmun_core::interval_tree::IntervalTree;
 use mmun_core::{
     Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
     NotifierOps, Range, Seq, StartFn,
 };
+use mmun_rbtree::IntervalTree;
 
 const PAGE: u64 = 4096;
 const STRIDE: u64 = 2 * PAGE;

@@ -1,8 +1,9 @@
 //! A B+-tree of closed `u64` intervals, augmented with the largest `last`
 //! of every subtree, for overlap queries that touch few cache lines.
 //!
-//! The red-black [`IntervalTree`](crate::interval_tree::IntervalTree) (the
-//! shape of the kernel's `interval_tree_generic.h`) follows one pointer per
+//! A red-black interval tree (the shape of the kernel's
+//! `interval_tree_generic.h`; ours is the bench-only `mmun-rbtree` crate,
+//! the peer of this one in the benches) follows one pointer per
 //! level: about 20 dependent cache misses to reach one of 10^6 intervals.
 //! Here a node holds up to 16 children or entries in parallel arrays, so the
 //! same lookup follows 5 pointers, and the top levels stay in cache. Linux

@@ -24,7 +24,6 @@ pub mod error;
 pub mod event;
 pub mod interval_btree;
 pub mod interval_notifier;
-pub mod interval_tree;
 pub mod invalidation;
 pub mod lockdep;
 pub mod mm;

@@ -1,5 +1,10 @@
 //! An augmented red-black interval tree over closed `u64` intervals.
 //!
+//! **Bench-only.** `mmun-core` indexes its interval notifiers with a
+//! B+-tree (`mmun_core::interval_btree`, see DESIGN.md, "The interval
+//! index"); this tree, the shape Linux uses, stays as a peer in the core's
+//! benches (`interval_tree`, `invalidate`) and is not published.
+//!
 //! This is the userspace counterpart of the kernel's `interval_tree_generic.h`:
 //! every node holds a closed interval `[start, last]` (so `last` may be
 //! `u64::MAX`), nodes are ordered by `start`, and each node caches the largest

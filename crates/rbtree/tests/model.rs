@@ -3,7 +3,7 @@
 //! `lib/interval_tree_test.c` (random intervals, random queries, compare the
 //! matches with a linear scan).
 
-use mmun_core::interval_tree::{IntervalTree, NodeId};
+use mmun_rbtree::{IntervalTree, NodeId};
 use proptest::prelude::*;
 
 /// One live interval in the model, remembering when it was inserted so the
