@@ -20,12 +20,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use mmun_core::notify::PAGE_SIZE;
 use mmun_core::{
     Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
     NotifierOps, Owner, Range, Seq, StartFn,
 };
 
-const PAGE: u64 = 0x1000;
 type Table = HashMap<u64, Pte>;
 const MIRRORED: (u64, u64) = (0x10000, 0x30000);
 
@@ -79,7 +79,9 @@ impl IntervalNotifierOps for MirrorOps {
         }
         sub.set_seq(cur_seq);
         let before = state.ptes.len();
-        state.ptes.retain(|&pg, _| !range.overlaps(pg, pg + PAGE));
+        state
+            .ptes
+            .retain(|&pg, _| !range.overlaps(pg, pg + PAGE_SIZE));
         let zapped = format!("zapped {} page(s)", before - state.ptes.len());
         state.seen.push(zapped);
         true
@@ -214,10 +216,13 @@ fn main() {
     };
 
     // Populate: filling empty PTEs needs no invalidation.
-    for page in (0x10000..0x20000).step_by(PAGE as usize).chain([0x40000]) {
+    for page in (0x10000..0x20000)
+        .step_by(PAGE_SIZE as usize)
+        .chain([0x40000])
+    {
         set_pte(&mut w.primary.lock().unwrap(), page, Some(w.frame()), true);
     }
-    for page in (0x10000..0x18000).step_by(PAGE as usize) {
+    for page in (0x10000..0x18000).step_by(PAGE_SIZE as usize) {
         w.fault(page, |_| {}).expect("mapped");
     }
     println!("populate       primary maps [0x10000, 0x20000) and 0x40000; device faults 8 pages");
@@ -235,7 +240,7 @@ fn main() {
     w.change("munmap", range, true, |p| unmap(p, 0x12000, 0x14000));
     let range = w.range(Event::ProtectionVma, 0x14000, 0x18000);
     w.change("mprotect", range, true, |p| {
-        for page in (0x14000..0x18000).step_by(PAGE as usize) {
+        for page in (0x14000..0x18000).step_by(PAGE_SIZE as usize) {
             set_pte(p, page, None, false);
         }
     });

@@ -10,10 +10,9 @@ use std::thread;
 
 use mmun_core::driver_lock::{DriverLock, InvalidateGuard, Retry};
 use mmun_core::lockdep::LockClass;
+use mmun_core::notify::PAGE_SIZE;
 use mmun_core::{Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm};
 use mmun_core::{Range, Seq};
-
-const PAGE: u64 = 0x1000;
 
 static MIRROR_LOCK: LockClass = LockClass::new("driver_lock-test->mirror");
 
@@ -72,7 +71,7 @@ fn setup(lock_for_invalidate: LockForInvalidate) -> Setup {
         pte: DriverLock::new(&MIRROR_LOCK, None),
         lock_for_invalidate,
     };
-    let sub = IntervalNotifier::insert(&mm, 0, PAGE, mirror).unwrap();
+    let sub = IntervalNotifier::insert(&mm, 0, PAGE_SIZE, mirror).unwrap();
     Setup {
         mm,
         sub,
@@ -84,7 +83,7 @@ impl Setup {
     /// The primary PTE changes to `frame` inside an invalidation.
     fn change_primary(&self, frame: u64) {
         let lock = self.mm.mmap_read();
-        let inv = Invalidation::start(&lock, Range::new(&self.mm, Event::Clear, 0, PAGE));
+        let inv = Invalidation::start(&lock, Range::new(&self.mm, Event::Clear, 0, PAGE_SIZE));
         self.primary.store(frame, SeqCst);
         inv.end();
     }
@@ -172,7 +171,7 @@ fn a_non_blockable_invalidation_is_refused_while_the_driver_lock_is_held() {
     let before = s.sub.read_begin();
     {
         let lock = s.mm.mmap_read();
-        let range = Range::new(&s.mm, Event::Unmap, 0, PAGE);
+        let range = Range::new(&s.mm, Event::Unmap, 0, PAGE_SIZE);
         assert!(Invalidation::start_nonblock(&lock, range).is_err());
     }
     // Refused before set_seq: the fault holding the lock is still current.
@@ -180,7 +179,7 @@ fn a_non_blockable_invalidation_is_refused_while_the_driver_lock_is_held() {
     release_tx.send(()).unwrap();
     holder.join().unwrap();
     let lock = s.mm.mmap_read();
-    let range = Range::new(&s.mm, Event::Unmap, 0, PAGE);
+    let range = Range::new(&s.mm, Event::Unmap, 0, PAGE_SIZE);
     Invalidation::start_nonblock(&lock, range).unwrap().end();
     assert!(s.sub.read_retry(before));
 }

@@ -17,9 +17,9 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion};
 use mmun_secondary::Coherence;
 use mmun_secondary::rcache::{RcacheConfig, RegistrationCache};
+use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory};
 
-const PAGE: u64 = 0x1000;
 const BASE: u64 = 0x1000_0000;
 
 /// A cache holding `n` live registrations, one per page, every other page
@@ -28,7 +28,7 @@ fn warm_cache(n: u64) -> (RegistrationCache, Vec<u64>) {
     let space = Arc::new(AddressSpace::new(Arc::new(Memory::new())));
     let mut req = MapRequest {
         addr: BASE,
-        len: 2 * n * PAGE,
+        len: 2 * n * PAGE_SIZE,
         fixed: true,
         populate: true,
         ..MapRequest::default()
@@ -37,9 +37,9 @@ fn warm_cache(n: u64) -> (RegistrationCache, Vec<u64>) {
     req.prot.write = true;
     space.mmap(req).expect("mmap");
     let cache = RegistrationCache::new(space, Arc::new(Coherence::new()), RcacheConfig::default());
-    let addrs: Vec<u64> = (0..n).map(|i| BASE + 2 * i * PAGE).collect();
+    let addrs: Vec<u64> = (0..n).map(|i| BASE + 2 * i * PAGE_SIZE).collect();
     for &addr in &addrs {
-        cache.get(addr, PAGE).expect("register");
+        cache.get(addr, PAGE_SIZE).expect("register");
     }
     assert_eq!(cache.len() as u64, n);
     (cache, addrs)

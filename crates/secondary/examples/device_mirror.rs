@@ -15,10 +15,10 @@ use std::sync::Arc;
 use mmun_script::Prot;
 use mmun_secondary::device_mirror::DeviceMirror;
 use mmun_secondary::{Access, Coherence, Secondary};
+use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory};
 
 const BASE: u64 = 0x1000_0000_0000;
-const PAGE: u64 = 0x1000;
 const PAGES: u64 = 8;
 
 fn main() {
@@ -39,7 +39,7 @@ fn main() {
 fn map(space: &AddressSpace) {
     let request = MapRequest {
         addr: BASE,
-        len: PAGES * PAGE,
+        len: PAGES * PAGE_SIZE,
         prot: Prot::RW,
         fixed: true,
         ..MapRequest::default()
@@ -57,7 +57,7 @@ fn populate(device: &DeviceMirror) {
 }
 
 fn follow_munmap(space: &AddressSpace, device: &DeviceMirror) {
-    space.munmap(page(0), 2 * PAGE).expect("munmap");
+    space.munmap(page(0), 2 * PAGE_SIZE).expect("munmap");
     show(device, "munmap pages 0-1");
     let refused = device.fault(page(0), false).unwrap_err();
     say("", &format!("device fault of page 0: {refused}"));
@@ -70,7 +70,7 @@ fn follow_mprotect(space: &AddressSpace, device: &DeviceMirror) {
         exec: false,
     };
     space
-        .mprotect(page(2), 6 * PAGE, read_only)
+        .mprotect(page(2), 6 * PAGE_SIZE, read_only)
         .expect("mprotect");
     show(device, "mprotect pages 2-7 read-only");
     device.fault(page(2), false).expect("read fault");
@@ -82,7 +82,7 @@ fn follow_mprotect(space: &AddressSpace, device: &DeviceMirror) {
         &format!("a device write is a {write:?}; its fault: {fault}"),
     );
     space
-        .mprotect(page(2), 6 * PAGE, Prot::RW)
+        .mprotect(page(2), 6 * PAGE_SIZE, Prot::RW)
         .expect("mprotect");
     show(device, "mprotect pages 2-7 read-write");
 }
@@ -117,7 +117,7 @@ fn report(device: &DeviceMirror, coherence: &Coherence) {
 }
 
 fn page(i: u64) -> u64 {
-    BASE + i * PAGE
+    BASE + i * PAGE_SIZE
 }
 
 fn say(step: &str, what: &str) {
@@ -126,12 +126,12 @@ fn say(step: &str, what: &str) {
 
 /// Prints which pages the device maps, and how.
 fn show(device: &DeviceMirror, step: &str) {
-    let entries = device.entries(BASE, BASE + PAGES * PAGE);
+    let entries = device.entries(BASE, BASE + PAGES * PAGE_SIZE);
     let table: Vec<String> = entries
         .iter()
         .map(|(va, pte)| {
             let mode = if pte.translation.writable { "rw" } else { "ro" };
-            format!("{}:{mode}", (va - BASE) / PAGE)
+            format!("{}:{mode}", (va - BASE) / PAGE_SIZE)
         })
         .collect();
     say(step, &format!("device maps [{}]", table.join(" ")));

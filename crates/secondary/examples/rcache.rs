@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use mmun_secondary::rcache::{RcacheConfig, RegistrationCache};
 use mmun_secondary::{Access, Bug, Coherence};
+use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory};
 
-const PAGE: u64 = 0x1000;
 const BUF: u64 = 0x4000_0000;
 
 fn main() {
@@ -30,7 +30,7 @@ fn main() {
     let cache = RegistrationCache::new(Arc::clone(&space), Arc::clone(&coherence), config);
     map(&space, BUF, 16);
 
-    let first = cache.get(BUF + 0x10, 3 * PAGE).expect("mapped");
+    let first = cache.get(BUF + 0x10, 3 * PAGE_SIZE).expect("mapped");
     let pfn = first.translation(BUF).expect("pinned").pfn;
     let refs = space.memory().frame(pfn).refcount;
     println!(
@@ -39,23 +39,26 @@ fn main() {
         first.start(),
         first.end()
     );
-    let again = cache.get(BUF + PAGE, PAGE).expect("mapped");
+    let again = cache.get(BUF + PAGE_SIZE, PAGE_SIZE).expect("mapped");
     println!(
         "get [{:#x}, +0x1000) hit: same registration: {}",
-        BUF + PAGE,
+        BUF + PAGE_SIZE,
         again.id() == first.id()
     );
-    let used = [first.access(BUF, true), first.access(BUF + 2 * PAGE, false)];
+    let used = [
+        first.access(BUF, true),
+        first.access(BUF + 2 * PAGE_SIZE, false),
+    ];
     println!(
         "use two pages        {used:?}, oracle checks: {}",
         coherence.checks()
     );
 
-    let second = cache.get(BUF + 8 * PAGE, PAGE).expect("mapped");
-    space.munmap(BUF + PAGE, PAGE).expect("munmap");
+    let second = cache.get(BUF + 8 * PAGE_SIZE, PAGE_SIZE).expect("mapped");
+    space.munmap(BUF + PAGE_SIZE, PAGE_SIZE).expect("munmap");
     println!(
         "munmap {:#x}    first valid: {}, pinned: {}, use: {:?}; second valid: {}",
-        BUF + PAGE,
+        BUF + PAGE_SIZE,
         first.is_valid(),
         first.is_pinned(),
         first.access(BUF, false),
@@ -75,7 +78,9 @@ fn main() {
     );
 
     for page in [10, 12, 14] {
-        cache.get(BUF + page * PAGE, PAGE).expect("mapped");
+        cache
+            .get(BUF + page * PAGE_SIZE, PAGE_SIZE)
+            .expect("mapped");
     }
     let stats = cache.stats();
     println!(
@@ -104,10 +109,10 @@ fn stale_registrations() {
     };
     let cache = RegistrationCache::new(Arc::clone(&space), Arc::clone(&coherence), config);
     map(&space, BUF, 4);
-    let handle = cache.get(BUF, 4 * PAGE).expect("mapped");
-    space.munmap(BUF, 4 * PAGE).expect("munmap");
+    let handle = cache.get(BUF, 4 * PAGE_SIZE).expect("mapped");
+    space.munmap(BUF, 4 * PAGE_SIZE).expect("munmap");
     map(&space, BUF, 4);
-    let hit = cache.get(BUF, PAGE).expect("still cached");
+    let hit = cache.get(BUF, PAGE_SIZE).expect("still cached");
     let outcome = hit.access(BUF, true);
     println!(
         "with {}: munmap + mmap, lookup hits the old registration ({}), use {outcome:?}",
@@ -124,7 +129,7 @@ fn stale_registrations() {
 fn map(space: &AddressSpace, addr: u64, pages: u64) {
     let mut req = MapRequest {
         addr,
-        len: pages * PAGE,
+        len: pages * PAGE_SIZE,
         fixed: true,
         populate: true,
         ..MapRequest::default()

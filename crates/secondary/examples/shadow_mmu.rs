@@ -11,9 +11,9 @@ use std::thread;
 use mmun_script::{Advice, Prot};
 use mmun_secondary::shadow_mmu::ShadowMmu;
 use mmun_secondary::{Access, Coherence, Secondary};
+use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory};
 
-const PAGE: u64 = 4096;
 const PAGES: u64 = 16;
 
 fn main() {
@@ -23,7 +23,7 @@ fn main() {
         .expect("the address space is live");
     let base = space
         .mmap(MapRequest {
-            len: PAGES * PAGE,
+            len: PAGES * PAGE_SIZE,
             prot: Prot::RW,
             ..MapRequest::default()
         })
@@ -31,19 +31,25 @@ fn main() {
 
     step(&shadow, "fault every page for writing", || {
         for page in 0..PAGES {
-            shadow.fault(base + page * PAGE, true).expect("fault");
+            shadow.fault(base + page * PAGE_SIZE, true).expect("fault");
         }
     });
     step(&shadow, "age: primary and shadow were young", || {
-        println!("    age -> {} young", space.age(base, base + PAGES * PAGE));
-        println!("    age -> {} young", space.age(base, base + PAGES * PAGE));
+        println!(
+            "    age -> {} young",
+            space.age(base, base + PAGES * PAGE_SIZE)
+        );
+        println!(
+            "    age -> {} young",
+            space.age(base, base + PAGES * PAGE_SIZE)
+        );
     });
     step(&shadow, "the shadow alone uses page 0", || {
         assert_eq!(shadow.access(base, false), Access::Hit);
         println!("    test_young(page 0) -> {}", space.test_young(base));
     });
     step(&shadow, "munmap pages 0..4", || {
-        space.munmap(base, 4 * PAGE).expect("munmap");
+        space.munmap(base, 4 * PAGE_SIZE).expect("munmap");
     });
     step(&shadow, "mprotect pages 4..8 read-only", || {
         let read_only = Prot {
@@ -52,30 +58,30 @@ fn main() {
             exec: false,
         };
         space
-            .mprotect(base + 4 * PAGE, 4 * PAGE, read_only)
+            .mprotect(base + 4 * PAGE_SIZE, 4 * PAGE_SIZE, read_only)
             .expect("mprotect");
         println!(
             "    write fault -> {:?}",
-            shadow.fault(base + 4 * PAGE, true)
+            shadow.fault(base + 4 * PAGE_SIZE, true)
         );
         println!(
             "    read fault  -> {:?}",
-            shadow.fault(base + 4 * PAGE, false)
+            shadow.fault(base + 4 * PAGE_SIZE, false)
         );
     });
     step(&shadow, "MADV_DONTNEED pages 8..10, migrate 10..12", || {
         space
-            .madvise(base + 8 * PAGE, 2 * PAGE, Advice::DontNeed)
+            .madvise(base + 8 * PAGE_SIZE, 2 * PAGE_SIZE, Advice::DontNeed)
             .expect("madvise");
-        space.migrate(base + 10 * PAGE, base + 12 * PAGE);
+        space.migrate(base + 10 * PAGE_SIZE, base + 12 * PAGE_SIZE);
     });
     step(
         &shadow,
         "KSM merges pages 12..16, the shadow refaults them",
         || {
-            space.ksm_merge(base + 12 * PAGE, base + 16 * PAGE);
+            space.ksm_merge(base + 12 * PAGE_SIZE, base + 16 * PAGE_SIZE);
             for page in 12..PAGES {
-                shadow.fault(base + page * PAGE, false).expect("fault");
+                shadow.fault(base + page * PAGE_SIZE, false).expect("fault");
             }
         },
     );
@@ -125,7 +131,7 @@ fn concurrent(space: &AddressSpace, shadow: &ShadowMmu, base: u64) {
                 scope.spawn(move || {
                     let mut n = cpu;
                     while !stop.load(Ordering::Relaxed) {
-                        let va = base + (8 + n % 4) * PAGE;
+                        let va = base + (8 + n % 4) * PAGE_SIZE;
                         if shadow.access(va, true) == Access::Miss {
                             let _ = shadow.fault(va, true);
                         }
@@ -134,11 +140,11 @@ fn concurrent(space: &AddressSpace, shadow: &ShadowMmu, base: u64) {
                 });
             }
             for round in 0..2000u64 {
-                let va = base + (8 + round % 4) * PAGE;
+                let va = base + (8 + round % 4) * PAGE_SIZE;
                 if round % 2 == 0 {
-                    space.migrate(va, va + PAGE);
+                    space.migrate(va, va + PAGE_SIZE);
                 } else {
-                    let _ = space.madvise(va, PAGE, Advice::DontNeed);
+                    let _ = space.madvise(va, PAGE_SIZE, Advice::DontNeed);
                 }
                 thread::yield_now();
             }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use mmun_secondary::rcache::{RcacheConfig, RegistrationCache};
 use mmun_secondary::{Access, Bug, Coherence, Secondary};
 use mmun_softmmu::frame::FrameKind;
+use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory, MremapFlags, Pfn};
 
-const PAGE: u64 = 0x1000;
 /// Two mappings far apart (different PMDs), so an operation on one never
 /// reaches the other, even when mremap realigns its range to a PMD.
 const A: u64 = 0x4000_0000;
@@ -44,7 +44,7 @@ fn world(config: RcacheConfig) -> World {
 fn map(space: &AddressSpace, addr: u64, pages: u64, lazy: bool) {
     let mut req = MapRequest {
         addr,
-        len: pages * PAGE,
+        len: pages * PAGE_SIZE,
         fixed: true,
         populate: !lazy,
         ..MapRequest::default()
@@ -77,22 +77,22 @@ fn is_free(space: &AddressSpace, pfn: Pfn) -> bool {
 fn a_hit_after_a_miss_returns_the_same_registration() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 8, false);
-    let first = w.cache.get(A + 0x10, 3 * PAGE).unwrap();
-    assert_eq!((first.start(), first.end()), (A, A + 4 * PAGE));
-    let again = w.cache.get(A + PAGE, 2 * PAGE).unwrap();
+    let first = w.cache.get(A + 0x10, 3 * PAGE_SIZE).unwrap();
+    assert_eq!((first.start(), first.end()), (A, A + 4 * PAGE_SIZE));
+    let again = w.cache.get(A + PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
     assert_eq!(again.id(), first.id(), "a sub-range hits");
     assert_eq!(w.cache.stats().registrations, 1);
-    for va in (A..A + 4 * PAGE).step_by(PAGE as usize) {
+    for va in (A..A + 4 * PAGE_SIZE).step_by(PAGE_SIZE as usize) {
         assert_eq!(first.translation(va), w.space.translate_frame(va));
         assert_eq!(first.access(va, true), Access::Hit);
     }
     // One byte past it is a miss, and an overlapping request merges.
-    assert!(w.cache.lookup(A + 4 * PAGE, 1).is_none());
-    let merged = w.cache.get(A + 3 * PAGE, 2 * PAGE).unwrap();
-    assert_eq!((merged.start(), merged.end()), (A, A + 5 * PAGE));
+    assert!(w.cache.lookup(A + 4 * PAGE_SIZE, 1).is_none());
+    let merged = w.cache.get(A + 3 * PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+    assert_eq!((merged.start(), merged.end()), (A, A + 5 * PAGE_SIZE));
     assert!(!first.is_valid(), "replaced by the merged registration");
     assert_eq!(first.access(A, false), Access::Miss);
-    assert_eq!(w.cache.get(A, PAGE).unwrap().id(), merged.id());
+    assert_eq!(w.cache.get(A, PAGE_SIZE).unwrap().id(), merged.id());
     assert_eq!(w.cache.len(), 1);
     assert_eq!(w.coherence.violation_count(), 0);
     assert!(w.coherence.checks() >= 4);
@@ -105,17 +105,17 @@ fn only_the_overlapping_registration_is_invalidated(op: impl FnOnce(&AddressSpac
     let w = world(RcacheConfig::default());
     map(&w.space, A, 8, false);
     map(&w.space, B, 4, false);
-    let hit = w.cache.get(A, 2 * PAGE).unwrap();
-    let beside = w.cache.get(A + 4 * PAGE, 2 * PAGE).unwrap();
-    let far = w.cache.get(B, 2 * PAGE).unwrap();
+    let hit = w.cache.get(A, 2 * PAGE_SIZE).unwrap();
+    let beside = w.cache.get(A + 4 * PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+    let far = w.cache.get(B, 2 * PAGE_SIZE).unwrap();
     op(&w.space);
     assert!(!hit.is_valid());
     assert!(!hit.is_pinned());
     assert_eq!(hit.access(A, false), Access::Miss);
-    assert!(w.cache.lookup(A, PAGE).is_none());
-    for (h, va) in [(&beside, A + 4 * PAGE), (&far, B)] {
+    assert!(w.cache.lookup(A, PAGE_SIZE).is_none());
+    for (h, va) in [(&beside, A + 4 * PAGE_SIZE), (&far, B)] {
         assert!(h.is_valid() && h.is_pinned());
-        assert_eq!(w.cache.lookup(va, PAGE).map(|l| l.id()), Some(h.id()));
+        assert_eq!(w.cache.lookup(va, PAGE_SIZE).map(|l| l.id()), Some(h.id()));
         assert_eq!(h.access(va, false), Access::Hit);
     }
     assert_eq!(w.cache.len(), 2);
@@ -124,20 +124,22 @@ fn only_the_overlapping_registration_is_invalidated(op: impl FnOnce(&AddressSpac
 
 #[test]
 fn munmap_invalidates_overlapping_registrations_only() {
-    only_the_overlapping_registration_is_invalidated(|s| s.munmap(A + PAGE, PAGE).unwrap());
+    only_the_overlapping_registration_is_invalidated(|s| {
+        s.munmap(A + PAGE_SIZE, PAGE_SIZE).unwrap()
+    });
 }
 
 #[test]
 fn madvise_dontneed_invalidates_overlapping_registrations_only() {
     only_the_overlapping_registration_is_invalidated(|s| {
-        s.madvise(A + PAGE, PAGE, mmun_script::Advice::DontNeed)
+        s.madvise(A + PAGE_SIZE, PAGE_SIZE, mmun_script::Advice::DontNeed)
             .unwrap()
     });
 }
 
 #[test]
 fn mprotect_invalidates_overlapping_registrations_only() {
-    only_the_overlapping_registration_is_invalidated(|s| mprotect(s, A, PAGE, false));
+    only_the_overlapping_registration_is_invalidated(|s| mprotect(s, A, PAGE_SIZE, false));
 }
 
 #[test]
@@ -148,7 +150,10 @@ fn mremap_invalidates_overlapping_registrations_only() {
             fixed: Some(ELSEWHERE),
             ..MremapFlags::default()
         };
-        assert_eq!(s.mremap(A, 2 * PAGE, 2 * PAGE, flags), Ok(ELSEWHERE));
+        assert_eq!(
+            s.mremap(A, 2 * PAGE_SIZE, 2 * PAGE_SIZE, flags),
+            Ok(ELSEWHERE)
+        );
     });
 }
 
@@ -164,20 +169,20 @@ fn the_least_recently_used_idle_registration_is_evicted_at_the_bound() {
         ..RcacheConfig::default()
     });
     map(&w.space, A, 8, false);
-    let page = |i: u64| A + 2 * i * PAGE;
+    let page = |i: u64| A + 2 * i * PAGE_SIZE;
     let ids: Vec<u64> = (0..3)
-        .map(|i| w.cache.get(page(i), PAGE).unwrap().id())
+        .map(|i| w.cache.get(page(i), PAGE_SIZE).unwrap().id())
         .collect();
     let b_frame = pfn(&w.space, page(1));
     assert_eq!(refcount(&w.space, b_frame), 2, "mapped and pinned");
     // Touch the oldest: the next registration evicts the second instead.
-    assert!(w.cache.lookup(page(0), PAGE).is_some());
-    let d = w.cache.get(page(3), PAGE).unwrap();
+    assert!(w.cache.lookup(page(0), PAGE_SIZE).is_some());
+    let d = w.cache.get(page(3), PAGE_SIZE).unwrap();
     assert_eq!(w.cache.len(), 3);
     assert_eq!(w.cache.stats().evictions, 1);
-    assert!(w.cache.lookup(page(1), PAGE).is_none(), "evicted");
-    assert_eq!(w.cache.lookup(page(0), PAGE).unwrap().id(), ids[0]);
-    assert_eq!(w.cache.lookup(page(2), PAGE).unwrap().id(), ids[2]);
+    assert!(w.cache.lookup(page(1), PAGE_SIZE).is_none(), "evicted");
+    assert_eq!(w.cache.lookup(page(0), PAGE_SIZE).unwrap().id(), ids[0]);
+    assert_eq!(w.cache.lookup(page(2), PAGE_SIZE).unwrap().id(), ids[2]);
     assert_eq!(refcount(&w.space, b_frame), 1, "eviction unpinned it");
     assert_eq!(w.cache.notifiers(), 3, "and removed its notifier");
     drop(d);
@@ -190,15 +195,15 @@ fn a_registration_in_use_is_not_evicted() {
         ..RcacheConfig::default()
     }));
     map(&w.space, A, 4, false);
-    let oldest = w.cache.get(A, PAGE).unwrap().id();
-    let newer = w.cache.get(A + PAGE, PAGE).unwrap().id();
+    let oldest = w.cache.get(A, PAGE_SIZE).unwrap().id();
+    let newer = w.cache.get(A + PAGE_SIZE, PAGE_SIZE).unwrap().id();
     // `oldest` is the least recently used, but a use of it is in flight
     // (on another thread: a use must not call into the cache).
     let (in_use, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
     let user = {
         let (w, in_use, release) = (Arc::clone(&w), Arc::clone(&in_use), Arc::clone(&release));
         thread::spawn(move || {
-            let h = w.cache.lookup(A, PAGE).unwrap();
+            let h = w.cache.lookup(A, PAGE_SIZE).unwrap();
             let guard = h.begin_use().unwrap();
             in_use.wait();
             release.wait();
@@ -208,32 +213,38 @@ fn a_registration_in_use_is_not_evicted() {
     in_use.wait();
     // Make `newer` as recent as the use made `oldest`: only the use
     // keeps `oldest` from being the one evicted.
-    assert_eq!(w.cache.lookup(A + PAGE, PAGE).unwrap().id(), newer);
-    w.cache.get(A + 2 * PAGE, PAGE).unwrap();
+    assert_eq!(
+        w.cache.lookup(A + PAGE_SIZE, PAGE_SIZE).unwrap().id(),
+        newer
+    );
+    w.cache.get(A + 2 * PAGE_SIZE, PAGE_SIZE).unwrap();
     release.wait();
     user.join().unwrap();
     assert_eq!(
-        w.cache.lookup(A, PAGE).unwrap().id(),
+        w.cache.lookup(A, PAGE_SIZE).unwrap().id(),
         oldest,
         "in use: kept"
     );
-    assert!(w.cache.lookup(A + PAGE, PAGE).is_none(), "idle: evicted");
+    assert!(
+        w.cache.lookup(A + PAGE_SIZE, PAGE_SIZE).is_none(),
+        "idle: evicted"
+    );
     assert_eq!(w.cache.len(), 2);
 }
 
 #[test]
 fn the_byte_bound_evicts_too() {
     let w = world(RcacheConfig {
-        max_bytes: 4 * PAGE,
+        max_bytes: 4 * PAGE_SIZE,
         ..RcacheConfig::default()
     });
     map(&w.space, A, 8, false);
-    w.cache.get(A, 2 * PAGE).unwrap();
-    w.cache.get(A + 3 * PAGE, 2 * PAGE).unwrap();
-    assert_eq!(w.cache.live_bytes(), 4 * PAGE);
-    w.cache.get(A + 6 * PAGE, 2 * PAGE).unwrap();
-    assert_eq!(w.cache.live_bytes(), 4 * PAGE);
-    assert!(w.cache.lookup(A, PAGE).is_none());
+    w.cache.get(A, 2 * PAGE_SIZE).unwrap();
+    w.cache.get(A + 3 * PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+    assert_eq!(w.cache.live_bytes(), 4 * PAGE_SIZE);
+    w.cache.get(A + 6 * PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+    assert_eq!(w.cache.live_bytes(), 4 * PAGE_SIZE);
+    assert!(w.cache.lookup(A, PAGE_SIZE).is_none());
     assert_eq!(w.cache.stats().evictions, 1);
 }
 
@@ -242,9 +253,9 @@ fn removal_is_deferred_to_the_reaper() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 4, false);
     map(&w.space, B, 4, false);
-    let dead = w.cache.get(A, PAGE).unwrap().id();
-    w.cache.get(B, PAGE).unwrap();
-    w.space.munmap(A, PAGE).unwrap();
+    let dead = w.cache.get(A, PAGE_SIZE).unwrap().id();
+    w.cache.get(B, PAGE_SIZE).unwrap();
+    w.space.munmap(A, PAGE_SIZE).unwrap();
     // The callback may not remove its own notifier: it waits in the index.
     assert_eq!(
         (w.cache.len(), w.cache.pending(), w.cache.notifiers()),
@@ -257,9 +268,9 @@ fn removal_is_deferred_to_the_reaper() {
     );
     assert_eq!(w.cache.stats().reaped, 1);
     // The next miss reaps as well.
-    w.space.munmap(B, PAGE).unwrap();
+    w.space.munmap(B, PAGE_SIZE).unwrap();
     assert_eq!(w.cache.pending(), 1);
-    let fresh = w.cache.get(A + PAGE, PAGE).unwrap();
+    let fresh = w.cache.get(A + PAGE_SIZE, PAGE_SIZE).unwrap();
     assert_ne!(fresh.id(), dead);
     assert_eq!((w.cache.pending(), w.cache.notifiers()), (0, 1));
 }
@@ -268,12 +279,12 @@ fn removal_is_deferred_to_the_reaper() {
 fn invalidation_unpins_so_munmap_frees_the_frames() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 2, false);
-    let h = w.cache.get(A, 2 * PAGE).unwrap();
-    let frames = [pfn(&w.space, A), pfn(&w.space, A + PAGE)];
+    let h = w.cache.get(A, 2 * PAGE_SIZE).unwrap();
+    let frames = [pfn(&w.space, A), pfn(&w.space, A + PAGE_SIZE)];
     for f in frames {
         assert_eq!(refcount(&w.space, f), 2, "mapped and pinned");
     }
-    w.space.munmap(A, 2 * PAGE).unwrap();
+    w.space.munmap(A, 2 * PAGE_SIZE).unwrap();
     assert!(!h.is_pinned());
     for f in frames {
         assert!(is_free(&w.space, f), "the zap dropped the last reference");
@@ -287,12 +298,12 @@ fn invalidation_unpins_so_munmap_frees_the_frames() {
 fn dropping_the_cache_unpins_everything() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 4, false);
-    w.cache.get(A, 4 * PAGE).unwrap();
+    w.cache.get(A, 4 * PAGE_SIZE).unwrap();
     let f = pfn(&w.space, A);
     assert_eq!(refcount(&w.space, f), 2);
     drop(w.cache);
     assert_eq!(refcount(&w.space, f), 1);
-    w.space.munmap(A, 4 * PAGE).unwrap();
+    w.space.munmap(A, 4 * PAGE_SIZE).unwrap();
     assert!(is_free(&w.space, f));
 }
 
@@ -300,8 +311,8 @@ fn dropping_the_cache_unpins_everything() {
 fn a_read_only_mapping_is_registered_read_only() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 2, false);
-    mprotect(&w.space, A, 2 * PAGE, false);
-    let h = w.cache.get(A, PAGE).unwrap();
+    mprotect(&w.space, A, 2 * PAGE_SIZE, false);
+    let h = w.cache.get(A, PAGE_SIZE).unwrap();
     assert!(!h.translation(A).unwrap().writable);
     assert_eq!(h.access(A, false), Access::Hit);
     assert_eq!(h.access(A, true), Access::Miss, "never written through");
@@ -311,7 +322,7 @@ fn a_read_only_mapping_is_registered_read_only() {
     );
     assert_eq!(w.cache.fault(A, false), Ok(()));
     assert_eq!(
-        w.cache.get(0x1000, PAGE).err(),
+        w.cache.get(0x1000, PAGE_SIZE).err(),
         Some(mmun_secondary::FaultError::Unmapped)
     );
     assert_eq!(w.coherence.violation_count(), 0);
@@ -321,7 +332,7 @@ fn a_read_only_mapping_is_registered_read_only() {
 fn a_non_blockable_invalidation_of_a_registration_in_use_is_refused() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 2, false);
-    let h = w.cache.get(A, 2 * PAGE).unwrap();
+    let h = w.cache.get(A, 2 * PAGE_SIZE).unwrap();
     let frame = pfn(&w.space, A);
     let guard = h.begin_use().expect("live");
     // The OOM reaper may not sleep: the callback refuses (EAGAIN) and the
@@ -342,13 +353,13 @@ fn a_non_blockable_invalidation_of_a_registration_in_use_is_refused() {
 fn a_blockable_invalidation_waits_for_the_use_in_flight() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 1, false);
-    let h = w.cache.get(A, PAGE).unwrap();
+    let h = w.cache.get(A, PAGE_SIZE).unwrap();
     let guard = h.begin_use().expect("live");
     let done = Arc::new(AtomicBool::new(false));
     let migrator = {
         let (space, done) = (Arc::clone(&w.space), Arc::clone(&done));
         thread::spawn(move || {
-            let moved = space.migrate(A, A + PAGE);
+            let moved = space.migrate(A, A + PAGE_SIZE);
             done.store(true, Ordering::SeqCst);
             moved
         })
@@ -373,11 +384,11 @@ fn a_blockable_invalidation_waits_for_the_use_in_flight() {
 fn exit_releases_every_registration() {
     let w = world(RcacheConfig::default());
     map(&w.space, A, 2, false);
-    let h = w.cache.get(A, 2 * PAGE).unwrap();
+    let h = w.cache.get(A, 2 * PAGE_SIZE).unwrap();
     w.space.exit();
     assert!(!h.is_valid() && !h.is_pinned());
     assert_eq!(
-        w.cache.get(A, PAGE).err(),
+        w.cache.get(A, PAGE_SIZE).err(),
         Some(mmun_secondary::FaultError::Released)
     );
     assert_eq!(w.space.memory().allocated(), 1);
@@ -415,7 +426,7 @@ impl Rng {
 fn mutate(space: &AddressSpace, rng: &mut Rng) {
     let first = rng.below(PAGES);
     let pages = 1 + rng.below((PAGES - first).min(4));
-    let (addr, len) = (A + first * PAGE, pages * PAGE);
+    let (addr, len) = (A + first * PAGE_SIZE, pages * PAGE_SIZE);
     match rng.below(8) {
         0 => {
             space.munmap(addr, len).unwrap();
@@ -464,15 +475,15 @@ fn use_once(cache: &RegistrationCache, rng: &mut Rng) {
     let first = rng.below(PAGES);
     if rng.below(4) == 0 {
         let pages = 1 + rng.below((PAGES - first).min(3));
-        let handle = cache.get(A + first * PAGE, pages * PAGE);
+        let handle = cache.get(A + first * PAGE_SIZE, pages * PAGE_SIZE);
         if let Some(guard) = handle.as_ref().ok().and_then(|h| h.begin_use()) {
             for p in first..first + pages {
-                guard.access(A + p * PAGE, write);
+                guard.access(A + p * PAGE_SIZE, write);
             }
         }
         return;
     }
-    let va = A + first * PAGE + rng.below(PAGE);
+    let va = A + first * PAGE_SIZE + rng.below(PAGE_SIZE);
     if cache.access(va, write) == Access::Miss {
         let _ = cache.fault(va, write);
     }

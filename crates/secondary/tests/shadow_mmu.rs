@@ -12,10 +12,10 @@ use mmun_core::{Notifier, NotifierOps, Range, StartFn};
 use mmun_script::{Advice, Prot};
 use mmun_secondary::shadow_mmu::{Commit, ShadowMmu};
 use mmun_secondary::{Access, Bug, Coherence, FaultError, Secondary, Violation};
+use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::shmem::ShmemObject;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory, Translation};
 
-const PAGE: u64 = 4096;
 const READ_ONLY: Prot = Prot {
     read: true,
     write: false,
@@ -48,7 +48,7 @@ fn with_shadow(space: Arc<AddressSpace>, bug: Option<Bug>) -> Setup {
 fn map(space: &AddressSpace, pages: u64) -> u64 {
     space
         .mmap(MapRequest {
-            len: pages * PAGE,
+            len: pages * PAGE_SIZE,
             prot: Prot::RW,
             ..MapRequest::default()
         })
@@ -94,11 +94,11 @@ fn munmap_zaps_and_later_faults_fail() {
     let s = setup(None);
     let va = map(&s.space, 2);
     s.shadow.fault(va, true).unwrap();
-    s.shadow.fault(va + PAGE, false).unwrap();
-    s.space.munmap(va, PAGE).unwrap();
+    s.shadow.fault(va + PAGE_SIZE, false).unwrap();
+    s.space.munmap(va, PAGE_SIZE).unwrap();
     assert_eq!(s.shadow.translation(va), None);
     assert!(
-        s.shadow.translation(va + PAGE).is_some(),
+        s.shadow.translation(va + PAGE_SIZE).is_some(),
         "outside the range"
     );
     assert_eq!(s.shadow.access(va, false), Access::Miss);
@@ -113,7 +113,7 @@ fn mprotect_read_only_refuses_writes_until_read_write_again() {
     let s = setup(None);
     let va = map(&s.space, 1);
     s.shadow.fault(va, true).unwrap();
-    s.space.mprotect(va, PAGE, READ_ONLY).unwrap();
+    s.space.mprotect(va, PAGE_SIZE, READ_ONLY).unwrap();
     // KVM zaps on every event, a protection change included.
     assert_eq!(s.shadow.access(va, false), Access::Miss);
     assert_eq!(s.shadow.fault(va, true), Err(FaultError::Unmapped));
@@ -121,7 +121,7 @@ fn mprotect_read_only_refuses_writes_until_read_write_again() {
     assert!(!s.shadow.translation(va).unwrap().writable);
     assert_eq!(s.shadow.access(va, true), Access::Miss);
     assert_eq!(s.shadow.access(va, false), Access::Hit);
-    s.space.mprotect(va, PAGE, Prot::RW).unwrap();
+    s.space.mprotect(va, PAGE_SIZE, Prot::RW).unwrap();
     s.shadow.fault(va, true).unwrap();
     assert_eq!(s.shadow.access(va, true), Access::Hit);
     assert_mirrors(&s, va);
@@ -174,21 +174,24 @@ fn ksm_merge_leaves_the_shadow_on_the_shared_page() {
     let s = setup(None);
     let va = map(&s.space, 2);
     s.shadow.fault(va, true).unwrap();
-    s.shadow.fault(va + PAGE, true).unwrap();
-    assert_eq!(s.space.ksm_merge(va, va + 2 * PAGE), 2);
+    s.shadow.fault(va + PAGE_SIZE, true).unwrap();
+    assert_eq!(s.space.ksm_merge(va, va + 2 * PAGE_SIZE), 2);
     let stats = s.shadow.stats();
     assert_eq!(stats.entries, 0);
     // write_protect_page twice and replace_page once, each inside a
     // `Clear` whose start had already zapped the page.
     assert_eq!((stats.change_pte, stats.change_pte_updates), (3, 0));
     s.shadow.fault(va, false).unwrap();
-    s.shadow.fault(va + PAGE, false).unwrap();
-    let (a, b) = (s.shadow.translation(va), s.shadow.translation(va + PAGE));
+    s.shadow.fault(va + PAGE_SIZE, false).unwrap();
+    let (a, b) = (
+        s.shadow.translation(va),
+        s.shadow.translation(va + PAGE_SIZE),
+    );
     assert_eq!(a.unwrap().pfn, b.unwrap().pfn);
     assert_eq!(s.shadow.access(va, true), Access::Miss);
     s.shadow.fault(va, true).unwrap(); // breaks KSM sharing
     assert_mirrors(&s, va);
-    assert_mirrors(&s, va + PAGE);
+    assert_mirrors(&s, va + PAGE_SIZE);
     assert_no_violations(&s.oracle);
 }
 
@@ -198,7 +201,7 @@ fn migration_moves_the_shadow_to_the_new_frame() {
     let va = map(&s.space, 1);
     s.shadow.fault(va, true).unwrap();
     let old = primary(&s, va);
-    assert_eq!(s.space.migrate(va, va + PAGE), 1);
+    assert_eq!(s.space.migrate(va, va + PAGE_SIZE), 1);
     assert_eq!(s.shadow.access(va, false), Access::Miss);
     s.shadow.fault(va, true).unwrap();
     assert_mirrors(&s, va);
@@ -211,7 +214,7 @@ fn madvise_dontneed_zaps_and_the_next_read_sees_the_zero_page() {
     let s = setup(None);
     let va = map(&s.space, 1);
     s.shadow.fault(va, true).unwrap();
-    s.space.madvise(va, PAGE, Advice::DontNeed).unwrap();
+    s.space.madvise(va, PAGE_SIZE, Advice::DontNeed).unwrap();
     assert_eq!(s.shadow.translation(va), None);
     s.shadow.fault(va, false).unwrap();
     assert_mirrors(&s, va);
@@ -225,11 +228,11 @@ fn reclaim_passes(shadow_uses_between: bool) -> Vec<usize> {
     let memory = Arc::new(Memory::new());
     let space = Arc::new(AddressSpace::new(Arc::clone(&memory)));
     let s = with_shadow(space, None);
-    let object = Arc::new(ShmemObject::new(memory, PAGE));
+    let object = Arc::new(ShmemObject::new(memory, PAGE_SIZE));
     let va = s
         .space
         .mmap(MapRequest {
-            len: PAGE,
+            len: PAGE_SIZE,
             prot: Prot::RW,
             shared: true,
             object: Some(object),
@@ -237,12 +240,12 @@ fn reclaim_passes(shadow_uses_between: bool) -> Vec<usize> {
         })
         .unwrap();
     s.shadow.fault(va, false).unwrap();
-    let mut passes = vec![s.space.reclaim(va, va + PAGE)];
+    let mut passes = vec![s.space.reclaim(va, va + PAGE_SIZE)];
     if shadow_uses_between {
         assert_eq!(s.shadow.access(va, false), Access::Hit);
-        passes.push(s.space.reclaim(va, va + PAGE));
+        passes.push(s.space.reclaim(va, va + PAGE_SIZE));
     }
-    passes.push(s.space.reclaim(va, va + PAGE));
+    passes.push(s.space.reclaim(va, va + PAGE_SIZE));
     assert_eq!(s.shadow.translation(va), None, "reclaimed: zapped");
     assert!(s.shadow.stats().flushes >= 1);
     assert_no_violations(&s.oracle);
@@ -260,15 +263,19 @@ fn aging_sees_shadow_accesses_like_access_tracking() {
     let s = setup(None);
     let va = map(&s.space, 2);
     s.shadow.fault(va, true).unwrap();
-    assert_eq!(s.space.age(va, va + 2 * PAGE), 1, "young on both sides");
-    assert_eq!(s.space.age(va, va + 2 * PAGE), 0, "aging cleared both");
+    assert_eq!(
+        s.space.age(va, va + 2 * PAGE_SIZE),
+        1,
+        "young on both sides"
+    );
+    assert_eq!(s.space.age(va, va + 2 * PAGE_SIZE), 0, "aging cleared both");
     assert!(!s.space.test_young(va));
     // A use through the shadow alone: the primary's bit stays clear.
     assert_eq!(s.shadow.access(va, false), Access::Hit);
     assert!(s.space.test_young(va));
     assert!(s.space.test_young(va), "test_young does not clear");
-    assert_eq!(s.space.age(va, va + 2 * PAGE), 1);
-    assert_eq!(s.space.age(va, va + 2 * PAGE), 0);
+    assert_eq!(s.space.age(va, va + 2 * PAGE_SIZE), 1);
+    assert_eq!(s.space.age(va, va + 2 * PAGE_SIZE), 0);
     assert!(!s.space.test_young(va));
     let stats = s.shadow.stats();
     assert_eq!((stats.aging, stats.young, stats.flushes), (4, 2, 0));
@@ -295,7 +302,7 @@ fn the_oom_reapers_nonblocking_ranges_are_zapped() {
     let s = setup(None);
     let va = map(&s.space, 2);
     s.shadow.fault(va, true).unwrap();
-    s.shadow.fault(va + PAGE, false).unwrap();
+    s.shadow.fault(va + PAGE_SIZE, false).unwrap();
     assert!(s.space.oom_reap_once(), "KVM's start never refuses");
     let stats = s.shadow.stats();
     assert!(stats.nonblocking >= 1);
@@ -325,7 +332,7 @@ fn run_hook(hook: &Hook, range: &Range<'_>) {
     let mut armed = hook.0.lock().unwrap();
     if armed
         .as_ref()
-        .is_some_and(|(page, _)| range.overlaps(*page, page + PAGE))
+        .is_some_and(|(page, _)| range.overlaps(*page, page + PAGE_SIZE))
     {
         let (_, action) = armed.take().unwrap();
         drop(armed);
@@ -380,7 +387,7 @@ fn race_with_migration(bug: Option<Bug>, window: Window) -> Race {
     match window {
         Window::AfterEnd => {
             let prepared = shadow.prepare_fault(va, false).unwrap();
-            assert_eq!(s.space.migrate(va, va + PAGE), 1);
+            assert_eq!(s.space.migrate(va, va + PAGE_SIZE), 1);
             record(shadow.commit_fault(prepared).unwrap());
         }
         Window::InsideInvalidation => {
@@ -389,7 +396,7 @@ fn race_with_migration(bug: Option<Bug>, window: Window) -> Race {
                 assert_eq!(shadow.counters().invalidations, starts_before + 1);
                 record(shadow.commit_fault(prepared).unwrap());
             });
-            assert_eq!(s.space.migrate(va, va + PAGE), 1);
+            assert_eq!(s.space.migrate(va, va + PAGE_SIZE), 1);
         }
         Window::WalkInsideInvalidation => {
             arm(&hook, va, move || {
@@ -397,7 +404,7 @@ fn race_with_migration(bug: Option<Bug>, window: Window) -> Race {
                 let prepared = shadow.prepare_fault_from_walk(va, false, old).unwrap();
                 record(shadow.commit_fault(prepared).unwrap());
             });
-            assert_eq!(s.space.migrate(va, va + PAGE), 1);
+            assert_eq!(s.space.migrate(va, va + PAGE_SIZE), 1);
         }
     }
     let commit = slot.lock().unwrap().expect("the commit ran");
@@ -463,14 +470,14 @@ fn change_pte_repoints_an_entry_read_only_inside_its_invalidation() {
     let (s, hook) = setup_with_hook(Some(Bug::IgnoreInProgress));
     let va = map(&s.space, 2);
     s.space.access(va, true).unwrap();
-    s.space.access(va + PAGE, true).unwrap();
+    s.space.access(va + PAGE_SIZE, true).unwrap();
     let prepared = s.shadow.prepare_fault(va, true).unwrap();
     assert!(prepared.translation().writable);
     let shadow = Arc::clone(&s.shadow);
     arm(&hook, va, move || {
         assert_eq!(shadow.commit_fault(prepared), Ok(Commit::Installed));
     });
-    assert_eq!(s.space.ksm_merge(va, va + 2 * PAGE), 2);
+    assert_eq!(s.space.ksm_merge(va, va + 2 * PAGE_SIZE), 2);
     assert_eq!(s.shadow.stats().change_pte_updates, 1);
     assert_mirrors(&s, va);
     assert!(!s.shadow.translation(va).unwrap().writable);
@@ -553,7 +560,7 @@ impl Rng {
 fn faulter(shadow: &ShadowMmu, base: u64, seed: u64, stop: &AtomicBool) {
     let mut rng = Rng(seed);
     while !stop.load(Ordering::Relaxed) {
-        let va = base + rng.below(PAGES) * PAGE;
+        let va = base + rng.below(PAGES) * PAGE_SIZE;
         let write = rng.below(2) == 0;
         if shadow.access(va, write) == Access::Hit {
             continue;
@@ -580,7 +587,7 @@ fn pause(rng: &mut Rng) {
 
 /// One change of a chunk of the primary.
 fn mutate(space: &AddressSpace, round: usize, start: u64) {
-    let len = CHUNK * PAGE;
+    let len = CHUNK * PAGE_SIZE;
     match round % 8 {
         0 => {
             space.munmap(start, len).unwrap();
@@ -635,7 +642,7 @@ fn stress(bug: Option<Bug>, rounds: usize, until_caught: bool) -> Outcome {
         let mut rng = Rng(0x2545_f491);
         let mut done = 0;
         while done < rounds && !(until_caught && s.oracle.violation_count() > 0) {
-            let start = base + rng.below(PAGES / CHUNK) * CHUNK * PAGE;
+            let start = base + rng.below(PAGES / CHUNK) * CHUNK * PAGE_SIZE;
             mutate(&s.space, done, start);
             thread::yield_now();
             done += 1;

@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use mmun_core::{Notifier, NotifierOps, StartFn};
 use mmun_script::Prot;
+use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::replay::Replayer;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory};
 use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
-const PAGE: u64 = 4096;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// Where the fault bench maps its memory (page-table-aligned, far from 0).
@@ -94,7 +94,7 @@ impl FaultArena {
     }
 
     fn pages_left(&self) -> u64 {
-        (BASE + GIB - self.next) / PAGE
+        (BASE + GIB - self.next) / PAGE_SIZE
     }
 }
 
@@ -125,7 +125,7 @@ fn bench_fault(c: &mut Criterion) {
                     let t = Instant::now();
                     for _ in 0..n {
                         space.access(black_box(addr), true).expect("write fault");
-                        addr += PAGE;
+                        addr += PAGE_SIZE;
                     }
                     total += t.elapsed();
                     arena.next = addr;
@@ -232,7 +232,7 @@ fn bench_munmap(c: &mut Criterion) {
         .sample_size(20)
         .sampling_mode(SamplingMode::Flat);
     for len in [64 * MIB, 256 * MIB, GIB] {
-        group.throughput(Throughput::Elements(len / PAGE));
+        group.throughput(Throughput::Elements(len / PAGE_SIZE));
         group.bench_function(
             BenchmarkId::new("softmmu", format!("{}_populated", label(len))),
             |b| {
@@ -288,7 +288,7 @@ fn print_munmap_summary() {
         "size", "softmmu", "softmmu/page", "kernel", "kernel/page", "ratio"
     );
     for len in [64 * MIB, 256 * MIB, GIB] {
-        let pages = (len / PAGE) as f64;
+        let pages = (len / PAGE_SIZE) as f64;
         let soft = times.get_mut(&(len, "softmmu")).and_then(|t| median(t));
         let kern = times.get_mut(&(len, "kernel")).and_then(|t| median(t));
         let per_page = |d: Option<Duration>| d.map(|d| d.as_nanos() as f64 / pages);
@@ -315,7 +315,7 @@ fn print_munmap_summary() {
 /// Page-table bytes per mapped 4 KiB page once 1 GiB is populated.
 fn print_page_table_overhead() {
     let space = mapped_space(GIB, true);
-    let pages = GIB / PAGE;
+    let pages = GIB / PAGE_SIZE;
     let bytes = space.page_table_bytes();
     eprintln!(
         "page tables after populating 1 GiB: {bytes} bytes for {pages} pages = {:.2} bytes/page",

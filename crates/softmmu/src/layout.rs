@@ -1,13 +1,11 @@
 //! The x86-64 4-level paging geometry the software MMU uses.
 
+/// The base page (4 KiB), the 2 MiB a PMD entry maps and the 1 GiB a PUD
+/// entry maps: defined once, in `mmun-core`, whose notifiers report them.
+pub use mmun_core::notify::{PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+
 /// log2 of the base page size.
-pub const PAGE_SHIFT: u32 = 12;
-/// A base page: 4 KiB.
-pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
-/// A PMD entry maps 2 MiB.
-pub const PMD_SIZE: u64 = 1 << 21;
-/// A PUD entry maps 1 GiB.
-pub const PUD_SIZE: u64 = 1 << 30;
+pub const PAGE_SHIFT: u32 = PAGE_SIZE.trailing_zeros();
 /// A PGD entry maps 512 GiB.
 pub const PGDIR_SIZE: u64 = 1 << 39;
 /// Entries per table at every level.

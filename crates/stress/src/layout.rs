@@ -5,16 +5,13 @@
 use std::sync::Arc;
 
 use mmun_script::{Advice, MmapFlags, Op, Prot, WINDOW_BASE};
+use mmun_softmmu::layout::{PAGE_SIZE, PMD_SIZE};
 use mmun_softmmu::shmem::ShmemObject;
 use mmun_softmmu::{AddressSpace, Errno, MapRequest, Memory};
 
 use crate::rng::Rng;
 use crate::script::off;
 
-/// A base page.
-pub const PAGE: u64 = 0x1000;
-/// A PMD-sized (transparent huge) page.
-pub const HUGE: u64 = 0x20_0000;
 /// How far `mremap` moves a range before moving it back.
 pub const AWAY: u64 = 0x80_0000;
 /// Pages at the start of each region that accessors and mutators favour,
@@ -45,7 +42,7 @@ pub struct Region {
 
 impl Region {
     fn pages(&self) -> u64 {
-        self.len / PAGE
+        self.len / PAGE_SIZE
     }
 
     /// A page of the region, favouring the hot ones.
@@ -55,7 +52,7 @@ impl Region {
         } else {
             self.pages()
         };
-        self.start + rng.below(pages) * PAGE
+        self.start + rng.below(pages) * PAGE_SIZE
     }
 }
 
@@ -84,22 +81,22 @@ pub type Done = (Op, Result<(), Errno>);
 impl Layout {
     /// The window of a round whose frames come from `memory`.
     pub fn new(memory: &Arc<Memory>) -> Layout {
-        let memfd_len = 64 * PAGE;
+        let memfd_len = 64 * PAGE_SIZE;
         Layout {
             regions: [
                 Region {
                     kind: Kind::Thp,
                     start: WINDOW_BASE,
-                    len: HUGE,
+                    len: PMD_SIZE,
                 },
                 Region {
                     kind: Kind::Anon,
-                    start: WINDOW_BASE + HUGE,
-                    len: HUGE / 2,
+                    start: WINDOW_BASE + PMD_SIZE,
+                    len: PMD_SIZE / 2,
                 },
                 Region {
                     kind: Kind::Memfd,
-                    start: WINDOW_BASE + HUGE + HUGE / 2,
+                    start: WINDOW_BASE + PMD_SIZE + PMD_SIZE / 2,
                     len: memfd_len,
                 },
             ],
@@ -130,12 +127,12 @@ impl Layout {
             };
         }
         let start = region.pick_page(rng);
-        let room = (region.start + region.len - start) / PAGE;
+        let room = (region.start + region.len - start) / PAGE_SIZE;
         let pages = 1 + rng.below(room.min(HOT));
         Target {
             region,
             start,
-            len: pages * PAGE,
+            len: pages * PAGE_SIZE,
         }
     }
 

@@ -7,11 +7,10 @@ use loom::thread;
 
 use super::{DriverLock, InvalidateGuard, Retry};
 use crate::lockdep::LockClass;
+use crate::notify::PAGE_SIZE;
 use crate::sync::Arc;
 use crate::{Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm};
 use crate::{Range, Seq};
-
-const PAGE: u64 = 0x1000;
 
 static MIRROR_LOCK: LockClass = LockClass::new("loom-mirror");
 
@@ -56,8 +55,9 @@ fn model(lock_for_invalidate: LockForInvalidate) {
         });
         // Relaxed: only the protocol may order it.
         let primary = Arc::new(AtomicUsize::new(1));
-        let sub =
-            Arc::new(IntervalNotifier::insert(&mm, 0, PAGE, MirrorOps(mirror.clone())).unwrap());
+        let sub = Arc::new(
+            IntervalNotifier::insert(&mm, 0, PAGE_SIZE, MirrorOps(mirror.clone())).unwrap(),
+        );
 
         let fault = thread::spawn({
             let (sub, mirror, primary) = (sub.clone(), mirror.clone(), primary.clone());
@@ -78,7 +78,7 @@ fn model(lock_for_invalidate: LockForInvalidate) {
 
         {
             let lock = mm.mmap_read();
-            let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, PAGE));
+            let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, PAGE_SIZE));
             primary.store(2, Relaxed);
             inv.end();
         }

@@ -5,8 +5,9 @@ use mmun_softmmu::MremapFlags;
 
 use super::Mutator;
 use crate::kind::OpKind;
-use crate::layout::{AWAY, Kind, PAGE, Target};
+use crate::layout::{AWAY, Kind, Target};
 use crate::script::off;
+use mmun_softmmu::layout::PAGE_SIZE;
 
 /// The advice `madvise` picks from, with weights.
 const ADVICE: [(Advice, u32); 10] = [
@@ -29,7 +30,7 @@ impl Mutator<'_, '_> {
     /// CPU accesses to a few pages: COW breaks, exclusive entries restored.
     pub(super) fn touch(&mut self, t: Target) {
         let Target { start, len, .. } = t;
-        let len = len.min(4 * PAGE);
+        let len = len.min(4 * PAGE_SIZE);
         let write = self.rng.chance(60);
         let op = Op::Touch {
             off: off(start),
@@ -38,7 +39,7 @@ impl Mutator<'_, '_> {
         };
         self.step(OpKind::Touch, op, |space| {
             (start..start + len)
-                .step_by(PAGE as usize)
+                .step_by(PAGE_SIZE as usize)
                 .try_for_each(|page| space.access(page, write))
         });
     }
@@ -99,7 +100,7 @@ impl Mutator<'_, '_> {
         if self.rng.chance(50) {
             let op = Op::Touch {
                 off: off(away),
-                len: PAGE,
+                len: PAGE_SIZE,
                 write: true,
             };
             self.step(OpKind::Touch, op, |space| space.access(away, true));
@@ -163,7 +164,7 @@ impl Mutator<'_, '_> {
         let Target { start, len, .. } = t;
         let child = &self.children[which];
         let errors = (start..start + len)
-            .step_by(PAGE as usize)
+            .step_by(PAGE_SIZE as usize)
             .filter(|&page| child.access(page, true).is_err())
             .count();
         let text = format!(
@@ -219,7 +220,7 @@ impl Mutator<'_, '_> {
     /// KSM merges a few pages into one read-only page.
     pub(super) fn ksm(&mut self, t: Target) {
         let Target { start, len, .. } = t;
-        let len = len.clamp(2 * PAGE, 8 * PAGE);
+        let len = len.clamp(2 * PAGE_SIZE, 8 * PAGE_SIZE);
         let op = Op::Ksm {
             off: off(start),
             len,
@@ -235,7 +236,7 @@ impl Mutator<'_, '_> {
         let va = t.start;
         let op = Op::Exclusive {
             off: off(va),
-            len: PAGE,
+            len: PAGE_SIZE,
         };
         if self.rng.chance(50) {
             let at = self.round.run.now();

@@ -7,16 +7,17 @@ use mmun_softmmu::Translation;
 
 use super::Mutator;
 use crate::kind::OpKind;
-use crate::layout::{PAGE, Target};
+use crate::layout::Target;
 use crate::racer::Race;
 use crate::script::off;
 use crate::trace::Entry;
+use mmun_softmmu::layout::PAGE_SIZE;
 
 impl Mutator<'_, '_> {
     /// Walks a random page of `t` and arms the racer with it; returns the
     /// page and the walk, if the page is mapped.
     pub(super) fn arm(&mut self, t: Target) -> Option<(u64, Translation)> {
-        let page = t.start + self.rng.below(t.len / PAGE) * PAGE;
+        let page = t.start + self.rng.below(t.len / PAGE_SIZE) * PAGE_SIZE;
         let walked = self.round.space.translate_frame(page)?;
         let inside = self.rng.chance(50);
         self.round.fleet.racer().arm(page, walked, inside);
