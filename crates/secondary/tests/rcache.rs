@@ -14,6 +14,7 @@ use mmun_secondary::{Access, Bug, Coherence, Secondary};
 use mmun_softmmu::frame::FrameKind;
 use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory, MremapFlags, Pfn};
+use mmun_testkit::Rng;
 
 /// Two mappings far apart (different PMDs), so an operation on one never
 /// reaches the other, even when mremap realigns its range to a PMD.
@@ -402,22 +403,6 @@ fn exit_releases_every_registration() {
 /// Pages of the stressed mapping.
 const PAGES: u64 = 16;
 
-/// xorshift64: deterministic per thread, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// One change of the mapping `[A, A + PAGES)`, under the mmap write lock
 /// only: invalidations under the mmap read or rmap locks (COW, migration)
 /// can deadlock against a use blocked in the oracle (see the rcache
@@ -518,7 +503,7 @@ fn stress_run(config: RcacheConfig, rounds: u64, stop_at_violation: bool) -> Run
         .map(|u| {
             let (w, stop, barrier) = (Arc::clone(&w), Arc::clone(&stop), Arc::clone(&barrier));
             thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u + 1));
+                let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ (u + 1));
                 barrier.wait();
                 while !stop.load(Ordering::Relaxed) {
                     for _ in 0..STEPS {
@@ -528,7 +513,7 @@ fn stress_run(config: RcacheConfig, rounds: u64, stop_at_violation: bool) -> Run
             })
         })
         .collect();
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     barrier.wait();
     for _ in 0..rounds {
         mutate(&w.space, &mut rng);

@@ -15,6 +15,7 @@ use mmun_secondary::{Access, Bug, Coherence, FaultError, Secondary, Violation};
 use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::shmem::ShmemObject;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory, Translation};
+use mmun_testkit::Rng;
 
 const READ_ONLY: Prot = Prot {
     read: true,
@@ -537,28 +538,12 @@ impl Drop for Watchdog {
     }
 }
 
-/// xorshift64: reproducible per-thread choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A vCPU: uses pages through the shadow and faults on misses. Between the
 /// walk and the commit it spins a random while or yields, as a vCPU whose
 /// GUP took long or slept would: that spreads its commits over the
 /// mutator's invalidations.
 fn faulter(shadow: &ShadowMmu, base: u64, seed: u64, stop: &AtomicBool) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     while !stop.load(Ordering::Relaxed) {
         let va = base + rng.below(PAGES) * PAGE_SIZE;
         let write = rng.below(2) == 0;
@@ -639,7 +624,7 @@ fn stress(bug: Option<Bug>, rounds: usize, until_caught: bool) -> Outcome {
             let (shadow, stop) = (&s.shadow, &stop);
             scope.spawn(move || faulter(shadow, base, 0x9e37_79b9 + seed, stop));
         }
-        let mut rng = Rng(0x2545_f491);
+        let mut rng = Rng::new(0x2545_f491);
         let mut done = 0;
         while done < rounds && !(until_caught && s.oracle.violation_count() > 0) {
             let start = base + rng.below(PAGES / CHUNK) * CHUNK * PAGE_SIZE;

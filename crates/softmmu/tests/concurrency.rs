@@ -29,6 +29,7 @@ use mmun_core::{IntervalNotifier, IntervalNotifierOps, IntervalSub, Range, Seq};
 use mmun_script::{Advice, Prot};
 use mmun_softmmu::frame::{FrameKind, Pfn};
 use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory, ThpMode};
+use mmun_testkit::Rng;
 use notify_log::R;
 use parking_lot::Mutex;
 
@@ -44,24 +45,6 @@ const MUTATIONS: usize = 2000;
 /// Upper bound of faults per faulting thread (they stop with the mutator).
 const MAX_FAULTS: usize = 200_000;
 const WATCHDOG: Duration = Duration::from_secs(120);
-
-/// xorshift64*: deterministic per thread, good enough for picking pages.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// The device: its page table (virtual page → frame), behind the driver
 /// lock.
@@ -294,7 +277,7 @@ fn run(seed: u64) -> (Stats, Vec<String>) {
             let (space, done, stats, start) = (&space, &done, &stats, &start);
             scope.spawn(move || {
                 start.wait();
-                let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(t + 1));
+                let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(t + 1));
                 let mut n = 0;
                 while !done.load(Ordering::Relaxed) && n < MAX_FAULTS {
                     let addr = B + rng.below(PAGES) * P;
@@ -309,7 +292,7 @@ fn run(seed: u64) -> (Stats, Vec<String>) {
             let (space, done, stats, start, ticks) = (&space, &done, &stats, &start, &ticks);
             scope.spawn(move || {
                 start.wait();
-                let mut rng = Rng(seed ^ 0xd1b5_4a32_d192_ed03_u64.wrapping_mul(t as u64 + 7));
+                let mut rng = Rng::new(seed ^ 0xd1b5_4a32_d192_ed03_u64.wrapping_mul(t as u64 + 7));
                 let (mut n, mut mapped, mut retries) = (0, 0, 0);
                 while !done.load(Ordering::Relaxed) && n < MAX_FAULTS {
                     let addr = B + rng.below(PAGES) * P;
@@ -328,7 +311,7 @@ fn run(seed: u64) -> (Stats, Vec<String>) {
             });
         }
         // The layout changer.
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         start.wait();
         for _ in 0..MUTATIONS {
             mutate(&space, &mut rng);

@@ -47,7 +47,7 @@ fn end(s: u64, e: u64) -> Ev {
 }
 
 fn inv_range(s: u64, e: u64) -> Ev {
-    Ev::InvRange {
+    Ev::InvalidateRange {
         who: "L",
         start: s,
         end: e,
@@ -79,7 +79,7 @@ fn cow(space: &AddressSpace, addr: u64) -> Vec<Ev> {
             inv_range(addr, addr + P),
             Ev::ChangePte {
                 who: "L",
-                addr,
+                address: addr,
                 pte: space.pte(addr).raw(),
             },
         ],
@@ -111,11 +111,12 @@ fn with_interval(list: &[Ev]) -> Vec<Ev> {
             ..
         } = *ev
         {
-            out.push(Ev::Interval {
+            out.push(Ev::Invalidate {
                 who: "I",
                 event,
                 start,
                 end,
+                seq: 0,
                 blockable,
                 owner,
             });
@@ -851,11 +852,12 @@ fn exit_releases_interval_then_list_notifiers_then_unmaps_for_intervals_only() {
     thp_at(&space, B + M2);
     log.take();
     space.exit();
-    let interval = |event| Ev::Interval {
+    let interval = |event| Ev::Invalidate {
         who: "I",
         event,
         start: 0,
         end: u64::MAX,
+        seq: 0,
         blockable: true,
         owner: None,
     };
@@ -894,11 +896,12 @@ fn exit_without_any_vma_sends_no_unmap() {
     let got = log.take();
     assert_eq!(
         got,
-        vec![Ev::Interval {
+        vec![Ev::Invalidate {
             who: "I",
             event: Event::Release,
             start: 0,
             end: u64::MAX,
+            seq: 0,
             blockable: true,
             owner: None,
         }],

@@ -134,22 +134,4 @@ pub fn with_watchdog<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
     }
 }
 
-/// xorshift64*: deterministic per thread, good enough for picking pages.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+pub use mmun_testkit::Rng;

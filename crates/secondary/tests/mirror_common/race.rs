@@ -150,7 +150,7 @@ fn race_loop(
 
 /// Layout-preserving changes that replace frames or permissions.
 fn mutate_loop(fx: &Fixture, stop: &AtomicBool) {
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for _ in 0..MAX_MUTATIONS {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -171,7 +171,7 @@ fn mutate_loop(fx: &Fixture, stop: &AtomicBool) {
 /// Faults a random page and uses it, then uses another through whatever
 /// the device holds; maps a page again when the racer unmapped it.
 fn device_loop(fx: &Fixture, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for _ in 0..ITERATIONS {
         let page = B + rng.below(PAGES) * P;
         let write = rng.chance(75);

@@ -1,175 +1,33 @@
-//! Recording subscribers for the software-MMU integration tests: a list
-//! notifier with every v6.5 callback and an interval notifier that follows
-//! the `set_seq` contract, both appending to one ordered log; a checker of
+//! What the software-MMU integration tests share: the workspace's
+//! recording subscribers (`mmun-testkit`: a list notifier with every v6.5
+//! callback and an interval notifier that follows the `set_seq` contract,
+//! both appending to one ordered log); a checker of
 //! the pairing and nesting rules; and helpers to build address spaces.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 
-use mmun_core::{
-    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Mm, Notifier, NotifierOps, Owner,
-    Range, Seq, StartFn,
-};
+use mmun_core::{Event, IntervalNotifier, Mm, Notifier};
 use mmun_script::Prot;
 use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory};
-use parking_lot::Mutex;
+pub use mmun_testkit::{Call as Ev, ListRec, Recorder};
 
-/// One callback, tagged with the subscriber that saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ev {
-    /// List notifier `invalidate_range_start`.
-    Start {
-        who: &'static str,
-        event: Event,
-        start: u64,
-        end: u64,
-        blockable: bool,
-        owner: Option<Owner>,
-    },
-    /// List notifier `invalidate_range_end`.
-    End {
-        who: &'static str,
-        start: u64,
-        end: u64,
-    },
-    /// List notifier `invalidate_range` (v6.5 secondary TLB flush).
-    InvRange {
-        who: &'static str,
-        start: u64,
-        end: u64,
-    },
-    /// List notifier `change_pte`.
-    ChangePte {
-        who: &'static str,
-        addr: u64,
-        pte: u64,
-    },
-    /// List notifier `release`.
-    Release { who: &'static str },
-    /// List notifier young callbacks.
-    Young {
-        who: &'static str,
-        kind: &'static str,
-        start: u64,
-        end: u64,
-    },
-    /// Interval notifier `invalidate`.
-    Interval {
-        who: &'static str,
-        event: Event,
-        start: u64,
-        end: u64,
-        blockable: bool,
-        owner: Option<Owner>,
-    },
-}
-
-/// A shared, ordered log.
+/// The shared log of the workspace's recorders (`mmun-testkit`), read
+/// without the interval seqs: these tests compare whole streams, and the
+/// seq values are the core's business (its own tests check them).
 #[derive(Debug, Default, Clone)]
-pub struct Log(Arc<Mutex<Vec<Ev>>>);
+pub struct Log(mmun_testkit::Log);
 
 impl Log {
-    pub fn push(&self, ev: Ev) {
-        self.0.lock().push(ev);
-    }
     pub fn take(&self) -> Vec<Ev> {
-        std::mem::take(&mut *self.0.lock())
+        self.0.take_without_seqs()
     }
 }
 
-/// The state of the recording list notifier.
-#[derive(Debug)]
-pub struct ListRec {
-    pub who: &'static str,
-    pub log: Log,
-}
-
-fn push_young(r: &ListRec, kind: &'static str, start: u64, end: u64) -> bool {
-    r.log.push(Ev::Young {
-        who: r.who,
-        kind,
-        start,
-        end,
-    });
-    false
-}
-
-/// Every v6.5 callback, recording.
-pub static LIST_OPS: NotifierOps<ListRec> = NotifierOps {
-    release: Some(|r, _| r.log.push(Ev::Release { who: r.who })),
-    clear_flush_young: Some(|r, _, s, e| push_young(r, "clear_flush_young", s, e)),
-    clear_young: Some(|r, _, s, e| push_young(r, "clear_young", s, e)),
-    test_young: Some(|r, _, a| push_young(r, "test_young", a, a)),
-    change_pte: Some(|r, _, addr, pte| {
-        r.log.push(Ev::ChangePte {
-            who: r.who,
-            addr,
-            pte,
-        })
-    }),
-    invalidate_range_start: Some(StartFn::Infallible(|r, range: &Range<'_>| {
-        r.log.push(Ev::Start {
-            who: r.who,
-            event: range.event(),
-            start: range.start(),
-            end: range.end(),
-            blockable: range.is_blockable(),
-            owner: range.owner(),
-        })
-    })),
-    invalidate_range_end: Some(|r, range| {
-        r.log.push(Ev::End {
-            who: r.who,
-            start: range.start(),
-            end: range.end(),
-        })
-    }),
-    invalidate_range: Some(|r, _, start, end| {
-        r.log.push(Ev::InvRange {
-            who: r.who,
-            start,
-            end,
-        })
-    }),
-    alloc_notifier: None,
-    free_notifier: None,
-};
-
-/// Registers a recording list notifier on `mm`.
+/// Registers a recording list notifier (every v6.5 callback) on `mm`.
 pub fn list_notifier(mm: &Arc<Mm>, who: &'static str, log: &Log) -> Notifier<ListRec> {
-    Notifier::register(
-        mm,
-        &LIST_OPS,
-        ListRec {
-            who,
-            log: log.clone(),
-        },
-    )
-    .expect("a live address space accepts a notifier")
-}
-
-/// A recording interval subscriber.
-#[derive(Debug)]
-pub struct IntervalRec {
-    pub who: &'static str,
-    pub log: Log,
-    pub lock: Mutex<()>,
-}
-
-impl IntervalNotifierOps for IntervalRec {
-    fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
-        let _driver = self.lock.lock();
-        sub.set_seq(cur_seq);
-        self.log.push(Ev::Interval {
-            who: self.who,
-            event: range.event(),
-            start: range.start(),
-            end: range.end(),
-            blockable: range.is_blockable(),
-            owner: range.owner(),
-        });
-        true
-    }
+    Notifier::register(mm, &mmun_testkit::FULL, ListRec::new(who, &log.0))
+        .expect("a live address space accepts a notifier")
 }
 
 /// Inserts a recording interval notifier over `[start, start + len)`.
@@ -179,18 +37,9 @@ pub fn interval_notifier(
     log: &Log,
     start: u64,
     len: u64,
-) -> IntervalNotifier<IntervalRec> {
-    IntervalNotifier::insert(
-        mm,
-        start,
-        len,
-        IntervalRec {
-            who,
-            log: log.clone(),
-            lock: Mutex::new(()),
-        },
-    )
-    .expect("a live address space accepts an interval notifier")
+) -> IntervalNotifier<Recorder> {
+    IntervalNotifier::insert(mm, start, len, Recorder::new(who, &log.0))
+        .expect("a live address space accepts an interval notifier")
 }
 
 /// The list notifier's rules over one stream (only events of `who` are
@@ -225,7 +74,7 @@ pub fn check_nesting(stream: &[Ev], who: &str) -> Result<(), String> {
                     ));
                 }
             },
-            Ev::InvRange {
+            Ev::InvalidateRange {
                 who: w, start, end, ..
             } if w == who => {
                 let inside = open.last().is_some_and(|&(_, s, e)| s <= start && end <= e);
@@ -235,7 +84,11 @@ pub fn check_nesting(stream: &[Ev], who: &str) -> Result<(), String> {
                     ));
                 }
             }
-            Ev::ChangePte { who: w, addr, .. } if w == who => {
+            Ev::ChangePte {
+                who: w,
+                address: addr,
+                ..
+            } if w == who => {
                 let inside = open.iter().any(|&(ev, s, e)| {
                     matches!(ev, Event::Clear | Event::Migrate) && s <= addr && addr < e
                 });
