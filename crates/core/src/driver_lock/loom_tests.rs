@@ -39,15 +39,27 @@ impl IntervalNotifierOps for MirrorOps {
     }
 }
 
-/// Thread A faults with `lock_if_current` (at most two attempts); the main
-/// thread changes the primary PTE from 1 to 2 inside an invalidation. At
-/// the end the mirror is empty or holds 2.
+/// Changes the primary PTE to `value` inside an invalidation of its page.
+fn change_primary(mm: &Mm, primary: &AtomicUsize, value: usize) {
+    let lock = mm.mmap_read();
+    let inv = Invalidation::start(&lock, Range::new(mm, Event::Clear, 0, PAGE_SIZE));
+    primary.store(value, Relaxed);
+    inv.end();
+}
+
+/// Thread A faults with `lock_if_current` (at most two attempts); a writer
+/// thread and the main thread each change the primary PTE inside an
+/// invalidation (they may share one epoch). At the end the mirror is empty
+/// or holds the final primary PTE.
 fn model(lock_for_invalidate: LockForInvalidate) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(2);
     }
+    let executions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&executions);
     builder.check(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mm = Mm::new();
         let mirror = Arc::new(Mirror {
             pte: DriverLock::new(&MIRROR_LOCK, None),
@@ -76,13 +88,13 @@ fn model(lock_for_invalidate: LockForInvalidate) {
             }
         });
 
-        {
-            let lock = mm.mmap_read();
-            let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, PAGE_SIZE));
-            primary.store(2, Relaxed);
-            inv.end();
-        }
+        let writer = thread::spawn({
+            let (mm, primary) = (mm.clone(), primary.clone());
+            move || change_primary(&mm, &primary, 2)
+        });
+        change_primary(&mm, &primary, 3);
         fault.join().unwrap();
+        writer.join().unwrap();
         let mirrored = *mirror.pte.lock();
         assert!(
             mirrored.is_none() || mirrored == Some(primary.load(Relaxed)),
@@ -90,6 +102,8 @@ fn model(lock_for_invalidate: LockForInvalidate) {
             primary.load(Relaxed)
         );
     });
+    let executions = executions.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("loom model of the driver lock: {executions} executions");
 }
 
 #[test]
