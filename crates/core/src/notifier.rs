@@ -328,16 +328,19 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
         mm: &Arc<Mm>,
         ops: &'static NotifierOps<T>,
     ) -> Result<SharedNotifier<T>> {
+        // Everything that refuses without needing the driver state comes
+        // first, so a refused get never calls `alloc_notifier` (nor then
+        // `free_notifier`): the disabled build, the wrong lock, bad ops.
+        if cfg!(feature = "disabled") {
+            return Err(Error::Disabled);
+        }
         guard.check(mm)?;
         if let Some(sub) = find_and_get(mm, ops)? {
             return Ok(SharedNotifier { sub: Some(sub) });
         }
+        ops.check()?;
         let alloc = ops.alloc_notifier.ok_or(Error::NoAllocNotifier)?;
         let data = alloc(mm)?;
-        if let Err(e) = ops.check() {
-            free_now(ops, &data);
-            return Err(e);
-        }
         let sub = new_subscription(mm, ops, data)?;
         if let Err(e) = register_locked(guard, mm, Some(ListEntry::new(sub.clone()))) {
             free_now(ops, &sub.data);
