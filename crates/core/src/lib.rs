@@ -48,3 +48,8 @@ pub use ops::{IntervalNotifierOps, NotifierOps, PteValue, StartFn};
 pub use range::{Owner, Range, RangeFlags};
 pub use seq::Seq;
 pub use warn::Warning;
+
+/// The repository README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
