@@ -79,15 +79,40 @@ pub(crate) struct Locked {
 }
 
 /// A counted tree range, ended on drop while armed.
-struct ItreeCount<'a> {
+pub(crate) struct ItreeCount<'a> {
     subscriptions: &'a Subscriptions,
     armed: bool,
 }
 
+impl ItreeCount<'_> {
+    /// Ends the tree's count now, if it is still armed (idempotent).
+    pub(crate) fn close(&mut self) {
+        if std::mem::replace(&mut self.armed, false) {
+            self.subscriptions.itree_inv_end();
+        }
+    }
+}
+
 impl Drop for ItreeCount<'_> {
     fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// While an interval callback runs, the list has started nobody: if the
+/// callback unwinds, only the list notifiers without a start callback get
+/// their end (as they would have after a completed start).
+struct UnstartedListEnds<'a, 'r> {
+    subscriptions: &'a Subscriptions,
+    range: &'a Range<'r>,
+    armed: bool,
+}
+
+impl Drop for UnstartedListEnds<'_, '_> {
+    fn drop(&mut self) {
         if self.armed {
-            self.subscriptions.itree_inv_end();
+            self.subscriptions
+                .list_invalidate_range_end_started(self.range, 0);
         }
     }
 }
@@ -133,25 +158,36 @@ impl Subscriptions {
 
     /// `__mmu_notifier_invalidate_range_start`. On success, tells whether
     /// the tree counted this range (its end must then close it).
+    ///
+    /// If a callback unwinds, this ends what was started before the unwind
+    /// leaves: the tree's count is closed, and a list notifier gets its end
+    /// only if its start returned or it has no start callback. The caller's
+    /// `Invalidation` must not end anything then.
     pub(crate) fn invalidate_range_start(&self, range: &Range<'_>) -> Result<bool, WouldBlock> {
-        let counted = if self.has_itree() {
-            self.itree_invalidate(range)?;
-            true
-        } else {
-            false
-        };
         // Closes the tree's epoch unless the list accepts the range: when a
         // list notifier refuses it (Linux leaves the tree side counted here,
         // spec §5 latent issue (a), stranding `active` and hanging readers;
         // the caller may not call end, so close it ourselves), and when a
-        // list callback panics (the caller's `Invalidation` does not know
-        // the tree counted it yet).
-        let mut close = ItreeCount {
+        // list callback panics.
+        let mut tree = ItreeCount {
             subscriptions: self,
-            armed: counted,
+            armed: false,
         };
-        self.list_invalidate_range_start(range)?;
-        close.armed = false;
+        if self.has_itree() {
+            let mut unstarted = UnstartedListEnds {
+                subscriptions: self,
+                range,
+                armed: true,
+            };
+            let outcome = self.itree_invalidate(range);
+            // A refusal calls no list notifier at all, not even an end.
+            unstarted.armed = false;
+            outcome?;
+            tree.armed = true;
+        }
+        self.list_invalidate_range_start(range, &mut tree)?;
+        let counted = tree.armed;
+        tree.armed = false;
         Ok(counted)
     }
 
