@@ -131,6 +131,15 @@ impl Mm {
         self.subscriptions.get().map(|s| &**s)
     }
 
+    /// Panics naming `what` if this thread has an invalidation of this
+    /// address space open: registration could never take its locks.
+    #[track_caller]
+    pub(crate) fn assert_not_registering_inside(&self, what: &str) {
+        if let Some(subscriptions) = self.subscriptions() {
+            crate::context::assert_not_registering_inside(subscriptions.id(), what);
+        }
+    }
+
     /// Creates the subscriptions on first use. Called with the mmap write
     /// lock held, which keeps the pointer from changing meanwhile.
     pub(crate) fn subscriptions_or_init(&self, _held: &MmapWriteGuard<'_>) -> &Subscriptions {

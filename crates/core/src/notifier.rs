@@ -157,6 +157,7 @@ pub(crate) fn register_locked(
         return Err(Error::Disabled);
     }
     guard.check(mm)?;
+    mm.assert_not_registering_inside("mmu_notifier_register()");
     if !mm.is_live() {
         return Err(Error::NoUsers);
     }
@@ -202,7 +203,13 @@ impl<T: Send + Sync + 'static> Notifier<T> {
     ///
     /// [`Error::NoUsers`] after exit, [`Error::FallibleStartWithEnd`] for
     /// ops that break that rule, [`Error::Disabled`] in the disabled build.
+    ///
+    /// # Panics
+    ///
+    /// If this thread has an invalidation of `mm` open (from a callback, or
+    /// between start and end): registration takes the locks it holds.
     pub fn register(mm: &Arc<Mm>, ops: &'static NotifierOps<T>, data: T) -> Result<Notifier<T>> {
+        mm.assert_not_registering_inside("mmu_notifier_register()");
         let guard = mm.mmap_write();
         Self::register_locked(&guard, mm, ops, data)
     }
@@ -310,6 +317,7 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
     /// `mmu_notifier_get`: takes the mmap write lock, then as
     /// [`SharedNotifier::get_locked`].
     pub fn get(mm: &Arc<Mm>, ops: &'static NotifierOps<T>) -> Result<SharedNotifier<T>> {
+        mm.assert_not_registering_inside("mmu_notifier_get()");
         let guard = mm.mmap_write();
         Self::get_locked(&guard, mm, ops)
     }
