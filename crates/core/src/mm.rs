@@ -114,8 +114,9 @@ impl Mm {
         true
     }
 
-    /// The WARNs the subsystem raised on this address space, oldest first.
-    /// Each is also logged to stderr once per address space.
+    /// The WARNs the subsystem raised on this address space, oldest first
+    /// (the first 64; later ones are only logged). The first of each kind
+    /// is also logged through `tracing` (target `mmun`).
     pub fn warnings(&self) -> Vec<Warning> {
         self.subscriptions()
             .map(|s| s.warnings())

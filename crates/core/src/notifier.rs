@@ -57,7 +57,6 @@ pub(crate) trait ErasedSubscription: Send + Sync {
     /// The `caps::*` bits of the callbacks the ops provide.
     fn caps(&self) -> u16;
     fn ops_id(&self) -> usize;
-    fn ops_debug(&self) -> String;
     fn set_hashed(&self, hashed: bool);
     fn release(&self, mm: &Mm);
     fn clear_flush_young(&self, mm: &Mm, start: u64, end: u64) -> bool;
@@ -90,9 +89,6 @@ impl<T: Send + Sync + 'static> ErasedSubscription for Subscription<T> {
     }
     fn ops_id(&self) -> usize {
         ops_id(self.ops)
-    }
-    fn ops_debug(&self) -> String {
-        format!("{:?}", self.ops)
     }
     fn set_hashed(&self, hashed: bool) {
         self.hashed.store(hashed, Ordering::Release);

@@ -82,6 +82,9 @@ impl Subscriptions {
 
     /// `hlist_add_head_rcu` under the lock: new notifiers are called first.
     pub(crate) fn list_add_head(&self, entry: ListEntry) {
+        // The list is about to be walked under SRCU on the dispatch path:
+        // ready the global domain's slots for new threads now.
+        rcu::prepare_global_readers();
         let mut locked = self.lock();
         entry.set_hashed(true);
         locked.list.insert(0, entry);
@@ -155,12 +158,10 @@ impl Subscriptions {
         .unwrap_or(Ok(()))
     }
 
+    /// The WARNs of a failed start. (Linux also `pr_info`s every failure;
+    /// not here: a refusal of a non-blockable range is normal operation on
+    /// the hook-safe path, and logging may allocate.)
     fn warn_failed_start(&self, range: &Range<'_>, entry: &ListEntry) {
-        tracing::info!(
-            target: "mmun",
-            "invalidate_range_start of {:?} failed with EAGAIN",
-            entry.ops_debug()
-        );
         if range.is_blockable() {
             self.warn(Warning::StartFailedBlockable);
         }

@@ -42,6 +42,10 @@ use crate::{Mm, Range};
 use list::ListEntry;
 use snapshot::SrcuPtr;
 
+/// How many WARNs an address space records (`Mm::warnings`); later ones are
+/// dropped, so that recording one never allocates.
+const WARNINGS_KEPT: usize = 64;
+
 /// `struct mmu_notifier_subscriptions`.
 pub(crate) struct Subscriptions {
     /// "An interval notifier was ever registered". False → true once, under
@@ -133,7 +137,7 @@ impl Subscriptions {
             }),
             seq_words: seq_arena::SeqArena::new(),
             wq: Condvar::new(),
-            warnings: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::with_capacity(WARNINGS_KEPT)),
         }
     }
 
@@ -209,13 +213,18 @@ impl Subscriptions {
         self.list_release(mm);
     }
 
-    /// Records a kernel `WARN` (and logs the first of each kind).
+    /// Records a kernel `WARN` (and logs the first of each kind through
+    /// `tracing`). The record never allocates: it has room for
+    /// `WARNINGS_KEPT` and drops later ones. Logging happens only on misuse
+    /// and may allocate if a `tracing` subscriber is installed.
     pub(crate) fn warn(&self, warning: Warning) {
         let mut warnings = self.warnings.lock();
         if !warnings.contains(&warning) {
             tracing::warn!(target: "mmun", "WARN: {warning}");
         }
-        warnings.push(warning);
+        if warnings.len() < WARNINGS_KEPT {
+            warnings.push(warning);
+        }
     }
 
     pub(crate) fn warnings(&self) -> Vec<Warning> {
