@@ -15,7 +15,7 @@
 //!   panics naming the rule instead of hanging. The stack is a fixed array
 //!   in a destructor-less thread-local: pushing never allocates, also on a
 //!   thread's first start, so the dispatch path stays hook-safe. Past
-//!   [`open::DEPTH`] nested invalidations on one thread the deeper ones go
+//!   16 nested invalidations on one thread the deeper ones go
 //!   unrecorded, which only makes the checks miss them, never misfire.
 
 #[cfg(all(debug_assertions, not(mmun_loom)))]
