@@ -13,5 +13,7 @@
 //! `DESIGN.md` has the source-by-source coverage table.
 
 pub mod record;
+pub mod trace_sink;
+pub mod uffd;
 
 pub use record::{Call, Phase, Source, TraceRecord};
