@@ -47,6 +47,9 @@ pub mod record;
 pub mod sys;
 pub mod thread;
 pub mod trace;
+/// The trace emitter (the userfaultfd branch owns it).
+pub mod trace_sink;
+pub mod uffd;
 
 use std::sync::OnceLock;
 
@@ -58,7 +61,8 @@ pub use thread::in_hook;
 static INSTALLED: OnceLock<Result<Patched, InstallError>> = OnceLock::new();
 
 /// Installs the hooks in this process, once: fork and exit handlers, then
-/// libc's system-call sites (all or none). Later calls return the first
+/// libc's system-call sites (all or none). The userfaultfd net is separate:
+/// [`net::start_uffd`]. Later calls return the first
 /// outcome. No environment variable is needed; libraries loaded later
 /// (`dlopen`) call into the patched libc and are covered.
 ///
