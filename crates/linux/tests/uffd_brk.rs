@@ -15,7 +15,9 @@ fn raw_brk(to: u64) -> u64 {
 
 #[test]
 fn raw_brk_shrink_is_delivered_as_unmap() {
-    let Some(net) = net_or_skip("raw_brk_shrink_is_delivered_as_unmap") else { return };
+    let Some(net) = net_or_skip("raw_brk_shrink_is_delivered_as_unmap") else {
+        return;
+    };
     let cur = raw_brk(0);
     let base = (cur + PAGE - 1) & !(PAGE - 1);
     let top = base + 16 * PAGE;
@@ -25,7 +27,10 @@ fn raw_brk_shrink_is_delivered_as_unmap() {
     assert_eq!(net.watch(base, top).unwrap(), Watch::Armed);
     assert_eq!(raw_brk(cur), cur, "shrink back");
     assert!(
-        wait_for(LateChange::Unmap { start: base, end: top }),
+        wait_for(LateChange::Unmap {
+            start: base,
+            end: top
+        }),
         "delivered: {:x?}",
         delivered()
     );

@@ -34,10 +34,16 @@ fn child(net: &mmun_linux::uffd::UffdNet, a: u64, len: u64) -> i32 {
     if raw_munmap(b, 8 * PAGE) != 0 {
         return 15;
     }
-    if !wait_for(LateChange::Unmap { start: b, end: b + 8 * PAGE }) {
+    if !wait_for(LateChange::Unmap {
+        start: b,
+        end: b + 8 * PAGE,
+    }) {
         return 16;
     }
-    if delivered().contains(&LateChange::Unmap { start: a, end: a + len }) {
+    if delivered().contains(&LateChange::Unmap {
+        start: a,
+        end: a + len,
+    }) {
         return 17;
     }
     0
@@ -45,7 +51,9 @@ fn child(net: &mmun_linux::uffd::UffdNet, a: u64, len: u64) -> i32 {
 
 #[test]
 fn a_fork_child_starts_with_nothing_and_its_own_context() {
-    let Some(net) = net_or_skip("a_fork_child_starts_with_nothing_and_its_own_context") else { return };
+    let Some(net) = net_or_skip("a_fork_child_starts_with_nothing_and_its_own_context") else {
+        return;
+    };
     let a = map(16);
     let len = 16 * PAGE;
     assert_eq!(net.watch(a, a + len).unwrap(), Watch::Armed);
@@ -61,11 +69,18 @@ fn a_fork_child_starts_with_nothing_and_its_own_context() {
     // SAFETY: waiting for our own child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), 0, "child check failed (see the codes in `child`)");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "child check failed (see the codes in `child`)"
+    );
     // The child's munmap of its copy did not reach the parent.
     assert!(delivered_in(a, a + len).is_empty());
     // The parent's context is untouched by the child.
     assert!(net.is_running());
     assert_eq!(raw_munmap(a, len), 0);
-    assert!(wait_for(LateChange::Unmap { start: a, end: a + len }));
+    assert!(wait_for(LateChange::Unmap {
+        start: a,
+        end: a + len
+    }));
 }

@@ -17,15 +17,23 @@ extern "C" fn on_prof(_: libc::c_int) {
 
 #[test]
 fn handler_survives_a_sigprof_storm() {
-    let Some(net) = net_or_skip("handler_survives_a_sigprof_storm") else { return };
+    let Some(net) = net_or_skip("handler_survives_a_sigprof_storm") else {
+        return;
+    };
     // SAFETY: installs a handler that only bumps an atomic; no SA_RESTART,
     // so interrupted system calls fail with EINTR.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_prof as *const () as usize;
         libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut());
-        let every = libc::timeval { tv_sec: 0, tv_usec: 200 };
-        let timer = libc::itimerval { it_interval: every, it_value: every };
+        let every = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200,
+        };
+        let timer = libc::itimerval {
+            it_interval: every,
+            it_value: every,
+        };
         libc::setitimer(libc::ITIMER_PROF, &timer, std::ptr::null_mut());
     }
     let stop = AtomicBool::new(false);
@@ -53,17 +61,29 @@ fn handler_survives_a_sigprof_storm() {
             let a = map(4);
             assert_eq!(net.watch(a, a + 4 * PAGE).unwrap(), Watch::Armed);
             assert_eq!(raw_munmap(a, 4 * PAGE), 0);
-            assert!(wait_for(LateChange::Unmap { start: a, end: a + 4 * PAGE }));
+            assert!(wait_for(LateChange::Unmap {
+                start: a,
+                end: a + 4 * PAGE
+            }));
             net.unwatch(a, a + 4 * PAGE);
         }
     });
     // SAFETY: stops the timer.
     unsafe {
-        let zero = libc::timeval { tv_sec: 0, tv_usec: 0 };
-        let off = libc::itimerval { it_interval: zero, it_value: zero };
+        let zero = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        let off = libc::itimerval {
+            it_interval: zero,
+            it_value: zero,
+        };
         libc::setitimer(libc::ITIMER_PROF, &off, std::ptr::null_mut());
     }
-    eprintln!("SIGPROF handled {} times during the run", HITS.load(Ordering::Relaxed));
+    eprintln!(
+        "SIGPROF handled {} times during the run",
+        HITS.load(Ordering::Relaxed)
+    );
     assert!(HITS.load(Ordering::Relaxed) > 0, "the storm happened");
     assert_eq!(net.stats().unmaps, 2000);
     drop(net); // clean shutdown: joins the handler

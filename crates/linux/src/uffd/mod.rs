@@ -295,10 +295,12 @@ impl UffdNet {
             return Ok(inner);
         }
         let fresh = Arc::into_raw(Inner::start(self.deliver)?).cast_mut();
-        match self
-            .inner
-            .compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match self.inner.compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => {}
             Err(_) => {
                 // Another thread restarted first; ours goes.
@@ -404,7 +406,8 @@ impl UffdNet {
     /// The armed (kernel-registered) ranges as the net believes them.
     /// Allocates; for tests and diagnostics.
     pub fn armed_ranges(&self) -> Vec<(u64, u64)> {
-        self.inner().map_or_else(Vec::new, |i| lock(&i.armed).to_vec())
+        self.inner()
+            .map_or_else(Vec::new, |i| lock(&i.armed).to_vec())
     }
 
     /// The event counters.
@@ -550,13 +553,21 @@ impl Inner {
         self.register_exact(state, fd, s, e)
     }
 
-    fn register_exact(&self, _state: &mut State, fd: i32, s: u64, e: u64) -> Result<Watch, UffdError> {
+    fn register_exact(
+        &self,
+        _state: &mut State,
+        fd: i32,
+        s: u64,
+        e: u64,
+    ) -> Result<Watch, UffdError> {
         match sys::register(fd, s, e) {
             Ok(()) => {
                 lock(&self.armed).insert(s, e);
                 Ok(Watch::Armed)
             }
-            Err(err) if err.raw_os_error() == Some(libc::ENOMEM) && self.whole_vmas(s, e).is_some() => {
+            Err(err)
+                if err.raw_os_error() == Some(libc::ENOMEM) && self.whole_vmas(s, e).is_some() =>
+            {
                 // Out of VMAs, or a hole: whole VMAs never split.
                 self.register_coarse(fd, s, e)
             }
@@ -670,7 +681,10 @@ mod tests {
         assert_eq!(align(0x1001, 0x1002).unwrap(), (0x1000, 0x2000));
         assert_eq!(align(0x1000, 0x3000).unwrap(), (0x1000, 0x3000));
         assert!(matches!(align(5, 5), Err(UffdError::BadRange { .. })));
-        assert!(matches!(align(0, u64::MAX), Err(UffdError::BadRange { .. })));
+        assert!(matches!(
+            align(0, u64::MAX),
+            Err(UffdError::BadRange { .. })
+        ));
     }
 
     #[test]

@@ -123,11 +123,7 @@ impl Armed {
             .map(|k| self.ranges[k].1)
             .filter(|&e| e + gap >= start);
         let j = self.ranges.partition_point(|r| r.0 < end);
-        let after = self
-            .ranges
-            .get(j)
-            .map(|r| r.0)
-            .filter(|&s| s <= end + gap);
+        let after = self.ranges.get(j).map(|r| r.0).filter(|&s| s <= end + gap);
         (before, after)
     }
 
@@ -240,7 +236,10 @@ impl Watched {
             .range(..=start)
             .next_back()
             .map(|(&s, &(e, _))| (s, e));
-        let later = self.segments.range(start + 1..end).map(|(&s, &(e, _))| (s, e));
+        let later = self
+            .segments
+            .range(start + 1..end)
+            .map(|(&s, &(e, _))| (s, e));
         for (s, e) in first.into_iter().chain(later) {
             if e <= cursor {
                 continue;
@@ -259,13 +258,18 @@ impl Watched {
     /// Whether any page of `[start, end)` is watched.
     pub(crate) fn any_in(&self, start: u64, end: u64) -> bool {
         let before = self.segments.range(..start).next_back();
-        before.is_some_and(|(_, &(e, _))| e > start) || self.segments.range(start..end).next().is_some()
+        before.is_some_and(|(_, &(e, _))| e > start)
+            || self.segments.range(start..end).next().is_some()
     }
 
     /// The watched pieces of `[start, end)`, clipped, merged.
     pub(crate) fn pieces(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
-        let before = self.segments.range(..start).next_back().map(|(&s, &(e, _))| (s, e));
+        let before = self
+            .segments
+            .range(..start)
+            .next_back()
+            .map(|(&s, &(e, _))| (s, e));
         let inside = self.segments.range(start..end).map(|(&s, &(e, _))| (s, e));
         for (s, e) in before.into_iter().chain(inside) {
             let (s, e) = (s.max(start), e.min(end));
@@ -302,7 +306,11 @@ mod tests {
     fn armed_bits(a: &Armed) -> Vec<bool> {
         let mut bits = vec![false; PAGES as usize];
         for w in a.ranges.windows(2) {
-            assert!(w[0].1 < w[1].0, "ranges must be disjoint and non-adjacent: {:?}", a.ranges);
+            assert!(
+                w[0].1 < w[1].0,
+                "ranges must be disjoint and non-adjacent: {:?}",
+                a.ranges
+            );
         }
         for &(s, e) in &a.ranges {
             assert!(s < e);
@@ -396,7 +404,10 @@ mod tests {
         for k in 0..cap as u64 {
             assert!(a.insert(10 * k, 10 * k + 5));
         }
-        assert!(!a.insert(1000, 1001), "full: a new disjoint range is refused");
+        assert!(
+            !a.insert(1000, 1001),
+            "full: a new disjoint range is refused"
+        );
         assert!(!a.remove(1, 2), "full: a split is refused");
         assert_eq!(a.ranges.capacity(), cap, "never reallocates");
         assert!(a.insert(5, 10), "merging needs no room");

@@ -223,7 +223,8 @@ pub(crate) fn poll2(a: RawFd, b: RawFd) -> io::Result<(bool, bool)> {
         // SAFETY: `fds` is a valid array of two pollfd structs.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
         if rc >= 0 {
-            let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+            let ready =
+                |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
             return Ok((ready(&fds[0]), ready(&fds[1])));
         }
         let err = io::Error::last_os_error();
@@ -310,7 +311,8 @@ mod tests {
     fn maps_lines_parse() {
         let l = parse_maps_line("7f00-7f10 rw-p 00000000 00:00 0 ").unwrap();
         assert_eq!((l.start, l.end, l.path.as_str()), (0x7f00, 0x7f10, ""));
-        let l = parse_maps_line("1000-2000 r--s 00000000 00:01 5   /SYSV00000000 (deleted)").unwrap();
+        let l =
+            parse_maps_line("1000-2000 r--s 00000000 00:01 5   /SYSV00000000 (deleted)").unwrap();
         assert_eq!(l.path, "/SYSV00000000 (deleted)");
         assert_eq!(parse_maps_line("junk"), None);
     }

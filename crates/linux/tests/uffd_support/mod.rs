@@ -50,9 +50,19 @@ pub fn delivered() -> Vec<LateChange> {
         .filter_map(|i| {
             let get = |j: usize| LOG[4 * i + j].load(Ordering::Acquire);
             match get(0) {
-                1 => Some(LateChange::Unmap { start: get(1), end: get(2) }),
-                2 => Some(LateChange::Remove { start: get(1), end: get(2) }),
-                3 => Some(LateChange::Remap { from: get(1), to: get(2), len: get(3) }),
+                1 => Some(LateChange::Unmap {
+                    start: get(1),
+                    end: get(2),
+                }),
+                2 => Some(LateChange::Remove {
+                    start: get(1),
+                    end: get(2),
+                }),
+                3 => Some(LateChange::Remap {
+                    from: get(1),
+                    to: get(2),
+                    len: get(3),
+                }),
                 _ => None,
             }
         })
@@ -72,7 +82,10 @@ pub fn touches(c: &LateChange, start: u64, end: u64) -> bool {
 
 /// The changes touching `[start, end)`.
 pub fn delivered_in(start: u64, end: u64) -> Vec<LateChange> {
-    delivered().into_iter().filter(|c| touches(c, start, end)).collect()
+    delivered()
+        .into_iter()
+        .filter(|c| touches(c, start, end))
+        .collect()
 }
 
 /// Waits up to 5 s for `want` to be among the changes delivered.
@@ -150,5 +163,8 @@ pub fn raw_mremap_fixed(from: u64, len: u64, to: u64) -> i64 {
 
 /// How many VMAs the process has.
 pub fn vma_count() -> usize {
-    std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
 }
