@@ -207,17 +207,21 @@ mod graph {
 
     #[track_caller]
     pub(super) fn acquire(class: Class, record_order: bool) {
-        let held: Vec<Class> = HELD.with(|h| h.borrow().clone());
+        // A thread past its TLS destructors (glibc releases its stack after
+        // them) is not tracked: the checks miss it, never misfire.
+        let Ok(held) = HELD.try_with(|h| h.borrow().clone()) else {
+            return;
+        };
         if record_order {
             for &outer in held.iter().filter(|&&h| key(h) != key(class)) {
                 add_edge(outer, class);
             }
         }
-        HELD.with(|h| h.borrow_mut().push(class));
+        let _ = HELD.try_with(|h| h.borrow_mut().push(class));
     }
 
     pub(super) fn release(class: Class) {
-        HELD.with(|h| {
+        let _ = HELD.try_with(|h| {
             let mut held = h.borrow_mut();
             if let Some(i) = held.iter().rposition(|&c| key(c) == key(class)) {
                 held.remove(i);

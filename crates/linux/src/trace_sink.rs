@@ -308,6 +308,9 @@ impl Cursor<'_> {
 /// `open` and `ioctl` only: no allocation.
 pub fn init_from_env() {
     FD.store(pipe_from_env().unwrap_or(-1), Ordering::Relaxed);
+    if enabled() {
+        hook_up();
+    }
     if env_is_one(c"MMUN_TRACE_MARKER") && MARKER.load(Ordering::Relaxed) < 0 {
         // SAFETY: a constant C path; the fd is ours for the process's life.
         let fd = unsafe { libc::open(TRACE_MARKER.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
@@ -315,6 +318,28 @@ pub fn init_from_env() {
     }
     if env_is_one(c"MMUN_TRACE_KVM") {
         create_vm();
+    }
+}
+
+/// The process whose `Mm` carries the tracing notifier.
+static TRACER_PID: AtomicI32 = AtomicI32::new(0);
+
+/// No callbacks: its presence makes the hooks dispatch (they skip an `Mm`
+/// nobody subscribed to), and every dispatch emits a record.
+static TRACER_OPS: mmun_core::NotifierOps<()> = mmun_core::NotifierOps::EMPTY;
+
+/// Sends the hooks' records here and subscribes the tracing notifier to
+/// this process's `Mm` (once per process: a fork child has a fresh `Mm`).
+fn hook_up() {
+    crate::trace::set_sink(emit);
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() };
+    if TRACER_PID.swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    if let Ok(tracer) = mmun_core::Notifier::register(crate::process_mm(), &TRACER_OPS, ()) {
+        // Lives as long as the process (until exit releases the Mm).
+        std::mem::forget(tracer);
     }
 }
 
