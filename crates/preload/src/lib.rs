@@ -104,6 +104,8 @@ extern "C" fn on_load() {
         // SAFETY: write(2) of our own buffer.
         unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
     }
+    // Under `mmun trace`: records to its pipe (a no-op otherwise).
+    mmun_linux::trace_sink::init_from_env();
 }
 
 /// Runs `on_load` when the dynamic loader maps this library.
