@@ -33,7 +33,9 @@ fn main() {
     let len = 8 << 20; // above glibc's mmap threshold: its own mapping
     let buf = vec![1u8; len];
     let start = buf.as_ptr() as u64;
-    let mirror = Mirror { seen: Mutex::new(Vec::with_capacity(16)) };
+    let mirror = Mirror {
+        seen: Mutex::new(Vec::with_capacity(16)),
+    };
     let sub = IntervalNotifier::insert(mmun_linux::process_mm(), start, len as u64, mirror)
         .expect("insert");
 
@@ -48,7 +50,11 @@ fn main() {
     unsafe {
         libc::madvise((page + 4096 * 4) as *mut _, 4096, libc::MADV_DONTNEED);
         libc::mprotect((page + 4096 * 8) as *mut _, 4096, libc::PROT_READ);
-        libc::mprotect((page + 4096 * 8) as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
+        libc::mprotect(
+            (page + 4096 * 8) as *mut _,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+        );
     }
     drop(buf); // free() → glibc's munmap → the notifier, synchronously
     assert!(sub.read_retry(seq), "the buffer changed since read_begin");
@@ -60,7 +66,12 @@ fn main() {
     let events: Vec<Event> = seen.iter().map(|s| s.0).collect();
     assert_eq!(
         events,
-        [Event::Clear, Event::ProtectionVma, Event::ProtectionVma, Event::Unmap],
+        [
+            Event::Clear,
+            Event::ProtectionVma,
+            Event::ProtectionVma,
+            Event::Unmap
+        ],
         "madvise, mprotect twice, then free()"
     );
 }

@@ -492,3 +492,28 @@ fn thread_exit_releases_its_stack_inside_glibc() {
         "no Clear near the exited thread's stack {sp:#x}: {seen:#x?}"
     );
 }
+
+#[test]
+fn shmat_remap_over_a_mapping() {
+    let (_g, rec) = setup();
+    let p = anon(16, 0x11) as u64;
+    // SAFETY: a private SysV segment attached over our own mapping, then
+    // detached and removed.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 16 * PAGE, libc::IPC_CREAT | 0o600);
+        assert!(id >= 0);
+        let seen = run(rec, p, p + 16 * PAGE as u64, || {
+            let q = libc::shmat(id, p as *const _, libc::SHM_REMAP) as u64;
+            assert_eq!(q, p);
+        });
+        libc::shmdt(p as *const _);
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        let (start, end) = one_pair(&seen);
+        assert_eq!(
+            (start.event, start.start, start.end),
+            (Event::Unmap, p, p + 16 * PAGE as u64)
+        );
+        assert_eq!((start.perms, start.byte), (*b"rw-p", Some(0x11)));
+        assert_eq!(end.perms, *b"rw-s", "end sees the segment");
+    }
+}
