@@ -28,6 +28,10 @@ fn setup() -> (
 
 fn run(rec: &Notifier<common::Log>, lo: u64, hi: u64, f: impl FnOnce()) -> Vec<Seen> {
     rec.watch(lo, hi);
+    run_watched(rec, f)
+}
+
+fn run_watched(rec: &Notifier<common::Log>, f: impl FnOnce()) -> Vec<Seen> {
     f();
     let seen = rec.take();
     rec.watch(0, 0);
@@ -470,8 +474,10 @@ fn thread_exit_releases_its_stack_inside_glibc() {
         STACK_TOP.store(&raw const local as u64, std::sync::atomic::Ordering::SeqCst);
         std::ptr::null_mut()
     }
-    // Watch everything; pick out what overlaps the thread's stack after.
-    let seen = run(rec, 0, u64::MAX, || {
+    // Watch everything, every thread (the exiting thread releases its own
+    // stack); pick out what overlaps the thread's stack after.
+    rec.watch_all_threads(0, u64::MAX);
+    let seen = run_watched(rec, || {
         // SAFETY: a plain pthread with default attributes, joined.
         unsafe {
             let mut t: libc::pthread_t = 0;
