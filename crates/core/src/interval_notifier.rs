@@ -227,8 +227,13 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
             return Err(Error::NoUsers);
         }
         let subscriptions = mm.subscriptions().ok_or(Error::Disabled)?;
+        let scope = mm.registration_scope();
         let ops = OpsBox::new(ops);
         let (key, seq) = subscriptions.itree_insert(start, last, ops.erased());
+        drop(scope);
+        if let Some(observer) = mm.observer() {
+            observer.interval_inserted(start, last);
+        }
         Ok(IntervalNotifier {
             mm: Arc::clone(mm),
             seq,
@@ -276,8 +281,13 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         // If this panics the state stays allocated (an `OpsBox` leaks when
         // dropped): the tree may still point at it.
         let Some(ops) = self.ops.take() else { return };
+        let scope = self.mm.registration_scope();
         let unsubscribed = subscriptions.itree_remove(self.key, ops.erased());
         ops.free(unsubscribed);
+        drop(scope);
+        if let Some(observer) = self.mm.observer() {
+            observer.interval_removed(self.key.start, self.last);
+        }
     }
 
     /// First address of the interval.

@@ -23,6 +23,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use crate::observer::{MmObserver, RegistrationScope};
 use crate::subscriptions::Subscriptions;
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -40,17 +41,43 @@ pub struct Mm {
     users: AtomicUsize,
     mmap_lock: RwLock<()>,
     all_locks: RwLock<()>,
+    /// mmun extension: told about interval ranges and registration paths.
+    observer: Option<&'static dyn MmObserver>,
 }
 
 impl Mm {
     /// A new, live address space with no subscriptions.
     pub fn new() -> Arc<Mm> {
+        Self::build(None)
+    }
+
+    /// mmun extension: a new address space whose interval insertions,
+    /// removals and registration paths are reported to `observer` (see
+    /// [`MmObserver`]). Notifier users see no difference.
+    pub fn with_observer(observer: &'static dyn MmObserver) -> Arc<Mm> {
+        Self::build(Some(observer))
+    }
+
+    fn build(observer: Option<&'static dyn MmObserver>) -> Arc<Mm> {
         Arc::new(Mm {
             subscriptions: OnceLock::new(),
             users: AtomicUsize::new(1),
             mmap_lock: RwLock::new(()),
             all_locks: RwLock::new(()),
+            observer,
         })
+    }
+
+    /// The observer given to [`Mm::with_observer`].
+    #[inline]
+    pub(crate) fn observer(&self) -> Option<&'static dyn MmObserver> {
+        self.observer
+    }
+
+    /// Marks this thread as inside a registration path until the scope drops.
+    #[inline]
+    pub(crate) fn registration_scope(&self) -> RegistrationScope {
+        RegistrationScope::enter(self.observer)
     }
 
     /// `mm_has_notifiers()`: whether anything ever subscribed. One atomic
@@ -81,9 +108,11 @@ impl Mm {
 
     /// Takes the mmap lock for write (`mmap_write_lock`).
     pub fn mmap_write(&self) -> MmapWriteGuard<'_> {
+        let scope = self.registration_scope();
         MmapWriteGuard {
             mm: self,
             _guard: self.mmap_lock.write(),
+            _scope: scope,
         }
     }
 
@@ -202,6 +231,9 @@ pub struct MmapReadGuard<'a> {
 pub struct MmapWriteGuard<'a> {
     mm: &'a Mm,
     _guard: RwLockWriteGuard<'a, ()>,
+    /// Dropped after the lock (fields drop in order): the observer hears
+    /// "left" only once the lock is free.
+    _scope: RegistrationScope,
 }
 
 /// The rmap/VMA-lock stand-in, held for read.

@@ -263,6 +263,7 @@ fn new_subscription<T: Send + Sync>(
 }
 
 fn unregister<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
+    let _scope = sub.mm.registration_scope();
     // Checked without the lock, as in Linux: exit may be unlinking it right
     // now and calling `release` too, so `release` may run twice.
     if sub.hashed.load(Ordering::Acquire) {
@@ -416,6 +417,7 @@ fn find_and_get<T: Send + Sync + 'static>(
 }
 
 fn put<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
+    let _scope = sub.mm.registration_scope();
     let subscriptions = sub.mm.subscriptions().expect("registered, so present");
     {
         let mut locked = subscriptions.lock();

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{Event, Mm};
 
-/// Flags of a range; [`RangeFlags::BLOCKABLE`] is the only one.
+/// Flags of a range: the kernel's [`RangeFlags::BLOCKABLE`], and the mmun
+/// extension [`RangeFlags::LATE`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RangeFlags(u32);
 
@@ -21,6 +22,16 @@ impl RangeFlags {
     /// [`Invalidation::start`](crate::Invalidation::start), cleared by
     /// [`Invalidation::start_nonblock`](crate::Invalidation::start_nonblock).
     pub const BLOCKABLE: RangeFlags = RangeFlags(1);
+    /// mmun extension, not in Linux: the primary change already happened
+    /// when `invalidate_range_start` ran. A real process's backend
+    /// (`mmun-linux`) sets it for changes it learned about after the fact —
+    /// a userfaultfd event, or a change made by a notifier callback itself
+    /// and delivered once the outer invalidation ended. The start and end
+    /// still come in pairs; a secondary sees the flag in
+    /// [`Range::flags`] and knows that, between the change and this start,
+    /// it may have used a stale translation (a registration cache counts
+    /// these; a mirror needs nothing special, it zaps as usual).
+    pub const LATE: RangeFlags = RangeFlags(2);
 
     /// The raw bits.
     #[inline]
@@ -33,14 +44,24 @@ impl RangeFlags {
     pub fn contains(self, other: RangeFlags) -> bool {
         self.0 & other.0 == other.0
     }
+
+    /// Both sets of flags.
+    #[inline]
+    pub fn union(self, other: RangeFlags) -> RangeFlags {
+        RangeFlags(self.0 | other.0)
+    }
 }
 
 impl fmt::Debug for RangeFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.contains(RangeFlags::BLOCKABLE) {
-            f.write_str("BLOCKABLE")
-        } else {
-            f.write_str("0")
+        match (
+            self.contains(RangeFlags::BLOCKABLE),
+            self.contains(RangeFlags::LATE),
+        ) {
+            (false, false) => f.write_str("0"),
+            (true, false) => f.write_str("BLOCKABLE"),
+            (false, true) => f.write_str("LATE"),
+            (true, true) => f.write_str("BLOCKABLE|LATE"),
         }
     }
 }
@@ -188,6 +209,13 @@ impl<'mm> Range<'mm> {
     #[inline]
     pub fn owner(&self) -> Option<Owner> {
         self.owner
+    }
+
+    /// Whether the change was learned about after it happened
+    /// ([`RangeFlags::LATE`], an mmun extension).
+    #[inline]
+    pub fn is_late(&self) -> bool {
+        self.flags().contains(RangeFlags::LATE)
     }
 
     /// `mmu_notifier_range_blockable()`: whether callbacks may sleep.

@@ -19,8 +19,10 @@
 
 #![deny(unsafe_code)]
 
+pub mod attribute;
 mod error;
 mod exec;
+mod live;
 mod sys;
 mod trace;
 mod tracefs;
@@ -32,6 +34,7 @@ use std::path::{Path, PathBuf};
 use mmun_script::{Outcome, Report, Step};
 
 pub use error::{OracleError, TraceError, Unavailable};
+pub use live::TreeTrace;
 pub use trace::parse_trace;
 
 /// How to run.

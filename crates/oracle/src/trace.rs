@@ -10,12 +10,12 @@ use crate::error::TraceError;
 
 /// One entry of the trace: who wrote it and what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry<'a> {
-    pid: i32,
+pub(crate) struct Entry<'a> {
+    pub(crate) pid: i32,
     /// The event name, e.g. `tracing_mark_write` or `kvm_age_hva`.
-    event: &'a str,
+    pub(crate) event: &'a str,
     /// What follows `event: `.
-    text: &'a str,
+    pub(crate) text: &'a str,
 }
 
 /// Builds the report from the text of the `trace` file.
@@ -146,7 +146,7 @@ fn bad(line: &str, why: &'static str) -> TraceError {
 /// Splits `<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <timestamp>: <event>:
 /// <text>`. The comm may contain spaces, dashes and brackets, so the entry
 /// is anchored on the `[cpu]` field followed by a timestamp.
-fn parse_entry(line: &str) -> Option<Entry<'_>> {
+pub(crate) fn parse_entry(line: &str) -> Option<Entry<'_>> {
     let mut from = 0;
     while let Some(found) = line[from..].find("] ") {
         let close = from + found;

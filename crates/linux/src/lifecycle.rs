@@ -1,0 +1,163 @@
+//! fork, exit and exec.
+//!
+//! * **fork** (`pthread_atfork`): before the fork the parent starts a
+//!   `ProtectionPage` invalidation for every private writable VMA, as
+//!   `copy_page_range` does for copy-on-write VMAs, and ends them after the
+//!   fork, in the parent. The mmap read lock is held across the fork, so no
+//!   registration lands between. The child gets a fresh `Mm` (no notifiers)
+//!   and tells the userfaultfd net to forget its inherited state (the kernel
+//!   already dropped the registrations, `dup_userfaultfd`); it inherits no
+//!   helper thread and no held lock of the new `Mm`. `_Fork`, `vfork`,
+//!   `clone` and `posix_spawn` do not run atfork handlers: without
+//!   `CLONE_VM` only `fork` is covered (see DESIGN.md).
+//! * **exit** (`atexit`): `Mm::exit` — `release` once, then `Unmap
+//!   [0, max)` for the interval notifiers, as `exit_mmap` does. `_exit` and
+//!   `exit_group` are not interposed: like a crash, they end the process
+//!   with every in-process secondary.
+//! * **exec**: not interposed. A successful `execve` replaces the image, so
+//!   no in-process secondary outlives it and none needs a release;
+//!   secondaries with state outside the process (a device, another
+//!   process) hold file descriptors, and the kernel tears those down
+//!   (close-on-exec). Releasing before the call would leave a dead `Mm`
+//!   behind a failed exec.
+
+use std::cell::RefCell;
+use std::ops::ControlFlow;
+
+use mmun_core::{Event, Invalidation, Mm, MmapReadGuard, Range};
+
+use crate::dispatch::{self, Change};
+use crate::record::{Call, Phase, Source};
+use crate::{maps, net, process, thread};
+
+/// The invalidations open across a fork, in the forking thread.
+struct ForkOpen {
+    /// A leaked read guard of the process `Mm`, given back in the parent.
+    lock: *mut MmapReadGuard<'static>,
+    open: Vec<(Invalidation<'static>, Change)>,
+}
+
+thread_local! {
+    static FORK: RefCell<Option<ForkOpen>> = const { RefCell::new(None) };
+}
+
+/// `pthread_atfork` prepare: start `ProtectionPage` per private writable VMA.
+/// Runs before glibc takes malloc's locks, so it may allocate.
+extern "C" fn prepare() {
+    let Some(mm) = process::subscribed() else {
+        return;
+    };
+    if thread::busy() {
+        // fork from inside a callback or a registration: nothing can start
+        // here; the child and parent are told nothing (documented gap).
+        return;
+    }
+    let mut ranges = Vec::new();
+    let _ = maps::for_each_vma(|v| {
+        if v.is_private_writable() {
+            ranges.push(Change {
+                event: Event::ProtectionPage,
+                start: v.start,
+                end: v.end,
+            });
+        }
+        ControlFlow::Continue(())
+    });
+    let lock: &'static mut MmapReadGuard<'static> = Box::leak(Box::new(mm_read(mm)));
+    let lock_ptr: *mut MmapReadGuard<'static> = lock;
+    // SAFETY: the box stays alive until `parent` frees it after every
+    // invalidation borrowing it has ended.
+    let held: &'static MmapReadGuard<'static> = unsafe { &*lock_ptr };
+    // Dispatching until `parent`: a hooked call glibc makes inside fork is
+    // deferred, not a second read lock behind a waiting writer.
+    thread::enter();
+    let open = ranges
+        .into_iter()
+        .map(|c| {
+            let inv = Invalidation::start(held, Range::new(mm, c.event, c.start, c.end));
+            dispatch::emit(&c, Call::Fork, Source::Hook, Phase::Start);
+            (inv, c)
+        })
+        .collect();
+    FORK.with(|f| {
+        *f.borrow_mut() = Some(ForkOpen {
+            lock: lock_ptr,
+            open,
+        })
+    });
+}
+
+fn mm_read(mm: &'static Mm) -> MmapReadGuard<'static> {
+    mm.mmap_read()
+}
+
+/// `pthread_atfork` parent: end what `prepare` started.
+extern "C" fn parent() {
+    let Some(state) = FORK.with(|f| f.borrow_mut().take()) else {
+        return;
+    };
+    for (inv, c) in state.open {
+        inv.end();
+        dispatch::emit(&c, Call::Fork, Source::Hook, Phase::End);
+    }
+    thread::leave();
+    // SAFETY: every invalidation borrowing the guard has ended above; the
+    // pointer came from `Box::leak` in `prepare`.
+    drop(unsafe { Box::from_raw(state.lock) });
+    dispatch::deliver_deferred();
+}
+
+/// `pthread_atfork` child: a fresh address space, no inherited uffd state.
+extern "C" fn child() {
+    // The parent's invalidations and lock belong to the parent's Mm, which
+    // the child never uses again: forget them without ending anything.
+    if let Some(state) = FORK.with(|f| f.borrow_mut().take()) {
+        std::mem::forget(state);
+    }
+    thread::reset_in_child();
+    process::reset_in_child();
+    net::forget_in_child();
+    // The child's own trace hook-up: its fresh Mm gets the tracing
+    // notifier, and a KVM VM of its own under --verify-with-kernel.
+    crate::trace_sink::init_from_env();
+}
+
+/// `atexit`: release the process `Mm` once, then the final unmap.
+extern "C" fn at_exit() {
+    release_now();
+}
+
+/// `Mm::exit` on the process `Mm` (release, exactly once), then `Unmap
+/// [0, max)` for the interval notifiers, as `exit_mmap` does.
+pub fn release_now() {
+    let mm = process::process_mm();
+    if !mm.exit() {
+        return;
+    }
+    let all = Change {
+        event: Event::Unmap,
+        start: 0,
+        end: u64::MAX,
+    };
+    dispatch::emit(&all, Call::Exit, Source::Hook, Phase::Release);
+    if thread::busy() {
+        return;
+    }
+    let _scope = thread::dispatching();
+    let lock = mm.mmap_read();
+    Invalidation::start(&lock, Range::new(mm, Event::Unmap, 0, u64::MAX)).end();
+}
+
+/// Registers the fork and exit handlers (once per process).
+pub fn register() -> Result<(), i32> {
+    // SAFETY: the handlers are `extern "C" fn()` with static lifetime.
+    let ret = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if ret != 0 {
+        return Err(ret);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::atexit(at_exit) } != 0 {
+        return Err(libc::ENOMEM);
+    }
+    Ok(())
+}

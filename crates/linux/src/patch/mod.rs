@@ -1,0 +1,134 @@
+//! Interposition of libc's memory-management calls by patching the
+//! `syscall` sites inside glibc, which catches glibc's internal callers
+//! (`free` → `__munmap`, heap trimming → `__brk`/`__madvise`, thread exit
+//! → `__madvise`) and every library loaded later, with no symbol tricks.
+//!
+//! Supported: x86_64 with the glibc build the site patterns describe
+//! (Debian 12's 2.36). Anything else is refused with an error that names
+//! the function and the bytes found; there the process is covered by the
+//! userfaultfd net alone (see DESIGN.md).
+
+#[cfg(target_arch = "x86_64")]
+mod sites;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+use std::fmt;
+
+/// What installation patched.
+#[derive(Debug, Clone)]
+pub struct Patched {
+    /// The libc functions whose system calls now go through hooks.
+    pub functions: Vec<&'static str>,
+    /// Address of the trampoline page.
+    pub trampolines: u64,
+}
+
+/// Why the hooks could not be installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallError {
+    /// libc.so.6 is not loaded (a static or non-glibc program).
+    NoLibc,
+    /// A function to patch is not exported.
+    Missing(&'static str),
+    /// The function's bytes are not the expected glibc 2.36 prologue.
+    Foreign {
+        /// The function.
+        function: &'static str,
+        /// Its first bytes, as found.
+        bytes: String,
+        /// What they look like, e.g. another library's patch.
+        verdict: &'static str,
+    },
+    /// The instruction to patch straddles two cache lines (no atomic store
+    /// can replace it).
+    Straddles(&'static str),
+    /// No free page within ±2 GiB of libc for the trampolines.
+    NoTrampolineSpace,
+    /// `mprotect` of libc text failed (errno), e.g. a W^X policy.
+    Protect(i32),
+    /// `membarrier` SYNC_CORE is unavailable (errno).
+    Membarrier(i32),
+    /// Not x86_64: entry patching is not implemented here.
+    UnsupportedArch(&'static str),
+    /// `pthread_atfork`/`atexit` failed (errno).
+    Handlers(i32),
+}
+
+impl InstallError {
+    /// A mismatch, with a guess at who patched it.
+    pub fn foreign(function: &'static str, actual: &[u8]) -> InstallError {
+        let verdict = match actual {
+            [0xe9, ..] => {
+                "starts with jmp rel32: already patched by another interposer (UCX libucm patches libc when libucs loads)"
+            }
+            [0xff, 0x25, ..] => "starts with jmp [rip+x]: already patched by another interposer",
+            [0x49, 0xbb, ..] | [0x48, 0xb8, ..] => {
+                "starts with movabs: already patched by another interposer (libfabric memhooks, Open MPI patcher)"
+            }
+            [0xcc, ..] => "starts with int3: a debugger breakpoint",
+            _ => "an unknown glibc build",
+        };
+        let bytes = actual
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        InstallError::Foreign {
+            function,
+            bytes,
+            verdict,
+        }
+    }
+}
+
+impl fmt::Display for InstallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstallError::NoLibc => f.write_str("libc.so.6 is not loaded in this process"),
+            InstallError::Missing(s) => write!(f, "libc does not export `{s}`"),
+            InstallError::Foreign {
+                function,
+                bytes,
+                verdict,
+            } => write!(
+                f,
+                "refusing to patch `{function}`: its code is not the expected glibc 2.36 x86_64 prologue ({verdict}); found: {bytes}"
+            ),
+            InstallError::Straddles(s) => write!(
+                f,
+                "refusing to patch `{s}`: its system-call site straddles two cache lines"
+            ),
+            InstallError::NoTrampolineSpace => {
+                f.write_str("no free page within 2 GiB of libc for the trampolines")
+            }
+            InstallError::Protect(e) => write!(f, "mprotect of libc text failed: errno {e}"),
+            InstallError::Membarrier(e) => {
+                write!(
+                    f,
+                    "membarrier(PRIVATE_EXPEDITED_SYNC_CORE) failed: errno {e}"
+                )
+            }
+            InstallError::UnsupportedArch(a) => write!(
+                f,
+                "libc patching is implemented for x86_64 only, not {a}: hooks are off, only the userfaultfd net covers this process"
+            ),
+            InstallError::Handlers(e) => write!(f, "pthread_atfork/atexit failed: errno {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+/// Patches libc (all sites, or none).
+pub fn install() -> Result<Patched, InstallError> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::install()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Err(InstallError::UnsupportedArch(std::env::consts::ARCH))
+    }
+}
