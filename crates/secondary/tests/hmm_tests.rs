@@ -812,7 +812,6 @@ fn migrate_remap_fault() {
                         fixed: Some(to),
                         may_move: true,
                         dont_unmap,
-                        ..MremapFlags::default()
                     };
                     let mut at = B;
                     if before {
