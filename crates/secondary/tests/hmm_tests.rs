@@ -427,6 +427,23 @@ fn migrate() {
     fx.assert_coherent();
 }
 
+/// Not in `hmm-tests.c`: a sparse buffer (every other page never
+/// touched) migrates whole; the fresh pages are inserted under a second
+/// `Migrate` range that carries the device's owner, so the device keeps
+/// the pages it mapped in the first pass.
+#[test]
+fn migrate_sparse() {
+    let fx = Fixture::new();
+    fx.map(B, N, Prot::RW);
+    for i in (1..N).step_by(2) {
+        fx.cpu_write(B + i * P, 1);
+    }
+    assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
+    assert_on_device(&fx, &fx.mirror, B, N);
+    assert_eq!(fx.mirror.stats().skipped, 2, "both ranges were its own");
+    fx.assert_coherent();
+}
+
 /// `hmm.migrate_fault`: migrate, the CPU reads half the pages back (with
 /// coherent memory that is a plain access, no fault), then migrating the
 /// mix again succeeds with every page counted: those already in the
