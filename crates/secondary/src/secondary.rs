@@ -40,16 +40,46 @@ pub enum Access {
 /// Why a [`Secondary::fault`] did not map the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FaultError {
-    /// Nothing is mapped there, or not with the access asked for (the
-    /// primary's fault would raise SIGSEGV).
-    #[error("the primary has no accessible mapping there")]
+    /// `EFAULT`: nothing is mapped there, or nothing the primary's fault
+    /// can make accessible (no VMA, `PROT_NONE`; the CPU would get
+    /// SIGSEGV).
+    #[error("the primary has no accessible mapping there (EFAULT)")]
     Unmapped,
+    /// `EPERM`: a write asked of a mapping that does not allow writing
+    /// (`hmm_range_fault` refuses a write fault on a VMA without
+    /// `VM_WRITE`).
+    #[error("the mapping does not allow writing (EPERM)")]
+    Denied,
+    /// `EINVAL`: a device migration over a page with no VMA or a VMA
+    /// without `VM_READ` (test_hmm's check before `migrate_vma_setup`).
+    #[error("the range has a hole or an unreadable mapping (EINVAL)")]
+    Invalid,
+    /// `ENOENT`: after a migration to the device, a page of the range is
+    /// not in the device's table (not migrated: shared memory, or a page
+    /// another device holds; test_hmm's read-back fails).
+    #[error("a page of the range did not reach the device (ENOENT)")]
+    NotFound,
     /// The address space has exited, or the secondary was released.
     #[error("the address space is gone")]
     Released,
     /// A non-blocking attempt found the secondary busy.
     #[error("busy, try again")]
     Busy,
+}
+
+impl FaultError {
+    /// The negated errno test_hmm's ioctl would return (`EBUSY` for
+    /// [`FaultError::Busy`], `EINVAL` for a released mirror: test_hmm's
+    /// `mmget_not_zero` failing).
+    pub fn errno(self) -> i32 {
+        match self {
+            FaultError::Unmapped => -14,
+            FaultError::Denied => -1,
+            FaultError::Invalid | FaultError::Released => -22,
+            FaultError::NotFound => -2,
+            FaultError::Busy => -16,
+        }
+    }
 }
 
 /// Counts a secondary keeps, for the stress table and the tests.

@@ -71,6 +71,11 @@ pub struct Frame {
     /// software MMU records it so that a coherence check can tell the
     /// device that owns the page from one using it stale.
     pub exclusive_owner: Option<mmun_core::Owner>,
+    /// The device whose memory the frame is (`page_pgmap(page)->owner` of
+    /// a `MEMORY_DEVICE_COHERENT` page): set by a migration to the device,
+    /// cleared by every allocation. The CPU maps such a frame like any
+    /// other; migrations to a device leave it alone.
+    pub device: Option<mmun_core::Owner>,
     /// Which address spaces map the folio (head only): two tracked ids with
     /// their mapping counts, the rest counted together — the userspace form
     /// of the folio's `_mm_id` tracking, which decides whether a large
@@ -122,6 +127,7 @@ impl Frame {
         generation: 0,
         serial: 0,
         exclusive_owner: None,
+        device: None,
         mappers: [(0, 0); 2],
         other_mappers: 0,
     };
@@ -333,6 +339,7 @@ impl Frames {
                 generation,
                 serial: generation,
                 exclusive_owner: None,
+                device: None,
                 mappers: [(0, 0); 2],
                 other_mappers: 0,
             };

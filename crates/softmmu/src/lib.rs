@@ -22,6 +22,7 @@ mod huge_memory;
 mod ksm;
 pub mod layout;
 mod madvise;
+mod migrate_device;
 mod mmap;
 mod mprotect;
 pub mod mremap;

@@ -94,58 +94,6 @@ impl AddressSpace {
         })
     }
 
-    /// `migrate_vma_setup` … `migrate_vma_finalize` for a device driver
-    /// moving `[start, end)` to its memory: one `Migrate` range with the
-    /// driver's `owner` over the whole request while the pages are
-    /// collected, then new frames for them. Returns how many pages moved.
-    pub fn migrate_device(&self, start: u64, end: u64, owner: mmun_core::Owner) -> usize {
-        self.migrate_device_and_map(start, end, owner, |_, _| ())
-    }
-
-    /// [`AddressSpace::migrate_device`] with the driver's
-    /// `finalize_and_map` step: `map(addr, new)` is called for every moved
-    /// page once its new frame is installed (`None` if the new entry is
-    /// inaccessible), while the page-table lock is
-    /// still held, so that the device's table holds the new frames before
-    /// anyone can see the migration completed (`lib/test_hmm.c`
-    /// `dmirror_migrate_finalize_and_map` runs before `migrate_vma_finalize`).
-    /// The device skipped its own `Migrate` range, so this is what replaces
-    /// its old translations. `map` runs like an invalidation callback: it
-    /// may take the driver lock but must not call into this address space.
-    pub fn migrate_device_and_map(
-        &self,
-        start: u64,
-        end: u64,
-        owner: mmun_core::Owner,
-        mut map: impl FnMut(u64, Option<crate::Translation>),
-    ) -> usize {
-        self.read_op(|ctx| {
-            let inv = ctx.start_owner(Event::Migrate, start, end, Some(owner));
-            let folios = mapped_folios(ctx, start, end);
-            let collected: Vec<(Mapped, Pte)> = folios
-                .iter()
-                .filter(|f| !f.huge)
-                .map(|f| (*f, install_migration_entry(ctx, f)))
-                .collect();
-            inv.end();
-            for (folio, old) in &collected {
-                finish_migration(ctx, folio.start, *old);
-                // What the CPU now reaches there: the new frame, unless the
-                // entry is inaccessible.
-                let new =
-                    crate::fault::translate(&ctx.st.pt, folio.start).map(|(pfn, writable)| {
-                        crate::Translation {
-                            pfn,
-                            serial: ctx.mem.frame(pfn).serial,
-                            writable,
-                        }
-                    });
-                map(folio.start, new);
-            }
-            collected.len()
-        })
-    }
-
     /// Aging as MGLRU's page-table walk does it in 6.18: every present entry
     /// of `[start, end)` has its accessed bit cleared in the primary, then
     /// in the secondaries (`clear_young` per page or per 2 MiB). Returns
@@ -264,7 +212,7 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
     finish_migration(ctx, folio.start, old);
 }
 
-fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
+pub(crate) fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
     let old = folio.entry;
     if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
         *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.is_write());
@@ -272,7 +220,7 @@ fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) 
     old
 }
 
-fn finish_migration<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, old: Pte) {
+pub(crate) fn finish_migration<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, old: Pte) {
     let kind = ctx.mem.frame(old.pfn()).kind;
     let new_pfn = ctx.mem.alloc(kind);
     ctx.mem.map_pte(new_pfn, ctx.id);

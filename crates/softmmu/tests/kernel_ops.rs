@@ -101,6 +101,48 @@ fn device_migration_is_one_migrate_range_with_the_owner() {
     assert_paired(&calls);
 }
 
+fn migrate(s: u64, e: u64) -> Callback {
+    Callback::Start {
+        event: Event::Migrate,
+        start: B + s,
+        end: B + e,
+        blockable: true,
+        owner: Some(device_owner()),
+    }
+}
+
+/// `migrate_vma_pages`: empty entries of an anonymous VMA migrate too (a
+/// fresh device page each), under a second `Migrate` range with the owner
+/// from the first of them to the end of the request.
+#[test]
+fn device_migration_fills_holes_under_a_second_migrate_range() {
+    let (calls, rc) = stream(
+        "mmap 0 0x4000 rw
+touch 0 0x1000 w
+",
+        "migrate_device 0 0x4000",
+    );
+    assert_eq!(rc, "RC 4");
+    assert_eq!(
+        starts(&calls),
+        vec![migrate(0, 0x4000), migrate(0x1000, 0x4000)]
+    );
+    assert_paired(&calls);
+}
+
+/// test_hmm's loop is per VMA: the first VMA migrates under its own
+/// range, and the page without a VMA after it ends the request (`EINVAL`,
+/// so nothing past the hole is touched).
+#[test]
+fn device_migration_goes_vma_by_vma_and_stops_at_a_hole() {
+    let setup =
+        "mmap 0 0x1000 rw\nmmap 0x2000 0x1000 rw\ntouch 0 0x1000 w\ntouch 0x2000 0x1000 w\n";
+    let (calls, rc) = stream(setup, "migrate_device 0 0x3000");
+    assert_eq!(rc, "RC 1");
+    assert_eq!(starts(&calls), vec![migrate(0, 0x1000)]);
+    assert_paired(&calls);
+}
+
 #[test]
 fn ksm_write_protects_every_page_then_replaces_all_but_the_first() {
     let (calls, rc) = stream("mmap 0 0x3000 rw\ntouch 0 0x3000 w\n", "ksm 0 0x3000");

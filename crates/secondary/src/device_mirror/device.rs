@@ -135,6 +135,18 @@ impl Device {
     }
 }
 
+impl Device {
+    /// `dmirror_devmem_fault_alloc_and_copy`'s erase for one page leaving
+    /// the device's memory (our own `Migrate` range was skipped): called
+    /// with the primary's page-table lock held. Bumps the generation for
+    /// faults in flight.
+    pub(super) fn evict(&self, va: u64) {
+        let mut table = self.table.lock();
+        table.generation += 1;
+        table.ptes.remove(&va);
+    }
+}
+
 /// A `Migrate` or `Exclusive` range, whoever started it.
 pub(super) fn is_migration(range: &Range<'_>) -> bool {
     matches!(range.event(), Event::Migrate | Event::Exclusive)

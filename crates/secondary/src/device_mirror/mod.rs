@@ -21,7 +21,9 @@
 //!   table, and every use is checked by the [`Coherence`] oracle under the
 //!   device lock.
 //! * **Exclusive** ([`DeviceMirror::make_exclusive`]) and **migration**
-//!   ([`DeviceMirror::migrate_to_device`]) follow test_hmm's commands.
+//!   ([`DeviceMirror::migrate_to_device`], [`DeviceMirror::migrate_to_system`])
+//!   and the **snapshot** ([`DeviceMirror::snapshot`]) follow test_hmm's
+//!   commands.
 //!
 //! A [`Bug`] can be injected to break the protocol on purpose; see
 //! [`Bug`] for what each does. The textbook steps are `Device::invalidate`
@@ -38,7 +40,9 @@
 
 mod bugs;
 mod device;
+mod migrate;
 mod protocol;
+mod snapshot;
 mod table;
 
 use std::collections::BTreeMap;
@@ -47,10 +51,11 @@ use std::sync::Arc;
 
 use mmun_core::{Error, IntervalNotifier, Owner};
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
-use mmun_softmmu::{AddressSpace, DeviceView, Translation};
+use mmun_softmmu::{AddressSpace, DeviceView, Translation, VmFlags};
 use parking_lot::{Mutex, RwLock};
 
 use self::device::{Device, MirrorOps};
+pub use self::snapshot::SnapshotProt;
 use self::table::bump;
 pub use self::table::{DevicePte, MirrorStats};
 use crate::bug::Bug;
@@ -291,31 +296,6 @@ impl DeviceMirror {
         Err(FaultError::Busy)
     }
 
-    /// test_hmm's migrate-to-device command: the anonymous pages of
-    /// `[start, end)` move to new frames under one `Migrate` range with
-    /// this device's owner, which this device skips; the device table gets
-    /// every new frame while the primary still holds its page-table lock
-    /// (`finalize_and_map` before `migrate_vma_finalize`). Returns how many
-    /// pages moved.
-    ///
-    /// # Errors
-    ///
-    /// [`FaultError::Released`] after exit.
-    pub fn migrate_to_device(&self, start: u64, end: u64) -> Result<usize, FaultError> {
-        let start = align_down(start, PAGE_SIZE);
-        // Every page the device will hold must be covered by a subscription
-        // before the migration, or later invalidations would miss it.
-        self.subscribe(start, end)?;
-        let device = &self.device;
-        let owner = device.owner;
-        let moved = self
-            .space
-            .migrate_device_and_map(start, end, owner, |va, new| {
-                device.finalize_and_map(va, new);
-            });
-        Ok(moved)
-    }
-
     /// The device uses `va` through its own table, for writing if `write`;
     /// the use is checked by the oracle under the device lock.
     pub fn access(&self, va: u64, write: bool) -> Access {
@@ -367,9 +347,9 @@ impl DeviceMirror {
     /// read the translation. `Ok(None)` if the page changed in between so
     /// that it no longer serves this access: the caller retries.
     fn walk(&self, page: u64, write: bool) -> Result<Option<Translation>, FaultError> {
-        self.space
-            .access(page, write)
-            .map_err(|_| FaultError::Unmapped)?;
+        if self.space.access(page, write).is_err() {
+            return Err(self.refusal(page, write));
+        }
         let now = self.space.translate_frame(page);
         Ok(now.filter(|t| !write || t.writable))
     }
@@ -390,6 +370,22 @@ impl DeviceMirror {
             .make_device_exclusive(page, owner)
             .map_err(|_| FaultError::Unmapped)?;
         Ok(self.space.device_view(page, Some(owner)).filter(ours))
+    }
+
+    /// Why the primary refused a fault at `page` (`hmm_range_fault`'s
+    /// errno): `Denied` for a write to a readable VMA without `VM_WRITE`,
+    /// `Unmapped` otherwise. Only on the error path: it copies the VMAs.
+    fn refusal(&self, page: u64, write: bool) -> FaultError {
+        let vmas = self.space.vmas();
+        let vma = vmas.iter().find(|v| v.start <= page && page < v.end);
+        let flags = vma.map(|v| v.flags);
+        let readable_only =
+            flags.is_some_and(|f| f.contains(VmFlags::READ) && !f.contains(VmFlags::WRITE));
+        if write && readable_only {
+            FaultError::Denied
+        } else {
+            FaultError::Unmapped
+        }
     }
 
     /// The table's generation, read before a walk; `Released` after exit.

@@ -135,3 +135,62 @@ pub fn with_watchdog<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 }
 
 pub use mmun_testkit::Rng;
+
+/// test_hmm's `HMM_DMIRROR_READ` / `HMM_DMIRROR_WRITE` of `pages` pages
+/// from `start`: fault each page (stopping at the first error, whose errno
+/// the ioctl returns), then use it through the device table. Returns the
+/// pages the device handled (`cpages`).
+pub fn dmirror_rw(
+    mirror: &DeviceMirror,
+    start: u64,
+    pages: u64,
+    write: bool,
+) -> Result<u64, mmun_secondary::FaultError> {
+    use mmun_secondary::Access;
+    for i in 0..pages {
+        let va = start + i * P;
+        mirror.fault(va, write)?;
+        assert_eq!(
+            mirror.access(va, write),
+            Access::Hit,
+            "page {i} just faulted"
+        );
+    }
+    Ok(pages)
+}
+
+/// A shmem object of `pages` pages with every page in its page cache (the
+/// tmpfs file `hmm_create_file` makes and `pwrite` fills).
+pub fn filled_object(memory: &Arc<Memory>, pages: u64) -> Arc<mmun_softmmu::shmem::ShmemObject> {
+    let object = Arc::new(mmun_softmmu::shmem::ShmemObject::new(
+        Arc::clone(memory),
+        pages * P,
+    ));
+    for index in 0..pages {
+        let pfn = object.get_page(memory, index);
+        memory.touch_write(pfn);
+        // `get_page` took a reference for a mapping; `pwrite` maps nothing.
+        memory.put(pfn);
+    }
+    object
+}
+
+/// `mmap(addr, pages, prot, MAP_SHARED | MAP_FIXED, fd)` of `object`.
+pub fn map_object(
+    space: &AddressSpace,
+    addr: u64,
+    pages: u64,
+    prot: Prot,
+    object: &Arc<mmun_softmmu::shmem::ShmemObject>,
+) {
+    let req = MapRequest {
+        addr,
+        len: pages * P,
+        prot,
+        shared: true,
+        object: Some(Arc::clone(object)),
+        fixed: true,
+        ..MapRequest::default()
+    };
+    assert_eq!(space.mmap(req), Ok(addr));
+}

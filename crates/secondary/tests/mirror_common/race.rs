@@ -186,6 +186,7 @@ fn device_loop(fx: &Fixture, seed: u64) {
             }
             Err(FaultError::Busy) => {}
             Err(FaultError::Released) => panic!("released while the address space lives"),
+            Err(e) => panic!("a fault of read-write memory failed with {e}"),
         }
         let elsewhere = B + rng.below(PAGES) * P;
         fx.mirror.access(elsewhere, rng.chance(50));

@@ -1,0 +1,269 @@
+//! Migration between system memory and a device's memory, as a driver
+//! drives it: `migrate_vma_setup` → `migrate_vma_pages` → the driver's
+//! `finalize_and_map` → `migrate_vma_finalize`.
+//!
+//! Kernel counterpart: `mm/migrate_device.c` (6.18) as `lib/test_hmm.c`'s
+//! `dmirror_migrate_to_device` / `dmirror_migrate_to_system` call it, for
+//! `MEMORY_DEVICE_COHERENT` memory: the device's pages stay mapped by the
+//! CPU as ordinary present entries (the software MMU has no
+//! device-private swap entries). Linux's rules kept here:
+//!
+//! * The driver walks the request VMA by VMA under the mmap read lock, in
+//!   chunks of at most [`MIGRATE_CHUNK_PAGES`]; a page with no VMA, or a
+//!   VMA without `VM_READ`, ends the request with `EINVAL` (chunks before
+//!   it stay migrated).
+//! * One `Migrate` range carrying the driver's owner covers each chunk
+//!   while its pages are collected; a huge PMD in it is split first (6.18
+//!   without `MIGRATE_VMA_SELECT_COMPOUND`: 512 base pages move).
+//! * To a device: only private anonymous memory moves. Empty entries and
+//!   zero-page entries move too (the device gets a fresh page, inserted
+//!   under a second `Migrate` range, `migrate_vma_insert_page`); shared
+//!   memory, KSM pages, swap-type entries and pages already in some
+//!   device's memory stay (`MIGRATE_VMA_SELECT_SYSTEM` only).
+//! * To system: only the pages in this owner's device memory move.
+
+use mmun_core::{Event, HeldMmLock, Owner};
+
+use crate::Translation;
+use crate::address_space::{AddressSpace, Ctx};
+use crate::error::{Errno, SysResult};
+use crate::fault::anon_vma_prepare;
+use crate::frame::{FrameKind, ZERO_PFN};
+use crate::huge_memory::split_huge_pmd;
+use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, block_end};
+use crate::page_table::{PmdEntry, Pte};
+use crate::rmap::{Mapped, finish_migration, install_migration_entry};
+use crate::vma::{VmFlags, Vma};
+
+/// Pages one `migrate_vma_setup` call covers at most (test_hmm's
+/// `PTRS_PER_PTE`-long pfn arrays).
+const MIGRATE_CHUNK_PAGES: u64 = 512;
+
+/// Which way a device migration moves pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// System memory → the owner's device memory.
+    ToDevice,
+    /// The owner's device memory → system memory.
+    ToSystem,
+}
+
+/// What the collection step found at one page.
+enum Collected {
+    /// A mapped page, now behind a migration entry (the old entry).
+    Page(Pte),
+    /// Nothing, or the zero page: a fresh page is inserted.
+    Hole,
+}
+
+impl AddressSpace {
+    /// `migrate_vma_setup` … `migrate_vma_finalize` moving `[start, end)`
+    /// to the memory of the device `owner` (see the module docs). Returns
+    /// how many pages moved; 0 for a request `test_hmm` would refuse with
+    /// `EINVAL` (after moving the chunks before the bad page).
+    pub fn migrate_device(&self, start: u64, end: u64, owner: Owner) -> usize {
+        let mut moved = 0;
+        let result = self.migrate_device_and_map(start, end, owner, |_, _| moved += 1);
+        result.unwrap_or(moved)
+    }
+
+    /// [`AddressSpace::migrate_device`] with the driver's
+    /// `finalize_and_map` step: `map(addr, new)` is called for every moved
+    /// page once its new frame is installed (`None` if the new entry is
+    /// inaccessible), while the page-table lock is still held, so that the
+    /// device's table holds the new frames before anyone can see the
+    /// migration completed (`dmirror_migrate_finalize_and_map` runs before
+    /// `migrate_vma_finalize`). The device skipped its own `Migrate`
+    /// ranges, so this is what replaces its old translations. `map` runs
+    /// like an invalidation callback: it may take the driver lock but must
+    /// not call into this address space.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if a page of the range has no VMA or one without
+    /// `VM_READ` (`PROT_NONE`), or the range wraps.
+    pub fn migrate_device_and_map(
+        &self,
+        start: u64,
+        end: u64,
+        owner: Owner,
+        map: impl FnMut(u64, Option<Translation>),
+    ) -> SysResult<usize> {
+        self.migrate_vmas(start, end, owner, Direction::ToDevice, map)
+    }
+
+    /// `dmirror_migrate_to_system`: the pages of `[start, end)` in
+    /// `owner`'s device memory move back to system memory under
+    /// `Migrate` ranges with `owner`; `unmap(addr, new)` is called for
+    /// each (the driver drops its entry: `dmirror_devmem_fault_alloc_and_copy`
+    /// erases it). Returns how many moved.
+    ///
+    /// # Errors
+    ///
+    /// As [`AddressSpace::migrate_device_and_map`].
+    pub fn migrate_device_to_system(
+        &self,
+        start: u64,
+        end: u64,
+        owner: Owner,
+        unmap: impl FnMut(u64, Option<Translation>),
+    ) -> SysResult<usize> {
+        self.migrate_vmas(start, end, owner, Direction::ToSystem, unmap)
+    }
+
+    /// The driver's loop: VMA by VMA, chunk by chunk, under the mmap read
+    /// lock.
+    fn migrate_vmas(
+        &self,
+        start: u64,
+        end: u64,
+        owner: Owner,
+        direction: Direction,
+        mut map: impl FnMut(u64, Option<Translation>),
+    ) -> SysResult<usize> {
+        let start = align_down(start, PAGE_SIZE);
+        let end = end
+            .checked_next_multiple_of(PAGE_SIZE)
+            .ok_or(Errno::Inval)?;
+        if end < start {
+            return Err(Errno::Inval);
+        }
+        self.read_op(|ctx| {
+            let mut moved = 0;
+            let mut addr = start;
+            while addr < end {
+                let vma = ctx.st.vmas.lookup(addr).cloned();
+                let readable = |v: &Vma| v.flags.contains(VmFlags::READ);
+                let vma = vma.filter(readable).ok_or(Errno::Inval)?;
+                let next = end.min(addr + MIGRATE_CHUNK_PAGES * PAGE_SIZE).min(vma.end);
+                let chunk = Chunk {
+                    vma: &vma,
+                    start: addr,
+                    end: next,
+                    owner,
+                    direction,
+                };
+                moved += migrate_chunk(ctx, &chunk, &mut map);
+                addr = next;
+            }
+            Ok(moved)
+        })
+    }
+}
+
+/// One `migrate_vma` call: a range inside one VMA.
+struct Chunk<'v> {
+    vma: &'v Vma,
+    start: u64,
+    end: u64,
+    owner: Owner,
+    direction: Direction,
+}
+
+/// Setup (collect + unmap under one `Migrate` range), then pages and
+/// finalize with the driver's map step. Returns how many pages moved.
+fn migrate_chunk<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    chunk: &Chunk<'_>,
+    map: &mut impl FnMut(u64, Option<Translation>),
+) -> usize {
+    let owner = Some(chunk.owner);
+    let inv = ctx.start_owner(Event::Migrate, chunk.start, chunk.end, owner);
+    split_huge_pmds(ctx, chunk);
+    let mut pages = Vec::new();
+    let mut holes = Vec::new();
+    for addr in (chunk.start..chunk.end).step_by(PAGE_SIZE as usize) {
+        match collect(ctx, chunk, addr) {
+            Some(Collected::Page(pte)) => pages.push((addr, pte)),
+            Some(Collected::Hole) => holes.push(addr),
+            None => {}
+        }
+    }
+    inv.end();
+    for &(addr, old) in &pages {
+        finish_migration(ctx, addr, old);
+        let device = (chunk.direction == Direction::ToDevice).then_some(chunk.owner);
+        let new = ctx.st.pt.pte(addr).pfn();
+        ctx.mem.update(new, |f| f.device = device);
+        map(addr, cpu_view(ctx, addr));
+    }
+    if let Some(&first) = holes.first() {
+        // `migrate_vma_pages` notifies once more before inserting pages
+        // where there were none.
+        let inv = ctx.start_owner(Event::Migrate, first, chunk.end, owner);
+        for &addr in &holes {
+            insert_page(ctx, chunk, addr);
+            map(addr, cpu_view(ctx, addr));
+        }
+        inv.end();
+    }
+    pages.len() + holes.len()
+}
+
+/// `migrate_vma_collect_pmd` on a huge PMD: split it (a huge zero PMD
+/// becomes 512 zero-page entries). Inside the `Migrate` range, as Linux
+/// splits during the walk.
+fn split_huge_pmds<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>) {
+    if chunk.direction == Direction::ToSystem {
+        // Device memory here is only ever base pages.
+        return;
+    }
+    let mut addr = chunk.start;
+    while addr < chunk.end {
+        if let Some(PmdEntry::Huge(_)) = ctx.st.pt.pmd(addr) {
+            split_huge_pmd(ctx, chunk.vma, addr);
+        }
+        addr = block_end(addr, chunk.end, PMD_SIZE);
+    }
+}
+
+/// Whether the page at `addr` is selected, and if it is mapped, replaces
+/// its entry by a migration entry.
+fn collect<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) -> Option<Collected> {
+    let vma = chunk.vma;
+    let private_anon = vma.is_anonymous() && !vma.flags.contains(VmFlags::SHARED);
+    let pte = ctx.st.pt.pte(addr);
+    let to_device = chunk.direction == Direction::ToDevice;
+    if pte.is_none() || (pte.is_present() && pte.is_special() && pte.pfn() == ZERO_PFN) {
+        return (to_device && private_anon).then_some(Collected::Hole);
+    }
+    if !pte.is_present() || pte.is_special() || pte.is_protnone() {
+        return None;
+    }
+    let frame = ctx.mem.frame(pte.pfn());
+    let selected = match chunk.direction {
+        Direction::ToDevice => frame.kind == FrameKind::Anon && frame.device.is_none(),
+        Direction::ToSystem => frame.device == Some(chunk.owner),
+    };
+    if !selected || !private_anon {
+        return None;
+    }
+    let folio = Mapped {
+        start: addr,
+        end: addr + PAGE_SIZE,
+        entry: pte,
+        huge: false,
+    };
+    Some(Collected::Page(install_migration_entry(ctx, &folio)))
+}
+
+/// `migrate_vma_insert_page`: a fresh page of the device's memory where
+/// there was none or the zero page, writable if the VMA is.
+fn insert_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) {
+    anon_vma_prepare(ctx, chunk.vma);
+    let pfn = ctx.mem.alloc(FrameKind::Anon);
+    ctx.mem.map_pte(pfn, ctx.id);
+    ctx.mem.update(pfn, |f| f.device = Some(chunk.owner));
+    let writable = chunk.vma.flags.contains(VmFlags::WRITE);
+    // The zero page needs no release: it is never counted.
+    *ctx.st.pt.pte_alloc(addr) = Pte::new(pfn, writable);
+}
+
+/// What the CPU reaches at `addr` now, with the frame's life.
+fn cpu_view<L: HeldMmLock>(ctx: &Ctx<'_, L>, addr: u64) -> Option<Translation> {
+    crate::fault::translate(&ctx.st.pt, addr).map(|(pfn, writable)| Translation {
+        pfn,
+        serial: ctx.mem.frame(pfn).serial,
+        writable,
+    })
+}
