@@ -324,9 +324,29 @@ pub fn init_from_env() {
 /// The process whose `Mm` carries the tracing notifier.
 static TRACER_PID: AtomicI32 = AtomicI32::new(0);
 
-/// No callbacks: its presence makes the hooks dispatch (they skip an `Mm`
-/// nobody subscribed to), and every dispatch emits a record.
-static TRACER_OPS: mmun_core::NotifierOps<()> = mmun_core::NotifierOps::EMPTY;
+/// The tracing subscription: its presence makes the hooks dispatch (they
+/// skip an `Mm` nobody subscribed to), and every dispatch emits a record.
+/// An interval notifier over the whole user address space rather than a
+/// list notifier: releasing a list notifier at exit goes through the
+/// global SRCU domain's callback queue, whose lock a fork child may inherit
+/// held (a parent thread had it at the fork) — a hang at the child's exit.
+#[derive(Debug)]
+struct Tracer;
+
+impl mmun_core::IntervalNotifierOps for Tracer {
+    fn invalidate(
+        &self,
+        sub: &mmun_core::IntervalSub,
+        _range: &mmun_core::Range<'_>,
+        cur_seq: mmun_core::Seq,
+    ) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+/// The user half of x86_64's 47-bit address space.
+const USER_SPACE: u64 = 1 << 47;
 
 /// Sends the hooks' records here and subscribes the tracing notifier to
 /// this process's `Mm` (once per process: a fork child has a fresh `Mm`).
@@ -337,11 +357,14 @@ fn hook_up() {
     if TRACER_PID.swap(pid, Ordering::AcqRel) == pid {
         return;
     }
-    if let Ok(tracer) = mmun_core::Notifier::register(crate::process_mm(), &TRACER_OPS, ()) {
+    if let Ok(tracer) = mmun_core::IntervalNotifier::insert(crate::process_mm(), PAGE_ZERO, USER_SPACE - PAGE_ZERO, Tracer) {
         // Lives as long as the process (until exit releases the Mm).
         std::mem::forget(tracer);
     }
 }
+
+/// Page 0 is never mapped; starting above it keeps the range valid.
+const PAGE_ZERO: u64 = 4096;
 
 /// `MMUN_TRACE_FD=FD:INODE`, if FD is still a FIFO with that inode.
 fn pipe_from_env() -> Option<i32> {
