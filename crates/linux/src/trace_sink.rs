@@ -357,7 +357,12 @@ fn hook_up() {
     if TRACER_PID.swap(pid, Ordering::AcqRel) == pid {
         return;
     }
-    if let Ok(tracer) = mmun_core::IntervalNotifier::insert(crate::process_mm(), PAGE_ZERO, USER_SPACE - PAGE_ZERO, Tracer) {
+    if let Ok(tracer) = mmun_core::IntervalNotifier::insert(
+        crate::process_mm(),
+        PAGE_ZERO,
+        USER_SPACE - PAGE_ZERO,
+        Tracer,
+    ) {
         // Lives as long as the process (until exit releases the Mm).
         std::mem::forget(tracer);
     }
