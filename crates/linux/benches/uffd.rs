@@ -51,10 +51,8 @@ impl Bare {
         // UFFDIO_API asking for UNMAP|REMOVE|REMAP, like the net.
         let mut api = [0xAAu64, 0x40 | 0x8 | 0x4, 0];
         // SAFETY: UFFDIO_API on a stack struct of three u64.
-        assert_eq!(
-            unsafe { libc::ioctl(uffd.as_raw_fd(), 0xc018aa3f, api.as_mut_ptr()) },
-            0
-        );
+        let rc = unsafe { libc::ioctl(uffd.as_raw_fd(), 0xc018aa3f, api.as_mut_ptr()) };
+        assert_eq!(rc, 0);
         let stop = Arc::new(AtomicBool::new(false));
         let (fd, flag) = (Arc::clone(&uffd), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
@@ -82,10 +80,8 @@ impl Bare {
     fn register(&self, addr: usize, len: usize) {
         let mut reg = [addr as u64, len as u64, 2, 0]; // MODE_WP
         // SAFETY: UFFDIO_REGISTER on a stack struct of four u64.
-        assert_eq!(
-            unsafe { libc::ioctl(self.uffd.as_raw_fd(), 0xc020aa00, reg.as_mut_ptr()) },
-            0
-        );
+        let rc = unsafe { libc::ioctl(self.uffd.as_raw_fd(), 0xc020aa00, reg.as_mut_ptr()) };
+        assert_eq!(rc, 0);
     }
 }
 
