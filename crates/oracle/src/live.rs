@@ -41,7 +41,11 @@ impl TreeTrace {
     ///
     /// [`OracleError`]: the machine cannot trace (see [`crate::probe`]),
     /// or tracefs failed.
-    pub fn start(pid: i32, opts: &crate::Options) -> Result<TreeTrace, OracleError> {
+    pub fn start(
+        pid: i32,
+        opts: &crate::Options,
+        lock_wait: Duration,
+    ) -> Result<TreeTrace, OracleError> {
         crate::probe_with(opts)?;
         for event in &TREE_EVENTS[1..] {
             let enable = format!("{}/events/{event}/enable", tracefs::TRACEFS);
@@ -49,7 +53,7 @@ impl TreeTrace {
                 return Err(crate::Unavailable::NoEvent("raw_syscalls/sys_enter").into());
             }
         }
-        let lock = crate::lock(&opts.lock_path)?;
+        let lock = lock_within(&opts.lock_path, lock_wait)?;
         let session = Session::start_tree(pid, &TREE_EVENTS)?;
         let pipe = OpenOptions::new()
             .read(true)
@@ -106,6 +110,36 @@ impl Drop for TreeTrace {
         self.stop.store(true, Ordering::Release);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
+        }
+    }
+}
+
+/// Takes the run lock, waiting at most `wait`.
+fn lock_within(path: &std::path::Path, wait: Duration) -> Result<std::fs::File, OracleError> {
+    let err = |source| OracleError::Lock {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(err)?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OracleError::Busy {
+                    path: path.to_path_buf(),
+                    waited: wait,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
         }
     }
 }

@@ -26,6 +26,13 @@ pub(crate) struct ExecArgs {
 }
 
 pub(crate) fn run_exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
+    // If `mmun trace` dies before releasing us, do not wait forever.
+    let parent = rustix::process::getppid();
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("prctl(PR_SET_PDEATHSIG)")?;
+    if rustix::process::getppid() != parent {
+        return Ok(ExitCode::from(125));
+    }
     let mut go =
         std::fs::File::open(&args.go).with_context(|| format!("opening {}", args.go.display()))?;
     let mut byte = [0u8; 1];
@@ -35,6 +42,7 @@ pub(crate) fn run_exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(125));
     }
     drop(go);
+    rustix::process::set_parent_process_death_signal(None).context("prctl(PR_SET_PDEATHSIG)")?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     if let Some(preload) = std::env::var_os(ENV_EXEC_PRELOAD) {

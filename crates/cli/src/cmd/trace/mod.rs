@@ -49,6 +49,10 @@ pub(crate) struct Args {
     /// program's own output stays on standard output).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// With --verify-with-kernel: how long to wait for another run to free
+    /// the kernel trace buffer before giving up with exit 77.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    lock_wait: u64,
     /// Only the summary, not every record.
     #[arg(short, long)]
     quiet: bool,
@@ -108,12 +112,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let pid = child.id() as i32;
 
     let kernel = if args.verify_with_kernel {
-        match mmun_oracle::TreeTrace::start(pid, &opts) {
+        match mmun_oracle::TreeTrace::start(pid, &opts, Duration::from_secs(args.lock_wait)) {
             Ok(t) => Some(t),
             Err(e) => {
                 go.cancel();
-                let _ = child.kill();
                 let _ = child.wait();
+                if let mmun_oracle::OracleError::Busy { .. } = e {
+                    eprintln!("mmun trace: skipped: --verify-with-kernel: {e}");
+                    return Ok(ExitCode::from(UNAVAILABLE));
+                }
                 return Err(e).context("starting the kernel trace");
             }
         }
