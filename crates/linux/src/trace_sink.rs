@@ -8,7 +8,7 @@
 //! | variable | value | effect |
 //! |---|---|---|
 //! | `MMUN_TRACE_FD` | `FD:INODE` | records go to `FD` if it is still the pipe with that inode |
-//! | `MMUN_TRACE_MARKER` | `1` | also a text mark per record to `/sys/kernel/tracing/trace_marker` |
+//! | `MMUN_TRACE_MARKER` | `1` or a path | also a text mark per record to `/sys/kernel/tracing/trace_marker`, or to the `trace_marker` named (a tracefs instance's) |
 //! | `MMUN_TRACE_KVM` | `1` | create a KVM VM in this process, so that its mm carries the kernel's own notifier (`--verify-with-kernel`) |
 //!
 //! [`emit`] never allocates and takes no lock (hooks run inside libc calls,
@@ -311,10 +311,8 @@ pub fn init_from_env() {
     if enabled() {
         hook_up();
     }
-    if env_is_one(c"MMUN_TRACE_MARKER") && MARKER.load(Ordering::Relaxed) < 0 {
-        // SAFETY: a constant C path; the fd is ours for the process's life.
-        let fd = unsafe { libc::open(TRACE_MARKER.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-        MARKER.store(fd, Ordering::Relaxed);
+    if MARKER.load(Ordering::Relaxed) < 0 {
+        open_marker();
     }
     if env_is_one(c"MMUN_TRACE_KVM") {
         create_vm();
@@ -370,6 +368,23 @@ fn hook_up() {
 
 /// Page 0 is never mapped; starting above it keeps the range valid.
 const PAGE_ZERO: u64 = 4096;
+
+/// Opens the `trace_marker` that `MMUN_TRACE_MARKER` names (`1`: the
+/// global one; an absolute path: that file).
+fn open_marker() {
+    let name = c"MMUN_TRACE_MARKER";
+    // SAFETY: `name` is NUL-terminated; the value is read at once.
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    let path = match getenv(name) {
+        Some(b"1") => TRACE_MARKER.as_ptr(),
+        Some(v) if v.first() == Some(&b'/') => value.cast_const(),
+        _ => return,
+    };
+    // SAFETY: `path` is a NUL-terminated C string (a constant, or the
+    // environment's); the fd is ours for the process's life.
+    let fd = unsafe { libc::open(path, libc::O_WRONLY | libc::O_CLOEXEC) };
+    MARKER.store(fd, Ordering::Relaxed);
+}
 
 /// `MMUN_TRACE_FD=FD:INODE`, if FD is still a FIFO with that inode.
 fn pipe_from_env() -> Option<i32> {

@@ -57,14 +57,6 @@ pub enum OracleError {
         /// What failed.
         source: io::Error,
     },
-    /// Another run held the lock for longer than the caller would wait.
-    #[error("the kernel trace buffer is in use: {} stayed locked for {waited:?}", path.display())]
-    Busy {
-        /// The lock file.
-        path: PathBuf,
-        /// How long we waited.
-        waited: std::time::Duration,
-    },
     /// The script window is not free in this process.
     #[error(
         "script window at {:#x} is not free: {mapping}",

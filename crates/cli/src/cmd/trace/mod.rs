@@ -49,10 +49,6 @@ pub(crate) struct Args {
     /// program's own output stays on standard output).
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// With --verify-with-kernel: how long to wait for another run to free
-    /// the kernel trace buffer before giving up with exit 77.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    lock_wait: u64,
     /// Only the summary, not every record.
     #[arg(short, long)]
     quiet: bool,
@@ -102,8 +98,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         stub.env(exec::ENV_EXEC_PRELOAD, preload);
     }
     if args.verify_with_kernel {
-        stub.env(trace_sink::ENV_MARKER, "1")
-            .env(trace_sink::ENV_KVM, "1");
+        stub.env(
+            trace_sink::ENV_MARKER,
+            mmun_oracle::TreeTrace::marker_path(),
+        )
+        .env(trace_sink::ENV_KVM, "1");
     }
     let mut child = stub
         .spawn()
@@ -112,15 +111,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let pid = child.id() as i32;
 
     let kernel = if args.verify_with_kernel {
-        match mmun_oracle::TreeTrace::start(pid, &opts, Duration::from_secs(args.lock_wait)) {
+        match mmun_oracle::TreeTrace::start(pid, &opts) {
             Ok(t) => Some(t),
             Err(e) => {
                 go.cancel();
                 let _ = child.wait();
-                if let mmun_oracle::OracleError::Busy { .. } = e {
-                    eprintln!("mmun trace: skipped: --verify-with-kernel: {e}");
-                    return Ok(ExitCode::from(UNAVAILABLE));
-                }
                 return Err(e).context("starting the kernel trace");
             }
         }
