@@ -45,6 +45,7 @@ pub mod patch;
 pub mod process;
 pub mod record;
 pub mod sys;
+pub mod thp;
 pub mod thread;
 pub mod trace;
 /// The trace emitter (the userfaultfd branch owns it).

@@ -117,6 +117,7 @@ extern "C" fn child() {
     thread::reset_in_child();
     process::reset_in_child();
     net::forget_in_child();
+    crate::thp::reset_in_child();
     // The child's own trace hook-up: its fresh Mm gets the tracing
     // notifier, and a KVM VM of its own under --verify-with-kernel.
     crate::trace_sink::init_from_env();

@@ -49,6 +49,10 @@ pub(crate) struct Args {
     /// program's own output stays on standard output).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// With --verify-with-kernel: also write the raw kernel trace (tracefs
+    /// text) to this file.
+    #[arg(long, value_name = "FILE")]
+    kernel_trace: Option<PathBuf>,
     /// Only the summary, not every record.
     #[arg(short, long)]
     quiet: bool,
@@ -137,6 +141,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut code = exit_code(status);
     if let Some(kernel) = kernel {
         let text = kernel.finish().context("reading the kernel trace")?;
+        if let Some(path) = &args.kernel_trace {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        }
         let attribution =
             mmun_oracle::attribute::attribute(&text).context("attributing the kernel trace")?;
         let missed = printer.verdict(&attribution)?;
