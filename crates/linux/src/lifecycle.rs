@@ -41,7 +41,7 @@ thread_local! {
     static FORK: RefCell<Option<ForkOpen>> = const { RefCell::new(None) };
 }
 
-/// `pthread_atfork` prepare: start `ProtectionPage` per private writable VMA.
+/// `pthread_atfork` prepare: start `ProtectionPage` per private (COW) VMA.
 /// Runs before glibc takes malloc's locks, so it may allocate.
 extern "C" fn prepare() {
     let Some(mm) = process::subscribed() else {
@@ -54,7 +54,7 @@ extern "C" fn prepare() {
     }
     let mut ranges = Vec::new();
     let _ = maps::for_each_vma(|v| {
-        if v.is_private_writable() {
+        if v.is_cow_mapping() {
             ranges.push(Change {
                 event: Event::ProtectionPage,
                 start: v.start,

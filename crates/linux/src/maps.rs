@@ -31,9 +31,18 @@ pub struct Vma {
 }
 
 impl Vma {
-    /// Writable and private: fork write-protects it in the parent.
+    /// Writable and private.
     pub fn is_private_writable(&self) -> bool {
         self.perms[1] == b'w' && self.perms[3] == b'p'
+    }
+
+    /// Private, whatever its current protection: Linux's
+    /// `is_cow_mapping` (`MAP_PRIVATE` always has `VM_MAYWRITE`), which
+    /// fork write-protects in the parent when it has anonymous pages — a
+    /// RELRO region made read-only after relocation included (seen by
+    /// `mmun trace --verify-with-kernel` on bash).
+    pub fn is_cow_mapping(&self) -> bool {
+        self.perms[3] == b'p'
     }
 }
 
