@@ -57,10 +57,6 @@ fn verify_zero_missed(test: &str, cmd: &[&str]) {
             .unwrap_or_else(|| panic!("no `{name}` count: {trace}"))
     };
     assert!(
-        count("kernel:") > 0 || trace.contains("kernel: "),
-        "{trace}"
-    );
-    assert!(
         count("covered") > 0,
         "{test}: some invalidations are covered: {trace}"
     );
