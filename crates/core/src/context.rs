@@ -1,39 +1,29 @@
-//! Debug-build checks of the execution context, standing in for the
+//! Per-thread checks of the execution context, standing in for the
 //! kernel's `might_sleep()`, `non_block_start()`/`non_block_end()` and the
-//! "this would wait for itself" deadlocks lockdep reports.
+//! "this would wait for itself" deadlocks lockdep reports. Loom models,
+//! whose threads are not OS threads, compile all of it out.
 //!
-//! All of it is per thread and compiled out of release builds (and of loom
-//! models, whose threads are not OS threads): the functions stay callable
-//! and do nothing.
-//!
-//! * **Non-block sections.** Callbacks of a non-blockable range, and the
+//! * **Non-block sections** (debug builds only, like `might_sleep()` in a
+//!   production kernel). Callbacks of a non-blockable range, and the
 //!   atomic-context callbacks (young, `change_pte`, `invalidate_range`), run
 //!   inside one. [`might_sleep`] there is a bug in the callback and panics.
-//! * **Open invalidations.** Every start pushes its range on a per-thread
-//!   list until its end. Waiting for an invalidation epoch (interval
-//!   `read_begin`, `remove`) while this thread has one open on the same
-//!   address space can never finish, so it panics naming the rule instead of
-//!   hanging.
+//! * **Open invalidations** (every build: the check is one thread-local
+//!   scan of a few words). Every start pushes its range on a per-thread
+//!   stack until its end. Waiting for an invalidation epoch (interval
+//!   `read_begin`, `remove`) or taking the registration locks while this
+//!   thread has one open on the same address space can never finish, so it
+//!   panics naming the rule instead of hanging. The stack is a fixed array
+//!   in a destructor-less thread-local: pushing never allocates, also on a
+//!   thread's first start, so the dispatch path stays hook-safe. Past
+//!   16 nested invalidations on one thread the deeper ones go
+//!   unrecorded, which only makes the checks miss them, never misfire.
 
 #[cfg(all(debug_assertions, not(mmun_loom)))]
 mod imp {
-    use std::cell::{Cell, RefCell};
-
-    use crate::Event;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct Open {
-        pub(super) id: u64,
-        pub(super) subscriptions: usize,
-        pub(super) start: u64,
-        pub(super) end: u64,
-        pub(super) event: Event,
-    }
+    use std::cell::Cell;
 
     thread_local! {
         pub(super) static NON_BLOCK: Cell<u32> = const { Cell::new(0) };
-        pub(super) static OPEN: RefCell<Vec<Open>> = const { RefCell::new(Vec::new()) };
-        pub(super) static NEXT_ID: Cell<u64> = const { Cell::new(1) };
     }
 }
 
@@ -107,7 +97,7 @@ impl Drop for NonBlock {
 /// Records an invalidation this thread has started and not yet ended.
 pub(crate) struct OpenInvalidation {
     /// The record's id, 0 for none.
-    #[cfg(all(debug_assertions, not(mmun_loom)))]
+    #[cfg(not(mmun_loom))]
     id: u64,
 }
 
@@ -116,36 +106,26 @@ impl OpenInvalidation {
     #[inline]
     pub(crate) fn none() -> OpenInvalidation {
         OpenInvalidation {
-            #[cfg(all(debug_assertions, not(mmun_loom)))]
+            #[cfg(not(mmun_loom))]
             id: 0,
         }
     }
 
     #[inline]
     pub(crate) fn push(subscriptions: usize, range: &crate::Range<'_>) -> OpenInvalidation {
-        #[cfg(all(debug_assertions, not(mmun_loom)))]
+        #[cfg(not(mmun_loom))]
         {
-            let id = imp::NEXT_ID.with(|n| {
-                let id = n.get();
-                n.set(id + 1);
-                id
-            });
-            let open = imp::Open {
-                id,
-                subscriptions,
-                start: range.start(),
-                end: range.end(),
-                event: range.event(),
-            };
-            // A thread past its TLS destructors (glibc releases its stack
-            // after them, and a real-process primary invalidates that)
-            // goes unrecorded: the checks then miss it, never misfire.
-            match imp::OPEN.try_with(|o| o.borrow_mut().push(open)) {
-                Ok(()) => OpenInvalidation { id },
-                Err(_) => OpenInvalidation { id: 0 },
+            OpenInvalidation {
+                id: open::push(open::Open {
+                    id: 0,
+                    subscriptions,
+                    start: range.start(),
+                    end: range.end(),
+                    event: range.event(),
+                }),
             }
         }
-        #[cfg(not(all(debug_assertions, not(mmun_loom))))]
+        #[cfg(mmun_loom)]
         {
             let _ = (subscriptions, range);
             OpenInvalidation {}
@@ -155,10 +135,9 @@ impl OpenInvalidation {
     /// Removes the record (idempotent).
     #[inline]
     pub(crate) fn pop(&mut self) {
-        #[cfg(all(debug_assertions, not(mmun_loom)))]
+        #[cfg(not(mmun_loom))]
         if self.id != 0 {
-            let id = std::mem::replace(&mut self.id, 0);
-            let _ = imp::OPEN.try_with(|o| o.borrow_mut().retain(|open| open.id != id));
+            open::pop(std::mem::replace(&mut self.id, 0));
         }
     }
 }
@@ -174,42 +153,150 @@ impl Drop for OpenInvalidation {
 /// `what` is about to wait for that invalidation to end.
 #[track_caller]
 pub(crate) fn assert_not_waiting_on_self(subscriptions: usize, what: &str) {
-    #[cfg(all(debug_assertions, not(mmun_loom)))]
-    if !std::thread::panicking()
-        && imp::OPEN
-            .try_with(|o| o.borrow().iter().any(|x| x.subscriptions == subscriptions))
-            .unwrap_or(false)
-    {
+    #[cfg(not(mmun_loom))]
+    if !std::thread::panicking() && open::any(|x| x.subscriptions == subscriptions) {
         panic!(
             "{what} would wait for an invalidation of the same mm that this thread has open \
              (it must not be called from an invalidate callback or between start and end)"
         );
     }
-    #[cfg(not(all(debug_assertions, not(mmun_loom))))]
+    #[cfg(mmun_loom)]
+    let _ = (subscriptions, what);
+}
+
+/// Panics if this thread has an invalidation open on `subscriptions`:
+/// registration takes every lock of the address space for write, and the
+/// open invalidation holds one of them until its end.
+#[track_caller]
+pub(crate) fn assert_not_registering_inside(subscriptions: usize, what: &str) {
+    #[cfg(not(mmun_loom))]
+    if !std::thread::panicking() && open::any(|x| x.subscriptions == subscriptions) {
+        panic!(
+            "{what} takes every lock of the mm, which an invalidation this thread has open \
+             holds until its end (it must not be called from a notifier callback or between \
+             start and end)"
+        );
+    }
+    #[cfg(mmun_loom)]
     let _ = (subscriptions, what);
 }
 
 /// Whether this thread has a `Clear` or `Migrate` invalidation open on
 /// `subscriptions` that covers `address` (the nesting `change_pte` relies on).
-/// Always true when the checks are compiled out.
+/// Always true under loom, and for nesting deeper than [`open::DEPTH`].
 pub(crate) fn change_pte_is_nested(subscriptions: usize, address: u64) -> bool {
-    #[cfg(all(debug_assertions, not(mmun_loom)))]
+    #[cfg(not(mmun_loom))]
     {
         use crate::Event;
-        imp::OPEN
-            .try_with(|o| {
-                o.borrow().iter().any(|x| {
-                    x.subscriptions == subscriptions
-                        && matches!(x.event, Event::Clear | Event::Migrate)
-                        && x.start <= address
-                        && address < x.end
-                })
+        open::overflowed()
+            || open::any(|x| {
+                x.subscriptions == subscriptions
+                    && matches!(x.event, Event::Clear | Event::Migrate)
+                    && x.start <= address
+                    && address < x.end
             })
-            .unwrap_or(true)
     }
-    #[cfg(not(all(debug_assertions, not(mmun_loom))))]
+    #[cfg(mmun_loom)]
     {
         let _ = (subscriptions, address);
         true
+    }
+}
+
+/// The per-thread stack of open invalidations: a fixed array in a
+/// thread-local without a destructor, so that no access ever allocates or
+/// registers a thread-exit hook.
+#[cfg(not(mmun_loom))]
+pub(crate) mod open {
+    use std::cell::Cell;
+
+    use crate::Event;
+
+    /// How many nested open invalidations one thread records.
+    pub(crate) const DEPTH: usize = 16;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct Open {
+        pub(crate) id: u64,
+        pub(crate) subscriptions: usize,
+        pub(crate) start: u64,
+        pub(crate) end: u64,
+        pub(crate) event: Event,
+    }
+
+    const EMPTY: Open = Open {
+        id: 0,
+        subscriptions: 0,
+        start: 0,
+        end: 0,
+        event: Event::Unmap,
+    };
+
+    struct Stack {
+        len: Cell<usize>,
+        /// Pushes that found the stack full and were not recorded.
+        overflow: Cell<usize>,
+        next_id: Cell<u64>,
+        entries: [Cell<Open>; DEPTH],
+    }
+
+    thread_local! {
+        static STACK: Stack = const {
+            Stack {
+                len: Cell::new(0),
+                overflow: Cell::new(0),
+                next_id: Cell::new(1),
+                entries: [const { Cell::new(EMPTY) }; DEPTH],
+            }
+        };
+    }
+
+    /// The id of a push that found the stack full.
+    const UNRECORDED: u64 = u64::MAX;
+
+    /// Records `open` and returns its id (never 0).
+    #[inline]
+    pub(crate) fn push(mut open: Open) -> u64 {
+        STACK.with(|stack| {
+            let len = stack.len.get();
+            if len == DEPTH {
+                stack.overflow.set(stack.overflow.get() + 1);
+                return UNRECORDED;
+            }
+            open.id = stack.next_id.get();
+            stack.next_id.set(open.id + 1);
+            stack.entries[len].set(open);
+            stack.len.set(len + 1);
+            open.id
+        })
+    }
+
+    /// Removes the record `id` (ends may come in any order).
+    #[inline]
+    pub(crate) fn pop(id: u64) {
+        STACK.with(|stack| {
+            if id == UNRECORDED {
+                stack.overflow.set(stack.overflow.get() - 1);
+                return;
+            }
+            let len = stack.len.get();
+            let Some(at) = (0..len).rev().find(|&i| stack.entries[i].get().id == id) else {
+                return;
+            };
+            for i in at..len - 1 {
+                stack.entries[i].set(stack.entries[i + 1].get());
+            }
+            stack.len.set(len - 1);
+        });
+    }
+
+    /// Whether a recorded open invalidation satisfies `f`.
+    pub(crate) fn any(f: impl Fn(&Open) -> bool) -> bool {
+        STACK.with(|stack| (0..stack.len.get()).any(|i| f(&stack.entries[i].get())))
+    }
+
+    /// Whether some open invalidation of this thread went unrecorded.
+    pub(crate) fn overflowed() -> bool {
+        STACK.with(|stack| stack.overflow.get() > 0)
     }
 }

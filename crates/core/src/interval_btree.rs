@@ -185,18 +185,38 @@ impl<T> Pool<T> {
         }
     }
 
+    /// Takes a free node or appends one; appends allocate only past the
+    /// room [`Pool::reserve`] made.
     fn alloc(&mut self, node: T) -> u32 {
         if let Some(i) = self.free.pop() {
             self.nodes[i as usize] = node;
             return i;
         }
         let i = u32::try_from(self.nodes.len()).expect("IntervalBTree: too many nodes");
+        if self.nodes.len() == self.nodes.capacity() {
+            self.reserve(1);
+        }
         self.nodes.push(node);
         i
     }
 
+    /// Never allocates: the free list always has room for every node.
     fn release(&mut self, i: u32) {
+        debug_assert!(self.free.len() < self.free.capacity());
         self.free.push(i);
+    }
+
+    /// Makes room for `n` more `alloc`s without allocating, keeping the
+    /// free list's capacity at least the node count's.
+    fn reserve(&mut self, n: usize) {
+        let available = self.free.len() + (self.nodes.capacity() - self.nodes.len());
+        if available < n {
+            self.nodes.reserve(n - available);
+        }
+        let need = self.nodes.capacity();
+        if self.free.capacity() < need {
+            self.free.reserve_exact(need - self.free.len());
+        }
     }
 
     fn live(&self) -> usize {
@@ -229,8 +249,9 @@ struct Step {
     slot: usize,
 }
 
-/// A root-to-leaf path; the tree is never deeper than this.
-type Path = smallvec::SmallVec<[Step; 8]>;
+/// A root-to-leaf path; a tree of `u32`-indexed nodes is never deeper than
+/// this, so it never spills to the heap.
+type Path = smallvec::SmallVec<[Step; 10]>;
 
 impl<V: Copy> IntervalBTree<V> {
     /// An empty tree (one empty leaf).
@@ -303,6 +324,16 @@ impl<V: Copy> IntervalBTree<V> {
         self.insert_child(path, first, max, right);
     }
 
+    /// Makes room for `inserts` more inserts, and any number of removes,
+    /// that allocate nothing (the interval notifiers reserve for the
+    /// updates they defer to an invalidation's end, which must not allocate).
+    pub fn reserve(&mut self, inserts: usize) {
+        // An insert splits at most one leaf and one inner node per level,
+        // and may add a root.
+        self.leaves.reserve(inserts);
+        self.inners.reserve(inserts.saturating_mul(self.height + 2));
+    }
+
     /// Removes the entry with `key`, returning its `last` and value, in
     /// O(log n); `None` if there is none.
     pub fn remove(&mut self, key: Key) -> Option<(u64, V)> {
@@ -335,10 +366,24 @@ impl<V: Copy> IntervalBTree<V> {
     /// start <= entry.last`), in key order, in O(log n + k) for k results
     /// when intervals do not nest deeply.
     pub fn overlapping(&self, start: u64, last: u64) -> Overlapping<'_, V> {
+        self.overlapping_after(start, last, None)
+    }
+
+    /// As [`IntervalBTree::overlapping`], but only the entries whose key is
+    /// greater than `after` (when given): resumes an earlier query that
+    /// stopped at `after`, skipping whole subtrees before it, in
+    /// O(log n + k). Allocation-free, like `overlapping`.
+    pub fn overlapping_after(
+        &self,
+        start: u64,
+        last: u64,
+        after: Option<Key>,
+    ) -> Overlapping<'_, V> {
         let mut it = Overlapping {
             tree: self,
             start,
             last,
+            after,
             stack: smallvec::SmallVec::new(),
             done: false,
         };
@@ -581,8 +626,12 @@ pub struct Overlapping<'a, V> {
     tree: &'a IntervalBTree<V>,
     start: u64,
     last: u64,
-    /// Depth-first frames: node, its height, next slot to look at.
-    stack: smallvec::SmallVec<[(u32, usize, usize); 8]>,
+    /// Only keys greater than this one, if set.
+    after: Option<Key>,
+    /// Depth-first frames: node, its height, next slot to look at. At most
+    /// one frame per level plus one: the inline room covers every height a
+    /// tree of `u32`-indexed nodes can reach, so it never spills to the heap.
+    stack: smallvec::SmallVec<[(u32, usize, usize); 12]>,
     /// Set once an entry or subtree starting after `last` is seen: every
     /// later one starts later still.
     done: bool,
@@ -616,7 +665,7 @@ impl<'a, V: Copy> Overlapping<'a, V> {
                 self.done = true;
                 return None;
             }
-            if node.lasts[i] >= self.start {
+            if node.lasts[i] >= self.start && self.after.is_none_or(|after| node.keys[i] > after) {
                 self.stack.push((leaf, 0, i + 1));
                 let value = node.values[i].as_ref().expect("live entry");
                 return Some((node.keys[i], node.lasts[i], value));
@@ -634,7 +683,11 @@ impl<'a, V: Copy> Overlapping<'a, V> {
                 self.done = true;
                 return;
             }
-            if node.maxes[i] >= self.start {
+            // Child i holds only keys below child i + 1's first key.
+            let before_after = self
+                .after
+                .is_some_and(|after| i + 1 < node.len && node.firsts[i + 1] <= after);
+            if node.maxes[i] >= self.start && !before_after {
                 self.stack.push((inner, height, i + 1));
                 self.stack.push((node.children[i], height - 1, 0));
                 return;

@@ -201,6 +201,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         let last = checked_last(start, length)?;
         let enabled = mm.subscriptions().is_some_and(|s| s.has_itree());
         if !enabled {
+            mm.assert_not_registering_inside("mmu_interval_notifier_insert()");
             let guard = mm.mmap_write();
             register_locked(&guard, mm, None)?;
         }
@@ -250,9 +251,10 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     ///
     /// # Panics
     ///
-    /// In debug builds, if it would have to wait while this thread has an
-    /// invalidation of the same address space open (from a callback, or
-    /// between start and end), or inside a non-blockable callback.
+    /// If it would have to wait while this thread has an invalidation of
+    /// the same address space open (from a callback, or between start and
+    /// end), in every build; in debug builds also inside a non-blockable
+    /// callback (`might_sleep`).
     #[must_use = "pass the seq to read_retry"]
     pub fn read_begin(&self) -> Seq {
         let subscriptions = self.mm.subscriptions().expect("inserted, so present");
@@ -264,8 +266,9 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     ///
     /// # Panics
     ///
-    /// In debug builds, when called from this address space's invalidate
-    /// callback (it would wait for its own invalidation).
+    /// When called from this address space's invalidate callback, or
+    /// between a start and its end on this thread (it would wait for its
+    /// own invalidation), in every build.
     pub fn remove(mut self) {
         self.remove_now();
     }

@@ -14,7 +14,10 @@
 //! * a refused non-blockable start returns no `Invalidation`, so there is no
 //!   end to call by mistake;
 //! * dropping it without [`Invalidation::end`] (say, while unwinding) ends
-//!   it, so no subscriber is left with an unmatched start.
+//!   it, so no subscriber is left with an unmatched start;
+//! * a callback that unwinds out of the start sends an end only to the
+//!   subscribers whose start returned (or that have no start callback), so
+//!   none gets an end without its start.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -69,6 +72,9 @@ impl<'a> Invalidation<'a> {
         let mut inv = Self::prepare(held, range);
         if let Some(subscriptions) = inv.subscriptions {
             let _map = MapHeld::acquire();
+            // Until the start returns, dropping `inv` (a callback unwinding)
+            // must end nothing: the start ends what it started itself.
+            inv.state = ENDED;
             // Blockable: subscribers may not refuse (a refusal was WARNed
             // and already unwound, the tree included). Linux ignores it too.
             let counted = subscriptions
@@ -94,6 +100,8 @@ impl<'a> Invalidation<'a> {
         let mut inv = Self::prepare(held, range);
         if let Some(subscriptions) = inv.subscriptions {
             let _map = MapHeld::acquire();
+            // As in `start`: an unwinding start ends what it started itself.
+            inv.state = ENDED;
             match subscriptions.invalidate_range_start(&inv.range) {
                 Ok(counted) => inv.state = if counted { COUNTED } else { 0 },
                 Err(refused) => {

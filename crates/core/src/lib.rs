@@ -50,3 +50,15 @@ pub use ops::{IntervalNotifierOps, NotifierOps, PteValue, StartFn};
 pub use range::{Owner, Range, RangeFlags};
 pub use seq::Seq;
 pub use warn::Warning;
+
+/// Test probe: `(slots, free)` of the global SRCU domain's per-thread
+/// counter slots (threads hand theirs back at exit).
+#[doc(hidden)]
+pub fn global_srcu_slot_stats() -> (usize, usize) {
+    rcu::global_slot_stats()
+}
+
+/// The repository README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -21,7 +21,12 @@
 //!
 //! Classes, not instances, are the nodes of the graph (as in lockdep), so
 //! one driver lock class covers every device. In release builds (and loom
-//! models) [`Mutex`] is a plain `parking_lot::Mutex` and nothing is tracked.
+//! models) [`Mutex`] is a plain `std::sync::Mutex` (poisoning ignored) and
+//! nothing is tracked.
+//!
+//! The held-lock record is a fixed array per thread, so tracking allocates
+//! nothing on a thread's first lock; only recording an edge never seen
+//! before allocates (the first time that lock order happens anywhere).
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -101,7 +106,9 @@ impl Drop for MapHeld {
 /// A mutex whose acquisitions are checked against the lock-order graph.
 pub struct Mutex<T> {
     class: &'static LockClass,
-    inner: parking_lot::Mutex<T>,
+    /// std's futex mutex: waiting never allocates (see `sync::std_backend`),
+    /// so drivers may take it from hook-safe callbacks.
+    inner: std::sync::Mutex<T>,
 }
 
 impl<T> Mutex<T> {
@@ -109,7 +116,7 @@ impl<T> Mutex<T> {
     pub const fn new(class: &'static LockClass, value: T) -> Mutex<T> {
         Mutex {
             class,
-            inner: parking_lot::const_mutex(value),
+            inner: std::sync::Mutex::new(value),
         }
     }
 
@@ -121,14 +128,21 @@ impl<T> Mutex<T> {
         acquire(self.class);
         MutexGuard {
             class: self.class,
-            inner: self.inner.lock(),
+            inner: self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
     }
 
     /// Takes the lock if it is free: the idiom of non-blockable callbacks.
     /// A trylock cannot deadlock, so it records no ordering of its own.
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        let inner = self.inner.try_lock()?;
+        let inner = match self.inner.try_lock() {
+            Ok(inner) => inner,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         #[cfg(all(debug_assertions, not(mmun_loom)))]
         graph::acquire(self.class, false);
         Some(MutexGuard {
@@ -156,7 +170,7 @@ impl<T: fmt::Debug> fmt::Debug for Mutex<T> {
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct MutexGuard<'a, T> {
     class: &'static LockClass,
-    inner: parking_lot::MutexGuard<'a, T>,
+    inner: std::sync::MutexGuard<'a, T>,
 }
 
 impl<T> Deref for MutexGuard<'_, T> {
@@ -186,7 +200,7 @@ impl<T: fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
 
 #[cfg(all(debug_assertions, not(mmun_loom)))]
 mod graph {
-    use std::cell::RefCell;
+    use std::cell::Cell;
     use std::collections::{HashMap, HashSet};
 
     use super::LockClass;
@@ -201,30 +215,64 @@ mod graph {
     static EDGES: std::sync::Mutex<Option<HashMap<usize, HashSet<usize>>>> =
         std::sync::Mutex::new(None);
 
+    /// How many held classes one thread records (lockdep's
+    /// `MAX_LOCK_DEPTH` is 48); deeper acquisitions go unrecorded.
+    const DEPTH: usize = 32;
+
+    /// The classes this thread holds, oldest first: a fixed array in a
+    /// destructor-less thread-local, so that no access allocates.
+    struct Held {
+        len: Cell<usize>,
+        /// Acquisitions past `DEPTH`, not recorded.
+        overflow: Cell<usize>,
+        classes: [Cell<Option<Class>>; DEPTH],
+    }
+
     thread_local! {
-        static HELD: RefCell<Vec<Class>> = const { RefCell::new(Vec::new()) };
+        static HELD: Held = const {
+            Held {
+                len: Cell::new(0),
+                overflow: Cell::new(0),
+                classes: [const { Cell::new(None) }; DEPTH],
+            }
+        };
     }
 
     #[track_caller]
     pub(super) fn acquire(class: Class, record_order: bool) {
-        // A thread past its TLS destructors (glibc releases its stack after
-        // them) is not tracked: the checks miss it, never misfire.
-        let Ok(held) = HELD.try_with(|h| h.borrow().clone()) else {
-            return;
-        };
-        if record_order {
-            for &outer in held.iter().filter(|&&h| key(h) != key(class)) {
-                add_edge(outer, class);
+        HELD.with(|held| {
+            let len = held.len.get();
+            if record_order {
+                for outer in held.classes[..len].iter().filter_map(Cell::get) {
+                    if key(outer) != key(class) {
+                        add_edge(outer, class);
+                    }
+                }
             }
-        }
-        let _ = HELD.try_with(|h| h.borrow_mut().push(class));
+            if len == DEPTH {
+                held.overflow.set(held.overflow.get() + 1);
+            } else {
+                held.classes[len].set(Some(class));
+                held.len.set(len + 1);
+            }
+        });
     }
 
     pub(super) fn release(class: Class) {
-        let _ = HELD.try_with(|h| {
-            let mut held = h.borrow_mut();
-            if let Some(i) = held.iter().rposition(|&c| key(c) == key(class)) {
-                held.remove(i);
+        HELD.with(|held| {
+            let len = held.len.get();
+            match (0..len)
+                .rev()
+                .find(|&i| held.classes[i].get().is_some_and(|c| key(c) == key(class)))
+            {
+                Some(at) => {
+                    for i in at..len - 1 {
+                        held.classes[i].set(held.classes[i + 1].get());
+                    }
+                    held.len.set(len - 1);
+                }
+                None if held.overflow.get() > 0 => held.overflow.set(held.overflow.get() - 1),
+                None => {}
             }
         });
     }

@@ -143,8 +143,9 @@ impl Mm {
         true
     }
 
-    /// The WARNs the subsystem raised on this address space, oldest first.
-    /// Each is also logged to stderr once per address space.
+    /// The WARNs the subsystem raised on this address space, oldest first
+    /// (the first 64; later ones are only logged). The first of each kind
+    /// is also logged through `tracing` (target `mmun`).
     pub fn warnings(&self) -> Vec<Warning> {
         self.subscriptions()
             .map(|s| s.warnings())
@@ -158,6 +159,15 @@ impl Mm {
             return None;
         }
         self.subscriptions.get().map(|s| &**s)
+    }
+
+    /// Panics naming `what` if this thread has an invalidation of this
+    /// address space open: registration could never take its locks.
+    #[track_caller]
+    pub(crate) fn assert_not_registering_inside(&self, what: &str) {
+        if let Some(subscriptions) = self.subscriptions() {
+            crate::context::assert_not_registering_inside(subscriptions.id(), what);
+        }
     }
 
     /// Creates the subscriptions on first use. Called with the mmap write

@@ -57,7 +57,6 @@ pub(crate) trait ErasedSubscription: Send + Sync {
     /// The `caps::*` bits of the callbacks the ops provide.
     fn caps(&self) -> u16;
     fn ops_id(&self) -> usize;
-    fn ops_debug(&self) -> String;
     fn set_hashed(&self, hashed: bool);
     fn release(&self, mm: &Mm);
     fn clear_flush_young(&self, mm: &Mm, start: u64, end: u64) -> bool;
@@ -90,9 +89,6 @@ impl<T: Send + Sync + 'static> ErasedSubscription for Subscription<T> {
     }
     fn ops_id(&self) -> usize {
         ops_id(self.ops)
-    }
-    fn ops_debug(&self) -> String {
-        format!("{:?}", self.ops)
     }
     fn set_hashed(&self, hashed: bool) {
         self.hashed.store(hashed, Ordering::Release);
@@ -157,6 +153,7 @@ pub(crate) fn register_locked(
         return Err(Error::Disabled);
     }
     guard.check(mm)?;
+    mm.assert_not_registering_inside("mmu_notifier_register()");
     if !mm.is_live() {
         return Err(Error::NoUsers);
     }
@@ -202,7 +199,13 @@ impl<T: Send + Sync + 'static> Notifier<T> {
     ///
     /// [`Error::NoUsers`] after exit, [`Error::FallibleStartWithEnd`] for
     /// ops that break that rule, [`Error::Disabled`] in the disabled build.
+    ///
+    /// # Panics
+    ///
+    /// If this thread has an invalidation of `mm` open (from a callback, or
+    /// between start and end): registration takes the locks it holds.
     pub fn register(mm: &Arc<Mm>, ops: &'static NotifierOps<T>, data: T) -> Result<Notifier<T>> {
+        mm.assert_not_registering_inside("mmu_notifier_register()");
         let guard = mm.mmap_write();
         Self::register_locked(&guard, mm, ops, data)
     }
@@ -311,6 +314,7 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
     /// `mmu_notifier_get`: takes the mmap write lock, then as
     /// [`SharedNotifier::get_locked`].
     pub fn get(mm: &Arc<Mm>, ops: &'static NotifierOps<T>) -> Result<SharedNotifier<T>> {
+        mm.assert_not_registering_inside("mmu_notifier_get()");
         let guard = mm.mmap_write();
         Self::get_locked(&guard, mm, ops)
     }
@@ -329,16 +333,19 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
         mm: &Arc<Mm>,
         ops: &'static NotifierOps<T>,
     ) -> Result<SharedNotifier<T>> {
+        // Everything that refuses without needing the driver state comes
+        // first, so a refused get never calls `alloc_notifier` (nor then
+        // `free_notifier`): the disabled build, the wrong lock, bad ops.
+        if cfg!(feature = "disabled") {
+            return Err(Error::Disabled);
+        }
         guard.check(mm)?;
         if let Some(sub) = find_and_get(mm, ops)? {
             return Ok(SharedNotifier { sub: Some(sub) });
         }
+        ops.check()?;
         let alloc = ops.alloc_notifier.ok_or(Error::NoAllocNotifier)?;
         let data = alloc(mm)?;
-        if let Err(e) = ops.check() {
-            free_now(ops, &data);
-            return Err(e);
-        }
         let sub = new_subscription(mm, ops, data)?;
         if let Err(e) = register_locked(guard, mm, Some(ListEntry::new(sub.clone()))) {
             free_now(ops, &sub.data);

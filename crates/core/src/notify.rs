@@ -50,7 +50,8 @@ impl Mm {
 
     /// `mmu_notifier_change_pte`: the PTE at `address` now holds `pte`.
     /// Linux calls it only inside a `Clear`/`Migrate` invalidation covering
-    /// the address; debug builds record a warning otherwise.
+    /// the address; a warning is recorded otherwise (nesting is tracked per
+    /// thread, so a covering range started on another thread does not count).
     #[inline]
     pub fn change_pte(&self, address: u64, pte: PteValue) {
         if let Some(s) = self.subscriptions() {

@@ -174,7 +174,7 @@ pub trait IntervalNotifierOps: Send + Sync + 'static {
     ///   would have to sleep (use `try_lock`); the core then aborts the whole
     ///   invalidation with `EAGAIN`.
     /// * Must not call [`IntervalNotifier::remove`](crate::IntervalNotifier::remove)
-    ///   or [`IntervalSub::read_begin`] on this address space: both wait for
+    ///   or [`IntervalNotifier::read_begin`](crate::IntervalNotifier::read_begin) on this address space: both wait for
     ///   the invalidation that is calling it.
     /// * `range` is the whole invalidated range, not clipped to the interval.
     fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool;

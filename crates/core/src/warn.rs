@@ -29,7 +29,7 @@ pub enum Warning {
     /// invalidation was running.
     RemoveNotInTree,
     /// `change_pte` delivered without an enclosing `Clear`/`Migrate`
-    /// start on this thread covering the address (debug builds).
+    /// start on this thread covering the address.
     ChangePteNotNested,
 }
 

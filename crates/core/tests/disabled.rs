@@ -2,9 +2,11 @@
 //! dispatch does nothing, registration is refused.
 #![cfg(feature = "disabled")]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use mmun_core::{
     Error, Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
-    NotifierOps, Range, Seq,
+    NotifierOps, Range, Seq, SharedNotifier,
 };
 
 struct Nop;
@@ -33,4 +35,24 @@ fn everything_is_a_no_op_and_registration_is_refused() {
     drop(lock);
     assert!(mm.exit());
     mmun_core::synchronize();
+}
+
+/// `get` is refused before any driver callback runs: no `alloc_notifier`,
+/// so no `free_notifier` either.
+#[test]
+fn get_is_refused_without_calling_the_driver() {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    static OPS: NotifierOps<()> = NotifierOps {
+        alloc_notifier: Some(|_| {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }),
+        free_notifier: Some(|_| {
+            CALLS.fetch_add(100, Ordering::SeqCst);
+        }),
+        ..NotifierOps::EMPTY
+    };
+    let mm = Mm::new();
+    assert_eq!(SharedNotifier::get(&mm, &OPS).err(), Some(Error::Disabled));
+    assert_eq!(CALLS.load(Ordering::SeqCst), 0);
 }

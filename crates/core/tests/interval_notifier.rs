@@ -502,8 +502,9 @@ fn a_panicking_list_start_after_the_tree_counted_leaves_no_epoch_open() {
     });
 }
 
+/// A self-deadlock check of every build (`tests/self_deadlock.rs` has the
+/// others; CI runs both files in release too).
 #[test]
-#[cfg(debug_assertions)]
 fn remove_from_inside_its_own_callback_panics_naming_the_rule() {
     static SELF_REMOVE: Mutex<Option<IntervalNotifier<Remover>>> = Mutex::new(None);
     struct Remover;

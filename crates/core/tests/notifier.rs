@@ -308,6 +308,30 @@ fn ops_with_a_fallible_start_and_an_end_are_rejected() {
     assert_eq!(err.errno(), 22);
 }
 
+static BAD_OPS_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+/// `get` refuses ops that break the start/end rule before it makes their
+/// state: neither `alloc_notifier` nor `free_notifier` runs.
+#[test]
+fn get_refuses_bad_ops_without_calling_alloc_or_free() {
+    static BAD: NotifierOps<()> = NotifierOps {
+        invalidate_range_start: Some(StartFn::Fallible(|_, _| Ok(()))),
+        invalidate_range_end: Some(|_, _| {}),
+        alloc_notifier: Some(|_| {
+            BAD_OPS_ALLOCS.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }),
+        free_notifier: Some(|_| {
+            BAD_OPS_ALLOCS.fetch_add(100, Ordering::SeqCst);
+        }),
+        ..NotifierOps::EMPTY
+    };
+    let mm = Mm::new();
+    let err = SharedNotifier::get(&mm, &BAD).err().unwrap();
+    assert_eq!(err, Error::FallibleStartWithEnd);
+    assert_eq!(BAD_OPS_ALLOCS.load(Ordering::SeqCst), 0);
+}
+
 /// §5 #12: A (with end), B (fails, no end), C (with end): every start is
 /// called, then A and C get their end, the caller gets EAGAIN and has no end
 /// to call.

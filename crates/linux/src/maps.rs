@@ -117,28 +117,28 @@ fn read_lines(fd: usize, f: &mut impl FnMut(&Vma) -> ControlFlow<()>) -> Result<
             }
         }
         while let Some(nl) = buf[consumed..filled].iter().position(|&b| b == b'\n') {
-            if let Some(vma) = parse_line(&buf[consumed..consumed + nl]) {
-                if f(&vma).is_break() {
-                    return Ok(());
-                }
+            if let Some(vma) = parse_line(&buf[consumed..consumed + nl])
+                && f(&vma).is_break()
+            {
+                return Ok(());
             }
             consumed += nl + 1;
         }
         if eof {
-            if consumed < filled {
-                if let Some(vma) = parse_line(&buf[consumed..filled]) {
-                    let _ = f(&vma);
-                }
+            if consumed < filled
+                && let Some(vma) = parse_line(&buf[consumed..filled])
+            {
+                let _ = f(&vma);
             }
             return Ok(());
         }
         if consumed == 0 && filled == BUF {
             // One line longer than the buffer (a very long path): parse
             // what we have, then skip to its end.
-            if let Some(vma) = parse_line(&buf[..filled]) {
-                if f(&vma).is_break() {
-                    return Ok(());
-                }
+            if let Some(vma) = parse_line(&buf[..filled])
+                && f(&vma).is_break()
+            {
+                return Ok(());
             }
             filled = 0;
             skipping = true;

@@ -98,7 +98,7 @@ pub fn page_size() -> u64 {
 /// Rounds `x` up to a page boundary, saturating at the top.
 pub fn page_up(x: u64) -> u64 {
     let mask = page_size() - 1;
-    x.checked_add(mask).map_or(u64::MAX & !mask, |v| v & !mask)
+    x.checked_add(mask).map_or(!mask, |v| v & !mask)
 }
 
 /// Rounds `x` down to a page boundary.

@@ -69,11 +69,8 @@ fn a_foreign_patch_is_refused_and_left_alone() {
     // SAFETY: reads libc's munmap entry.
     let munmap = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"munmap".as_ptr()) } as *const [u8; 5];
     // SAFETY: libc text is readable.
-    assert_eq!(
-        unsafe { *munmap },
-        [0xb8, 0x0b, 0, 0, 0],
-        "munmap untouched"
-    );
+    let entry = unsafe { *munmap };
+    assert_eq!(entry, [0xb8, 0x0b, 0, 0, 0], "munmap untouched");
 }
 
 #[test]

@@ -28,6 +28,10 @@ fn setup() -> (
 
 fn run(rec: &Notifier<common::Log>, lo: u64, hi: u64, f: impl FnOnce()) -> Vec<Seen> {
     rec.watch(lo, hi);
+    run_watched(rec, f)
+}
+
+fn run_watched(rec: &Notifier<common::Log>, f: impl FnOnce()) -> Vec<Seen> {
     f();
     let seen = rec.take();
     rec.watch(0, 0);
@@ -470,8 +474,10 @@ fn thread_exit_releases_its_stack_inside_glibc() {
         STACK_TOP.store(&raw const local as u64, std::sync::atomic::Ordering::SeqCst);
         std::ptr::null_mut()
     }
-    // Watch everything; pick out what overlaps the thread's stack after.
-    let seen = run(rec, 0, u64::MAX, || {
+    // Watch everything, every thread (the exiting thread releases its own
+    // stack); pick out what overlaps the thread's stack after.
+    rec.watch_all_threads(0, u64::MAX);
+    let seen = run_watched(rec, || {
         // SAFETY: a plain pthread with default attributes, joined.
         unsafe {
             let mut t: libc::pthread_t = 0;
@@ -491,4 +497,29 @@ fn thread_exit_releases_its_stack_inside_glibc() {
         stack.iter().any(|s| s.event == Event::Clear),
         "no Clear near the exited thread's stack {sp:#x}: {seen:#x?}"
     );
+}
+
+#[test]
+fn shmat_remap_over_a_mapping() {
+    let (_g, rec) = setup();
+    let p = anon(16, 0x11) as u64;
+    // SAFETY: a private SysV segment attached over our own mapping, then
+    // detached and removed.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 16 * PAGE, libc::IPC_CREAT | 0o600);
+        assert!(id >= 0);
+        let seen = run(rec, p, p + 16 * PAGE as u64, || {
+            let q = libc::shmat(id, p as *const _, libc::SHM_REMAP) as u64;
+            assert_eq!(q, p);
+        });
+        libc::shmdt(p as *const _);
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        let (start, end) = one_pair(&seen);
+        assert_eq!(
+            (start.event, start.start, start.end),
+            (Event::Unmap, p, p + 16 * PAGE as u64)
+        );
+        assert_eq!((start.perms, start.byte), (*b"rw-p", Some(0x11)));
+        assert_eq!(end.perms, *b"rw-s", "end sees the segment");
+    }
 }

@@ -120,7 +120,7 @@ fn fork_protects_the_parent_and_gives_the_child_a_fresh_mm() {
             let n = rec.take().len();
             // SAFETY: the child's copy of the mapping.
             unsafe { libc::munmap(p as *mut _, 16 * PAGE) };
-            if rec.take().len() != 0 || n == 0 {
+            if !rec.take().is_empty() || n == 0 {
                 13
             } else {
                 0

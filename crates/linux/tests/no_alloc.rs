@@ -63,7 +63,6 @@ unsafe extern "C" {
 }
 
 #[test]
-#[ignore = "red until wt-core's allocation-free dispatch is merged: the core's interval dispatch collects its hits in a SmallVec that spills to the heap"]
 fn hooks_never_allocate() {
     mmun_linux::install().expect("libc patched");
     let mm = mmun_linux::process_mm();

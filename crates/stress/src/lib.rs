@@ -11,7 +11,7 @@
 //! starts. Every use of a secondary translation is checked by the
 //! [`Coherence`](mmun_secondary::Coherence) oracle.
 //!
-//! With an injected [`Bug`](mmun_secondary::Bug), the secondary carrying it
+//! With an injected [`Bug`], the secondary carrying it
 //! is built broken and the run stops at the first violation: the report
 //! says how long detection took, and holds the recent operations of every
 //! thread as a script.

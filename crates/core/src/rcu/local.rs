@@ -7,6 +7,23 @@
 //! thread-local access and two plain counter updates. Other domains are found
 //! by identity in a short per-thread list.
 //!
+//! # The global domain is hook-safe (std backend)
+//!
+//! Its read sections run inside the dispatch path, which the real-process
+//! backend enters from interposed `munmap`/`brk`, possibly while glibc holds
+//! its malloc arena lock: they must never call malloc, not even on a
+//! thread's first section. So its per-thread state is a thread-local with
+//! no destructor (a Rust thread-local with one makes glibc allocate the
+//! first time it is touched, to register it), the thread claims one of the
+//! slots that registration and grace periods keep free (never a new one),
+//! falling back to the shared slot when none is left, and the slot goes
+//! back at thread exit through a POSIX thread-specific key created at
+//! registration, whose `pthread_setspecific` stores into the thread
+//! descriptor without allocating for the first 32 keys of a glibc process.
+//! If the key is not among those (or could not be created), threads keep
+//! their slot when they exit; registrations and grace periods top the free
+//! slots up again.
+//!
 //! When the thread exits, its thread-local destructors hand its slots back
 //! to their domains (`Slot::release`) for a later thread to take over. A
 //! slot whose depth is not zero at that point (a guard still alive in a
@@ -26,12 +43,17 @@
 //! destroys when each modelled thread finishes, so the models cover slot
 //! registration and reuse too.
 
-use std::cell::{Cell, OnceCell, RefCell};
+#![allow(unsafe_code)]
+
+#[cfg(mmun_loom)]
+use std::cell::OnceCell;
+use std::cell::{Cell, RefCell};
 
 use super::srcu::{Inner, SlotRef};
 use crate::sync::Arc;
 
-/// This thread's state for the global domain.
+/// This thread's state for the global domain (loom backend).
+#[cfg(mmun_loom)]
 struct GlobalLocal {
     /// This thread's slot in the global domain, claimed on its first read
     /// section there.
@@ -40,8 +62,9 @@ struct GlobalLocal {
     depth: Cell<u32>,
 }
 
+#[cfg(mmun_loom)]
 impl GlobalLocal {
-    const fn new() -> Self {
+    fn new() -> Self {
         Self {
             slot: OnceCell::new(),
             depth: Cell::new(0),
@@ -49,6 +72,7 @@ impl GlobalLocal {
     }
 }
 
+#[cfg(mmun_loom)]
 impl Drop for GlobalLocal {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.get()
@@ -112,7 +136,6 @@ fn dropped_by_failed_model() -> bool {
 
 #[cfg(not(mmun_loom))]
 std::thread_local! {
-    static GLOBAL: GlobalLocal = const { GlobalLocal::new() };
     static LOCAL: Local = const { Local::new() };
 }
 
@@ -130,18 +153,29 @@ loom::thread_local! {
 #[inline]
 pub(super) fn enter(domain: &Inner, idx: usize) -> bool {
     if domain.is_global {
-        GLOBAL
-            .try_with(|local| {
-                local
-                    .slot
-                    .get_or_init(|| domain.register_slot())
-                    .owner_lock(idx);
-                local.depth.set(local.depth.get() + 1);
-            })
-            .is_ok()
+        global_enter(domain, idx)
     } else {
         enter_other(domain, idx)
     }
+}
+
+#[cfg(mmun_loom)]
+fn global_enter(domain: &Inner, idx: usize) -> bool {
+    GLOBAL
+        .try_with(|local| {
+            local
+                .slot
+                .get_or_init(|| domain.register_slot())
+                .owner_lock(idx);
+            local.depth.set(local.depth.get() + 1);
+        })
+        .is_ok()
+}
+
+#[cfg(not(mmun_loom))]
+#[inline]
+fn global_enter(_domain: &Inner, idx: usize) -> bool {
+    global::enter(idx)
 }
 
 /// [`enter`] for a domain other than the global one.
@@ -173,26 +207,38 @@ fn enter_other(domain: &Inner, idx: usize) -> bool {
 }
 
 /// Counts the end of a read section that [`enter`] counted in this thread's
-/// own slot, in that same slot. Returns `false`, having done nothing, if the
-/// thread-locals are gone by now (the guard outlived them); the caller must
-/// then count the unlock in the shared fallback slot. The slot itself was
-/// not released for reuse in that case, since its depth was not zero.
+/// own slot (`own`), in that same slot. Returns `false`, having counted
+/// nothing, if the section was not counted there or the thread-locals are
+/// gone by now (the guard outlived them); the caller must then count the
+/// unlock in the shared fallback slot. The slot itself was not released for
+/// reuse in that case, since its depth was not zero.
 #[inline]
-pub(super) fn exit(domain: &Inner, idx: usize) -> bool {
+pub(super) fn exit(domain: &Inner, idx: usize, own: bool) -> bool {
     if domain.is_global {
-        GLOBAL
-            .try_with(|local| match local.slot.get() {
-                Some(slot) => {
-                    slot.owner_unlock(idx);
-                    local.depth.set(local.depth.get() - 1);
-                    true
-                }
-                None => false,
-            })
-            .unwrap_or(false)
+        global_exit(idx, own)
     } else {
-        exit_other(domain, idx)
+        own && exit_other(domain, idx)
     }
+}
+
+#[cfg(mmun_loom)]
+fn global_exit(idx: usize, own: bool) -> bool {
+    own && GLOBAL
+        .try_with(|local| match local.slot.get() {
+            Some(slot) => {
+                slot.owner_unlock(idx);
+                local.depth.set(local.depth.get() - 1);
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(not(mmun_loom))]
+#[inline]
+fn global_exit(idx: usize, own: bool) -> bool {
+    global::exit(idx, own)
 }
 
 /// [`exit`] for a domain other than the global one.
@@ -216,7 +262,10 @@ fn exit_other(domain: &Inner, idx: usize) -> bool {
 /// are gone).
 pub(super) fn depth(domain: &Inner) -> u32 {
     if domain.is_global {
-        GLOBAL.try_with(|local| local.depth.get()).unwrap_or(0)
+        #[cfg(mmun_loom)]
+        return GLOBAL.try_with(|local| local.depth.get()).unwrap_or(0);
+        #[cfg(not(mmun_loom))]
+        return global::depth();
     } else {
         LOCAL
             .try_with(|local| {
@@ -245,4 +294,147 @@ pub(super) fn is_worker_of(domain: u64) -> bool {
     LOCAL
         .try_with(|local| local.worker_of.get() == domain)
         .unwrap_or(false)
+}
+
+/// Creates the thread-exit key of the global domain's slots, once.
+#[cfg(not(mmun_loom))]
+pub(super) fn prepare_exit_key() {
+    global::prepare_exit_key();
+}
+
+/// The global domain's per-thread state with the std backend: a
+/// destructor-less thread-local, slots claimed from the free ones and
+/// handed back through a POSIX thread-specific key (module docs).
+#[cfg(not(mmun_loom))]
+mod global {
+    use std::cell::Cell;
+    use std::ffi::c_void;
+    use std::sync::OnceLock;
+
+    use super::super::srcu::Slot;
+
+    struct State {
+        /// The slot this thread counts its sections in, once claimed.
+        slot: Cell<Option<&'static Slot>>,
+        /// Read sections of the global domain this thread has open, in its
+        /// slot or in the shared one.
+        depth: Cell<u32>,
+        /// The thread-exit destructor ran: count any later section in the
+        /// shared slot.
+        exited: Cell<bool>,
+    }
+
+    std::thread_local! {
+        static STATE: State = const {
+            State {
+                slot: Cell::new(None),
+                depth: Cell::new(0),
+                exited: Cell::new(false),
+            }
+        };
+    }
+
+    #[cfg(unix)]
+    type Key = libc::pthread_key_t;
+    #[cfg(not(unix))]
+    type Key = ();
+
+    /// The key whose destructor hands a slot back at thread exit; `None`
+    /// if it could not be created or its `pthread_setspecific` may allocate.
+    static EXIT_KEY: OnceLock<Option<Key>> = OnceLock::new();
+
+    pub(super) fn prepare_exit_key() {
+        EXIT_KEY.get_or_init(create_exit_key);
+    }
+
+    #[cfg(not(unix))]
+    fn create_exit_key() -> Option<Key> {
+        None
+    }
+
+    #[cfg(unix)]
+    fn create_exit_key() -> Option<Key> {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid place to store the new key, and the
+        // destructor is an `extern "C" fn(*mut c_void)` as required.
+        let rc = unsafe { libc::pthread_key_create(&mut key, Some(release_at_exit)) };
+        if rc != 0 {
+            return None;
+        }
+        // glibc keeps the values of its first 32 keys in the thread
+        // descriptor; later ones live in blocks it callocs on first use.
+        if cfg!(target_env = "gnu") && key >= 32 {
+            // SAFETY: `key` was just created and is used nowhere else.
+            unsafe { libc::pthread_key_delete(key) };
+            return None;
+        }
+        Some(key)
+    }
+
+    /// Runs at thread exit (after the Rust thread-local destructors) for a
+    /// thread that claimed a slot: hands it back unless a section is still
+    /// open in it (a leaked guard), which then keeps it for good.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    extern "C" fn release_at_exit(_slot: *mut c_void) {
+        STATE.with(|state| {
+            state.exited.set(true);
+            if state.depth.get() == 0
+                && let Some(slot) = state.slot.take()
+            {
+                slot.release();
+                crate::rcu::global().inner.note_released();
+            }
+        });
+    }
+
+    #[inline]
+    pub(super) fn enter(idx: usize) -> bool {
+        STATE.with(|state| {
+            state.depth.set(state.depth.get() + 1);
+            let slot = match state.slot.get() {
+                Some(slot) => slot,
+                None => match claim(state) {
+                    Some(slot) => slot,
+                    None => return false,
+                },
+            };
+            slot.owner_lock(idx);
+            true
+        })
+    }
+
+    /// The first section of this thread (or one after the pool ran dry).
+    #[cold]
+    fn claim(state: &State) -> Option<&'static Slot> {
+        if state.exited.get() {
+            return None;
+        }
+        let slot = crate::rcu::global().inner.claim_spare()?;
+        #[cfg(unix)]
+        if let Some(Some(key)) = EXIT_KEY.get() {
+            // SAFETY: `key` is a live key of this process; the value is
+            // only handed back to `release_at_exit`, which ignores it.
+            unsafe { libc::pthread_setspecific(*key, std::ptr::from_ref(slot).cast()) };
+        }
+        state.slot.set(Some(slot));
+        Some(slot)
+    }
+
+    #[inline]
+    pub(super) fn exit(idx: usize, own: bool) -> bool {
+        STATE.with(|state| {
+            state.depth.set(state.depth.get() - 1);
+            match state.slot.get() {
+                Some(slot) if own => {
+                    slot.owner_unlock(idx);
+                    true
+                }
+                _ => false,
+            }
+        })
+    }
+
+    pub(super) fn depth() -> u32 {
+        STATE.with(|state| state.depth.get())
+    }
 }

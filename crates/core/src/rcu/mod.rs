@@ -138,6 +138,29 @@ pub use srcu::Srcu;
 #[allow(unused_imports)]
 pub use srcu::SrcuReadGuard;
 
+/// Free slots the global domain keeps ready for threads that have not read
+/// it yet, so that their first read section (on the dispatch path) claims
+/// one without allocating.
+#[cfg(not(mmun_loom))]
+const SPARE_GLOBAL_SLOTS: usize = 64;
+
+/// Readies the global domain for new reader threads: the thread-exit key
+/// and `SPARE_GLOBAL_SLOTS` free slots. Called at registration and by
+/// every grace period, where allocating is fine.
+pub(crate) fn prepare_global_readers() {
+    #[cfg(not(mmun_loom))]
+    {
+        local::prepare_exit_key();
+        global().inner.reserve_slots(SPARE_GLOBAL_SLOTS);
+    }
+}
+
+/// Test probe: the global domain's slot registry size and free slots.
+#[doc(hidden)]
+pub fn global_slot_stats() -> (usize, usize) {
+    global().inner.slot_stats()
+}
+
 /// The one SRCU domain shared by all address spaces (the kernel's static
 /// `srcu` in `mm/mmu_notifier.c`).
 #[cfg(not(mmun_loom))]

@@ -4,6 +4,8 @@
 //! comments below refer to (fences A, B and C, in their symmetric and
 //! asymmetric forms), is in the module documentation of [`crate::rcu`].
 
+#![allow(unsafe_code)]
+
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -66,9 +68,10 @@ impl Slot {
     /// section open in it. Its counts stay: they are balanced, and the next
     /// owner continues from them.
     pub(super) fn release(&self) {
-        // Release: pairs with the Acquire load in `register_slot`, so that
-        // this owner's last counter stores happen before the next owner's
-        // first load of them (which must not miss any increment).
+        // Release: pairs with the Acquire load in `register_slot` and
+        // `claim_spare`, so that this owner's last counter stores happen
+        // before the next owner's first load of them (which must not miss
+        // any increment).
         self.in_use.store(false, Ordering::Release);
     }
 }
@@ -94,6 +97,10 @@ pub(super) struct Inner {
     /// This is the domain of [`super::global()`], whose per-thread state
     /// has its own thread-local fast path.
     pub(super) is_global: bool,
+    /// How many registered slots are free (a hint: claims re-check
+    /// `in_use` under the registry lock). Lets a thread without a slot fall
+    /// back to the shared slot without taking the lock when none is free.
+    spare: AtomicUsize,
     /// Serialises grace periods (the kernel's `srcu_gp_mutex`).
     gp_lock: Mutex<()>,
     /// Deferred callbacks queued by `call` (see `deferred.rs`).
@@ -172,6 +179,7 @@ impl Srcu {
             inner: Arc::new(Inner {
                 flips: AtomicUsize::new(0),
                 slots: Mutex::new(Vec::new()),
+                spare: AtomicUsize::new(0),
                 fallback: CachePadded::new(Slot::default()),
                 asymmetric,
                 is_global,
@@ -332,9 +340,77 @@ impl Inner {
         slot
     }
 
+    /// Claims a free registered slot for the calling thread without
+    /// allocating (the global domain's readers, which may run inside
+    /// malloc-interposing hooks): `None` when no slot is free, and the
+    /// caller counts its section in the shared fallback slot instead.
+    #[cfg(not(mmun_loom))]
+    pub(super) fn claim_spare(&'static self) -> Option<&'static Slot> {
+        // Relaxed: a hint only; the claim below re-checks under the lock.
+        if self.spare.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let slots = self.slots.lock();
+        // Acquire: pairs with the Release store in `Slot::release`.
+        let slot = slots.iter().find(|s| !s.in_use.load(Ordering::Acquire))?;
+        // Relaxed: claims hold the registry lock.
+        slot.in_use.store(true, Ordering::Relaxed);
+        let _ = self
+            .spare
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let slot: *const CachePadded<Slot> = Arc::as_ptr(slot);
+        // SAFETY: the registry owns an `Arc` of every slot and never drops
+        // or removes one (it only grows), and `self` is `'static` (the
+        // global domain lives in a static), so the slot outlives any use.
+        Some(unsafe { &**slot })
+    }
+
+    /// Makes sure at least `n` registered slots are free, so that `n` new
+    /// threads can claim one without allocating. Called where allocating is
+    /// fine: registration and grace periods.
+    #[cfg(not(mmun_loom))]
+    pub(super) fn reserve_slots(&self, n: usize) {
+        let mut slots = self.slots.lock();
+        // Acquire: pairs with `Slot::release`, like a claim.
+        let mut free = slots
+            .iter()
+            .filter(|s| !s.in_use.load(Ordering::Acquire))
+            .count();
+        while free < n {
+            slots.push(Arc::new(CachePadded::new(Slot::default())));
+            free += 1;
+        }
+        // Relaxed: a hint (see `spare`).
+        self.spare.store(free, Ordering::Relaxed);
+    }
+
+    /// The registry's size and how many of its slots are free.
+    pub(super) fn slot_stats(&self) -> (usize, usize) {
+        let slots = self.slots.lock();
+        // Acquire: pairs with `Slot::release`, like a claim.
+        let free = slots
+            .iter()
+            .filter(|s| !s.in_use.load(Ordering::Acquire))
+            .count();
+        (slots.len(), free)
+    }
+
+    /// Counts a slot handed back by an exiting thread of the global domain.
+    #[cfg(not(mmun_loom))]
+    pub(super) fn note_released(&self) {
+        // Relaxed: a hint (see `spare`).
+        self.spare.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// One full grace period, without the caller checks of
     /// [`Srcu::synchronize`] (the callback worker calls this directly).
     pub(super) fn synchronize(&self) {
+        // Grace periods never run on the dispatch path: a good moment to
+        // make room for new reader threads (see `local`).
+        #[cfg(not(mmun_loom))]
+        if self.is_global {
+            super::prepare_global_readers();
+        }
         let _gp = self.gp_lock.lock();
         // Relaxed: only grace periods store `flips`, and they are serialised
         // by `gp_lock`, whose acquisition orders this load after the previous
@@ -484,7 +560,7 @@ impl Drop for SrcuReadGuard<'_> {
         // The unlock goes to the slot the lock went to, unless the
         // thread-locals have gone since (the guard outlived them), in which
         // case the shared slot takes it: the scan only compares sums.
-        if !(self.own && local::exit(inner, self.idx)) {
+        if !local::exit(inner, self.idx, self.own) {
             inner.fallback.unlock[self.idx].fetch_add(1, Ordering::Relaxed);
         }
     }

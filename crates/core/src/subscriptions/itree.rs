@@ -11,9 +11,11 @@
 //! | fully excluded | > 0 | odd | frozen: inserts and removes are deferred |
 //!
 //! The kernel walks the frozen tree without the lock. Here the overlapping
-//! subscriptions are collected under the lock instead: the tree cannot change
-//! between that moment and the end of the epoch, so the set is the one the
-//! kernel's walk would visit, in the same (ascending start) order.
+//! subscriptions are collected under the lock instead, in batches of a fixed
+//! size kept on the stack (so a start never allocates): the tree cannot
+//! change between the first batch and the end of the epoch, so resuming
+//! after the last key collected visits exactly the set the kernel's walk
+//! would, in the same (ascending start) order.
 
 use smallvec::SmallVec;
 
@@ -28,8 +30,13 @@ use crate::lockdep;
 use crate::warn::Warning;
 use crate::{Event, Mm, Range, Seq};
 
-/// The subscriptions a start collected: each driver's state and seq word.
-type Hits<'s> = SmallVec<[(OpsPtr, &'s IntervalSub); 4]>;
+/// How many hits one visit under the lock collects.
+const BATCH: usize = 16;
+
+/// One batch of the subscriptions a start collected: each driver's state
+/// and seq word. Never holds more than `BATCH`, so it never spills to the
+/// heap: a start allocates nothing however many intervals it hits.
+type Hits<'s> = SmallVec<[(OpsPtr, &'s IntervalSub); BATCH]>;
 
 /// Closes the epoch opened by a start unless disarmed: the failure and the
 /// unwinding paths of a start both end up here. While it lives, the epoch
@@ -50,44 +57,82 @@ impl Drop for EpochGuard<'_> {
 
 impl Subscriptions {
     /// `mn_itree_inv_start_range`: counts the range and, if it hits any
-    /// interval, enters full exclusion (`seq |= 1`).
-    /// Fills `hits` in place: it is large enough that moving it out of a
-    /// return value showed up as a tenth of a whole invalidation.
-    fn itree_inv_start_range<'s>(&'s self, range: &Range<'_>, hits: &mut Hits<'s>) -> Seq {
+    /// interval, enters full exclusion (`seq |= 1`). Fills `hits` with the
+    /// first batch and returns the key to resume after if there may be
+    /// more (see [`Subscriptions::itree_next_batch`]).
+    fn itree_inv_start_range<'s>(
+        &'s self,
+        range: &Range<'_>,
+        hits: &mut Hits<'s>,
+    ) -> (Seq, Option<Key>) {
         let mut locked = self.lock();
         locked.active += 1;
-        if let Some(last) = range.last() {
-            for (key, _, ops) in locked.tree.overlapping(range.start(), last) {
-                hits.push((*ops, self.seq_words.get(key.id)));
-            }
-        }
+        let more = self.collect(&locked, range, None, hits);
         if !hits.is_empty() {
             locked.invalidate_seq |= 1;
         }
-        Seq(locked.invalidate_seq)
+        (Seq(locked.invalidate_seq), more)
+    }
+
+    /// The next batch of hits after `after`. Only called once a batch was
+    /// found, so the seq is odd and this range still counted: the tree is
+    /// frozen (inserts and removes are deferred), and resuming finds exactly
+    /// what one walk would have, in the same order.
+    fn itree_next_batch<'s>(
+        &'s self,
+        range: &Range<'_>,
+        after: Key,
+        hits: &mut Hits<'s>,
+    ) -> Option<Key> {
+        hits.clear();
+        let locked = self.lock();
+        self.collect(&locked, range, Some(after), hits)
+    }
+
+    /// Fills `hits` with up to `BATCH` overlaps of `range` after `after`;
+    /// returns the last key if the batch is full.
+    fn collect<'s>(
+        &'s self,
+        locked: &Locked,
+        range: &Range<'_>,
+        after: Option<Key>,
+        hits: &mut Hits<'s>,
+    ) -> Option<Key> {
+        let last = range.last()?;
+        for (key, _, ops) in locked.tree.overlapping_after(range.start(), last, after) {
+            hits.push((*ops, self.seq_words.get(key.id)));
+            if hits.len() == BATCH {
+                return Some(key);
+            }
+        }
+        None
     }
 
     /// `mn_itree_invalidate`: calls every overlapping interval notifier. A
     /// refusal of a non-blockable range closes the epoch again and aborts.
     pub(crate) fn itree_invalidate(&self, range: &Range<'_>) -> Result<(), WouldBlock> {
         let mut hits = Hits::new();
-        let cur_seq = self.itree_inv_start_range(range, &mut hits);
+        let (cur_seq, mut more) = self.itree_inv_start_range(range, &mut hits);
         let mut epoch = EpochGuard {
             subscriptions: self,
             armed: true,
         };
-        for (ops, sub) in &hits {
-            let _non_block = NonBlock::enter(!range.is_blockable());
-            if ops.get(&epoch).invalidate(sub, range, cur_seq) {
-                continue;
+        loop {
+            for (ops, sub) in &hits {
+                let _non_block = NonBlock::enter(!range.is_blockable());
+                if ops.get(&epoch).invalidate(sub, range, cur_seq) {
+                    continue;
+                }
+                if range.is_blockable() {
+                    self.warn(Warning::IntervalRefusedBlockable);
+                    continue;
+                }
+                // The guard closes the epoch; notifiers already called have
+                // bumped their seq, which only forces their readers to retry.
+                return Err(WouldBlock);
             }
-            if range.is_blockable() {
-                self.warn(Warning::IntervalRefusedBlockable);
-                continue;
-            }
-            // The guard closes the epoch; notifiers already called have
-            // bumped their seq, which only forces their readers to retry.
-            return Err(WouldBlock);
+            let Some(after) = more else { break };
+            more = self.itree_next_batch(range, after, &mut hits);
         }
         epoch.armed = false;
         Ok(())
@@ -114,15 +159,19 @@ impl Subscriptions {
         let mut range = Range::new(mm, Event::Release, 0, u64::MAX);
         range.set_blockable(true);
         let mut hits = Hits::new();
-        let cur_seq = self.itree_inv_start_range(&range, &mut hits);
+        let (cur_seq, mut more) = self.itree_inv_start_range(&range, &mut hits);
         let epoch = EpochGuard {
             subscriptions: self,
             armed: true,
         };
-        for (ops, sub) in &hits {
-            if !ops.get(&epoch).invalidate(sub, &range, cur_seq) {
-                self.warn(Warning::IntervalRefusedRelease);
+        loop {
+            for (ops, sub) in &hits {
+                if !ops.get(&epoch).invalidate(sub, &range, cur_seq) {
+                    self.warn(Warning::IntervalRefusedRelease);
+                }
             }
+            let Some(after) = more else { break };
+            more = self.itree_next_batch(&range, after, &mut hits);
         }
     }
 
@@ -138,7 +187,7 @@ impl Subscriptions {
             // Fully excluded: the tree is frozen, join it when the epoch ends.
             sub.set_seq_locked(seq);
             locked.ids.set(key.id, TreeState::PendingInsert);
-            locked.deferred.push(Deferred { key, last, ops });
+            defer(&mut locked, Deferred { key, last, ops });
         } else if locked.active > 0 {
             // Partially excluded: a running range might cover the new
             // interval, so treat it as covered and make readers wait.
@@ -195,7 +244,7 @@ impl Subscriptions {
                 }
                 Some(TreeState::InTree) => {
                     locked.ids.set(key.id, TreeState::PendingRemove);
-                    locked.deferred.push(Deferred { key, last: 0, ops });
+                    defer(&mut locked, Deferred { key, last: 0, ops });
                     Some(locked.invalidate_seq)
                 }
                 Some(TreeState::PendingRemove | TreeState::Cancelled) | None => None,
@@ -273,10 +322,24 @@ impl Ids {
         self.states[id as usize] = state as u8;
     }
 
+    /// Room for `n` more frees without allocating.
+    fn reserve_frees(&mut self, n: usize) {
+        self.free.reserve(n);
+    }
+
     fn free(&mut self, id: u32) {
         self.states[id as usize] = 0;
         self.free.push(id);
     }
+}
+
+/// Queues `deferred` for the end of the epoch, and makes sure applying the
+/// whole queue there allocates nothing: that end runs on the dispatch path.
+fn defer(locked: &mut Locked, deferred: Deferred) {
+    locked.deferred.push(deferred);
+    let pending = locked.deferred.len();
+    locked.tree.reserve(pending);
+    locked.ids.reserve_frees(pending);
 }
 
 fn link_now(locked: &mut Locked, key: Key, last: u64, ops: OpsPtr) {

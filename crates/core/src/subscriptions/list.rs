@@ -82,6 +82,9 @@ impl Subscriptions {
 
     /// `hlist_add_head_rcu` under the lock: new notifiers are called first.
     pub(crate) fn list_add_head(&self, entry: ListEntry) {
+        // The list is about to be walked under SRCU on the dispatch path:
+        // ready the global domain's slots for new threads now.
+        rcu::prepare_global_readers();
         let mut locked = self.lock();
         entry.set_hashed(true);
         locked.list.insert(0, entry);
@@ -111,11 +114,29 @@ impl Subscriptions {
     }
 
     /// `mn_hlist_invalidate_range_start`: every start is called, even after
-    /// one failed; on failure every notifier with an end gets it.
-    pub(crate) fn list_invalidate_range_start(&self, range: &Range<'_>) -> Result<(), WouldBlock> {
+    /// one failed; on failure the tree's count is closed and every notifier
+    /// with an end gets it. If a start unwinds, the tree's count is closed
+    /// and the notifiers whose start returned, or that have none, get their
+    /// end; the one that unwound and those after it do not.
+    pub(crate) fn list_invalidate_range_start(
+        &self,
+        range: &Range<'_>,
+        tree: &mut super::ItreeCount<'_>,
+    ) -> Result<(), WouldBlock> {
         self.with_list(|list| {
+            let mut unwind = StartUnwind {
+                range,
+                list,
+                tree: &mut *tree,
+                started: 0,
+                armed: true,
+            };
             let mut result = Ok(());
-            for entry in list.iter().filter(|e| e.has(caps::START)) {
+            for (index, entry) in list.iter().enumerate() {
+                unwind.started = index;
+                if !entry.has(caps::START) {
+                    continue;
+                }
                 let outcome = {
                     let _non_block = NonBlock::enter(!range.is_blockable());
                     entry.invalidate_range_start(range)
@@ -125,7 +146,9 @@ impl Subscriptions {
                     result = Err(refused);
                 }
             }
+            unwind.armed = false;
             if result.is_err() {
+                unwind.tree.close();
                 for entry in list.iter().filter(|e| e.has(caps::END)) {
                     entry.invalidate_range_end(range);
                 }
@@ -135,12 +158,10 @@ impl Subscriptions {
         .unwrap_or(Ok(()))
     }
 
+    /// The WARNs of a failed start. (Linux also `pr_info`s every failure;
+    /// not here: a refusal of a non-blockable range is normal operation on
+    /// the hook-safe path, and logging may allocate.)
     fn warn_failed_start(&self, range: &Range<'_>, entry: &ListEntry) {
-        tracing::info!(
-            target: "mmun",
-            "invalidate_range_start of {:?} failed with EAGAIN",
-            entry.ops_debug()
-        );
         if range.is_blockable() {
             self.warn(Warning::StartFailedBlockable);
         }
@@ -152,18 +173,13 @@ impl Subscriptions {
     /// `mn_hlist_invalidate_end`: `invalidate_range` (unless `only_end`),
     /// then `invalidate_range_end`, per notifier.
     pub(crate) fn list_invalidate_range_end(&self, range: &Range<'_>, only_end: bool) {
-        self.with_list(|list| {
-            for entry in list {
-                if !only_end && entry.has(caps::INVALIDATE_RANGE) {
-                    let _atomic = NonBlock::enter(true);
-                    entry.invalidate_range(range.mm(), range.start(), range.end());
-                }
-                if entry.has(caps::END) {
-                    let _non_block = NonBlock::enter(!range.is_blockable());
-                    entry.invalidate_range_end(range);
-                }
-            }
-        });
+        self.with_list(|list| end_each(list, range, only_end, list.len()));
+    }
+
+    /// The end of a start that unwound before the list was reached: only
+    /// notifiers with no start callback get it.
+    pub(crate) fn list_invalidate_range_end_started(&self, range: &Range<'_>, started: usize) {
+        self.with_list(|list| end_each(list, range, false, started));
     }
 
     /// `__mmu_notifier_clear_flush_young` / `_clear_young`: the OR of every
@@ -232,6 +248,45 @@ impl Subscriptions {
         });
         if released.is_some() {
             rcu::global().synchronize();
+        }
+    }
+}
+
+/// Ends `range` on every entry of `list` whose start is done: the first
+/// `started` entries, and any entry without a start callback.
+fn end_each(list: &[ListEntry], range: &Range<'_>, only_end: bool, started: usize) {
+    for (index, entry) in list.iter().enumerate() {
+        if index >= started && entry.has(caps::START) {
+            continue;
+        }
+        if !only_end && entry.has(caps::INVALIDATE_RANGE) {
+            let _atomic = NonBlock::enter(true);
+            entry.invalidate_range(range.mm(), range.start(), range.end());
+        }
+        if entry.has(caps::END) {
+            let _non_block = NonBlock::enter(!range.is_blockable());
+            entry.invalidate_range_end(range);
+        }
+    }
+}
+
+/// Unwinding out of the list's starts: closes the tree's count, then ends
+/// the entries whose start is done, in the same SRCU section and snapshot
+/// as the starts (so positions mean the same entries).
+struct StartUnwind<'a, 'r, 't> {
+    range: &'a Range<'r>,
+    list: &'a [ListEntry],
+    tree: &'a mut super::ItreeCount<'t>,
+    /// Entries before this one have finished their start.
+    started: usize,
+    armed: bool,
+}
+
+impl Drop for StartUnwind<'_, '_, '_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tree.close();
+            end_each(self.list, self.range, false, self.started);
         }
     }
 }

@@ -42,6 +42,10 @@ use crate::{Mm, Range};
 use list::ListEntry;
 use snapshot::SrcuPtr;
 
+/// How many WARNs an address space records (`Mm::warnings`); later ones are
+/// dropped, so that recording one never allocates.
+const WARNINGS_KEPT: usize = 64;
+
 /// `struct mmu_notifier_subscriptions`.
 pub(crate) struct Subscriptions {
     /// "An interval notifier was ever registered". False → true once, under
@@ -79,15 +83,40 @@ pub(crate) struct Locked {
 }
 
 /// A counted tree range, ended on drop while armed.
-struct ItreeCount<'a> {
+pub(crate) struct ItreeCount<'a> {
     subscriptions: &'a Subscriptions,
     armed: bool,
 }
 
+impl ItreeCount<'_> {
+    /// Ends the tree's count now, if it is still armed (idempotent).
+    pub(crate) fn close(&mut self) {
+        if std::mem::replace(&mut self.armed, false) {
+            self.subscriptions.itree_inv_end();
+        }
+    }
+}
+
 impl Drop for ItreeCount<'_> {
     fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// While an interval callback runs, the list has started nobody: if the
+/// callback unwinds, only the list notifiers without a start callback get
+/// their end (as they would have after a completed start).
+struct UnstartedListEnds<'a, 'r> {
+    subscriptions: &'a Subscriptions,
+    range: &'a Range<'r>,
+    armed: bool,
+}
+
+impl Drop for UnstartedListEnds<'_, '_> {
+    fn drop(&mut self) {
         if self.armed {
-            self.subscriptions.itree_inv_end();
+            self.subscriptions
+                .list_invalidate_range_end_started(self.range, 0);
         }
     }
 }
@@ -108,7 +137,7 @@ impl Subscriptions {
             }),
             seq_words: seq_arena::SeqArena::new(),
             wq: Condvar::new(),
-            warnings: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::with_capacity(WARNINGS_KEPT)),
         }
     }
 
@@ -133,25 +162,36 @@ impl Subscriptions {
 
     /// `__mmu_notifier_invalidate_range_start`. On success, tells whether
     /// the tree counted this range (its end must then close it).
+    ///
+    /// If a callback unwinds, this ends what was started before the unwind
+    /// leaves: the tree's count is closed, and a list notifier gets its end
+    /// only if its start returned or it has no start callback. The caller's
+    /// `Invalidation` must not end anything then.
     pub(crate) fn invalidate_range_start(&self, range: &Range<'_>) -> Result<bool, WouldBlock> {
-        let counted = if self.has_itree() {
-            self.itree_invalidate(range)?;
-            true
-        } else {
-            false
-        };
         // Closes the tree's epoch unless the list accepts the range: when a
         // list notifier refuses it (Linux leaves the tree side counted here,
         // spec §5 latent issue (a), stranding `active` and hanging readers;
         // the caller may not call end, so close it ourselves), and when a
-        // list callback panics (the caller's `Invalidation` does not know
-        // the tree counted it yet).
-        let mut close = ItreeCount {
+        // list callback panics.
+        let mut tree = ItreeCount {
             subscriptions: self,
-            armed: counted,
+            armed: false,
         };
-        self.list_invalidate_range_start(range)?;
-        close.armed = false;
+        if self.has_itree() {
+            let mut unstarted = UnstartedListEnds {
+                subscriptions: self,
+                range,
+                armed: true,
+            };
+            let outcome = self.itree_invalidate(range);
+            // A refusal calls no list notifier at all, not even an end.
+            unstarted.armed = false;
+            outcome?;
+            tree.armed = true;
+        }
+        self.list_invalidate_range_start(range, &mut tree)?;
+        let counted = tree.armed;
+        tree.armed = false;
         Ok(counted)
     }
 
@@ -173,13 +213,18 @@ impl Subscriptions {
         self.list_release(mm);
     }
 
-    /// Records a kernel `WARN` (and logs the first of each kind).
+    /// Records a kernel `WARN` (and logs the first of each kind through
+    /// `tracing`). The record never allocates: it has room for
+    /// `WARNINGS_KEPT` and drops later ones. Logging happens only on misuse
+    /// and may allocate if a `tracing` subscriber is installed.
     pub(crate) fn warn(&self, warning: Warning) {
         let mut warnings = self.warnings.lock();
         if !warnings.contains(&warning) {
             tracing::warn!(target: "mmun", "WARN: {warning}");
         }
-        warnings.push(warning);
+        if warnings.len() < WARNINGS_KEPT {
+            warnings.push(warning);
+        }
     }
 
     pub(crate) fn warnings(&self) -> Vec<Warning> {

@@ -1,4 +1,4 @@
-//! One synchronisation API over two backends: parking_lot/std for real use,
+//! One synchronisation API over two backends: std for real use,
 //! loom when the crate is built with `--cfg mmun_loom` for model checking.
 //!
 //! Every other module imports its `Arc`, atomics, `Mutex` and `Condvar` from

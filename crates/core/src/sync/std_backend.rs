@@ -1,4 +1,15 @@
-//! The production backend: parking_lot locks, std atomics and threads.
+//! The production backend: std's futex-based locks, std atomics and threads.
+//!
+//! std's locks rather than parking_lot's on purpose: parking_lot parks a
+//! contended waiter through a per-thread record that it allocates (and
+//! registers a thread-exit destructor for, which glibc allocates too) on the
+//! thread's first wait, and grows a global hash table as threads appear. The
+//! dispatch path takes these locks from inside interposed `munmap`/`brk`,
+//! possibly while glibc holds its malloc arena lock, so waiting must never
+//! call malloc. std's Linux locks are a futex word and nothing else. None of
+//! them is held across a callback, so poisoning cannot happen; it is ignored.
+
+use std::sync::PoisonError;
 
 pub(crate) use std::sync::Arc;
 pub(crate) use std::sync::atomic;
@@ -7,33 +18,32 @@ pub(crate) use std::thread;
 /// A non-poisoning mutex with a by-value guard, so that the loom backend can
 /// offer the same signature.
 #[derive(Debug, Default)]
-pub(crate) struct Mutex<T>(parking_lot::Mutex<T>);
+pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
 
-pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+pub(crate) type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
 
 impl<T> Mutex<T> {
     pub(crate) const fn new(value: T) -> Self {
-        Self(parking_lot::const_mutex(value))
+        Self(std::sync::Mutex::new(value))
     }
 
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        self.0.lock()
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// A condition variable whose `wait` consumes and returns the guard.
 #[derive(Debug, Default)]
-pub(crate) struct Condvar(parking_lot::Condvar);
+pub(crate) struct Condvar(std::sync::Condvar);
 
 impl Condvar {
     pub(crate) const fn new() -> Self {
-        Self(parking_lot::Condvar::new())
+        Self(std::sync::Condvar::new())
     }
 
-    pub(crate) fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-        self.0.wait(&mut guard);
-        guard
+    pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        self.0.wait(guard).unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn notify_all(&self) {
@@ -44,21 +54,22 @@ impl Condvar {
 /// A reader-writer lock with guard-returning `read`/`write`, as in the loom
 /// backend.
 #[derive(Debug, Default)]
-pub(crate) struct RwLock<T>(parking_lot::RwLock<T>);
+pub(crate) struct RwLock<T>(std::sync::RwLock<T>);
 
-pub(crate) type RwLockReadGuard<'a, T> = parking_lot::RwLockReadGuard<'a, T>;
-pub(crate) type RwLockWriteGuard<'a, T> = parking_lot::RwLockWriteGuard<'a, T>;
+pub(crate) type RwLockReadGuard<'a, T> = std::sync::RwLockReadGuard<'a, T>;
+pub(crate) type RwLockWriteGuard<'a, T> = std::sync::RwLockWriteGuard<'a, T>;
 
 impl<T> RwLock<T> {
     pub(crate) const fn new(value: T) -> Self {
-        Self(parking_lot::const_rwlock(value))
+        Self(std::sync::RwLock::new(value))
     }
 
+    #[inline]
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
-        self.0.read()
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
-        self.0.write()
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }

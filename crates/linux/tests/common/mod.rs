@@ -31,6 +31,10 @@ pub struct Seen {
 const SLOTS: usize = 64;
 
 pub struct Log {
+    /// Only this thread's calls are logged (0: every thread's); callbacks
+    /// run in the calling thread, so other threads reusing freed addresses
+    /// meanwhile do not disturb a test.
+    tid: AtomicU64,
     lo: AtomicU64,
     hi: AtomicU64,
     n: AtomicUsize,
@@ -41,6 +45,7 @@ pub struct Log {
 impl Default for Log {
     fn default() -> Log {
         Log {
+            tid: AtomicU64::new(0),
             lo: AtomicU64::new(0),
             hi: AtomicU64::new(0),
             n: AtomicUsize::new(0),
@@ -62,6 +67,11 @@ fn perms_at(addr: u64) -> [u8; 4] {
     perms
 }
 
+fn gettid() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u64 }
+}
+
 /// Whether the page holding `addr` is resident (reading a non-resident
 /// page would fault it in, or raise SIGBUS past a file's end).
 fn resident(addr: u64) -> bool {
@@ -78,6 +88,10 @@ impl Log {
             self.hi.load(Ordering::Acquire),
         );
         if !range.overlaps(lo, hi) {
+            return;
+        }
+        let tid = self.tid.load(Ordering::Acquire);
+        if tid != 0 && tid != gettid() {
             return;
         }
         let first = range.start().max(lo);
@@ -107,11 +121,19 @@ impl Log {
         }
     }
 
-    /// Watches `[lo, hi)` from now on and forgets what was logged.
+    /// Watches `[lo, hi)` for this thread's calls from now on and forgets
+    /// what was logged.
     pub fn watch(&self, lo: u64, hi: u64) {
+        self.tid.store(gettid(), Ordering::Release);
         self.lo.store(lo, Ordering::Release);
         self.hi.store(hi, Ordering::Release);
         self.n.store(0, Ordering::Release);
+    }
+
+    /// Watches `[lo, hi)` for every thread's calls.
+    pub fn watch_all_threads(&self, lo: u64, hi: u64) {
+        self.watch(lo, hi);
+        self.tid.store(0, Ordering::Release);
     }
 
     /// What was logged since `watch`.

@@ -1,0 +1,97 @@
+//! `munmap` of a populated 16-page range: the raw system call ("bare"),
+//! the hooked libc call with no subscriber, under an interval notifier
+//! (hooks only), and with the userfaultfd net armed on the range. Each
+//! iteration maps and populates the range first (untimed, MAP_FIXED at one
+//! reserved address so that the notifier and the net keep covering it).
+//!
+//! `cargo bench -p mmun-linux --bench munmap`; compare the medians of one
+//! run (the machine is noisy; "bare" runs twice to show the drift).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion};
+use mmun_core::{IntervalNotifier, IntervalNotifierOps, IntervalSub, Range, Seq};
+
+const LEN: usize = 16 * 4096;
+
+struct Mirror;
+impl IntervalNotifierOps for Mirror {
+    fn invalidate(&self, sub: &IntervalSub, _range: &Range<'_>, cur_seq: Seq) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+fn populate(at: u64) {
+    // SAFETY: (re)maps the bench's reserved range.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut _,
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, at);
+}
+
+fn bare(at: u64) {
+    // SAFETY: unmaps the bench's range behind libc's back.
+    let r = unsafe { libc::syscall(libc::SYS_munmap, at, LEN) };
+    assert_eq!(r, 0);
+}
+
+fn hooked(at: u64) {
+    // SAFETY: unmaps the bench's range through (patched) libc.
+    let r = unsafe { libc::munmap(at as *mut _, LEN) };
+    assert_eq!(r, 0);
+}
+
+fn run(c: &mut Criterion, name: &str, at: u64, f: fn(u64)) {
+    c.bench_function(name, |b| {
+        b.iter_batched(
+            || populate(at),
+            |()| f(black_box(at)),
+            BatchSize::PerIteration,
+        );
+    });
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+        .configure_from_args();
+    mmun_linux::install().expect("libc patched");
+    // SAFETY: reserves an address range for the bench.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as u64;
+
+    run(&mut c, "munmap16/bare", at, bare);
+    run(&mut c, "munmap16/hooked_no_subscriber", at, hooked);
+    let sub = IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
+    run(&mut c, "munmap16/hooked_interval", at, hooked);
+    run(&mut c, "munmap16/bare_again", at, bare);
+    drop(sub);
+    match mmun_linux::net::start_uffd() {
+        Ok(_) => {
+            let _sub =
+                IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
+            run(&mut c, "munmap16/hooked_interval_uffd_armed", at, hooked);
+        }
+        Err(e) => eprintln!("uffd bench skipped: {e}"),
+    }
+    c.final_summary();
+}
