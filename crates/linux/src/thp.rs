@@ -101,7 +101,7 @@ fn vma_at(addr: u64) -> Option<(u64, u64)> {
 /// The 2 MiB block the kernel invalidates when it splits a VMA at `edge`:
 /// `edge` unaligned, strictly inside a VMA, and the block inside that VMA.
 pub fn split_block(edge: u64) -> Option<(u64, u64)> {
-    if edge % HUGE == 0 {
+    if edge.is_multiple_of(HUGE) {
         return None;
     }
     let block = edge & !(HUGE - 1);
@@ -165,7 +165,7 @@ mod tests {
             split_blocks(block + 0x1000, block + 0x2000),
             [Some((block, block + HUGE)), None]
         );
-        if raw % HUGE != 0 {
+        if !raw.is_multiple_of(HUGE) {
             // The block around the mapping's first page starts before it.
             assert_eq!(split_block(raw + 0x1000), None);
         }
