@@ -36,6 +36,7 @@
 //! `DESIGN.md` has the source-by-source coverage table and the threading
 //! and reentrancy rules.
 
+pub mod anon;
 pub mod dispatch;
 pub mod hooks;
 pub mod lifecycle;

@@ -124,6 +124,7 @@ extern "C" fn child() {
     process::reset_in_child();
     net::forget_in_child();
     crate::thp::reset_in_child();
+    crate::anon::reset_in_child();
     // The child's own trace hook-up: its fresh Mm gets the tracing
     // notifier, and a KVM VM of its own under --verify-with-kernel.
     crate::trace_sink::init_from_env();

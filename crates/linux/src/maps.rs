@@ -36,13 +36,15 @@ impl Vma {
         self.perms[1] == b'w' && self.perms[3] == b'p'
     }
 
-    /// Private, whatever its current protection: Linux's
-    /// `is_cow_mapping` (`MAP_PRIVATE` always has `VM_MAYWRITE`), which
-    /// fork write-protects in the parent when it has anonymous pages — a
-    /// RELRO region made read-only after relocation included (seen by
-    /// `mmun trace --verify-with-kernel` on bash).
+    /// What fork write-protects in the parent: a private (COW) mapping,
+    /// Linux's `is_cow_mapping` (`MAP_PRIVATE` always has `VM_MAYWRITE`),
+    /// that is writable or, read-only, holds anonymous pages — a RELRO
+    /// region made read-only after relocation (seen by `mmun trace
+    /// --verify-with-kernel` on bash), memory written before
+    /// `mprotect(PROT_READ)`.
     pub fn is_cow_mapping(&self) -> bool {
         self.perms[3] == b'p'
+            && (self.perms[1] == b'w' || crate::anon::has_anon_pages(self.start, self.end))
     }
 }
 
