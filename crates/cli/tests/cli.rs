@@ -199,3 +199,52 @@ fn binary_input_names_the_file_and_line() {
         );
     }
 }
+
+#[test]
+fn replay_leaves_the_window_as_the_oracle_does_and_models_finite_ram() {
+    let dir = std::env::temp_dir().join(format!("mmun-cli-ram-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let huge = dir.join("huge.txt");
+    std::fs::write(&huge, "mmap 0 0x4000000000 rw populate\n").unwrap();
+    let out = mmun(&["replay", huge.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("step 1: mmap: [0x0, 0x0 + 0x4000000000) leaves the 0x100000000-byte window"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+
+    let touch = dir.join("touch.txt");
+    std::fs::write(&touch, "mmap 0 0x2000000 rw\ntouch 0 0x2000000 w\n").unwrap();
+    let out = mmun(&["replay", "--memory-mib", "16", touch.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("touch.txt")
+            && stderr.contains("line 2: `touch 0 0x2000000 w`: out of memory"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).starts_with("STEP 1 mmap"),
+        "the steps before it are printed"
+    );
+    let out = mmun(&["replay", "--memory-mib", "64", touch.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let frag = dir.join("frag.txt");
+    std::fs::write(&frag, "mmap 0 0x10000 rw\nmprotect 0x2000 0x1000 r\n").unwrap();
+    let out = mmun(&["replay", "--max-map-count", "38", frag.to_str().unwrap()]);
+    assert!(
+        text(&out.stdout).ends_with("RC -12\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = mmun(&["replay", "--max-map-count", "40", frag.to_str().unwrap()]);
+    assert!(
+        text(&out.stdout).ends_with("RC 0\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -22,6 +22,7 @@ impl AddressSpace {
         self.write_op(|ctx| {
             let vmas: Vec<Vma> = ctx.st.vmas.iter().cloned().collect();
             let mut child_state = child.state_for_fork();
+            child_state.max_map_count = ctx.st.max_map_count;
             for vma in vmas.iter().filter(|v| !v.flags.contains(VmFlags::DONTCOPY)) {
                 let mut copy = vma.clone();
                 copy.anon_vma = vma.anon_vma.map(|_| new_anon_vma());

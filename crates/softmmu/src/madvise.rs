@@ -124,7 +124,7 @@ fn update_flags<L: HeldMmLock>(
 ) -> SysResult {
     let flags = change(vma.flags);
     if flags != vma.flags {
-        vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() });
+        vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() })?;
     }
     Ok(())
 }

@@ -35,8 +35,7 @@ impl AddressSpace {
                 if !new_flags.may_allow(access) {
                     return Err(Errno::Acces);
                 }
-                mprotect_fixup(ctx, vma, start, end, new_flags);
-                Ok(())
+                mprotect_fixup(ctx, vma, start, end, new_flags)
             })
         })
     }
@@ -48,7 +47,7 @@ impl AddressSpace {
             let result = for_each_vma_span(ctx, start, end, |ctx, vma, s, e| {
                 let flags = vma.flags.with(VmFlags::LOCKED);
                 if flags != vma.flags {
-                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() });
+                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() })?;
                 }
                 Ok(())
             });
@@ -68,7 +67,7 @@ impl AddressSpace {
                     .without(VmFlags::LOCKED)
                     .without(VmFlags::LOCKONFAULT);
                 if flags != vma.flags {
-                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() });
+                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() })?;
                 }
                 Ok(())
             })
@@ -118,9 +117,9 @@ fn mprotect_fixup<L: HeldMmLock>(
     start: u64,
     end: u64,
     flags: VmFlags,
-) {
+) -> SysResult {
     if flags == vma.flags {
-        return;
+        return Ok(());
     }
     let was_locked_readonly = vma.flags.contains(VmFlags::LOCKED)
         && !vma.flags.intersects(VmFlags::WRITE.with(VmFlags::SHARED));
@@ -138,11 +137,12 @@ fn mprotect_fixup<L: HeldMmLock>(
     {
         flags = flags.without(VmFlags::ACCOUNT);
     }
-    let modified = vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() });
+    let modified = vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() })?;
     change_protection(ctx, &modified, start, end);
     if was_locked_readonly && flags.contains(VmFlags::WRITE) {
         let _ = populate(ctx, start, end);
     }
+    Ok(())
 }
 
 /// `change_protection` over `[start, end)` of `vma`, with the 6.18 lazy

@@ -195,6 +195,14 @@ pub struct StepTrace {
     pub callbacks: Vec<Callback>,
 }
 
+/// The VMAs `mmun oracle` has outside the window while it runs a script:
+/// its binary, libc, libm, libgcc_s and ld.so (4 or 5 each), heap, stack,
+/// vvar, vvar_vclock, vdso and 7 anonymous mappings (`/proc/PID/maps` of a
+/// release build on Linux 6.18, less `[vsyscall]`, which is no VMA). With
+/// it, a script that splits the window into 65,530 pieces fails at the
+/// step where it fails on Linux.
+pub const ORACLE_OWN_VMAS: usize = 36;
+
 /// Why a replay stopped before the end of its script.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -240,7 +248,17 @@ impl Replayer {
         let space = AddressSpace::new(memory);
         let recorder = Notifier::register(space.mm(), &RECORDER_OPS, Recorder::default())
             .expect("a live address space accepts a notifier");
-        Replayer { space, recorder }
+        let replayer = Replayer { space, recorder };
+        replayer.set_max_map_count(crate::DEFAULT_MAX_MAP_COUNT);
+        replayer
+    }
+
+    /// Sets `vm.max_map_count` as the kernel oracle's process would meet
+    /// it: that process has [`ORACLE_OWN_VMAS`] mappings of its own outside
+    /// the window, which count against the limit too.
+    pub fn set_max_map_count(&self, max: usize) {
+        self.space
+            .set_max_map_count(max.saturating_sub(ORACLE_OWN_VMAS));
     }
 
     /// The address space, for inspection.

@@ -26,7 +26,18 @@ pub(crate) fn read_input(path: &Path) -> anyhow::Result<String> {
     Ok(text.to_owned())
 }
 
-/// The software MMU's RAM, for the subcommands that replay.
+/// The software MMU's RAM and VMA limit, for the subcommands that replay.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MachineArgs {
+    /// `vm.max_map_count` of the software MMU (the oracle process's own 36
+    /// mappings count against it, as on Linux).
+    #[arg(long, value_name = "N", default_value_t = mmun_softmmu::DEFAULT_MAX_MAP_COUNT)]
+    pub(crate) max_map_count: usize,
+    #[command(flatten)]
+    pub(crate) memory: MemoryArg,
+}
+
+/// The software MMU's RAM.
 #[derive(Debug, clap::Args)]
 pub(crate) struct MemoryArg {
     /// RAM of the software MMU in MiB: a touch that finds none free is an

@@ -20,7 +20,7 @@ pub(crate) struct Args {
     #[arg(long)]
     events: bool,
     #[command(flatten)]
-    memory: super::MemoryArg,
+    machine: super::MachineArgs,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -28,7 +28,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let steps =
         mmun_script::parse_script(&text).with_context(|| format!("{}", args.script.display()))?;
     mmun_script::check_window(&steps)?;
-    let replayer = Replayer::with_memory(Arc::new(Memory::with_bytes(args.memory.bytes())));
+    let memory = Memory::with_bytes(args.machine.memory.bytes());
+    let replayer = Replayer::with_memory(Arc::new(memory));
+    replayer.set_max_map_count(args.machine.max_map_count);
     let mut out = std::io::stdout().lock();
     for step in &steps {
         let trace = match replayer.step(step) {
