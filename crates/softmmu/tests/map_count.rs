@@ -106,3 +106,39 @@ fn munmap_refuses_only_a_three_way_split_at_the_limit() {
     assert_eq!(child.max_map_count(), 2);
     child.exit();
 }
+
+#[test]
+fn mremap_keeps_room_for_the_splits_of_a_move() {
+    use mmun_softmmu::MremapFlags;
+    let space = AddressSpace::new(Arc::new(Memory::new()));
+    map(&space, B, 1).unwrap();
+    map(&space, B + P, 1).unwrap(); // merges: one VMA of two pages
+    map(&space, B + 4 * P, 1).unwrap();
+    let n = count(&space);
+    // A move (the neighbour blocks growing in place) needs map_count <
+    // max - 3 (prep_move_vma).
+    space.set_max_map_count(n + 3);
+    let grow = MremapFlags {
+        may_move: true,
+        ..MremapFlags::default()
+    };
+    assert_eq!(
+        space.mremap(B + 4 * P, P, 8 * P, MremapFlags::default()),
+        Ok(B + 4 * P),
+        "in place needs no room"
+    );
+    assert_eq!(space.mremap(B, 2 * P, 16 * P, grow), Err(Errno::NoMem));
+    space.set_max_map_count(n + 4);
+    assert!(space.mremap(B, 2 * P, 16 * P, grow).is_ok());
+    // MREMAP_FIXED needs map_count + 2 < max - 3 before anything else.
+    let n = count(&space);
+    space.set_max_map_count(n + 5);
+    let fixed = MremapFlags {
+        may_move: true,
+        fixed: Some(B + 64 * P),
+        ..MremapFlags::default()
+    };
+    assert_eq!(space.mremap(B + 4 * P, P, P, fixed), Err(Errno::NoMem));
+    space.set_max_map_count(n + 6);
+    assert_eq!(space.mremap(B + 4 * P, P, P, fixed), Ok(B + 64 * P));
+}
