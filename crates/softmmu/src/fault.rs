@@ -151,7 +151,7 @@ fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: b
         return fill_empty(ctx, vma, addr, write);
     }
     if pte.swap_kind() == Some(SwapKind::DeviceExclusive) {
-        remove_device_exclusive_entry(ctx, addr, pte);
+        remove_device_exclusive_entry(ctx, vma, addr, pte);
         return pte_fault(ctx, vma, addr, write);
     }
     if write && !pte.is_write() {
@@ -254,12 +254,29 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
 
 /// `remove_device_exclusive_entry`: a CPU access takes the page back from
 /// the device, under a `Clear` (6.18; v6.5 used `Exclusive`) without owner.
-fn remove_device_exclusive_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, entry: Pte) {
+fn remove_device_exclusive_entry<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+    entry: Pte,
+) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    let restored = Pte::new(entry.pfn(), entry.swap_was_writable());
+    let restored = restore_exclusive_pte(ctx, vma, entry);
     ctx.mem.map_pte(entry.pfn(), ctx.id);
     *ctx.st.pt.pte_alloc(addr) = restored;
     inv.end();
+}
+
+/// `restore_exclusive_pte` (6.15+): the present entry is rebuilt from the
+/// VMA's protection as it is now, writable only where
+/// `can_change_pte_writable` allows (an `mprotect(PROT_READ)` while the
+/// device held the page leaves it read-only), not from the write bit the
+/// entry had when the device took it.
+pub(crate) fn restore_exclusive_pte<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, entry: Pte) -> Pte {
+    let read_only = Pte::new(entry.pfn(), false);
+    let writable = vma.flags.contains(VmFlags::WRITE)
+        && crate::mprotect::can_change_writable(ctx, vma, read_only);
+    read_only.with_write(writable)
 }
 
 /// `anon_vma_prepare`: gives the VMA an anon_vma, reusing an adjacent

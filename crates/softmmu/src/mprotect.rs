@@ -227,7 +227,9 @@ fn new_protection<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, old: Pte) -> Pte {
     old.with_protnone(none).with_write(writable)
 }
 
-fn can_change_writable<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, pte: Pte) -> bool {
+/// `can_change_pte_writable`: a present entry may become writable without a
+/// fault (a dirty shared page, an exclusive anonymous page).
+pub(crate) fn can_change_writable<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, pte: Pte) -> bool {
     if pte.is_special() {
         return false;
     }
