@@ -196,13 +196,14 @@ pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u6
     Ok(())
 }
 
-/// Whether the PTE table at `haddr` holds at least one anonymous page and
-/// only pages no other mapping shares.
+/// Whether the PTE table at `haddr` holds only pages no other mapping
+/// shares and at least one writable entry (`hpage_collapse_scan_pmd`:
+/// without one the scan ends in `SCAN_PAGE_RO`, `EINVAL`).
 fn collapsible<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> bool {
     let Some(PmdEntry::Table(table)) = ctx.st.pt.pmd(haddr) else {
         return false;
     };
-    let mut present = 0;
+    let mut writable = false;
     for i in 0..crate::layout::HPAGE_PMD_NR {
         let pte = table.get(haddr + i * PAGE_SIZE);
         if pte.is_none() || pte.is_special() {
@@ -215,7 +216,7 @@ fn collapsible<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> bool {
         if frame.kind != FrameKind::Anon || frame.mapcount > 1 {
             return false;
         }
-        present += 1;
+        writable |= pte.is_write();
     }
-    present > 0
+    writable
 }

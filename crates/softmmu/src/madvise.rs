@@ -262,10 +262,19 @@ fn populate<L: HeldMmLock>(
     fault::fault_in_range(ctx, vma, start, end, write)
 }
 
+/// `thp_vma_allowable_order` outside a fault: the VMA must hold at least one
+/// PMD-aligned block (`thp_vma_suitable_order` at `vm_end - PMD_SIZE`),
+/// whatever range the call names.
+fn pmd_fits(vma: &Vma) -> bool {
+    vma.end
+        .checked_sub(PMD_SIZE)
+        .is_some_and(|last| align_down(last, PMD_SIZE) >= vma.start)
+}
+
 /// `madvise_collapse`: every PMD-sized block of the piece becomes a huge
 /// page, or the call fails.
 fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) -> SysResult {
-    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !vma.is_anonymous() {
+    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !vma.is_anonymous() || !pmd_fits(vma) {
         return Err(Errno::Inval);
     }
     let hstart = align_up(start, PMD_SIZE).unwrap_or(u64::MAX);

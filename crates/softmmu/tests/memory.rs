@@ -126,3 +126,26 @@ fn memory_holds_exactly_its_frames_and_compacts_for_huge_pages() {
     let frames: Vec<_> = std::iter::from_fn(|| memory.alloc(FrameKind::Anon)).collect();
     assert_eq!(frames.len(), 1023);
 }
+
+#[test]
+fn collapse_of_read_only_ptes_or_a_vma_without_a_pmd_block_is_einval() {
+    // hpage_collapse_scan_pmd: no writable PTE in the block → SCAN_PAGE_RO.
+    let script = "mmap 0 0x200000 rw\ntouch 0 0x200000 w\nmprotect 0 0x200000 r\n\
+                  madvise 0 0x200000 collapse\nmprotect 0 0x200000 rw\nmadvise 0 0x200000 collapse\n";
+    let (rcs, _) = run(64, script);
+    assert_eq!(rcs[3], Outcome::Rc(-22), "read-only PTEs");
+    assert_eq!(rcs[5], Outcome::Rc(0), "writable again: collapses");
+    // thp_vma_allowable_order: a VMA with no aligned 2 MiB block in it is
+    // refused whatever range is named, even one with no whole block.
+    let (rcs, _) = run(
+        64,
+        "mmap 0 0x1ff000 rw\ntouch 0 0x1000 w\nmadvise 0 0x1000 collapse\n\
+                            mmap 0x400000 0x200000 rw\nmadvise 0x400000 0x1000 collapse\n",
+    );
+    assert_eq!(rcs[2], Outcome::Rc(-22));
+    assert_eq!(
+        rcs[4],
+        Outcome::Rc(0),
+        "a 2 MiB VMA fits a block; no whole block named"
+    );
+}
