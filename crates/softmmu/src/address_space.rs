@@ -75,7 +75,13 @@ pub struct MapRequest {
 pub(crate) struct State {
     pub(crate) vmas: VmaTree,
     pub(crate) pt: PageTable,
+    /// `vm.max_map_count` as this process sees it (a sysctl on Linux; per
+    /// address space here, so that tests can lower it).
+    pub(crate) max_map_count: usize,
 }
+
+/// `DEFAULT_MAX_MAP_COUNT`: `USHRT_MAX - 5`.
+pub const DEFAULT_MAX_MAP_COUNT: usize = 65_530;
 
 /// One translation of the primary: a page frame in one of its lives, and
 /// whether the primary lets it be written.
@@ -158,6 +164,17 @@ impl<'a, L: HeldMmLock> Ctx<'a, L> {
 }
 
 impl AddressSpace {
+    /// Sets `vm.max_map_count` for this address space (default
+    /// [`DEFAULT_MAX_MAP_COUNT`]); a fork's child inherits it.
+    pub fn set_max_map_count(&self, max: usize) {
+        self.state.lock().max_map_count = max;
+    }
+
+    /// `vm.max_map_count` as this address space applies it.
+    pub fn max_map_count(&self) -> usize {
+        self.state.lock().max_map_count
+    }
+
     /// An empty, live address space using `memory` for its frames.
     pub fn new(memory: Arc<Memory>) -> AddressSpace {
         AddressSpace::with_config(memory, Config::default())
@@ -174,6 +191,7 @@ impl AddressSpace {
             state: Mutex::new(State {
                 vmas: VmaTree::default(),
                 pt: PageTable::new(),
+                max_map_count: DEFAULT_MAX_MAP_COUNT,
             }),
         }
     }

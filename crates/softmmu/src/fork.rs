@@ -22,6 +22,7 @@ impl AddressSpace {
         self.write_op(|ctx| {
             let vmas: Vec<Vma> = ctx.st.vmas.iter().cloned().collect();
             let mut child_state = child.state_for_fork();
+            child_state.max_map_count = ctx.st.max_map_count;
             for vma in vmas.iter().filter(|v| !v.flags.contains(VmFlags::DONTCOPY)) {
                 let mut copy = vma.clone();
                 copy.anon_vma = vma.anon_vma.map(|_| new_anon_vma());
@@ -61,11 +62,30 @@ fn copy_page_range<L: HeldMmLock>(
             addr = next;
             continue;
         }
-        copy_ptes(ctx, addr, next, cow, child, child_id);
+        copy_ptes(ctx, vma, addr, next, child, child_id);
         addr = next;
     }
     if let Some(inv) = inv {
         inv.end();
+    }
+}
+
+/// `copy_nonpresent_pte` for device-exclusive entries: the parent's entry
+/// is made present again (`try_restore_exclusive_pte`, under the fork's
+/// `ProtectionPage` range and no range of its own), then copied as any
+/// present entry, so the device loses the page and both processes map it
+/// copy-on-write.
+fn restore_exclusive_entries<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) {
+    let mut exclusive = Vec::new();
+    ctx.st.pt.for_each_pte_mut(start, end, |a, pte| {
+        if pte.swap_kind() == Some(crate::page_table::SwapKind::DeviceExclusive) {
+            exclusive.push((a, *pte));
+        }
+    });
+    for (addr, entry) in exclusive {
+        let restored = crate::fault::restore_exclusive_pte(ctx, vma, entry);
+        ctx.mem.map_pte(entry.pfn(), ctx.id);
+        *ctx.st.pt.pte_alloc(addr) = restored;
     }
 }
 
@@ -80,12 +100,14 @@ fn share_huge<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte, cow: bool, child_id: u
 
 fn copy_ptes<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
     start: u64,
     end: u64,
-    cow: bool,
     child: &mut PageTable,
     child_id: u64,
 ) {
+    let cow = vma.is_cow();
+    restore_exclusive_entries(ctx, vma, start, end);
     let mem = ctx.mem;
     let mut copied: Vec<(u64, Pte)> = Vec::new();
     ctx.st.pt.for_each_pte_mut(start, end, |a, pte| {

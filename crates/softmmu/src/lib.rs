@@ -37,9 +37,10 @@ pub mod vma;
 mod zap;
 
 pub use address_space::{
-    AddressSpace, Config, DeviceView, MapRequest, PageTableBusy, ThpMode, Translation,
+    AddressSpace, Config, DEFAULT_MAX_MAP_COUNT, DeviceView, MapRequest, PageTableBusy, ThpMode,
+    Translation,
 };
 pub use error::{Errno, SysResult};
-pub use frame::{Memory, Pfn};
+pub use frame::{DEFAULT_MEMORY_BYTES, Memory, Pfn};
 pub use mremap::MremapFlags;
 pub use vma::{VmFlags, Vma};

@@ -124,7 +124,7 @@ fn update_flags<L: HeldMmLock>(
 ) -> SysResult {
     let flags = change(vma.flags);
     if flags != vma.flags {
-        vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() });
+        vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() })?;
     }
     Ok(())
 }
@@ -262,25 +262,36 @@ fn populate<L: HeldMmLock>(
     fault::fault_in_range(ctx, vma, start, end, write)
 }
 
+/// `thp_vma_allowable_order` outside a fault: the VMA must hold at least one
+/// PMD-aligned block (`thp_vma_suitable_order` at `vm_end - PMD_SIZE`),
+/// whatever range the call names.
+fn pmd_fits(vma: &Vma) -> bool {
+    vma.end
+        .checked_sub(PMD_SIZE)
+        .is_some_and(|last| align_down(last, PMD_SIZE) >= vma.start)
+}
+
 /// `madvise_collapse`: every PMD-sized block of the piece becomes a huge
 /// page, or the call fails.
 fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) -> SysResult {
-    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !vma.is_anonymous() {
+    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !vma.is_anonymous() || !pmd_fits(vma) {
         return Err(Errno::Inval);
     }
     let hstart = align_up(start, PMD_SIZE).unwrap_or(u64::MAX);
     let hend = align_down(end, PMD_SIZE);
-    let mut failed = false;
+    // madvise_collapse goes on after a failure and returns the errno of
+    // the last one.
+    let mut last_failure = None;
     let mut haddr = hstart;
     while haddr < hend {
         let already = matches!(
             ctx.st.pt.pmd(haddr),
             Some(crate::page_table::PmdEntry::Huge(_))
         );
-        if !already && !huge_memory::collapse(ctx, vma, haddr) {
-            failed = true;
+        if !already && let Err(errno) = huge_memory::collapse(ctx, vma, haddr) {
+            last_failure = Some(errno);
         }
         haddr += PMD_SIZE;
     }
-    if failed { Err(Errno::Inval) } else { Ok(()) }
+    last_failure.map_or(Ok(()), Err)
 }

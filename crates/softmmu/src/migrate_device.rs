@@ -180,8 +180,20 @@ fn migrate_chunk<L: HeldMmLock>(
         }
     }
     inv.end();
+    let mut moved = 0;
     for &(addr, old) in &pages {
-        finish_migration(ctx, addr, old);
+        let kind = ctx.mem.frame(old.pfn()).kind;
+        let Some(new_pfn) = ctx.mem.alloc(kind) else {
+            // No destination page: migrate_vma_finalize puts the source
+            // back (remove_migration_ptes with the old folio).
+            if let Some(slot) = ctx.st.pt.pte_mut(addr) {
+                *slot = old;
+            }
+            map(addr, cpu_view(ctx, addr));
+            continue;
+        };
+        finish_migration(ctx, addr, old, new_pfn);
+        moved += 1;
         let device = (chunk.direction == Direction::ToDevice).then_some(chunk.owner);
         let new = ctx.st.pt.pte(addr).pfn();
         ctx.mem.update(new, |f| f.device = device);
@@ -192,12 +204,14 @@ fn migrate_chunk<L: HeldMmLock>(
         // where there were none.
         let inv = ctx.start_owner(Event::Migrate, first, chunk.end, owner);
         for &addr in &holes {
-            insert_page(ctx, chunk, addr);
+            if insert_page(ctx, chunk, addr) {
+                moved += 1;
+            }
             map(addr, cpu_view(ctx, addr));
         }
         inv.end();
     }
-    pages.len() + holes.len()
+    moved
 }
 
 /// `migrate_vma_collect_pmd` on a huge PMD: split it (a huge zero PMD
@@ -248,15 +262,19 @@ fn collect<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) ->
 }
 
 /// `migrate_vma_insert_page`: a fresh page of the device's memory where
-/// there was none or the zero page, writable if the VMA is.
-fn insert_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) {
+/// there was none or the zero page, writable if the VMA is. False when
+/// the machine has no free page (the entry stays as it was).
+fn insert_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) -> bool {
     anon_vma_prepare(ctx, chunk.vma);
-    let pfn = ctx.mem.alloc(FrameKind::Anon);
+    let Some(pfn) = ctx.mem.alloc(FrameKind::Anon) else {
+        return false;
+    };
     ctx.mem.map_pte(pfn, ctx.id);
     ctx.mem.update(pfn, |f| f.device = Some(chunk.owner));
     let writable = chunk.vma.flags.contains(VmFlags::WRITE);
     // The zero page needs no release: it is never counted.
     *ctx.st.pt.pte_alloc(addr) = Pte::new(pfn, writable);
+    true
 }
 
 /// What the CPU reaches at `addr` now, with the frame's life.

@@ -48,6 +48,7 @@ impl AddressSpace {
     pub fn munmap(&self, addr: u64, len: u64) -> SysResult {
         let (start, end) = check_range(addr, len)?;
         self.write_op(|ctx| {
+            check_munmap_split(ctx, start, end)?;
             do_munmap(ctx, start, end);
             Ok(())
         })
@@ -99,6 +100,11 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
         return Err(Errno::Inval);
     }
     let len = align_up(req.len, PAGE_SIZE).ok_or(Errno::NoMem)?;
+    // do_mmap: `>` (one over the limit is let through here; the splits
+    // check `>=`).
+    if ctx.st.vmas.len() > ctx.st.max_map_count {
+        return Err(Errno::NoMem);
+    }
     let start = if req.fixed || req.noreplace {
         // __get_unmapped_area checks the range (ENOMEM) before the
         // alignment (EINVAL); NOREPLACE then refuses any overlap.
@@ -119,6 +125,7 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
     };
     let end = start + len;
     if req.fixed {
+        check_munmap_split(ctx, start, end)?;
         do_munmap(ctx, start, end);
     }
     let vma = new_vma(req, ctx.mem, start, end);
@@ -186,6 +193,26 @@ fn unmapped_area<L: HeldMmLock>(ctx: &Ctx<'_, L>, hint: u64, len: u64) -> Option
 /// A kernel-chosen free range for a move (`get_unmapped_area` without hint).
 pub(crate) fn unmapped_area_for<L: HeldMmLock>(ctx: &Ctx<'_, L>, len: u64) -> Option<u64> {
     unmapped_area(ctx, 0, len)
+}
+
+/// `vms_gather_munmap_vmas`' limit: unmapping the middle of one VMA
+/// splits it in three, which is refused (`ENOMEM`) when the address space
+/// is at `vm.max_map_count` already; other splits of an unmap may go over
+/// it, since the unmap frees VMAs again.
+pub(crate) fn check_munmap_split<L: HeldMmLock>(
+    ctx: &Ctx<'_, L>,
+    start: u64,
+    end: u64,
+) -> SysResult {
+    let first = ctx.st.vmas.overlapping(start, end).into_iter().next();
+    match first {
+        Some(vma)
+            if vma.start < start && end < vma.end && ctx.st.vmas.len() >= ctx.st.max_map_count =>
+        {
+            Err(Errno::NoMem)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `do_vmi_munmap` over `[start, end)`: split at the edges, notify `Unmap`

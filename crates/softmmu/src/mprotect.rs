@@ -35,8 +35,7 @@ impl AddressSpace {
                 if !new_flags.may_allow(access) {
                     return Err(Errno::Acces);
                 }
-                mprotect_fixup(ctx, vma, start, end, new_flags);
-                Ok(())
+                mprotect_fixup(ctx, vma, start, end, new_flags)
             })
         })
     }
@@ -48,14 +47,13 @@ impl AddressSpace {
             let result = for_each_vma_span(ctx, start, end, |ctx, vma, s, e| {
                 let flags = vma.flags.with(VmFlags::LOCKED);
                 if flags != vma.flags {
-                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() });
+                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() })?;
                 }
                 Ok(())
             });
             result?;
-            // __mm_populate: an inaccessible VMA fails GUP with EFAULT,
-            // which mlock reports as ENOMEM (the VMAs stay locked).
-            populate(ctx, start, end).map_err(|_| Errno::NoMem)
+            // __mm_populate fails; the VMAs stay locked.
+            populate(ctx, start, end).map_err(mlock_errno)
         })
     }
 
@@ -69,7 +67,7 @@ impl AddressSpace {
                     .without(VmFlags::LOCKED)
                     .without(VmFlags::LOCKONFAULT);
                 if flags != vma.flags {
-                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() });
+                    vma_modify(ctx, vma, s, e, |v| Vma { flags, ..v.clone() })?;
                 }
                 Ok(())
             })
@@ -119,9 +117,9 @@ fn mprotect_fixup<L: HeldMmLock>(
     start: u64,
     end: u64,
     flags: VmFlags,
-) {
+) -> SysResult {
     if flags == vma.flags {
-        return;
+        return Ok(());
     }
     let was_locked_readonly = vma.flags.contains(VmFlags::LOCKED)
         && !vma.flags.intersects(VmFlags::WRITE.with(VmFlags::SHARED));
@@ -139,11 +137,12 @@ fn mprotect_fixup<L: HeldMmLock>(
     {
         flags = flags.without(VmFlags::ACCOUNT);
     }
-    let modified = vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() });
+    let modified = vma_modify(ctx, vma, start, end, |v| Vma { flags, ..v.clone() })?;
     change_protection(ctx, &modified, start, end);
     if was_locked_readonly && flags.contains(VmFlags::WRITE) {
         let _ = populate(ctx, start, end);
     }
+    Ok(())
 }
 
 /// `change_protection` over `[start, end)` of `vma`, with the 6.18 lazy
@@ -228,7 +227,9 @@ fn new_protection<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, old: Pte) -> Pte {
     old.with_protnone(none).with_write(writable)
 }
 
-fn can_change_writable<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, pte: Pte) -> bool {
+/// `can_change_pte_writable`: a present entry may become writable without a
+/// fault (a dirty shared page, an exclusive anonymous page).
+pub(crate) fn can_change_writable<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, pte: Pte) -> bool {
     if pte.is_special() {
         return false;
     }
@@ -237,4 +238,14 @@ fn can_change_writable<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, pte: Pte) -> 
     }
     let frame = ctx.mem.frame(pte.pfn());
     frame.kind == crate::frame::FrameKind::Anon && frame.anon_exclusive
+}
+
+/// `__mlock_posix_error_return`: GUP's `EFAULT` (an inaccessible VMA)
+/// becomes `ENOMEM`, and its `ENOMEM` (no page to be had) becomes `EAGAIN`.
+fn mlock_errno(errno: Errno) -> Errno {
+    match errno {
+        Errno::Fault => Errno::NoMem,
+        Errno::NoMem => Errno::Again,
+        other => other,
+    }
 }

@@ -67,6 +67,12 @@ impl AddressSpace {
             }
         }
         self.write_op(|ctx| {
+            // check_mremap_params: a move to a new address may split both
+            // the source and the destination in three.
+            let implies_new_addr = flags.fixed.is_some() || flags.dont_unmap;
+            if implies_new_addr && ctx.st.vmas.len() + 2 >= ctx.st.max_map_count.saturating_sub(3) {
+                return Err(Errno::NoMem);
+            }
             if ctx.st.vmas.lookup(addr).is_none() {
                 return Err(Errno::Fault);
             }
@@ -83,7 +89,7 @@ impl AddressSpace {
                     let vma = vma_to_resize(ctx, addr, old_len)?;
                     let new_addr =
                         crate::mmap::unmapped_area_for(ctx, new_len).ok_or(Errno::NoMem)?;
-                    move_vma(ctx, &vma, addr, old_len, new_len, new_addr, true);
+                    move_vma(ctx, &vma, addr, old_len, new_len, new_addr, true)?;
                     Ok(new_addr)
                 }
                 None if new_len <= old_len => {
@@ -129,7 +135,7 @@ fn grow<L: HeldMmLock>(
         return Err(Errno::NoMem);
     }
     let new_addr = crate::mmap::unmapped_area_for(ctx, new_len).ok_or(Errno::NoMem)?;
-    move_vma(ctx, &vma, addr, old_len, new_len, new_addr, dont_unmap);
+    move_vma(ctx, &vma, addr, old_len, new_len, new_addr, dont_unmap)?;
     Ok(new_addr)
 }
 
@@ -150,7 +156,7 @@ fn mremap_to<L: HeldMmLock>(
         old_len = new_len;
     }
     let vma = vma_to_resize(ctx, addr, old_len)?;
-    move_vma(ctx, &vma, addr, old_len, new_len, new_addr, dont_unmap);
+    move_vma(ctx, &vma, addr, old_len, new_len, new_addr, dont_unmap)?;
     Ok(new_addr)
 }
 
@@ -168,13 +174,15 @@ fn move_all<L: HeldMmLock>(
     for vma in vmas {
         let (s, e) = (vma.start.max(addr), vma.end.min(end));
         let current = ctx.st.vmas.lookup(s).cloned().expect("source VMA");
-        move_vma(ctx, &current, s, e - s, e - s, new_addr + (s - addr), false);
+        move_vma(ctx, &current, s, e - s, e - s, new_addr + (s - addr), false)?;
     }
     Ok(new_addr)
 }
 
 /// `move_vma`: a copy of the VMA at the destination, the page tables moved
-/// under an `Unmap` of the source, then the source unmapped.
+/// under an `Unmap` of the source, then the source unmapped. `ENOMEM`
+/// first if the unmap could split the source in three past
+/// `vm.max_map_count` (`prep_move_vma`: `map_count >= max - 3`).
 fn move_vma<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
     vma: &Vma,
@@ -183,7 +191,10 @@ fn move_vma<L: HeldMmLock>(
     new_len: u64,
     new_addr: u64,
     dont_unmap: bool,
-) {
+) -> SysResult {
+    if ctx.st.vmas.len() >= ctx.st.max_map_count.saturating_sub(3) {
+        return Err(Errno::NoMem);
+    }
     let mut copy = vma.clone();
     copy.start = new_addr;
     copy.end = new_addr + new_len;
@@ -195,6 +206,7 @@ fn move_vma<L: HeldMmLock>(
     if !dont_unmap {
         do_munmap(ctx, old_addr, old_addr + old_len);
     }
+    Ok(())
 }
 
 /// `move_page_tables`: the entries of `[old_addr, old_addr + len)` move to

@@ -9,6 +9,7 @@
 use mmun_core::HeldMmLock;
 
 use crate::address_space::Ctx;
+use crate::error::{Errno, SysResult};
 use crate::huge_memory::vma_adjust_trans_huge;
 use crate::vma::{Vma, can_merge};
 
@@ -26,21 +27,31 @@ pub(crate) fn split_vma<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
 
 /// `vma_modify`: applies `change` to `[start, end)`, which lies inside the
 /// VMA `middle`, merging with a neighbour where the result allows it and
-/// splitting `middle` otherwise. Returns the VMA that now covers the range.
+/// splitting `middle` otherwise. Returns the VMA that now covers the range;
+/// `ENOMEM` if a split would take the address space past
+/// `vm.max_map_count` (`split_vma` checks `map_count >= max` before each
+/// split, so a first split may succeed and the second fail, as on Linux).
 pub(crate) fn vma_modify<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
     middle: &Vma,
     start: u64,
     end: u64,
     change: impl Fn(&Vma) -> Vma,
-) -> Vma {
+) -> SysResult<Vma> {
     if let Some(merged) = merge_existing(ctx, middle, start, end, &change) {
-        return merged;
+        return Ok(merged);
     }
+    let at_limit = |ctx: &Ctx<'_, L>| ctx.st.vmas.len() >= ctx.st.max_map_count;
     if middle.start < start {
+        if at_limit(ctx) {
+            return Err(Errno::NoMem);
+        }
         split_vma(ctx, start);
     }
     if middle.end > end {
+        if at_limit(ctx) {
+            return Err(Errno::NoMem);
+        }
         split_vma(ctx, end);
     }
     let target = ctx
@@ -49,7 +60,7 @@ pub(crate) fn vma_modify<L: HeldMmLock>(
         .get_mut(start)
         .expect("split leaves a VMA at start");
     *target = change(target);
-    target.clone()
+    Ok(target.clone())
 }
 
 /// `vma_merge_existing_range`: the modified range joins `prev` (if it

@@ -167,7 +167,9 @@ pub fn filled_object(memory: &Arc<Memory>, pages: u64) -> Arc<mmun_softmmu::shme
         pages * P,
     ));
     for index in 0..pages {
-        let pfn = object.get_page(memory, index);
+        let pfn = object
+            .get_page(memory, index)
+            .expect("the test machine has free pages");
         memory.touch_write(pfn);
         // `get_page` took a reference for a mapping; `pwrite` maps nothing.
         memory.put(pfn);
