@@ -148,10 +148,15 @@ impl Subscriptions {
         }
         locked.invalidate_seq = locked.invalidate_seq.wrapping_add(1);
         apply_deferred(&mut locked);
+        let waiters = locked.waiters;
         drop(locked);
-        // Waiters re-check the seq under the lock, so waking after unlocking
-        // loses nothing.
-        self.wq.notify_all();
+        // Waiters count themselves and re-check the seq under the lock, so
+        // seeing none here (under the lock, after the seq moved) means none
+        // can miss the change, and waking after unlocking loses nothing.
+        // Skipping the wake matters: std's `notify_all` is a system call.
+        if waiters > 0 {
+            self.wq.notify_all();
+        }
     }
 
     /// `mn_itree_release`: `Release` over the whole address space, blockable.
@@ -220,10 +225,7 @@ impl Subscriptions {
             // Read under the lock (Linux fix 319561669a59): the closing
             // `inv_end` finishes with the tree and the deferred list before
             // it unlocks, so seeing the new seq means it is done with `key`.
-            let mut locked = self.lock();
-            while locked.invalidate_seq == seq {
-                locked = self.wq.wait(locked);
-            }
+            self.wait_for_seq_change(seq);
         }
         // Either the entry never reached the tree, or it left it while no
         // epoch was open, or the epoch that could have called it is closed.
@@ -272,12 +274,22 @@ impl Subscriptions {
         context::might_sleep();
         if is_invalidating {
             context::assert_not_waiting_on_self(self.id(), "mmu_interval_read_begin()");
-            let mut locked = self.lock();
-            while locked.invalidate_seq == seq {
-                locked = self.wq.wait(locked);
-            }
+            self.wait_for_seq_change(seq);
         }
         Seq(seq)
+    }
+}
+
+impl Subscriptions {
+    /// Sleeps until the interval seq is no longer `seq` (the kernel's
+    /// `wait_event(subscriptions->wq, READ_ONCE(invalidate_seq) != seq)`).
+    fn wait_for_seq_change(&self, seq: u64) {
+        let mut locked = self.lock();
+        while locked.invalidate_seq == seq {
+            locked.waiters += 1;
+            locked = self.wq.wait(locked);
+            locked.waiters -= 1;
+        }
     }
 }
 

@@ -80,6 +80,8 @@ pub(crate) struct Locked {
     pub(crate) deferred: Vec<itree::Deferred>,
     /// The list notifiers, newest first (`hlist_add_head_rcu`).
     pub(crate) list: Vec<ListEntry>,
+    /// Threads sleeping on `wq`; the epoch's end wakes them only if any.
+    pub(crate) waiters: usize,
 }
 
 /// A counted tree range, ended on drop while armed.
@@ -134,6 +136,7 @@ impl Subscriptions {
                 ids: itree::Ids::default(),
                 deferred: Vec::new(),
                 list: Vec::new(),
+                waiters: 0,
             }),
             seq_words: seq_arena::SeqArena::new(),
             wq: Condvar::new(),
