@@ -228,7 +228,12 @@ pub(crate) fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio
     old
 }
 
-pub(crate) fn finish_migration<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, old: Pte, new_pfn: Pfn) {
+pub(crate) fn finish_migration<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    addr: u64,
+    old: Pte,
+    new_pfn: Pfn,
+) {
     ctx.mem.map_pte(new_pfn, ctx.id);
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {
         // `remove_migration_pte` rebuilds the entry from the VMA's
