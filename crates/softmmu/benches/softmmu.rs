@@ -57,7 +57,9 @@ fn rw() -> Prot {
 /// A fresh address space (with its own memory) holding one private rw
 /// mapping of `len` bytes at [`BASE`], populated or not.
 fn mapped_space(len: u64, populate: bool) -> AddressSpace {
-    let space = AddressSpace::new(Arc::new(Memory::new()));
+    // RAM for the whole mapping and then some: the default 1 GiB machine
+    // cannot hold a populated 1 GiB mapping plus the zero page.
+    let space = AddressSpace::new(Arc::new(Memory::with_bytes(4 * GIB)));
     let addr = space
         .mmap(MapRequest {
             addr: BASE,
