@@ -67,17 +67,22 @@ fn main() {
         .sample_size(50)
         .configure_from_args();
     mmun_linux::install().expect("libc patched");
-    // SAFETY: reserves an address range for the bench.
-    let at = unsafe {
+    // SAFETY: reserves three ranges' worth of address space and benches in
+    // the middle one. The guards on both sides stay mapped, so nothing that
+    // needs more than 16 free pages (a thread stack: the uffd net's handler
+    // thread starts mid-run) can be placed where `populate` maps with
+    // MAP_FIXED — which would silently replace it.
+    let reserved = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            LEN,
+            3 * LEN,
             libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
     } as u64;
+    let at = reserved + LEN as u64;
 
     run(&mut c, "munmap16/bare", at, bare);
     run(&mut c, "munmap16/hooked_no_subscriber", at, hooked);
@@ -85,6 +90,7 @@ fn main() {
     run(&mut c, "munmap16/hooked_interval", at, hooked);
     run(&mut c, "munmap16/bare_again", at, bare);
     drop(sub);
+    populate(at); // mapped again while the net's thread starts
     match mmun_linux::net::start_uffd() {
         Ok(_) => {
             let _sub =
