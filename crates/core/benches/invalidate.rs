@@ -4,6 +4,10 @@
 //!   one list notifier with empty callbacks, and 10^3 / 10^6 interval
 //!   notifiers with the range hitting exactly one (a random one each
 //!   iteration, or the same one every time: cold vs hot cache);
+//! * `reference/random_load_64mib`: one dependent load from a random place
+//!   of a 64 MiB array, the unit of the cold-cache target;
+//! * `start_end/baseline_frozen_range`: building a range frozen in the shape
+//!   `Range` had when the speed targets were set, their unit;
 //! * `read_begin_retry/uncontended`: the reader's side of the protocol;
 //! * `insert_remove/*`: subscribing and unsubscribing one interval in a
 //!   pre-filled address space, against the raw `IntervalTree` and
@@ -171,6 +175,42 @@ fn build_measured(n: usize) -> Fixture {
     fixture_from(n, mm, notifiers)
 }
 
+/// `Range` as it was when the speed targets were set (40 B: the mm, start,
+/// end, owner, and flags/event/VMA hint in one word), frozen here so that
+/// `baseline_frozen_range` keeps measuring the same thing when `Range`
+/// changes shape.
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "built only to be measured")]
+struct FrozenRange<'mm> {
+    mm: &'mm Mm,
+    start: u64,
+    end: u64,
+    owner: Option<std::num::NonZeroUsize>,
+    meta: u64,
+}
+
+impl<'mm> FrozenRange<'mm> {
+    #[inline]
+    fn new(mm: &'mm Mm, event: Event, start: u64, end: u64) -> FrozenRange<'mm> {
+        if end < start {
+            frozen_backwards(start, end);
+        }
+        FrozenRange {
+            mm,
+            start,
+            end,
+            owner: None,
+            meta: (event as u64) << 32,
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn frozen_backwards(start: u64, end: u64) -> ! {
+    panic!("backwards range {start:#x}..{end:#x}");
+}
+
 fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
     let mut group = c.benchmark_group("start_end");
 
@@ -180,6 +220,18 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
     // arguments, with no invalidation at all. Subtract it from the others.
     group.bench_function("baseline_range_only", |b| {
         b.iter(|| black_box(Range::new(&mm, Event::Clear, black_box(0), black_box(PAGE))))
+    });
+    // The same floor with the range frozen as it was when the targets were
+    // set: the unit the targets are expressed in.
+    group.bench_function("baseline_frozen_range", |b| {
+        b.iter(|| {
+            black_box(FrozenRange::new(
+                &mm,
+                Event::Clear,
+                black_box(0),
+                black_box(PAGE),
+            ))
+        })
     });
     group.bench_function("no_subscriptions", |b| {
         b.iter(|| {
@@ -204,11 +256,12 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
     for fx in [small, large] {
         let label = if fx.n == 1_000 { "1e3" } else { "1e6" };
         let lock = fx.mm.mmap_read();
-        let mut i = 0;
+        // Cold cache: a fresh random target every iteration (a few cycles
+        // of xorshift), not a rotation the caches could learn.
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
         group.bench_function(format!("interval_{label}_hit_one"), |b| {
             b.iter(|| {
-                i = (i + 1) % ROTATION;
-                let start = black_box(fx.hit_starts[i]);
+                let start = black_box(rng.below(fx.n) as u64 * STRIDE);
                 let range = Range::new(&fx.mm, Event::Clear, start, start + PAGE);
                 Invalidation::start(&lock, range).end();
             })
@@ -222,6 +275,29 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
             })
         });
     }
+    group.finish();
+}
+
+/// The reference for a cold-cache lookup: one dependent load from a random
+/// place of a 64 MiB array (a random cyclic permutation, each load giving
+/// the next index), i.e. one cache and TLB miss to DRAM.
+fn bench_reference(c: &mut Criterion) {
+    const ENTRIES: usize = 64 << 20 >> 3;
+    let mut rng = XorShift(0x1234_5678_9abc_def1);
+    // Sattolo's algorithm: a single cycle through every entry.
+    let mut next: Vec<u64> = (0..ENTRIES as u64).collect();
+    for i in (1..ENTRIES).rev() {
+        let j = rng.below(i);
+        next.swap(i, j);
+    }
+    let mut group = c.benchmark_group("reference");
+    let mut at = 0u64;
+    group.bench_function("random_load_64mib", |b| {
+        b.iter(|| {
+            at = next[black_box(at) as usize];
+            at
+        })
+    });
     group.finish();
 }
 
@@ -308,6 +384,7 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .sample_size(30)
         .configure_from_args();
+    bench_reference(&mut criterion);
     bench_start_end(&mut criterion, &small, &large);
     bench_read_begin_retry(&mut criterion, &large);
     bench_insert_remove(&mut criterion, [&small, &large]);

@@ -117,7 +117,6 @@ impl OpenInvalidation {
         {
             OpenInvalidation {
                 id: open::push(open::Open {
-                    id: 0,
                     subscriptions,
                     start: range.start(),
                     end: range.end(),
@@ -217,7 +216,6 @@ pub(crate) mod open {
 
     #[derive(Clone, Copy)]
     pub(crate) struct Open {
-        pub(crate) id: u64,
         pub(crate) subscriptions: usize,
         pub(crate) start: u64,
         pub(crate) end: u64,
@@ -225,7 +223,6 @@ pub(crate) mod open {
     }
 
     const EMPTY: Open = Open {
-        id: 0,
         subscriptions: 0,
         start: 0,
         end: 0,
@@ -237,6 +234,8 @@ pub(crate) mod open {
         /// Pushes that found the stack full and were not recorded.
         overflow: Cell<usize>,
         next_id: Cell<u64>,
+        /// The records' ids apart, so that `pop` reads one word each.
+        ids: [Cell<u64>; DEPTH],
         entries: [Cell<Open>; DEPTH],
     }
 
@@ -246,6 +245,7 @@ pub(crate) mod open {
                 len: Cell::new(0),
                 overflow: Cell::new(0),
                 next_id: Cell::new(1),
+                ids: [const { Cell::new(0) }; DEPTH],
                 entries: [const { Cell::new(EMPTY) }; DEPTH],
             }
         };
@@ -255,39 +255,52 @@ pub(crate) mod open {
     const UNRECORDED: u64 = u64::MAX;
 
     /// Records `open` and returns its id (never 0).
-    #[inline]
-    pub(crate) fn push(mut open: Open) -> u64 {
+    #[inline(always)]
+    pub(crate) fn push(open: Open) -> u64 {
         STACK.with(|stack| {
             let len = stack.len.get();
             if len == DEPTH {
                 stack.overflow.set(stack.overflow.get() + 1);
                 return UNRECORDED;
             }
-            open.id = stack.next_id.get();
-            stack.next_id.set(open.id + 1);
+            let id = stack.next_id.get();
+            stack.next_id.set(id + 1);
+            stack.ids[len].set(id);
             stack.entries[len].set(open);
             stack.len.set(len + 1);
-            open.id
+            id
         })
     }
 
-    /// Removes the record `id` (ends may come in any order).
-    #[inline]
+    /// Removes the record `id`: the top one in the usual nesting, any one
+    /// otherwise (ends may come in any order).
+    #[inline(always)]
     pub(crate) fn pop(id: u64) {
         STACK.with(|stack| {
-            if id == UNRECORDED {
-                stack.overflow.set(stack.overflow.get() - 1);
-                return;
-            }
             let len = stack.len.get();
-            let Some(at) = (0..len).rev().find(|&i| stack.entries[i].get().id == id) else {
-                return;
-            };
-            for i in at..len - 1 {
-                stack.entries[i].set(stack.entries[i + 1].get());
+            if len > 0 && stack.ids[len - 1].get() == id {
+                stack.len.set(len - 1);
+            } else {
+                pop_slow(stack, id);
             }
-            stack.len.set(len - 1);
         });
+    }
+
+    #[cold]
+    fn pop_slow(stack: &Stack, id: u64) {
+        if id == UNRECORDED {
+            stack.overflow.set(stack.overflow.get() - 1);
+            return;
+        }
+        let len = stack.len.get();
+        let Some(at) = (0..len).rev().find(|&i| stack.ids[i].get() == id) else {
+            return;
+        };
+        for i in at..len - 1 {
+            stack.ids[i].set(stack.ids[i + 1].get());
+            stack.entries[i].set(stack.entries[i + 1].get());
+        }
+        stack.len.set(len - 1);
     }
 
     /// Whether a recorded open invalidation satisfies `f`.

@@ -21,6 +21,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 
 use crate::Range;
 use crate::context::{self, OpenInvalidation};
@@ -144,16 +145,21 @@ impl<'a> Invalidation<'a> {
     /// calls every list notifier's `invalidate_range` and
     /// `invalidate_range_end`.
     #[inline(always)]
-    pub fn end(mut self) {
-        self.finish(false);
+    pub fn end(self) {
+        // Ended here, so the drop glue (which would only find it ended and
+        // pop an already popped record) is skipped: `finish` leaves nothing
+        // that needs dropping (the record is popped, the range is `Copy`).
+        let mut this = ManuallyDrop::new(self);
+        this.finish(false);
     }
 
     /// `mmu_notifier_invalidate_range_only_end`: as [`Invalidation::end`]
     /// but without `invalidate_range`, for callers that already flushed
     /// secondary TLBs under the page-table lock (`*_clear_flush_notify`).
     #[inline]
-    pub fn only_end(mut self) {
-        self.finish(true);
+    pub fn only_end(self) {
+        let mut this = ManuallyDrop::new(self);
+        this.finish(true);
     }
 
     #[inline(always)]

@@ -160,7 +160,7 @@ pub(super) fn enter(domain: &Inner, idx: usize) -> bool {
 }
 
 #[cfg(mmun_loom)]
-fn global_enter(domain: &Inner, idx: usize) -> bool {
+pub(super) fn global_enter(domain: &Inner, idx: usize) -> bool {
     GLOBAL
         .try_with(|local| {
             local
@@ -174,7 +174,7 @@ fn global_enter(domain: &Inner, idx: usize) -> bool {
 
 #[cfg(not(mmun_loom))]
 #[inline]
-fn global_enter(_domain: &Inner, idx: usize) -> bool {
+pub(super) fn global_enter(_domain: &Inner, idx: usize) -> bool {
     global::enter(idx)
 }
 
@@ -222,7 +222,7 @@ pub(super) fn exit(domain: &Inner, idx: usize, own: bool) -> bool {
 }
 
 #[cfg(mmun_loom)]
-fn global_exit(idx: usize, own: bool) -> bool {
+pub(super) fn global_exit(idx: usize, own: bool) -> bool {
     own && GLOBAL
         .try_with(|local| match local.slot.get() {
             Some(slot) => {
@@ -237,7 +237,7 @@ fn global_exit(idx: usize, own: bool) -> bool {
 
 #[cfg(not(mmun_loom))]
 #[inline]
-fn global_exit(idx: usize, own: bool) -> bool {
+pub(super) fn global_exit(idx: usize, own: bool) -> bool {
     global::exit(idx, own)
 }
 

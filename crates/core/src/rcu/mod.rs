@@ -34,6 +34,13 @@
 //! thread-local depth per domain backs [`Srcu::in_read_section`], used to
 //! turn self-deadlocks into panics.
 //!
+//! The global domain's readers run on the hook-safe dispatch path, so its
+//! per-thread state differs (std backend): a destructor-less thread-local,
+//! a slot claimed from free ones kept ready by registration and grace
+//! periods (never allocated on the spot; the shared fallback slot when none
+//! is free), handed back at thread exit by a pthread key destructor. See
+//! `local.rs`.
+//!
 //! When a thread exits, its thread-local destructor releases its slots; a
 //! later thread claims a released slot and continues from its (balanced)
 //! counts, so the registry only grows to the peak number of threads that

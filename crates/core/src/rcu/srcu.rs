@@ -145,6 +145,30 @@ pub struct SrcuReadGuard<'a> {
     _not_send: PhantomData<*mut ()>,
 }
 
+/// A read section of the global domain ([`Srcu::read_lock_global`]); the
+/// same as [`SrcuReadGuard`] with the per-thread lookup resolved at compile
+/// time, for the dispatch path.
+#[must_use = "the read section ends when the guard is dropped"]
+pub(crate) struct GlobalReadGuard<'a> {
+    srcu: &'a Srcu,
+    idx: usize,
+    own: bool,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Drop for GlobalReadGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // As `SrcuReadGuard::drop`: fence C, then the unlock increment in
+        // the slot the lock went to, else in the shared slot.
+        let inner = &*self.srcu.inner;
+        inner.reader_fence();
+        if !local::global_exit(self.idx, self.own) {
+            inner.fallback.unlock[self.idx].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Source of domain identities; 0 means "no domain". std's atomic under
 /// both backends: an identity orders nothing, so loom need not see it (and
 /// a loom atomic cannot live in a `static`).
@@ -215,6 +239,34 @@ impl Srcu {
     /// domain uses `membarrier(2)` and a full fence otherwise.
     #[inline]
     pub fn read_lock(&self) -> SrcuReadGuard<'_> {
+        let (idx, own) = self.enter(local::enter);
+        SrcuReadGuard {
+            srcu: self,
+            idx,
+            own,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// [`Srcu::read_lock`] on the domain of [`super::global()`], known to
+    /// be it at compile time: the per-thread state is the global domain's
+    /// own thread-local, without a lookup, in the lock and in the unlock.
+    #[inline(always)]
+    pub(crate) fn read_lock_global(&self) -> GlobalReadGuard<'_> {
+        debug_assert!(self.inner.is_global, "read_lock_global on another domain");
+        let (idx, own) = self.enter(local::global_enter);
+        GlobalReadGuard {
+            srcu: self,
+            idx,
+            own,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The lock side of a read section: the index, and whether the lock
+    /// was counted in this thread's own slot (`enter` counts it there).
+    #[inline(always)]
+    fn enter(&self, enter: impl FnOnce(&Inner, usize) -> bool) -> (usize, bool) {
         let inner = &*self.inner;
         // Relaxed: the grace-period argument holds whichever index a reader
         // picks (see "# Grace periods" in the module docs); the index only
@@ -223,7 +275,7 @@ impl Srcu {
         let idx = inner.flips.load(Ordering::Relaxed) & 1;
         // The lock increment; relaxed, ordered before the section's accesses
         // by fence B below.
-        let own = local::enter(inner, idx);
+        let own = enter(inner, idx);
         if !own {
             // The thread-locals are gone: count the section in the shared
             // slot, with an RMW since other threads may write it too.
@@ -240,12 +292,7 @@ impl Srcu {
         // increment (then the section sees the updater's earlier writes) or
         // after it (then the scan after fence A sees the increment).
         inner.reader_fence();
-        SrcuReadGuard {
-            srcu: self,
-            idx,
-            own,
-            _not_send: PhantomData,
-        }
+        (idx, own)
     }
 
     /// Waits until every read section of this domain that began before the

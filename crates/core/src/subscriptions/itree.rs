@@ -27,6 +27,7 @@ use crate::error::WouldBlock;
 use crate::interval_btree::Key;
 use crate::interval_notifier::{IntervalSub, SeqRef, TreeState};
 use crate::lockdep;
+use crate::sync::atomic::Ordering;
 use crate::warn::Warning;
 use crate::{Event, Mm, Range, Seq};
 
@@ -69,7 +70,8 @@ impl Subscriptions {
         locked.active += 1;
         let more = self.collect(&locked, range, None, hits);
         if !hits.is_empty() {
-            locked.invalidate_seq |= 1;
+            let odd = locked.invalidate_seq | 1;
+            self.set_invalidate_seq(&mut locked, odd);
         }
         (Seq(locked.invalidate_seq), more)
     }
@@ -146,12 +148,18 @@ impl Subscriptions {
         if locked.active != 0 || locked.invalidate_seq & 1 == 0 {
             return;
         }
-        locked.invalidate_seq = locked.invalidate_seq.wrapping_add(1);
+        let even = locked.invalidate_seq.wrapping_add(1);
+        self.set_invalidate_seq(&mut locked, even);
         apply_deferred(&mut locked);
+        let waiters = locked.waiters;
         drop(locked);
-        // Waiters re-check the seq under the lock, so waking after unlocking
-        // loses nothing.
-        self.wq.notify_all();
+        // Waiters count themselves and re-check the seq under the lock, so
+        // seeing none here (under the lock, after the seq moved) means none
+        // can miss the change, and waking after unlocking loses nothing.
+        // Skipping the wake matters: std's `notify_all` is a system call.
+        if waiters > 0 {
+            self.wq.notify_all();
+        }
     }
 
     /// `mn_itree_release`: `Release` over the whole address space, blockable.
@@ -191,7 +199,8 @@ impl Subscriptions {
         } else if locked.active > 0 {
             // Partially excluded: a running range might cover the new
             // interval, so treat it as covered and make readers wait.
-            locked.invalidate_seq |= 1;
+            let odd = locked.invalidate_seq | 1;
+            self.set_invalidate_seq(&mut locked, odd);
             sub.set_seq_locked(locked.invalidate_seq);
             link_now(&mut locked, key, last, ops);
         } else {
@@ -220,10 +229,7 @@ impl Subscriptions {
             // Read under the lock (Linux fix 319561669a59): the closing
             // `inv_end` finishes with the tree and the deferred list before
             // it unlocks, so seeing the new seq means it is done with `key`.
-            let mut locked = self.lock();
-            while locked.invalidate_seq == seq {
-                locked = self.wq.wait(locked);
-            }
+            self.wait_for_seq_change(seq);
         }
         // Either the entry never reached the tree, or it left it while no
         // epoch was open, or the epoch that could have called it is closed.
@@ -263,21 +269,51 @@ impl Subscriptions {
 
     /// `mmu_interval_read_begin`: the seq to check with `read_retry`,
     /// after waiting out an epoch that already covers `sub`.
+    ///
+    /// Lock-free unless it has to wait (Linux takes the spinlock to read
+    /// the two seqs): the subscription's seq is loaded first, with Acquire.
+    /// If it holds the `cur_seq` of a running epoch, it was stored by that
+    /// epoch's callback (`set_seq`, Release), which ran after the epoch's
+    /// start published that seq, so the load of the published seq that
+    /// follows sees it, or the later value of the epoch's end: never an
+    /// older one that would let a covered reader through without waiting.
+    /// (An insert stores the subscription's first seq under the lock after
+    /// the seq it compares against, with the same effect.)
     pub(crate) fn itree_read_begin(&self, sub: &IntervalSub) -> Seq {
-        let locked = self.lock();
         let seq = sub.load_seq();
-        let is_invalidating = seq == locked.invalidate_seq;
-        drop(locked);
+        // Acquire: pairs with the Release store in `set_invalidate_seq`
+        // (the seq read above already orders this load after it whenever
+        // it matters; Acquire costs nothing on x86 and keeps the argument
+        // local).
+        let is_invalidating = seq == self.published_seq.load(Ordering::Acquire);
         lockdep::acquire_release(&lockdep::INVALIDATE_RANGE_START_MAP);
         context::might_sleep();
         if is_invalidating {
             context::assert_not_waiting_on_self(self.id(), "mmu_interval_read_begin()");
-            let mut locked = self.lock();
-            while locked.invalidate_seq == seq {
-                locked = self.wq.wait(locked);
-            }
+            self.wait_for_seq_change(seq);
         }
         Seq(seq)
+    }
+}
+
+impl Subscriptions {
+    /// Sets `invalidate_seq` (under the lock) and publishes it for the
+    /// lock-free `read_begin`.
+    fn set_invalidate_seq(&self, locked: &mut Locked, seq: u64) {
+        locked.invalidate_seq = seq;
+        // Release: pairs with the Acquire load in `itree_read_begin`.
+        self.published_seq.store(seq, Ordering::Release);
+    }
+
+    /// Sleeps until the interval seq is no longer `seq` (the kernel's
+    /// `wait_event(subscriptions->wq, READ_ONCE(invalidate_seq) != seq)`).
+    fn wait_for_seq_change(&self, seq: u64) {
+        let mut locked = self.lock();
+        while locked.invalidate_seq == seq {
+            locked.waiters += 1;
+            locked = self.wq.wait(locked);
+            locked.waiters -= 1;
+        }
     }
 }
 

@@ -254,6 +254,7 @@ impl Subscriptions {
 
 /// Ends `range` on every entry of `list` whose start is done: the first
 /// `started` entries, and any entry without a start callback.
+#[inline(always)]
 fn end_each(list: &[ListEntry], range: &Range<'_>, only_end: bool, started: usize) {
     for (index, entry) in list.iter().enumerate() {
         if index >= started && entry.has(caps::START) {

@@ -34,7 +34,7 @@ mod snapshot;
 
 use crate::error::WouldBlock;
 use crate::interval_btree::IntervalBTree;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::warn::Warning;
 use crate::{Mm, Range};
@@ -56,6 +56,9 @@ pub(crate) struct Subscriptions {
     /// Snapshot of the list for SRCU readers, replaced under `lock`.
     list: SrcuPtr<Vec<ListEntry>>,
     lock: Mutex<Locked>,
+    /// `Locked::invalidate_seq`, published for the lock-free check of
+    /// `read_begin`; stored under `lock` whenever that changes.
+    pub(crate) published_seq: AtomicU64,
     /// The seq word of each tree node; grows under `lock`, read without it.
     seq_words: seq_arena::SeqArena,
     /// Waiters for the sequence to move (`read_begin`, `remove`).
@@ -80,6 +83,8 @@ pub(crate) struct Locked {
     pub(crate) deferred: Vec<itree::Deferred>,
     /// The list notifiers, newest first (`hlist_add_head_rcu`).
     pub(crate) list: Vec<ListEntry>,
+    /// Threads sleeping on `wq`; the epoch's end wakes them only if any.
+    pub(crate) waiters: usize,
 }
 
 /// A counted tree range, ended on drop while armed.
@@ -127,6 +132,7 @@ impl Subscriptions {
             has_itree: AtomicBool::new(false),
             has_list: AtomicBool::new(false),
             list: SrcuPtr::new(Vec::new()),
+            published_seq: AtomicU64::new(2),
             lock: Mutex::new(Locked {
                 invalidate_seq: 2,
                 active: 0,
@@ -134,6 +140,7 @@ impl Subscriptions {
                 ids: itree::Ids::default(),
                 deferred: Vec::new(),
                 list: Vec::new(),
+                waiters: 0,
             }),
             seq_words: seq_arena::SeqArena::new(),
             wq: Condvar::new(),
@@ -236,5 +243,6 @@ impl Subscriptions {
         assert_eq!(locked.active, 0, "set the seq only while idle");
         assert!(seq.is_multiple_of(2), "an idle seq is even");
         locked.invalidate_seq = seq;
+        self.published_seq.store(seq, Ordering::Release);
     }
 }

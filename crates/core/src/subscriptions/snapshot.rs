@@ -33,7 +33,7 @@ impl<T: Send + Sync + 'static> SrcuPtr<T> {
     /// SRCU domain; the section lasts until `f` returns.
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        let _section = rcu::global().read_lock();
+        let _section = rcu::global().read_lock_global();
         // Acquire: pairs with the Release half of the swap in `replace`, so
         // the snapshot's contents are visible.
         let ptr = self.ptr.load(Ordering::Acquire);
