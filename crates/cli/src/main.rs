@@ -26,6 +26,16 @@ enum Command {
     /// pages exclusively, reclaim and exit; every use is checked by the
     /// coherence oracle. Exits 1 on any violation.
     Stress(cmd::stress::Args),
+    /// Run a command (following forks and execs) with the preload library
+    /// and print every invalidation delivered to its notifiers: time,
+    /// pid/tid, phase, event, range, source (hook or uffd) and the call;
+    /// then a summary by event and source. `--verify-with-kernel` checks
+    /// each of the kernel's own invalidations against them (exit 1 on a
+    /// missed one).
+    Trace(cmd::trace::Args),
+    /// Internal: the stub `mmun trace` starts the command as.
+    #[command(name = "__trace-exec", hide = true)]
+    TraceExec(cmd::trace::ExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +44,8 @@ fn main() -> ExitCode {
         Command::Oracle(args) => cmd::oracle::run(&args),
         Command::Diff(args) => cmd::diff::run(&args),
         Command::Stress(args) => cmd::stress::run(&args),
+        Command::Trace(args) => cmd::trace::run(&args),
+        Command::TraceExec(args) => cmd::trace::run_exec(&args),
     };
     match result {
         Ok(code) => code,

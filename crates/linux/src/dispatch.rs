@@ -115,9 +115,31 @@ pub fn around(call: Call, changes: &Changes, syscall: impl FnOnce() -> Ret) -> R
         }
         return ret;
     }
+    let changes = widen_for_thp(call, changes);
     let ret = synchronous(mm, call, changes.as_slice(), syscall);
     deliver_deferred();
     ret
+}
+
+/// The changes, plus a `Clear` over each 2 MiB block the call splits a
+/// VMA in (the kernel's huge-PMD split invalidates the whole block; see
+/// `thp`). Fork, exec and exit change no VMA boundaries.
+fn widen_for_thp(call: Call, changes: &Changes) -> Changes {
+    let mut out = *changes;
+    if matches!(call, Call::Fork | Call::Clone | Call::Execve | Call::Exit) {
+        return out;
+    }
+    for c in changes.as_slice() {
+        if matches!(c.event, Event::Unmap | Event::Clear | Event::ProtectionVma) {
+            for (start, end) in crate::thp::split_blocks(c.start, c.end)
+                .into_iter()
+                .flatten()
+            {
+                out.push(Event::Clear, start, end);
+            }
+        }
+    }
+    out
 }
 
 #[inline(never)]

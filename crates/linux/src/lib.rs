@@ -36,6 +36,7 @@
 //! `DESIGN.md` has the source-by-source coverage table and the threading
 //! and reentrancy rules.
 
+pub mod anon;
 pub mod dispatch;
 pub mod hooks;
 pub mod lifecycle;
@@ -45,6 +46,7 @@ pub mod patch;
 pub mod process;
 pub mod record;
 pub mod sys;
+pub mod thp;
 pub mod thread;
 pub mod trace;
 /// The trace emitter (the userfaultfd branch owns it).

@@ -41,7 +41,7 @@ thread_local! {
     static FORK: RefCell<Option<ForkOpen>> = const { RefCell::new(None) };
 }
 
-/// `pthread_atfork` prepare: start `ProtectionPage` per private writable VMA.
+/// `pthread_atfork` prepare: start `ProtectionPage` per private (COW) VMA.
 /// Runs before glibc takes malloc's locks, so it may allocate.
 extern "C" fn prepare() {
     let Some(mm) = process::subscribed() else {
@@ -52,18 +52,27 @@ extern "C" fn prepare() {
         // here; the child and parent are told nothing (documented gap).
         return;
     }
-    let mut ranges = Vec::new();
+    // Everything this handler allocates is allocated before the maps are
+    // read: an allocation after the snapshot can grow the heap (brk), and
+    // the kernel then write-protects a larger heap than we announced
+    // (seen by `mmun trace --verify-with-kernel` on bash).
+    let mut ranges = Vec::with_capacity(1024);
+    let mut open = Vec::with_capacity(1024);
+    let lock: &'static mut MmapReadGuard<'static> = Box::leak(Box::new(mm_read(mm)));
     let _ = maps::for_each_vma(|v| {
-        if v.is_private_writable() {
-            ranges.push(Change {
-                event: Event::ProtectionPage,
-                start: v.start,
-                end: v.end,
-            });
+        if v.is_cow_mapping() {
+            if ranges.len() < ranges.capacity() {
+                ranges.push(Change {
+                    event: Event::ProtectionPage,
+                    start: v.start,
+                    end: v.end,
+                });
+            } else if let Some(last) = ranges.last_mut() {
+                last.end = v.end; // full: over-invalidate, never miss
+            }
         }
         ControlFlow::Continue(())
     });
-    let lock: &'static mut MmapReadGuard<'static> = Box::leak(Box::new(mm_read(mm)));
     let lock_ptr: *mut MmapReadGuard<'static> = lock;
     // SAFETY: the box stays alive until `parent` frees it after every
     // invalidation borrowing it has ended.
@@ -71,14 +80,11 @@ extern "C" fn prepare() {
     // Dispatching until `parent`: a hooked call glibc makes inside fork is
     // deferred, not a second read lock behind a waiting writer.
     thread::enter();
-    let open = ranges
-        .into_iter()
-        .map(|c| {
-            let inv = Invalidation::start(held, Range::new(mm, c.event, c.start, c.end));
-            dispatch::emit(&c, Call::Fork, Source::Hook, Phase::Start);
-            (inv, c)
-        })
-        .collect();
+    for c in ranges {
+        let inv = Invalidation::start(held, Range::new(mm, c.event, c.start, c.end));
+        dispatch::emit(&c, Call::Fork, Source::Hook, Phase::Start);
+        open.push((inv, c));
+    }
     FORK.with(|f| {
         *f.borrow_mut() = Some(ForkOpen {
             lock: lock_ptr,
@@ -117,6 +123,8 @@ extern "C" fn child() {
     thread::reset_in_child();
     process::reset_in_child();
     net::forget_in_child();
+    crate::thp::reset_in_child();
+    crate::anon::reset_in_child();
     // The child's own trace hook-up: its fresh Mm gets the tracing
     // notifier, and a KVM VM of its own under --verify-with-kernel.
     crate::trace_sink::init_from_env();

@@ -31,9 +31,20 @@ pub struct Vma {
 }
 
 impl Vma {
-    /// Writable and private: fork write-protects it in the parent.
+    /// Writable and private.
     pub fn is_private_writable(&self) -> bool {
         self.perms[1] == b'w' && self.perms[3] == b'p'
+    }
+
+    /// What fork write-protects in the parent: a private (COW) mapping,
+    /// Linux's `is_cow_mapping` (`MAP_PRIVATE` always has `VM_MAYWRITE`),
+    /// that is writable or, read-only, holds anonymous pages — a RELRO
+    /// region made read-only after relocation (seen by `mmun trace
+    /// --verify-with-kernel` on bash), memory written before
+    /// `mprotect(PROT_READ)`.
+    pub fn is_cow_mapping(&self) -> bool {
+        self.perms[3] == b'p'
+            && (self.perms[1] == b'w' || crate::anon::has_anon_pages(self.start, self.end))
     }
 }
 

@@ -8,7 +8,7 @@
 //! | variable | value | effect |
 //! |---|---|---|
 //! | `MMUN_TRACE_FD` | `FD:INODE` | records go to `FD` if it is still the pipe with that inode |
-//! | `MMUN_TRACE_MARKER` | `1` | also a text mark per record to `/sys/kernel/tracing/trace_marker` |
+//! | `MMUN_TRACE_MARKER` | `1` or a path | also a text mark per record to `/sys/kernel/tracing/trace_marker`, or to the `trace_marker` named (a tracefs instance's) |
 //! | `MMUN_TRACE_KVM` | `1` | create a KVM VM in this process, so that its mm carries the kernel's own notifier (`--verify-with-kernel`) |
 //!
 //! [`emit`] never allocates and takes no lock (hooks run inside libc calls,
@@ -311,10 +311,8 @@ pub fn init_from_env() {
     if enabled() {
         hook_up();
     }
-    if env_is_one(c"MMUN_TRACE_MARKER") && MARKER.load(Ordering::Relaxed) < 0 {
-        // SAFETY: a constant C path; the fd is ours for the process's life.
-        let fd = unsafe { libc::open(TRACE_MARKER.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-        MARKER.store(fd, Ordering::Relaxed);
+    if MARKER.load(Ordering::Relaxed) < 0 {
+        open_marker();
     }
     if env_is_one(c"MMUN_TRACE_KVM") {
         create_vm();
@@ -324,9 +322,29 @@ pub fn init_from_env() {
 /// The process whose `Mm` carries the tracing notifier.
 static TRACER_PID: AtomicI32 = AtomicI32::new(0);
 
-/// No callbacks: its presence makes the hooks dispatch (they skip an `Mm`
-/// nobody subscribed to), and every dispatch emits a record.
-static TRACER_OPS: mmun_core::NotifierOps<()> = mmun_core::NotifierOps::EMPTY;
+/// The tracing subscription: its presence makes the hooks dispatch (they
+/// skip an `Mm` nobody subscribed to), and every dispatch emits a record.
+/// An interval notifier over the whole user address space rather than a
+/// list notifier: releasing a list notifier at exit goes through the
+/// global SRCU domain's callback queue, whose lock a fork child may inherit
+/// held (a parent thread had it at the fork) — a hang at the child's exit.
+#[derive(Debug)]
+struct Tracer;
+
+impl mmun_core::IntervalNotifierOps for Tracer {
+    fn invalidate(
+        &self,
+        sub: &mmun_core::IntervalSub,
+        _range: &mmun_core::Range<'_>,
+        cur_seq: mmun_core::Seq,
+    ) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+/// The user half of x86_64's 47-bit address space.
+const USER_SPACE: u64 = 1 << 47;
 
 /// Sends the hooks' records here and subscribes the tracing notifier to
 /// this process's `Mm` (once per process: a fork child has a fresh `Mm`).
@@ -337,10 +355,35 @@ fn hook_up() {
     if TRACER_PID.swap(pid, Ordering::AcqRel) == pid {
         return;
     }
-    if let Ok(tracer) = mmun_core::Notifier::register(crate::process_mm(), &TRACER_OPS, ()) {
+    if let Ok(tracer) = mmun_core::IntervalNotifier::insert(
+        crate::process_mm(),
+        PAGE_ZERO,
+        USER_SPACE - PAGE_ZERO,
+        Tracer,
+    ) {
         // Lives as long as the process (until exit releases the Mm).
         std::mem::forget(tracer);
     }
+}
+
+/// Page 0 is never mapped; starting above it keeps the range valid.
+const PAGE_ZERO: u64 = 4096;
+
+/// Opens the `trace_marker` that `MMUN_TRACE_MARKER` names (`1`: the
+/// global one; an absolute path: that file).
+fn open_marker() {
+    let name = c"MMUN_TRACE_MARKER";
+    // SAFETY: `name` is NUL-terminated; the value is read at once.
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    let path = match getenv(name) {
+        Some(b"1") => TRACE_MARKER.as_ptr(),
+        Some(v) if v.first() == Some(&b'/') => value.cast_const(),
+        _ => return,
+    };
+    // SAFETY: `path` is a NUL-terminated C string (a constant, or the
+    // environment's); the fd is ours for the process's life.
+    let fd = unsafe { libc::open(path, libc::O_WRONLY | libc::O_CLOEXEC) };
+    MARKER.store(fd, Ordering::Relaxed);
 }
 
 /// `MMUN_TRACE_FD=FD:INODE`, if FD is still a FIFO with that inode.

@@ -192,16 +192,12 @@ fn a_range_the_application_registered_itself_is_busy() {
     assert!(theirs >= 0);
     let mut api = [0xAAu64, 0, 0];
     // SAFETY: UFFDIO_API on a stack struct of three u64.
-    assert_eq!(
-        unsafe { libc::ioctl(theirs, 0xc018aa3f, api.as_mut_ptr()) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(theirs, 0xc018aa3f, api.as_mut_ptr()) };
+    assert_eq!(rc, 0);
     let mut reg = [a, 8 * PAGE, 1, 0];
     // SAFETY: UFFDIO_REGISTER on a stack struct of four u64.
-    assert_eq!(
-        unsafe { libc::ioctl(theirs, 0xc020aa00, reg.as_mut_ptr()) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(theirs, 0xc020aa00, reg.as_mut_ptr()) };
+    assert_eq!(rc, 0);
     assert_eq!(net.watch(a + PAGE, a + 2 * PAGE).unwrap(), Watch::Busy);
     // SAFETY: our fd.
     unsafe { libc::close(theirs) };

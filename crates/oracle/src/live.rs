@@ -1,19 +1,27 @@
 //! Tracing a live process tree: the kernel's own notifier calls
 //! (`kvm_unmap_hva_range`, in every process that carries a KVM VM), the
-//! system calls each thread was in (`raw_syscalls`), and the markers the
+//! system calls each thread was in (`raw_syscalls`), and the marks the
 //! processes write, in one buffer, streamed from `trace_pipe` while the
 //! processes run (so that long runs do not overflow the ring buffer).
+//!
+//! The buffer is a tracefs *instance* of our own
+//! (`instances/mmun-trace-PID`): it has its own events, pid filter,
+//! options and `trace_marker`, so it neither disturbs nor waits for other
+//! users of the global buffer (`mmun oracle` runs, other traces), and
+//! removing it at the end puts nothing back because nothing global was
+//! changed.
 
 use std::fs::OpenOptions;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::OracleError;
-use crate::tracefs::{self, Session};
+use crate::tracefs;
 
 /// The events a tree trace enables.
 const TREE_EVENTS: [&str; 3] = [
@@ -22,20 +30,35 @@ const TREE_EVENTS: [&str; 3] = [
     "raw_syscalls/sys_exit",
 ];
 
-/// A running trace of one process and its descendants. Settings are put
-/// back on [`TreeTrace::finish`] or drop.
+/// A running trace of one process and its descendants, in a tracefs
+/// instance removed on [`TreeTrace::finish`] or drop.
 #[derive(Debug)]
 pub struct TreeTrace {
-    session: Session,
+    dir: PathBuf,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<io::Result<Vec<u8>>>>,
-    _lock: std::fs::File,
+}
+
+fn tracefs_err(path: &Path, source: io::Error) -> OracleError {
+    OracleError::Tracefs {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), OracleError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| tracefs_err(path, e))?;
+    f.write_all(value.as_bytes())
+        .map_err(|e| tracefs_err(path, e))
 }
 
 impl TreeTrace {
-    /// Starts tracing `pid` and what it forks (call it before `pid` runs
-    /// anything of interest: a child waiting for a go signal). Takes the
-    /// oracle's run lock (the buffer is global).
+    /// Starts tracing `pid` and every task it forks (call it before `pid`
+    /// runs anything of interest: a child waiting for a go signal).
     ///
     /// # Errors
     ///
@@ -43,47 +66,66 @@ impl TreeTrace {
     /// or tracefs failed.
     pub fn start(pid: i32, opts: &crate::Options) -> Result<TreeTrace, OracleError> {
         crate::probe_with(opts)?;
-        for event in &TREE_EVENTS[1..] {
-            let enable = format!("{}/events/{event}/enable", tracefs::TRACEFS);
-            if !std::path::Path::new(&enable).exists() {
-                return Err(crate::Unavailable::NoEvent("raw_syscalls/sys_enter").into());
-            }
+        let events = Path::new(tracefs::TRACEFS).join("events/raw_syscalls/sys_enter");
+        if !events.exists() {
+            return Err(crate::Unavailable::NoEvent("raw_syscalls/sys_enter").into());
         }
-        let lock = crate::lock(&opts.lock_path)?;
-        let session = Session::start_tree(pid, &TREE_EVENTS)?;
+        let dir = instance_dir();
+        std::fs::create_dir(&dir).map_err(|e| tracefs_err(&dir, e))?;
+        let mut trace = TreeTrace {
+            dir,
+            stop: Arc::new(AtomicBool::new(false)),
+            reader: None,
+        };
+        trace.configure(pid)?;
+        let pipe_path = trace.dir.join("trace_pipe");
         let pipe = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
-            .open(format!("{}/trace_pipe", tracefs::TRACEFS))
-            .map_err(|source| OracleError::Tracefs {
-                path: format!("{}/trace_pipe", tracefs::TRACEFS),
-                source,
-            })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let reader = std::thread::Builder::new()
-            .name("mmun-trace-pipe".into())
-            .spawn(move || drain(pipe, &flag))
-            .map_err(|source| OracleError::Setup {
-                what: "trace_pipe reader thread",
-                source,
-            })?;
-        Ok(TreeTrace {
-            session,
-            stop,
-            reader: Some(reader),
-            _lock: lock,
-        })
+            .open(&pipe_path)
+            .map_err(|e| tracefs_err(&pipe_path, e))?;
+        let flag = Arc::clone(&trace.stop);
+        trace.reader = Some(
+            std::thread::Builder::new()
+                .name("mmun-trace-pipe".into())
+                .spawn(move || drain(pipe, &flag))
+                .map_err(|source| OracleError::Setup {
+                    what: "trace_pipe reader thread",
+                    source,
+                })?,
+        );
+        Ok(trace)
     }
 
-    /// Stops the events, drains the buffer, restores tracefs, and returns
-    /// the text of every line read.
+    fn configure(&mut self, pid: i32) -> Result<(), OracleError> {
+        let d = &self.dir;
+        write(&d.join("buffer_size_kb"), "16384")?;
+        write(&d.join("options/record-tgid"), "1")?;
+        write(&d.join("options/event-fork"), "1")?;
+        write(&d.join("options/markers"), "1")?;
+        write(&d.join("set_event_pid"), &pid.to_string())?;
+        for event in TREE_EVENTS {
+            write(&d.join(format!("events/{event}/enable")), "1")?;
+        }
+        write(&d.join("tracing_on"), "1")
+    }
+
+    /// The `trace_marker` of the instance this process's tree trace uses
+    /// (known before [`TreeTrace::start`], so that the traced command's
+    /// environment can name it): marks written there land in the trace,
+    /// ordered with the kernel's events.
+    pub fn marker_path() -> PathBuf {
+        instance_dir().join("trace_marker")
+    }
+
+    /// Stops the events, drains the buffer, removes the instance, and
+    /// returns the text of every line read.
     ///
     /// # Errors
     ///
-    /// [`OracleError::Tracefs`] if tracefs could not be read or restored.
+    /// [`OracleError::Tracefs`] if tracefs could not be read or written.
     pub fn finish(mut self) -> Result<String, OracleError> {
-        let disabled = self.session.disable(&TREE_EVENTS);
+        let disabled = write(&self.dir.join("tracing_on"), "0");
         self.stop.store(true, Ordering::Release);
         let read = self
             .reader
@@ -92,11 +134,7 @@ impl TreeTrace {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("trace_pipe reader panicked")));
         disabled?;
-        let bytes = read.map_err(|source| OracleError::Tracefs {
-            path: format!("{}/trace_pipe", tracefs::TRACEFS),
-            source,
-        })?;
-        self.session.restore_now()?;
+        let bytes = read.map_err(|e| tracefs_err(&self.dir.join("trace_pipe"), e))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
@@ -107,7 +145,14 @@ impl Drop for TreeTrace {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+        // The reader closed trace_pipe; the instance can go.
+        let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// One instance per tracing process.
+fn instance_dir() -> PathBuf {
+    Path::new(tracefs::TRACEFS).join(format!("instances/mmun-trace-{}", std::process::id()))
 }
 
 /// Reads `trace_pipe` until told to stop and then until it is empty.
@@ -127,7 +172,7 @@ fn drain(mut pipe: std::fs::File, stop: &AtomicBool) -> io::Result<Vec<u8>> {
             Err(e) => return Err(e),
         }
         if stop.load(Ordering::Acquire) {
-            // Two empty reads after the events were disabled: drained.
+            // Two empty reads after tracing was turned off: drained.
             empty_after_stop += 1;
             if empty_after_stop >= 2 {
                 return Ok(out);

@@ -133,44 +133,10 @@ impl Session {
         Ok(session)
     }
 
-    /// For tracing a process tree: the buffer cleared and enlarged, events
-    /// `events` enabled for `pid` and (with `event-fork`) every task it
-    /// forks, tgids recorded in each line, markers on. Restored like
-    /// [`Session::start`]'s.
-    pub(crate) fn start_tree(pid: i32, events: &[&str]) -> Result<Session, OracleError> {
-        let mut session = Session {
-            saved: Vec::new(),
-            marker: None,
-        };
-        session.set("tracing_on", "1")?;
-        session.set("options/markers", "1")?;
-        session.set("options/record-tgid", "1")?;
-        session.set("options/event-fork", "1")?;
-        session.set("buffer_size_kb", "16384")?;
-        session.set("set_event_pid", &pid.to_string())?;
-        write("trace", "")?;
-        for event in events {
-            session.set(&format!("events/{event}/enable"), "1")?;
-        }
-        Ok(session)
-    }
-
-    /// Turns the events of [`Session::start_tree`] off again (before the
-    /// buffer is drained), keeping the rest for [`Session::finish`].
-    pub(crate) fn disable(&mut self, events: &[&str]) -> Result<(), OracleError> {
-        for event in events {
-            write(&format!("events/{event}/enable"), "0")?;
-        }
-        Ok(())
-    }
-
     /// Records the current value of `file`, then writes `value`.
     fn set(&mut self, file: &str, value: &str) -> Result<(), OracleError> {
         let old = read(file)?;
-        let old = if file == "buffer_size_kb" {
-            // `1410`, or `7 (expanded: 1408)` before first use.
-            old.split_whitespace().next().unwrap_or("1410").to_string()
-        } else if file == "set_event_pid" {
+        let old = if file == "set_event_pid" {
             old.split_whitespace().collect::<Vec<_>>().join(" ")
         } else {
             // Event `enable` files may read `0*` or `1*` (soft-disabled);
@@ -199,11 +165,6 @@ impl Session {
 
     /// Puts every setting back, events first; the first failure, if any.
     pub(crate) fn finish(mut self) -> Result<(), OracleError> {
-        self.restore()
-    }
-
-    /// Puts every setting back now (the session stays, empty).
-    pub(crate) fn restore_now(&mut self) -> Result<(), OracleError> {
         self.restore()
     }
 

@@ -4,6 +4,7 @@ pub(crate) mod diff;
 pub(crate) mod oracle;
 pub(crate) mod replay;
 pub(crate) mod stress;
+pub(crate) mod trace;
 
 use std::io::Read;
 use std::path::Path;

@@ -209,12 +209,16 @@ impl VmaBudget {
         if estimate + 2 <= self.soft_limit() {
             return true;
         }
-        if self.since >= 64 || estimate + 2 <= self.soft_limit() + 128 {
-            if let Ok(count) = sys::vma_count() {
-                self.measured = count;
-                self.armed_then = armed_now;
-                self.since = 0;
-            }
+        // Re-read the maps when near the limit (merges may have freed
+        // room), otherwise only every 64 watches: reading 30,000 lines of
+        // /proc/self/maps per watch would dominate.
+        let near = estimate + 2 <= self.soft_limit() + 128;
+        if (self.since >= 64 || near)
+            && let Ok(count) = sys::vma_count()
+        {
+            self.measured = count;
+            self.armed_then = armed_now;
+            self.since = 0;
         }
         self.measured + 2 <= self.soft_limit()
     }
