@@ -5,7 +5,10 @@
 //! reserved address so that the notifier and the net keep covering it).
 //!
 //! `cargo bench -p mmun-linux --bench munmap`; compare the medians of one
-//! run (the machine is noisy; "bare" runs twice to show the drift).
+//! run (the machine is noisy; "bare" runs twice to show the drift). Each
+//! comparison is also measured interleaved (bare and hooked alternating
+//! per iteration, 20,000 each, medians and their ratio printed), which
+//! keeps load drift out of the ratio.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -50,6 +53,41 @@ fn hooked(at: u64) {
     assert_eq!(r, 0);
 }
 
+/// Nanoseconds of one `f(at)` after a fresh `populate(at)`.
+fn once(at: u64, f: fn(u64)) -> u64 {
+    populate(at);
+    let t = std::time::Instant::now();
+    f(black_box(at));
+    t.elapsed().as_nanos() as u64
+}
+
+fn median(mut v: Vec<u64>) -> f64 {
+    v.sort_unstable();
+    v[v.len() / 2] as f64
+}
+
+/// The same comparison with the two variants alternating iteration by
+/// iteration, so that the machine's load drifts over both alike: prints
+/// both medians and their ratio.
+fn interleaved(name: &str, at: u64, a: fn(u64), b: fn(u64)) {
+    const N: usize = 20_000;
+    let (mut ta, mut tb) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for i in 0..2 * N {
+        if i % 2 == 0 {
+            ta.push(once(at, a));
+        } else {
+            tb.push(once(at, b));
+        }
+    }
+    let (ma, mb) = (median(ta), median(tb));
+    println!(
+        "interleaved {name}: bare {:.2} µs, hooked {:.2} µs, ratio {:.3}",
+        ma / 1e3,
+        mb / 1e3,
+        mb / ma
+    );
+}
+
 fn run(c: &mut Criterion, name: &str, at: u64, f: fn(u64)) {
     c.bench_function(name, |b| {
         b.iter_batched(
@@ -86,8 +124,10 @@ fn main() {
 
     run(&mut c, "munmap16/bare", at, bare);
     run(&mut c, "munmap16/hooked_no_subscriber", at, hooked);
+    interleaved("no subscriber", at, bare, hooked);
     let sub = IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
     run(&mut c, "munmap16/hooked_interval", at, hooked);
+    interleaved("interval notifier", at, bare, hooked);
     run(&mut c, "munmap16/bare_again", at, bare);
     drop(sub);
     populate(at); // mapped again while the net's thread starts
@@ -96,6 +136,7 @@ fn main() {
             let _sub =
                 IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
             run(&mut c, "munmap16/hooked_interval_uffd_armed", at, hooked);
+            interleaved("interval notifier + uffd net armed", at, bare, hooked);
         }
         Err(e) => eprintln!("uffd bench skipped: {e}"),
     }
