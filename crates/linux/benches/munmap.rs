@@ -5,7 +5,10 @@
 //! reserved address so that the notifier and the net keep covering it).
 //!
 //! `cargo bench -p mmun-linux --bench munmap`; compare the medians of one
-//! run (the machine is noisy; "bare" runs twice to show the drift).
+//! run (the machine is noisy; "bare" runs twice to show the drift). Each
+//! comparison is also measured interleaved (bare and hooked alternating
+//! per iteration, 20,000 each, medians and their ratio printed), which
+//! keeps load drift out of the ratio.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -50,6 +53,41 @@ fn hooked(at: u64) {
     assert_eq!(r, 0);
 }
 
+/// Nanoseconds of one `f(at)` after a fresh `populate(at)`.
+fn once(at: u64, f: fn(u64)) -> u64 {
+    populate(at);
+    let t = std::time::Instant::now();
+    f(black_box(at));
+    t.elapsed().as_nanos() as u64
+}
+
+fn median(mut v: Vec<u64>) -> f64 {
+    v.sort_unstable();
+    v[v.len() / 2] as f64
+}
+
+/// The same comparison with the two variants alternating iteration by
+/// iteration, so that the machine's load drifts over both alike: prints
+/// both medians and their ratio.
+fn interleaved(name: &str, at: u64, a: fn(u64), b: fn(u64)) {
+    const N: usize = 20_000;
+    let (mut ta, mut tb) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for i in 0..2 * N {
+        if i % 2 == 0 {
+            ta.push(once(at, a));
+        } else {
+            tb.push(once(at, b));
+        }
+    }
+    let (ma, mb) = (median(ta), median(tb));
+    println!(
+        "interleaved {name}: bare {:.2} µs, hooked {:.2} µs, ratio {:.3}",
+        ma / 1e3,
+        mb / 1e3,
+        mb / ma
+    );
+}
+
 fn run(c: &mut Criterion, name: &str, at: u64, f: fn(u64)) {
     c.bench_function(name, |b| {
         b.iter_batched(
@@ -67,29 +105,38 @@ fn main() {
         .sample_size(50)
         .configure_from_args();
     mmun_linux::install().expect("libc patched");
-    // SAFETY: reserves an address range for the bench.
-    let at = unsafe {
+    // SAFETY: reserves three ranges' worth of address space and benches in
+    // the middle one. The guards on both sides stay mapped, so nothing that
+    // needs more than 16 free pages (a thread stack: the uffd net's handler
+    // thread starts mid-run) can be placed where `populate` maps with
+    // MAP_FIXED — which would silently replace it.
+    let reserved = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            LEN,
+            3 * LEN,
             libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
     } as u64;
+    let at = reserved + LEN as u64;
 
     run(&mut c, "munmap16/bare", at, bare);
     run(&mut c, "munmap16/hooked_no_subscriber", at, hooked);
+    interleaved("no subscriber", at, bare, hooked);
     let sub = IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
     run(&mut c, "munmap16/hooked_interval", at, hooked);
+    interleaved("interval notifier", at, bare, hooked);
     run(&mut c, "munmap16/bare_again", at, bare);
     drop(sub);
+    populate(at); // mapped again while the net's thread starts
     match mmun_linux::net::start_uffd() {
         Ok(_) => {
             let _sub =
                 IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
             run(&mut c, "munmap16/hooked_interval_uffd_armed", at, hooked);
+            interleaved("interval notifier + uffd net armed", at, bare, hooked);
         }
         Err(e) => eprintln!("uffd bench skipped: {e}"),
     }

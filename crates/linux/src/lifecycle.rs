@@ -1,8 +1,9 @@
 //! fork, exit and exec.
 //!
 //! * **fork** (`pthread_atfork`): before the fork the parent starts a
-//!   `ProtectionPage` invalidation for every private writable VMA, as
-//!   `copy_page_range` does for copy-on-write VMAs, and ends them after the
+//!   `ProtectionPage` invalidation for every private VMA that is writable or
+//!   holds anonymous pages, as `copy_page_range` does for copy-on-write VMAs
+//!   with an anon_vma, and ends them after the
 //!   fork, in the parent. The mmap read lock is held across the fork, so no
 //!   registration lands between. The child gets a fresh `Mm` (no notifiers)
 //!   and tells the userfaultfd net to forget its inherited state (the kernel

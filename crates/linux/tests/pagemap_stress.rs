@@ -75,7 +75,21 @@ fn mutate(slot: u64, scratch: u64, op: u64) {
         match op % 6 {
             0 => {
                 assert_eq!(libc::munmap(slot as *mut _, len), 0);
-                map_slot(slot, true);
+                // NOREPLACE: if another thread's mapping took the hole
+                // meanwhile, fail instead of replacing it.
+                let p = libc::mmap(
+                    slot as *mut _,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE
+                        | libc::MAP_ANONYMOUS
+                        | libc::MAP_LOCKED
+                        | libc::MAP_POPULATE
+                        | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                );
+                assert_eq!(p as u64, slot, "the slot was taken while unmapped");
             }
             1 => {
                 assert_eq!(
