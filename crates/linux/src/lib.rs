@@ -49,7 +49,6 @@ pub mod sys;
 pub mod thp;
 pub mod thread;
 pub mod trace;
-/// The trace emitter (the userfaultfd branch owns it).
 pub mod trace_sink;
 pub mod uffd;
 

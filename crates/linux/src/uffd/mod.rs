@@ -19,7 +19,7 @@
 //! * The kernel does not refcount registrations and each one may split a
 //!   VMA (at `vm.max_map_count`, about 32 k single-page registrations, the
 //!   *application's* next `mmap` fails with ENOMEM). We count watchers per
-//!   page ([`ranges::Watched`]), register page-aligned supersets bridging
+//!   page (`ranges::Watched`), register page-aligned supersets bridging
 //!   small gaps to armed neighbours, and past half of `max_map_count`
 //!   register whole VMAs instead (no split at all); if even that fails the
 //!   watch is refused with `Unwatchable("max_map_count")`.
