@@ -52,6 +52,7 @@ pub mod trace;
 /// The trace emitter (the userfaultfd branch owns it).
 pub mod trace_sink;
 pub mod uffd;
+pub mod writeback;
 
 use std::sync::OnceLock;
 

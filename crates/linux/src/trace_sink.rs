@@ -50,7 +50,7 @@ static VM: AtomicI32 = AtomicI32::new(-1);
 static VM_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Every [`Call`], indexed by its discriminant.
-pub const CALLS: [Call; 19] = [
+pub const CALLS: [Call; 25] = [
     Call::Mmap,
     Call::Munmap,
     Call::Mremap,
@@ -70,6 +70,12 @@ pub const CALLS: [Call; 19] = [
     Call::UffdUnmap,
     Call::UffdRemove,
     Call::UffdRemap,
+    Call::Fsync,
+    Call::Fdatasync,
+    Call::Msync,
+    Call::SyncFileRange,
+    Call::Syncfs,
+    Call::Sync,
 ];
 
 /// The call's name as printed by `mmun trace`. The match is exhaustive on
@@ -96,6 +102,12 @@ pub fn call_name(call: Call) -> &'static str {
         Call::UffdUnmap => "uffd-unmap",
         Call::UffdRemove => "uffd-remove",
         Call::UffdRemap => "uffd-remap",
+        Call::Fsync => "fsync",
+        Call::Fdatasync => "fdatasync",
+        Call::Msync => "msync",
+        Call::SyncFileRange => "sync_file_range",
+        Call::Syncfs => "syncfs",
+        Call::Sync => "sync",
     }
 }
 
