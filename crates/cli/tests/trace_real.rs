@@ -78,7 +78,6 @@ fn python_allocating_and_freeing_large_objects() {
 }
 
 #[test]
-#[ignore = "known gap: fdatasync writes back MAP_SHARED file pages and write-protects them (folio_mkclean, one invalidation per page) inside the system call; no hook covers the fsync family yet"]
 fn sqlite_with_mmap_io() {
     let db = std::env::temp_dir().join(format!("mmun-trace-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&db);
