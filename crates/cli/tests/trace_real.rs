@@ -93,7 +93,6 @@ fn sqlite_with_mmap_io() {
 }
 
 #[test]
-#[ignore = "known gap: ld.so maps, protects and unmaps objects it dlopens (the linker's LTO plugin) with its own copies of mmap/mprotect/munmap, which the hooks do not patch"]
 fn a_c_compiler_run() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/trace_prog.c");
     let out = std::env::temp_dir().join(format!("mmun-trace-cc-{}", std::process::id()));
