@@ -164,18 +164,17 @@ pub fn msync(a: Args) -> Ret {
 pub fn sync_file_range(a: Args) -> Ret {
     let mut changes = Changes::none();
     let (offset, nbytes, flags) = (a[1] as u64, a[2] as u64, a[3] as u32);
-    if flags & libc::SYNC_FILE_RANGE_WRITE != 0 {
-        if let Some((dev, inode)) = identity(a[0]) {
-            let to = match nbytes {
-                0 => u64::MAX,
-                n => offset
-                    .saturating_add(n)
-                    .div_ceil(MAX_FOLIO)
-                    .saturating_mul(MAX_FOLIO),
-            };
-            let from = offset / MAX_FOLIO * MAX_FOLIO;
-            push_file_range(&mut changes, dev, inode, from, to);
-        }
+    let writes = flags & libc::SYNC_FILE_RANGE_WRITE != 0;
+    if let Some((dev, inode)) = identity(a[0]).filter(|_| writes) {
+        let to = match nbytes {
+            0 => u64::MAX,
+            n => offset
+                .saturating_add(n)
+                .div_ceil(MAX_FOLIO)
+                .saturating_mul(MAX_FOLIO),
+        };
+        let from = offset / MAX_FOLIO * MAX_FOLIO;
+        push_file_range(&mut changes, dev, inode, from, to);
     }
     around(Call::SyncFileRange, &changes, || {
         raw(libc::SYS_sync_file_range, a)

@@ -78,12 +78,10 @@ fn scenario() -> i32 {
     MAPPING.store(p as u64, Ordering::Release);
     let mut thread: libc::pthread_t = 0;
     // SAFETY: starts `victim`, joined below.
-    assert_eq!(
-        unsafe {
-            libc::pthread_create(&mut thread, std::ptr::null(), victim, std::ptr::null_mut())
-        },
-        0
-    );
+    let created = unsafe {
+        libc::pthread_create(&mut thread, std::ptr::null(), victim, std::ptr::null_mut())
+    };
+    assert_eq!(created, 0);
     while STAGE.load(Ordering::Acquire) != 1 {
         std::hint::spin_loop();
     }

@@ -12,6 +12,32 @@ use mmun_core::{Event, Notifier, NotifierOps, Range, StartFn};
 
 const PAGE: usize = 4096;
 
+// Safe wrappers: each call only passes our own descriptors and mappings.
+fn c_fsync(fd: i32) -> i32 {
+    // SAFETY: a descriptor we own.
+    unsafe { libc::fsync(fd) }
+}
+fn c_fdatasync(fd: i32) -> i32 {
+    // SAFETY: a descriptor we own.
+    unsafe { libc::fdatasync(fd) }
+}
+fn c_msync(addr: *mut libc::c_void, len: usize, flags: i32) -> i32 {
+    // SAFETY: msync only reads the address range; callers pass their own.
+    unsafe { libc::msync(addr, len, flags) }
+}
+fn c_sync_file_range(fd: i32, offset: i64, nbytes: i64, flags: u32) -> i32 {
+    // SAFETY: a descriptor we own.
+    unsafe { libc::sync_file_range(fd, offset, nbytes, flags) }
+}
+fn c_syncfs(fd: i32) -> i32 {
+    // SAFETY: a descriptor we own.
+    unsafe { libc::syncfs(fd) }
+}
+fn c_sync() {
+    // SAFETY: no arguments.
+    unsafe { libc::sync() }
+}
+
 /// One callback: start or end, event, range, and the dirty kB smaps
 /// reported for the watched mapping at that moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,9 +217,7 @@ fn fsync_covers_every_shared_mapping_of_the_file_and_no_private_one() {
     let other = file(4);
     let unrelated = map(&other, 4, 0, libc::MAP_SHARED);
     // SAFETY: fsync of our own file.
-    let seen = run(rec, a, || {
-        assert_eq!(unsafe { libc::fsync(f.as_raw_fd()) }, 0)
-    });
+    let seen = run(rec, a, || assert_eq!(c_fsync(f.as_raw_fd()), 0));
     let p = PAGE as u64;
     assert_eq!(starts(&seen), sorted(vec![(a, a + 8 * p), (b, b + 2 * p)]));
     dirty_then_clean(&seen);
@@ -212,9 +236,7 @@ fn fdatasync_covers_the_shared_mapping() {
     let f = file(4);
     let a = map(&f, 4, 0, libc::MAP_SHARED);
     // SAFETY: fdatasync of our own file.
-    let seen = run(rec, a, || {
-        assert_eq!(unsafe { libc::fdatasync(f.as_raw_fd()) }, 0)
-    });
+    let seen = run(rec, a, || assert_eq!(c_fdatasync(f.as_raw_fd()), 0));
     assert_eq!(starts(&seen), vec![(a, a + 4 * PAGE as u64)]);
     dirty_then_clean(&seen);
     unmap(a, 4);
@@ -226,7 +248,7 @@ fn fsync_of_an_unmapped_file_is_silent() {
     let f = file(4);
     let seen = run(rec, 0, || {
         // SAFETY: fsync of our own file.
-        assert_eq!(unsafe { libc::fsync(f.as_raw_fd()) }, 0);
+        assert_eq!(c_fsync(f.as_raw_fd()), 0);
     });
     assert!(seen.is_empty(), "{seen:#x?}");
 }
@@ -240,18 +262,12 @@ fn msync_sync_covers_every_shared_mapping_of_the_file_async_nothing() {
     let p = PAGE as u64;
     // SAFETY: msync of our own mapping.
     let seen = run(rec, a, || {
-        assert_eq!(
-            unsafe { libc::msync((a + p) as *mut _, PAGE, libc::MS_ASYNC) },
-            0
-        )
+        assert_eq!(c_msync((a + p) as *mut _, PAGE, libc::MS_ASYNC), 0)
     });
     assert!(seen.is_empty(), "MS_ASYNC writes nothing back: {seen:#x?}");
     // SAFETY: msync of our own mapping.
     let seen = run(rec, a, || {
-        assert_eq!(
-            unsafe { libc::msync((a + p) as *mut _, PAGE, libc::MS_SYNC) },
-            0
-        )
+        assert_eq!(c_msync((a + p) as *mut _, PAGE, libc::MS_SYNC), 0)
     });
     assert_eq!(starts(&seen), sorted(vec![(a, a + 8 * p), (b, b + 2 * p)]));
     for s in &seen {
@@ -278,10 +294,7 @@ fn sync_file_range_write_covers_the_range_widened_to_2_mib() {
     let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: sync_file_range of our own file.
     let seen = run(rec, a, || {
-        assert_eq!(
-            unsafe { libc::sync_file_range(fd, 0, PAGE as i64, wait) },
-            0
-        )
+        assert_eq!(c_sync_file_range(fd, 0, PAGE as i64, wait), 0)
     });
     assert!(
         seen.is_empty(),
@@ -290,10 +303,7 @@ fn sync_file_range_write_covers_the_range_widened_to_2_mib() {
     let flags = wait | libc::SYNC_FILE_RANGE_WRITE;
     // SAFETY: sync_file_range of our own file.
     let seen = run(rec, a, || {
-        assert_eq!(
-            unsafe { libc::sync_file_range(fd, PAGE as i64, PAGE as i64, flags) },
-            0
-        );
+        assert_eq!(c_sync_file_range(fd, PAGE as i64, PAGE as i64, flags), 0);
     });
     assert_eq!(starts(&seen), vec![(a, a + (2 << 20))]);
     assert!(
@@ -307,10 +317,7 @@ fn sync_file_range_write_covers_the_range_widened_to_2_mib() {
     );
     // SAFETY: as above; nbytes 0 means up to the end of the file.
     let seen = run(rec, a, || {
-        assert_eq!(
-            unsafe { libc::sync_file_range(fd, (3 << 20) as i64, 0, flags) },
-            0
-        );
+        assert_eq!(c_sync_file_range(fd, (3 << 20) as i64, 0, flags), 0);
     });
     assert_eq!(starts(&seen), vec![(a + (2 << 20), a + (4 << 20))]);
     unmap(a, pages);
@@ -324,15 +331,13 @@ fn syncfs_and_sync_cover_every_shared_file_mapping() {
     let private = map(&f, 4, 0, libc::MAP_PRIVATE);
     let p = PAGE as u64;
     // SAFETY: syncfs of our own file's file system.
-    let seen = run(rec, a, || {
-        assert_eq!(unsafe { libc::syncfs(f.as_raw_fd()) }, 0)
-    });
+    let seen = run(rec, a, || assert_eq!(c_syncfs(f.as_raw_fd()), 0));
     let r = starts(&seen);
     assert!(r.contains(&(a, a + 4 * p)), "{seen:#x?}");
     assert!(!r.iter().any(|&(s, _)| s == private), "{seen:#x?}");
     // SAFETY: dirties our own mapping again, then syncs everything.
     unsafe { std::ptr::write_bytes(a as *mut u8, 0x11, 4 * PAGE) };
-    let seen = run(rec, a, || unsafe { libc::sync() });
+    let seen = run(rec, a, c_sync);
     assert!(starts(&seen).contains(&(a, a + 4 * p)), "{seen:#x?}");
     unmap(a, 4);
     unmap(private, 4);
