@@ -109,6 +109,20 @@ fn a_c_compiler_run() {
     let _ = std::fs::remove_file(&out);
 }
 
+/// Debian's python3 importing extension modules, which are `.so` files
+/// `ld.so` maps, protects (RELRO) and relocates inside `dlopen`.
+#[test]
+fn python_importing_extension_modules() {
+    verify_zero_missed(
+        "python_importing_extension_modules",
+        &[
+            "python3",
+            "-c",
+            "import _ctypes, decimal, sqlite3, _bz2, _lzma, mmap; print(decimal.Decimal(1) / 7)",
+        ],
+    );
+}
+
 #[test]
 fn perl_building_and_dropping_strings() {
     verify_zero_missed(
