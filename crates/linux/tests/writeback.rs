@@ -125,11 +125,30 @@ fn run(rec: &Notifier<Log>, sample: u64, f: impl FnOnce()) -> Vec<Seen> {
     std::mem::take(&mut *rec.seen.lock().unwrap())
 }
 
-/// A file of `pages` pages on the test's file system (ext4 here: tmpfs
-/// has no writeback), open read-write.
+/// Where the test files live: the target's temporary directory, on a
+/// file system with writeback (tmpfs has none: its pages stay dirty).
+fn dir() -> std::path::PathBuf {
+    option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, Into::into)
+}
+
+/// Whether [`dir`] writes back; prints why the test skips otherwise.
+fn has_writeback() -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let path = std::ffi::CString::new(dir().to_str().unwrap()).unwrap();
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs we own.
+    assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut st) }, 0);
+    let ok = st.f_type != TMPFS_MAGIC;
+    if !ok {
+        eprintln!("SKIPPED: {} is on tmpfs (no writeback)", dir().display());
+    }
+    ok
+}
+
+/// A file of `pages` pages in [`dir`], open read-write.
 fn file(pages: usize) -> File {
-    let dir = std::env::var_os("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, Into::into);
-    let f = tempfile_in(&dir);
+    let f = tempfile_in(&dir());
     f.set_len((pages * PAGE) as u64).unwrap();
     f
 }
@@ -209,6 +228,9 @@ fn sorted(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 
 #[test]
 fn fsync_covers_every_shared_mapping_of_the_file_and_no_private_one() {
+    if !has_writeback() {
+        return;
+    }
     let (_g, rec) = setup();
     let f = file(8);
     let a = map(&f, 8, 0, libc::MAP_SHARED);
@@ -232,6 +254,9 @@ fn fsync_covers_every_shared_mapping_of_the_file_and_no_private_one() {
 
 #[test]
 fn fdatasync_covers_the_shared_mapping() {
+    if !has_writeback() {
+        return;
+    }
     let (_g, rec) = setup();
     let f = file(4);
     let a = map(&f, 4, 0, libc::MAP_SHARED);
@@ -244,6 +269,9 @@ fn fdatasync_covers_the_shared_mapping() {
 
 #[test]
 fn fsync_of_an_unmapped_file_is_silent() {
+    if !has_writeback() {
+        return;
+    }
     let (_g, rec) = setup();
     let f = file(4);
     let seen = run(rec, 0, || {
@@ -255,6 +283,9 @@ fn fsync_of_an_unmapped_file_is_silent() {
 
 #[test]
 fn msync_sync_covers_every_shared_mapping_of_the_file_async_nothing() {
+    if !has_writeback() {
+        return;
+    }
     let (_g, rec) = setup();
     let f = file(8);
     let a = map(&f, 8, 0, libc::MAP_SHARED);
@@ -286,6 +317,9 @@ fn msync_sync_covers_every_shared_mapping_of_the_file_async_nothing() {
 
 #[test]
 fn sync_file_range_write_covers_the_range_widened_to_2_mib() {
+    if !has_writeback() {
+        return;
+    }
     let (_g, rec) = setup();
     let pages = 1024; // 4 MiB
     let f = file(pages);
@@ -325,6 +359,9 @@ fn sync_file_range_write_covers_the_range_widened_to_2_mib() {
 
 #[test]
 fn syncfs_and_sync_cover_every_shared_file_mapping() {
+    if !has_writeback() {
+        return;
+    }
     let (_g, rec) = setup();
     let f = file(4);
     let a = map(&f, 4, 0, libc::MAP_SHARED);

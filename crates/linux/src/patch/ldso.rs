@@ -242,6 +242,24 @@ mod tests {
     }
 
     #[test]
+    fn a_body_matches_only_byte_for_byte_outside_its_wildcards() {
+        let body = parse(LOADER_FUNCTIONS[1].body);
+        let mut bytes: Vec<u8> = body.iter().map(|b| b.unwrap_or(0x42)).collect();
+        assert!(matches(bytes.as_ptr() as u64, &body));
+        let wildcard = body.iter().position(Option::is_none).unwrap();
+        bytes[wildcard] ^= 0xff;
+        assert!(
+            matches(bytes.as_ptr() as u64, &body),
+            "rel32 bytes are free"
+        );
+        for i in (0..body.len()).filter(|&i| body[i].is_some()) {
+            bytes[i] ^= 0x01;
+            assert!(!matches(bytes.as_ptr() as u64, &body), "byte {i} changed");
+            bytes[i] ^= 0x01;
+        }
+    }
+
+    #[test]
     fn this_machines_loader_has_each_function_exactly_once() {
         let found = locate().expect("glibc 2.36's ld.so");
         assert_eq!(found.len(), 3);
