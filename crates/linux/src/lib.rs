@@ -47,6 +47,7 @@ pub mod net;
 pub mod patch;
 pub mod process;
 pub mod record;
+pub mod signals;
 pub mod sys;
 pub mod thp;
 pub mod thread;
