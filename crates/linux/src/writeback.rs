@@ -79,10 +79,16 @@ fn push_file_range(changes: &mut Changes, dev: u64, inode: u64, from: u64, to: u
     });
 }
 
+/// Whether anyone listens: without a subscriber the hooks skip the
+/// `fstat` and the `/proc/self/maps` walk (`around` would ignore them).
+fn listened() -> bool {
+    crate::process::subscribed().is_some()
+}
+
 /// Every shared mapping of the file `fd` is open on.
 fn whole_file(fd: usize) -> Changes {
     let mut changes = Changes::none();
-    if let Some((dev, inode)) = identity(fd) {
+    if let Some((dev, inode)) = identity(fd).filter(|_| listened()) {
         push_file_range(&mut changes, dev, inode, 0, u64::MAX);
     }
     changes
@@ -91,6 +97,9 @@ fn whole_file(fd: usize) -> Changes {
 /// Every shared file mapping of the process.
 fn every_shared_file() -> Changes {
     let mut changes = Changes::none();
+    if !listened() {
+        return changes;
+    }
     let _ = maps::for_each_vma(|v| {
         if is_shared_file(v) {
             changes.push(Event::ProtectionPage, v.start, v.end);
@@ -141,7 +150,7 @@ fn files_in(start: u64, end: u64) -> Option<([(u64, u64); 16], usize)> {
 /// cleans the pages in *every* shared mapping of that file.
 pub fn msync(a: Args) -> Ret {
     let mut changes = Changes::none();
-    if a[2] as i32 & libc::MS_SYNC != 0 {
+    if a[2] as i32 & libc::MS_SYNC != 0 && listened() {
         let (start, end) = (
             page_down(a[0] as u64),
             page_up((a[0] as u64).saturating_add(a[1] as u64)),
@@ -164,7 +173,7 @@ pub fn msync(a: Args) -> Ret {
 pub fn sync_file_range(a: Args) -> Ret {
     let mut changes = Changes::none();
     let (offset, nbytes, flags) = (a[1] as u64, a[2] as u64, a[3] as u32);
-    let writes = flags & libc::SYNC_FILE_RANGE_WRITE != 0;
+    let writes = flags & libc::SYNC_FILE_RANGE_WRITE != 0 && listened();
     if let Some((dev, inode)) = identity(a[0]).filter(|_| writes) {
         let to = match nbytes {
             0 => u64::MAX,
