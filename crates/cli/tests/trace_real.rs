@@ -78,7 +78,6 @@ fn python_allocating_and_freeing_large_objects() {
 }
 
 #[test]
-#[ignore = "known gap: fdatasync writes back MAP_SHARED file pages and write-protects them (folio_mkclean, one invalidation per page) inside the system call; no hook covers the fsync family yet"]
 fn sqlite_with_mmap_io() {
     let db = std::env::temp_dir().join(format!("mmun-trace-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&db);
@@ -94,7 +93,6 @@ fn sqlite_with_mmap_io() {
 }
 
 #[test]
-#[ignore = "known gap: ld.so maps, protects and unmaps objects it dlopens (the linker's LTO plugin) with its own copies of mmap/mprotect/munmap, which the hooks do not patch"]
 fn a_c_compiler_run() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/trace_prog.c");
     let out = std::env::temp_dir().join(format!("mmun-trace-cc-{}", std::process::id()));
@@ -109,6 +107,20 @@ fn a_c_compiler_run() {
         ],
     );
     let _ = std::fs::remove_file(&out);
+}
+
+/// Debian's python3 importing extension modules, which are `.so` files
+/// `ld.so` maps, protects (RELRO) and relocates inside `dlopen`.
+#[test]
+fn python_importing_extension_modules() {
+    verify_zero_missed(
+        "python_importing_extension_modules",
+        &[
+            "python3",
+            "-c",
+            "import _ctypes, decimal, sqlite3, _bz2, _lzma, mmap; print(decimal.Decimal(1) / 7)",
+        ],
+    );
 }
 
 #[test]

@@ -144,6 +144,9 @@ fn widen_for_thp(call: Call, changes: &Changes) -> Changes {
 
 #[inline(never)]
 fn synchronous(mm: &Mm, call: Call, changes: &[Change], syscall: impl FnOnce() -> Ret) -> Ret {
+    // Declared first, dropped last: after the lock and the dispatching
+    // mark are released (see `signals`).
+    let _signals = crate::signals::hold();
     let _dispatching = thread::dispatching();
     let lock = mm.mmap_read();
     let mut open: [Option<Invalidation<'_>>; MAX_RANGES] = [const { None }; MAX_RANGES];
@@ -193,6 +196,7 @@ pub fn deliver_late(change: &Change, call: Call, source: Source) {
         });
         return;
     }
+    let _signals = crate::signals::hold();
     let _dispatching = thread::dispatching();
     let lock = mm.mmap_read();
     let range = Range::new(mm, change.event, change.start, change.end).with_flags(RangeFlags::LATE);

@@ -6,7 +6,9 @@
 //!
 //! * interposed libc calls (`munmap`, `mmap(MAP_FIXED)`, `mremap`,
 //!   `madvise`, `mprotect`, `pkey_mprotect`, `brk`/`sbrk`, `shmat`,
-//!   `shmdt`, `ftruncate`, `fallocate`, and `fork` through `pthread_atfork`)
+//!   `shmdt`, `ftruncate`, `fallocate`, the fsync family — `fsync`,
+//!   `fdatasync`, `msync`, `sync_file_range`, `sync`, `syncfs` — `ld.so`'s
+//!   own `mmap`/`mprotect`/`munmap`, and `fork` through `pthread_atfork`)
 //!   run `invalidate_range_start` → the real system call →
 //!   `invalidate_range_end` in the calling thread ([`Source::Hook`]), for
 //!   glibc's internal callers too (`free`, heap trimming, thread exit);
@@ -45,12 +47,14 @@ pub mod net;
 pub mod patch;
 pub mod process;
 pub mod record;
+pub mod signals;
 pub mod sys;
 pub mod thp;
 pub mod thread;
 pub mod trace;
 pub mod trace_sink;
 pub mod uffd;
+pub mod writeback;
 
 use std::sync::OnceLock;
 

@@ -46,6 +46,12 @@ pub enum Call {
     UffdUnmap,
     UffdRemove,
     UffdRemap,
+    Fsync,
+    Fdatasync,
+    Msync,
+    SyncFileRange,
+    Syncfs,
+    Sync,
 }
 
 /// Start or end of an invalidation.

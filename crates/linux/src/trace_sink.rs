@@ -50,7 +50,7 @@ static VM: AtomicI32 = AtomicI32::new(-1);
 static VM_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Every [`Call`], indexed by its discriminant.
-pub const CALLS: [Call; 19] = [
+pub const CALLS: [Call; 25] = [
     Call::Mmap,
     Call::Munmap,
     Call::Mremap,
@@ -70,6 +70,12 @@ pub const CALLS: [Call; 19] = [
     Call::UffdUnmap,
     Call::UffdRemove,
     Call::UffdRemap,
+    Call::Fsync,
+    Call::Fdatasync,
+    Call::Msync,
+    Call::SyncFileRange,
+    Call::Syncfs,
+    Call::Sync,
 ];
 
 /// The call's name as printed by `mmun trace`. The match is exhaustive on
@@ -96,6 +102,12 @@ pub fn call_name(call: Call) -> &'static str {
         Call::UffdUnmap => "uffd-unmap",
         Call::UffdRemove => "uffd-remove",
         Call::UffdRemap => "uffd-remap",
+        Call::Fsync => "fsync",
+        Call::Fdatasync => "fdatasync",
+        Call::Msync => "msync",
+        Call::SyncFileRange => "sync_file_range",
+        Call::Syncfs => "syncfs",
+        Call::Sync => "sync",
     }
 }
 
@@ -232,23 +244,29 @@ pub fn emit(record: &TraceRecord) {
 }
 
 /// One `write`, restarted after EINTR; `false` if the fd is unusable.
+///
+/// A raw system call, not libc's `write`: that one is a cancellation
+/// point, and a thread with a cancellation pending would act on it here,
+/// inside a hook, between a start it already reported and its end (and
+/// unwind through the hook's `extern "C"` frames, which aborts); it would
+/// also overwrite the application's `errno` on failure.
 fn write_all(fd: i32, bytes: &[u8]) -> bool {
     loop {
         // SAFETY: `bytes` is valid for reads of its length.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        let n = unsafe {
+            crate::sys::syscall6(
+                libc::SYS_write as usize,
+                [fd as usize, bytes.as_ptr() as usize, bytes.len(), 0, 0, 0],
+            )
+        };
         if n == bytes.len() as isize {
             return true;
         }
-        if n < 0 && errno() == libc::EINTR {
+        if n == -(libc::EINTR as isize) {
             continue;
         }
         return false;
     }
-}
-
-fn errno() -> i32 {
-    // SAFETY: __errno_location returns the calling thread's errno slot.
-    unsafe { *libc::__errno_location() }
 }
 
 /// The text mark: `mmun PHASE SOURCE CALL EVENT START END`, e.g.

@@ -17,7 +17,8 @@
 //!   and covered by nothing delivered.
 //!
 //! Invalidations raised by kernel threads (reclaim, khugepaged, the OOM
-//! reaper) or by another process (`process_madvise`) run in *their* task,
+//! reaper, the flusher threads' writeback of dirty shared file pages —
+//! also the writeback `sync`/`syncfs` hand them) or by another process (`process_madvise`) run in *their* task,
 //! which the tree trace does not follow: they are not in the input.
 
 use std::collections::HashMap;

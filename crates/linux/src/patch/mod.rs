@@ -9,6 +9,8 @@
 //! userfaultfd net alone (see DESIGN.md).
 
 #[cfg(target_arch = "x86_64")]
+mod ldso;
+#[cfg(target_arch = "x86_64")]
 mod sites;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -53,6 +55,9 @@ pub enum InstallError {
     UnsupportedArch(&'static str),
     /// `pthread_atfork`/`atexit` failed (errno).
     Handlers(i32),
+    /// The dynamic loader's own `mmap`/`munmap`/`mprotect` were not each
+    /// found exactly once as glibc 2.36's exact function bodies.
+    Loader(&'static str),
 }
 
 impl InstallError {
@@ -115,6 +120,10 @@ impl fmt::Display for InstallError {
                 "libc patching is implemented for x86_64 only, not {a}: hooks are off, only the userfaultfd net covers this process"
             ),
             InstallError::Handlers(e) => write!(f, "pthread_atfork/atexit failed: errno {e}"),
+            InstallError::Loader(what) => write!(
+                f,
+                "refusing to patch the dynamic loader (not glibc 2.36's x86_64 ld.so): {what}"
+            ),
         }
     }
 }

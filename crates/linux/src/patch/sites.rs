@@ -12,6 +12,7 @@
 
 use crate::hooks::{self, Args};
 use crate::sys::Ret;
+use crate::writeback;
 
 /// One `syscall` instruction inside a libc function, or a function entry.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +137,54 @@ pub const SITES: &[Site] = &[
             replacement: fallocate_address,
         },
         hook: hooks::fallocate,
+    },
+    Site {
+        symbol: "sync",
+        pattern: "b8 a2 00 00 00 0f 05",
+        kind: Kind::Syscall { aligned: false },
+        hook: writeback::sync,
+    },
+    Site {
+        symbol: "syncfs",
+        pattern: "b8 32 01 00 00 0f 05",
+        kind: Kind::Syscall { aligned: false },
+        hook: writeback::syncfs,
+    },
+    // The next four start with `cmp byte [__libc_single_threaded], 0` (7
+    // bytes) and issue their `syscall` with asynchronous cancellation on
+    // when the process has threads: replaced whole from their entry, so a
+    // hook is never cancelled between a start and its end.
+    Site {
+        symbol: "fsync",
+        pattern: "80 3d ?? ?? ?? ?? 00",
+        kind: Kind::Function {
+            replacement: || writeback::fsync_replacement as *const () as usize,
+        },
+        hook: writeback::fsync,
+    },
+    Site {
+        symbol: "fdatasync",
+        pattern: "80 3d ?? ?? ?? ?? 00",
+        kind: Kind::Function {
+            replacement: || writeback::fdatasync_replacement as *const () as usize,
+        },
+        hook: writeback::fdatasync,
+    },
+    Site {
+        symbol: "msync",
+        pattern: "80 3d ?? ?? ?? ?? 00",
+        kind: Kind::Function {
+            replacement: || writeback::msync_replacement as *const () as usize,
+        },
+        hook: writeback::msync,
+    },
+    Site {
+        symbol: "sync_file_range",
+        pattern: "80 3d ?? ?? ?? ?? 00",
+        kind: Kind::Function {
+            replacement: || writeback::sync_file_range_replacement as *const () as usize,
+        },
+        hook: writeback::sync_file_range,
     },
 ];
 

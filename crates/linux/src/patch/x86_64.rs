@@ -121,6 +121,16 @@ fn locate() -> Result<Vec<Located>, InstallError> {
     }
     // SAFETY: drops the reference dlopen took.
     unsafe { libc::dlclose(libc_handle) };
+    let loader = super::ldso::locate()?;
+    for (f, start) in super::ldso::LOADER_FUNCTIONS.iter().zip(loader) {
+        let at = start + f.site.offset() as u64;
+        let window = window(at).ok_or(InstallError::Straddles(f.site.symbol))?;
+        found.push(Located {
+            site: &f.site,
+            at,
+            window,
+        });
+    }
     Ok(found)
 }
 
