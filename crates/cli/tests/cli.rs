@@ -113,3 +113,89 @@ fn oracle_matches_the_recording_or_says_why_it_skipped() {
     let expected = std::fs::read_to_string(traces().join("expected/munmap.out")).unwrap();
     assert_eq!(text(&out.stdout), expected);
 }
+
+/// Runs `mmun ARGS` with stdout going to `stdout`.
+fn mmun_into(args: &[&str], stdout: std::process::Stdio) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmun"))
+        .args(args)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run mmun")
+}
+
+/// Every subcommand that prints, with arguments that make it print.
+fn printing_commands() -> Vec<Vec<String>> {
+    let script = traces().join("scripts/fork.txt").display().to_string();
+    let recorded = traces().join("expected/fork.out").display().to_string();
+    let altered = std::env::temp_dir().join(format!("mmun-cli-out-{}.out", std::process::id()));
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    std::fs::write(&altered, text.replacen("RC 0", "RC -1", 1)).unwrap();
+    let altered = altered.display().to_string();
+    let words = |s: &[&str]| s.iter().map(ToString::to_string).collect::<Vec<_>>();
+    vec![
+        words(&["replay", &script]),
+        words(&["replay", "--events", &script]),
+        words(&["diff", &script, "--against", &recorded]),
+        words(&["diff", &script, "--against", &altered]),
+        words(&["stress", "--ops", "300", "--quiet"]),
+    ]
+}
+
+fn assert_write_error_reported(args: &[String], out: &Output, why: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?} into {why}: {stderr}");
+    assert!(
+        stderr.contains("writing stdout") && !stderr.contains("panicked"),
+        "{args:?} into {why}: {stderr}"
+    );
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_an_error_not_a_panic() {
+    for args in printing_commands() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = mmun_into(&args_ref, writer.into());
+        assert_write_error_reported(&args, &out, "a closed pipe");
+    }
+}
+
+#[test]
+fn output_onto_a_full_device_is_an_error_not_a_panic() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full");
+        return;
+    };
+    for args in printing_commands() {
+        let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = mmun_into(&args_ref, full.try_clone().unwrap().into());
+        assert_write_error_reported(&args, &out, "/dev/full");
+    }
+}
+
+#[test]
+fn binary_input_names_the_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("mmun-cli-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("blob.bin");
+    std::fs::write(&bin, b"mmap 0 0x1000 rw\n\x7fELF\x02\x01\x01\x00\xff\xfe\n").unwrap();
+    for args in [
+        vec!["replay", bin.to_str().unwrap()],
+        vec![
+            "diff",
+            traces().join("scripts/fork.txt").to_str().unwrap(),
+            "--against",
+            bin.to_str().unwrap(),
+        ],
+    ] {
+        let out = mmun(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("blob.bin") && stderr.contains("line 2") && stderr.contains("binary"),
+            "{stderr}"
+        );
+    }
+}

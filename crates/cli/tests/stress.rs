@@ -108,3 +108,62 @@ fn help_lists_every_bug_with_its_description() {
     }
     assert!(stdout.contains("--seconds") && stdout.contains("--ops") && stdout.contains("--seed"));
 }
+
+#[test]
+fn ctrl_c_prints_what_was_measured_and_exits_130() {
+    let child = Command::new(env!("CARGO_BIN_EXE_mmun"))
+        .args(["stress", "--seconds", "120", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mmun");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "the run stops soon after Ctrl-C"
+    );
+    for word in ["# interrupted", "operation", "ops/s", "coherence checks"] {
+        assert!(stdout.contains(word), "no {word:?} in\n{stdout}");
+    }
+}
+
+#[test]
+fn an_absurd_round_ops_is_refused_clearly() {
+    let out = mmun(&[
+        "stress",
+        "--ops",
+        "10",
+        "--round-ops",
+        "1000000000",
+        "--quiet",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("round_ops must be 1 to 1000000"),
+        "{stderr}"
+    );
+    let out = mmun(&[
+        "stress",
+        "--ops",
+        "300",
+        "--round-ops",
+        "1000000",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -12,7 +12,11 @@ mod format;
 mod parse;
 mod report;
 mod step;
+mod text;
+mod window;
 
 pub use parse::{ParseError, parse_script};
 pub use report::{Line, Outcome, Report, StepReport};
 pub use step::{Advice, MmapFlags, Op, Prot, Step, WINDOW_BASE, WINDOW_SIZE};
+pub use text::decode;
+pub use window::{WindowError, check_window};

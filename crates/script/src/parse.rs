@@ -1,6 +1,7 @@
 //! Script text → steps, with errors that name the line.
 
 use crate::step::{Advice, MmapFlags, Op, Prot, Step};
+use crate::text::quote;
 
 /// Why a script did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,7 +56,7 @@ fn parse_op(words: &[&str]) -> Parsed<Op> {
         "madvise" => {
             expect_count(name, args, 3, 3, "OFF LEN ADVICE")?;
             let advice = Advice::from_name(args[2])
-                .ok_or_else(|| format!("unknown advice `{}`", args[2]))?;
+                .ok_or_else(|| format!("unknown advice {}", quote(args[2])))?;
             Op::Madvise {
                 off: number(args[0])?,
                 len: number(args[1])?,
@@ -102,7 +103,7 @@ fn parse_op(words: &[&str]) -> Parsed<Op> {
                 Op::OomReap
             }
         }
-        other => return Err(format!("unknown operation `{other}`")),
+        other => return Err(format!("unknown operation {}", quote(other))),
     };
     Ok(op)
 }
@@ -122,10 +123,10 @@ fn parse_mmap(args: &[&str]) -> Parsed<Op> {
             "memfd" => &mut flags.memfd,
             "populate" => &mut flags.populate,
             "fixed" => &mut flags.fixed,
-            other => return Err(format!("unknown mmap flag `{other}`")),
+            other => return Err(format!("unknown mmap flag {}", quote(other))),
         };
         if *slot {
-            return Err(format!("mmap flag `{word}` given twice"));
+            return Err(format!("mmap flag {} given twice", quote(word)));
         }
         *slot = true;
     }
@@ -142,7 +143,12 @@ fn parse_touch(args: &[&str]) -> Parsed<Op> {
     let write = match args.get(2) {
         None | Some(&"r") => false,
         Some(&"w") => true,
-        Some(other) => return Err(format!("touch mode must be `r` or `w`, not `{other}`")),
+        Some(other) => {
+            return Err(format!(
+                "touch mode must be `r` or `w`, not {}",
+                quote(other)
+            ));
+        }
     };
     Ok(Op::Touch {
         off: number(args[0])?,
@@ -167,7 +173,8 @@ fn parse_mremap(args: &[&str]) -> Parsed<Op> {
             other if new_off.is_none() => new_off = Some(number(other)?),
             other => {
                 return Err(format!(
-                    "unexpected mremap word `{other}` (NEWOFF already given)"
+                    "unexpected mremap word {} (NEWOFF already given)",
+                    quote(other)
                 ));
             }
         }
@@ -219,11 +226,11 @@ fn number(word: &str) -> Parsed<u64> {
             (word, 10)
         };
     if digits.is_empty() || digits.starts_with(['+', '-']) {
-        return Err(format!("`{word}` is not a number"));
+        return Err(format!("{} is not a number", quote(word)));
     }
     u64::from_str_radix(digits, radix).map_err(|e| match e.kind() {
-        std::num::IntErrorKind::PosOverflow => format!("`{word}` does not fit in 64 bits"),
-        _ => format!("`{word}` is not a number"),
+        std::num::IntErrorKind::PosOverflow => format!("{} does not fit in 64 bits", quote(word)),
+        _ => format!("{} is not a number", quote(word)),
     })
 }
 
@@ -239,7 +246,8 @@ fn prot(word: &str) -> Parsed<Prot> {
             'x' => &mut prot.exec,
             _ => {
                 return Err(format!(
-                    "protection `{word}` must be `none` or letters from `rwx`"
+                    "protection {} must be `none` or letters from `rwx`",
+                    quote(word)
                 ));
             }
         };
@@ -299,6 +307,18 @@ mod tests {
             let err = parse_script(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_huge_word_is_cut_in_the_message() {
+        let text = format!("fork\nmunmap 0 {}\n", "9".repeat(10_000_000));
+        let err = parse_script(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("line 2: `9999") && err.len() < 120,
+            "{}",
+            &err[..err.len().min(200)]
+        );
+        assert!(err.contains("(10000000 bytes)"), "{err}");
     }
 
     proptest::proptest! {

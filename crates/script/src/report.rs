@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::step::{WINDOW_BASE, WINDOW_SIZE};
+use crate::text::quote;
 
 /// One reported notifier call, offsets relative to the window base.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,60 +147,123 @@ impl fmt::Display for Report {
 impl Report {
     /// Parses the text form (what the oracle printed).
     ///
+    /// Every step must end with its `RC` line and nothing may follow it
+    /// within the step; addresses are bare hex (with or without `0x`),
+    /// return codes decimal with an optional `-`.
+    ///
     /// # Errors
     ///
-    /// A message naming the line that is not part of the format.
+    /// A message naming the line that is not part of the format (for a
+    /// step without `RC`, the line of its `STEP`).
     pub fn parse(text: &str) -> Result<Report, String> {
-        let mut report = Report::default();
+        let mut parser = Parser::default();
         for (index, raw) in text.lines().enumerate() {
-            parse_line(&mut report, raw).map_err(|e| format!("line {}: {e}", index + 1))?;
+            if raw.starts_with("STEP ") {
+                parser.close()?;
+            }
+            parser
+                .line(index + 1, raw)
+                .map_err(|e| format!("line {}: {e}", index + 1))?;
         }
-        Ok(report)
+        parser.close()?;
+        Ok(parser.report)
     }
 }
 
-fn parse_line(report: &mut Report, raw: &str) -> Result<(), String> {
-    if raw.trim().is_empty() {
-        return Ok(());
+/// The report being parsed, and where its open step started.
+#[derive(Default)]
+struct Parser {
+    report: Report,
+    /// The line of the last `STEP` while its `RC` line is still missing.
+    open_step: Option<usize>,
+}
+
+impl Parser {
+    fn line(&mut self, line: usize, raw: &str) -> Result<(), String> {
+        if raw.trim().is_empty() {
+            return Ok(());
+        }
+        if let Some(rest) = raw.strip_prefix("STEP ") {
+            let (number, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("bad step number {}", quote(number)));
+            }
+            let number = number
+                .parse()
+                .map_err(|_| format!("step number {} is too large", quote(number)))?;
+            self.report.steps.push(StepReport {
+                number,
+                text: text.to_string(),
+                lines: Vec::new(),
+                outcome: Outcome::Rc(0),
+            });
+            self.open_step = Some(line);
+            return Ok(());
+        }
+        let step = self
+            .report
+            .steps
+            .last_mut()
+            .ok_or("a report line before the first STEP")?;
+        if self.open_step.is_none() {
+            return Err(format!(
+                "{} after the RC line that ended step {}",
+                quote(raw.trim()),
+                step.number
+            ));
+        }
+        let words: Vec<&str> = raw.split_whitespace().collect();
+        match words.as_slice() {
+            ["invalidate", "all"] => step.lines.push(Line::InvalidateAll),
+            ["invalidate", s, e] => step.lines.push(Line::Invalidate {
+                start: hex(s)?,
+                end: hex(e)?,
+            }),
+            ["age", s, e] => step.lines.push(Line::Age {
+                start: hex(s)?,
+                end: hex(e)?,
+            }),
+            ["test_age", a] => step.lines.push(Line::TestAge { addr: hex(a)? }),
+            ["RC", "moved"] => step.outcome = Outcome::Moved,
+            ["RC", rc] => step.outcome = Outcome::Rc(return_code(rc)?),
+            _ => return Err(format!("not a report line: {}", quote(raw.trim()))),
+        }
+        if words[0] == "RC" {
+            self.open_step = None;
+        }
+        Ok(())
     }
-    if let Some(rest) = raw.strip_prefix("STEP ") {
-        let (number, text) = rest.split_once(' ').unwrap_or((rest, ""));
-        let number = number
-            .parse()
-            .map_err(|_| format!("bad step number `{number}`"))?;
-        report.steps.push(StepReport {
-            number,
-            text: text.to_string(),
-            lines: Vec::new(),
-            outcome: Outcome::Rc(0),
-        });
-        return Ok(());
+
+    /// Checks that the open step, if any, got its `RC` line; the error
+    /// names the step's line.
+    fn close(&self) -> Result<(), String> {
+        match (self.open_step, self.report.steps.last()) {
+            (Some(line), Some(step)) => {
+                Err(format!("line {line}: step {} has no RC line", step.number))
+            }
+            _ => Ok(()),
+        }
     }
-    let step = report
-        .steps
-        .last_mut()
-        .ok_or("a report line before the first STEP")?;
-    let words: Vec<&str> = raw.split_whitespace().collect();
-    let hex = |w: &str| -> Result<u64, String> {
-        let digits = w.strip_prefix("0x").unwrap_or(w);
-        u64::from_str_radix(digits, 16).map_err(|_| format!("bad address `{w}`"))
-    };
-    match words.as_slice() {
-        ["invalidate", "all"] => step.lines.push(Line::InvalidateAll),
-        ["invalidate", s, e] => step.lines.push(Line::Invalidate {
-            start: hex(s)?,
-            end: hex(e)?,
-        }),
-        ["age", s, e] => step.lines.push(Line::Age {
-            start: hex(s)?,
-            end: hex(e)?,
-        }),
-        ["test_age", a] => step.lines.push(Line::TestAge { addr: hex(a)? }),
-        ["RC", "moved"] => step.outcome = Outcome::Moved,
-        ["RC", rc] => step.outcome = Outcome::Rc(rc.parse().map_err(|_| format!("bad RC `{rc}`"))?),
-        _ => return Err(format!("not a report line: `{}`", raw.trim())),
+}
+
+/// An address as the oracle prints it (`%#lx`): hex digits only, `0x`
+/// optional; no sign, no spaces.
+fn hex(word: &str) -> Result<u64, String> {
+    let digits = word.strip_prefix("0x").unwrap_or(word);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("bad address {}", quote(word)));
     }
-    Ok(())
+    u64::from_str_radix(digits, 16).map_err(|_| format!("address {} overflows", quote(word)))
+}
+
+/// A return code as the oracle prints it (`%ld`): decimal, `-` allowed.
+fn return_code(word: &str) -> Result<i64, String> {
+    let digits = word.strip_prefix('-').unwrap_or(word);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("bad RC {}", quote(word)));
+    }
+    word.parse()
+        .map_err(|_| format!("RC {} overflows", quote(word)))
 }
 
 #[cfg(test)]
@@ -236,6 +300,53 @@ mod tests {
             Report::parse("  RC 0\n")
                 .unwrap_err()
                 .contains("before the first STEP")
+        );
+    }
+
+    #[test]
+    fn signed_or_spaced_numbers_are_not_addresses() {
+        for bad in [
+            "+2000",
+            "-2000",
+            "0x",
+            "0x+1",
+            "2000g",
+            "0x10000000000000000",
+        ] {
+            let text = format!("STEP 1 fork\n  invalidate {bad} 0x3000\n  RC 0\n");
+            let err = Report::parse(&text).unwrap_err();
+            assert!(err.starts_with("line 2: "), "{bad}: {err}");
+        }
+        for bad in ["+0", "--1", "0x10", "", "1e3", "99999999999999999999"] {
+            let text = format!("STEP 1 fork\n  RC {bad}\n");
+            assert!(Report::parse(&text).is_err(), "RC {bad:?} accepted");
+        }
+        let ok = Report::parse("STEP 1 fork\n  invalidate 2000 0x3000\n  RC -12\n").unwrap();
+        assert_eq!(ok.steps[0].outcome, Outcome::Rc(-12));
+    }
+
+    #[test]
+    fn every_step_ends_with_its_rc_line() {
+        let err =
+            Report::parse("STEP 1 fork\n  RC 0\nSTEP 2 fork\n  invalidate 0 0x1000\n").unwrap_err();
+        assert_eq!(err, "line 3: step 2 has no RC line");
+        let err = Report::parse("STEP 1 fork\nSTEP 2 fork\n  RC 0\n").unwrap_err();
+        assert_eq!(err, "line 1: step 1 has no RC line");
+        let err = Report::parse("STEP 1 fork\n  RC 0\n  invalidate 0 0x1000\n").unwrap_err();
+        assert!(
+            err.starts_with("line 3: ") && err.contains("after the RC line"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_huge_word_is_not_echoed_whole() {
+        let text = format!("STEP 1 fork\n  RC {}\n", "7".repeat(10_000_000));
+        let err = Report::parse(&text).unwrap_err();
+        assert!(
+            err.len() < 200 && err.starts_with("line 2: "),
+            "{}",
+            &err[..200.min(err.len())]
         );
     }
 }

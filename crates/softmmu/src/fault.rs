@@ -108,19 +108,21 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
         && huge_memory::thp_allowed(ctx, vma, addr)
     {
         let vma = anon_vma_prepare(ctx, vma);
-        huge_memory::huge_anonymous_fault(ctx, &vma, addr, write);
-        return Ok(());
+        if huge_memory::huge_anonymous_fault(ctx, &vma, addr, write) {
+            return Ok(());
+        }
+        // VM_FAULT_FALLBACK: no huge page to be had; base pages instead.
+        return pte_fault(ctx, &vma, addr, write);
     }
     if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(addr) {
         let huge = *huge;
         if !write || huge.is_write() {
             return Ok(());
         }
-        if huge.is_special() {
-            huge_memory::huge_zero_wp(ctx, vma, addr);
+        if huge.is_special() && huge_memory::huge_zero_wp(ctx, vma, addr) {
             return Ok(());
         }
-        if reuse_huge(ctx, align_down(addr, PMD_SIZE), huge) {
+        if !huge.is_special() && reuse_huge(ctx, align_down(addr, PMD_SIZE), huge) {
             return Ok(());
         }
         huge_memory::split_huge_pmd(ctx, vma, addr);
@@ -166,7 +168,7 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
         None if !write => Pte::zero(ZERO_PFN),
         None => {
             anon_vma_prepare(ctx, vma);
-            let pfn = ctx.mem.alloc(FrameKind::Anon);
+            let pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
             ctx.mem.map_pte(pfn, ctx.id);
             Pte::new(pfn, writable)
         }
@@ -178,11 +180,11 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
             if write && !vma.flags.contains(VmFlags::SHARED) {
                 // do_cow_fault: a private copy of the file page.
                 anon_vma_prepare(ctx, vma);
-                let pfn = ctx.mem.alloc(FrameKind::Anon);
+                let pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
                 ctx.mem.map_pte(pfn, ctx.id);
                 Pte::new(pfn, writable)
             } else {
-                let pfn = file.object.get_page(ctx.mem, index);
+                let pfn = file.object.get_page(ctx.mem, index).ok_or(Errno::NoMem)?;
                 ctx.mem.map_pte(pfn, ctx.id);
                 Pte::new(pfn, write && writable)
             }
@@ -210,8 +212,7 @@ fn do_wp_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, pte: Pt
         ctx.mem.touch_write(pte.pfn());
         return Ok(());
     }
-    wp_page_copy(ctx, vma, addr, pte);
-    Ok(())
+    wp_page_copy(ctx, vma, addr, pte)
 }
 
 /// `wp_can_reuse_anon_folio`: a small folio with no other reference, or a
@@ -235,9 +236,9 @@ fn can_reuse_anon<L: HeldMmLock>(ctx: &Ctx<'_, L>, pfn: Pfn) -> bool {
 /// `wp_page_copy`: copy the page, and swap the PTE under a `Clear` of the
 /// page (v6.5: `ptep_clear_flush_notify` + `set_pte_at_notify`, then
 /// `invalidate_range_only_end`).
-fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: Pte) {
+fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: Pte) -> SysResult {
     let vma = anon_vma_prepare(ctx, vma);
-    let new_pfn = ctx.mem.alloc(FrameKind::Anon);
+    let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
     let mm = ctx.mm;
@@ -248,6 +249,7 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
     *ctx.st.pt.pte_alloc(addr) = new;
     inv.only_end();
     crate::zap::release_pte(ctx.mem, ctx.id, slot_old);
+    Ok(())
 }
 
 /// `remove_device_exclusive_entry`: a CPU access takes the page back from

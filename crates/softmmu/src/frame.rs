@@ -127,28 +127,48 @@ impl Frame {
     };
 }
 
-/// All page frames of a simulation.
+/// The RAM a [`Memory`] has unless told otherwise: 1 GiB.
+pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
+
+/// All page frames of a simulation: a machine with finite RAM. An
+/// allocation that finds no free frame fails, as the page allocator does
+/// once reclaim and the OOM killer cannot help; the callers turn that into
+/// what Linux returns (`VM_FAULT_OOM`, a THP fallback, `-ENOMEM`).
 pub struct Memory {
     inner: Mutex<Frames>,
     huge_zero: std::sync::OnceLock<Pfn>,
 }
 
+/// Locking: everything below is under `Memory::inner`; the vector never
+/// holds more than `limit` frames, so the bookkeeping is as finite as the
+/// RAM it models.
 struct Frames {
     frames: Vec<Frame>,
+    /// The machine's RAM in frames (the zero page included).
+    limit: u64,
     free_small: Vec<Pfn>,
     free_huge: Vec<Pfn>,
     next_generation: u64,
 }
 
 impl Memory {
-    /// Physical memory with only the zero page allocated.
+    /// Physical memory of [`DEFAULT_MEMORY_BYTES`] with only the zero page
+    /// allocated.
     pub fn new() -> Memory {
+        Memory::with_bytes(DEFAULT_MEMORY_BYTES)
+    }
+
+    /// Physical memory of `bytes` (rounded down to whole pages; at least
+    /// the zero page).
+    pub fn with_bytes(bytes: u64) -> Memory {
+        let limit = (bytes / crate::layout::PAGE_SIZE).max(1);
         let mut zero = Frame::FREE;
         zero.kind = FrameKind::Zero;
         zero.refcount = 1;
         Memory {
             inner: Mutex::new(Frames {
                 frames: vec![zero],
+                limit,
                 free_small: Vec::new(),
                 free_huge: Vec::new(),
                 next_generation: 1,
@@ -157,33 +177,48 @@ impl Memory {
         }
     }
 
-    /// The huge zero page (`mm_get_huge_zero_folio`), allocated on first use.
-    pub fn huge_zero(&self) -> Pfn {
-        *self
-            .huge_zero
-            .get_or_init(|| self.alloc_huge(FrameKind::Zero))
+    /// The huge zero page (`mm_get_huge_zero_folio`), allocated on first
+    /// use; `None` while memory is too short for it (the caller falls back
+    /// to small pages, and a later call tries again).
+    pub fn huge_zero(&self) -> Option<Pfn> {
+        if let Some(pfn) = self.huge_zero.get() {
+            return Some(*pfn);
+        }
+        let pfn = self.alloc_huge(FrameKind::Zero)?;
+        if self.huge_zero.set(pfn).is_err() {
+            self.put(pfn); // another thread won the race
+        }
+        self.huge_zero.get().copied()
     }
 
-    /// Allocates a base page holding `kind`, with one reference.
-    pub fn alloc(&self, kind: FrameKind) -> Pfn {
+    /// The machine's RAM in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.lock().limit * crate::layout::PAGE_SIZE
+    }
+
+    /// Allocates a base page holding `kind`, with one reference; `None`
+    /// when every frame is in use.
+    pub fn alloc(&self, kind: FrameKind) -> Option<Pfn> {
         let mut f = self.inner.lock();
         let pfn = match f.free_small.pop() {
             Some(pfn) => pfn,
-            None => f.grow(1),
+            None => f.grow(1).or_else(|| f.break_up_free_huge())?,
         };
         f.init(pfn, kind, 0);
-        pfn
+        Some(pfn)
     }
 
-    /// Allocates a PMD-sized compound frame holding `kind`; returns its head.
-    pub fn alloc_huge(&self, kind: FrameKind) -> Pfn {
+    /// Allocates a PMD-sized compound frame holding `kind`; returns its
+    /// head, or `None` when no naturally aligned block of free frames is
+    /// left (Linux's THP allocation failing after compaction).
+    pub fn alloc_huge(&self, kind: FrameKind) -> Option<Pfn> {
         let mut f = self.inner.lock();
         let head = match f.free_huge.pop() {
             Some(pfn) => pfn,
-            None => f.grow(HPAGE_PMD_NR),
+            None => f.grow(HPAGE_PMD_NR).or_else(|| f.compact_free_small())?,
         };
         f.init(head, kind, 9);
-        head
+        Some(head)
     }
 
     /// A copy of a frame's bookkeeping.
@@ -299,8 +334,13 @@ impl fmt::Debug for Memory {
 }
 
 impl Frames {
-    fn grow(&mut self, pages: u64) -> Pfn {
+    /// Takes `pages` never-used frames (aligned to `pages` when more than
+    /// one), or `None` if the machine has no more.
+    fn grow(&mut self, pages: u64) -> Option<Pfn> {
         let first = self.frames.len() as Pfn;
+        if first.next_multiple_of(pages) + pages > self.limit {
+            return None;
+        }
         let first = if pages > 1 {
             // Compound frames start on a multiple of their size, as in Linux.
             let aligned = first.next_multiple_of(pages);
@@ -315,7 +355,30 @@ impl Frames {
         for _ in 0..pages {
             self.frames.push(Frame::FREE);
         }
-        first
+        Some(first)
+    }
+
+    /// A free compound block given up as base pages: returns one, the rest
+    /// go to the small free list.
+    fn break_up_free_huge(&mut self) -> Option<Pfn> {
+        let head = self.free_huge.pop()?;
+        self.free_small.extend(head + 1..head + HPAGE_PMD_NR);
+        Some(head)
+    }
+
+    /// Compaction, at its simplest: a naturally aligned run of free base
+    /// pages taken off the small free list to become a compound block.
+    /// Scans every frame, so it runs only once the machine is full.
+    fn compact_free_small(&mut self) -> Option<Pfn> {
+        let n = HPAGE_PMD_NR as usize;
+        let head = self
+            .frames
+            .chunks_exact(n)
+            .position(|block| block.iter().all(|f| f.kind == FrameKind::Free))?;
+        let head = (head * n) as Pfn;
+        self.free_small
+            .retain(|pfn| !(head..head + HPAGE_PMD_NR).contains(pfn));
+        Some(head)
     }
 
     fn init(&mut self, head: Pfn, kind: FrameKind, order: u8) {

@@ -7,6 +7,7 @@
 use mmun_core::{Event, HeldMmLock, notify};
 
 use crate::address_space::{Ctx, ThpMode};
+use crate::error::{Errno, SysResult};
 use crate::frame::FrameKind;
 use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, align_up, is_aligned};
 use crate::page_table::{PmdEntry, Pte};
@@ -117,29 +118,40 @@ pub(crate) fn vma_adjust_trans_huge<L: HeldMmLock>(
 
 /// `do_huge_pmd_anonymous_page`: a read maps the huge zero page, a write a
 /// new huge page. The caller has prepared the anon_vma. No notifier: the
-/// PMD was empty.
+/// PMD was empty. False (`VM_FAULT_FALLBACK`) when memory has no huge page
+/// left: the caller faults a base page instead.
 pub(crate) fn huge_anonymous_fault<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
     vma: &Vma,
     addr: u64,
     write: bool,
-) {
+) -> bool {
     let haddr = align_down(addr, PMD_SIZE);
     let entry = if !write && ctx.config.thp_zero_page {
-        Pte::zero(ctx.mem.huge_zero())
+        let Some(zero) = ctx.mem.huge_zero() else {
+            return false;
+        };
+        Pte::zero(zero)
     } else {
-        let head = ctx.mem.alloc_huge(FrameKind::Anon);
+        let Some(head) = ctx.mem.alloc_huge(FrameKind::Anon) else {
+            return false;
+        };
         ctx.mem.map_pmd(head, ctx.id);
         Pte::new(head, vma.flags.contains(VmFlags::WRITE))
     };
     ctx.st.pt.set_pmd(haddr, PmdEntry::Huge(entry));
+    true
 }
 
 /// `do_huge_zero_wp_pmd` (6.18): a write to the huge zero page allocates a
-/// huge page and replaces the PMD under a `Clear` of the 2 MiB.
-pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) {
+/// huge page and replaces the PMD under a `Clear` of the 2 MiB. False
+/// (`VM_FAULT_FALLBACK`) when no huge page is to be had: the caller splits
+/// the PMD and faults a base page.
+pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) -> bool {
     let haddr = align_down(addr, PMD_SIZE);
-    let head = ctx.mem.alloc_huge(FrameKind::Anon);
+    let Some(head) = ctx.mem.alloc_huge(FrameKind::Anon) else {
+        return false;
+    };
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
     ctx.mem.map_pmd(head, ctx.id);
@@ -148,22 +160,26 @@ pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr:
         PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),
     );
     inv.only_end();
+    true
 }
 
 /// `collapse_huge_page` for `MADV_COLLAPSE`: a 2 MiB block mapped by PTEs of
 /// exclusive anonymous pages becomes one huge page. The `Clear` brackets
 /// only the clearing of the PMD; the copy and the new PMD come after it.
-/// Returns whether the block was collapsed.
-pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u64) -> bool {
+/// Fails with `EINVAL` when the block cannot collapse and `ENOMEM` when
+/// there is no huge page for it (`alloc_charge_folio` runs before any
+/// notifier: `SCAN_ALLOC_HUGE_PAGE_FAIL`).
+pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u64) -> SysResult {
     if !vma.is_anonymous()
         || vma.flags.contains(VmFlags::SHARED)
         || !vma.contains_range(haddr, haddr + PMD_SIZE)
     {
-        return false;
+        return Err(Errno::Inval);
     }
     if !collapsible(ctx, haddr) {
-        return false;
+        return Err(Errno::Inval);
     }
+    let head = ctx.mem.alloc_huge(FrameKind::Anon).ok_or(Errno::NoMem)?;
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     let old = ctx.st.pt.set_pmd(haddr, PmdEntry::None);
     inv.end();
@@ -172,13 +188,12 @@ pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u6
             release_pte(ctx.mem, ctx.id, table.get(haddr + i * PAGE_SIZE));
         }
     }
-    let head = ctx.mem.alloc_huge(FrameKind::Anon);
     ctx.mem.map_pmd(head, ctx.id);
     ctx.st.pt.set_pmd(
         haddr,
         PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),
     );
-    true
+    Ok(())
 }
 
 /// Whether the PTE table at `haddr` holds at least one anonymous page and

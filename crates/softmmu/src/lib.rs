@@ -39,6 +39,6 @@ pub use address_space::{
     AddressSpace, Config, DeviceView, MapRequest, PageTableBusy, ThpMode, Translation,
 };
 pub use error::{Errno, SysResult};
-pub use frame::{Memory, Pfn};
+pub use frame::{DEFAULT_MEMORY_BYTES, Memory, Pfn};
 pub use mremap::MremapFlags;
 pub use vma::{VmFlags, Vma};

@@ -270,17 +270,19 @@ fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64
     }
     let hstart = align_up(start, PMD_SIZE).unwrap_or(u64::MAX);
     let hend = align_down(end, PMD_SIZE);
-    let mut failed = false;
+    // madvise_collapse goes on after a failure and returns the errno of
+    // the last one.
+    let mut last_failure = None;
     let mut haddr = hstart;
     while haddr < hend {
         let already = matches!(
             ctx.st.pt.pmd(haddr),
             Some(crate::page_table::PmdEntry::Huge(_))
         );
-        if !already && !huge_memory::collapse(ctx, vma, haddr) {
-            failed = true;
+        if !already && let Err(errno) = huge_memory::collapse(ctx, vma, haddr) {
+            last_failure = Some(errno);
         }
         haddr += PMD_SIZE;
     }
-    if failed { Err(Errno::Inval) } else { Ok(()) }
+    last_failure.map_or(Ok(()), Err)
 }

@@ -53,9 +53,8 @@ impl AddressSpace {
                 Ok(())
             });
             result?;
-            // __mm_populate: an inaccessible VMA fails GUP with EFAULT,
-            // which mlock reports as ENOMEM (the VMAs stay locked).
-            populate(ctx, start, end).map_err(|_| Errno::NoMem)
+            // __mm_populate fails; the VMAs stay locked.
+            populate(ctx, start, end).map_err(mlock_errno)
         })
     }
 
@@ -237,4 +236,14 @@ fn can_change_writable<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, pte: Pte) -> 
     }
     let frame = ctx.mem.frame(pte.pfn());
     frame.kind == crate::frame::FrameKind::Anon && frame.anon_exclusive
+}
+
+/// `__mlock_posix_error_return`: GUP's `EFAULT` (an inaccessible VMA)
+/// becomes `ENOMEM`, and its `ENOMEM` (no page to be had) becomes `EAGAIN`.
+fn mlock_errno(errno: Errno) -> Errno {
+    match errno {
+        Errno::Fault => Errno::NoMem,
+        Errno::NoMem => Errno::Again,
+        other => other,
+    }
 }

@@ -11,7 +11,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use mmun_core::{Event, Mm, Notifier, NotifierOps, Owner, Range, StartFn};
-use mmun_script::{Line, Op, Outcome, Report, Step, StepReport, WINDOW_BASE, WINDOW_SIZE};
+use mmun_script::{
+    Line, Op, Outcome, Report, Step, StepReport, WINDOW_BASE, WINDOW_SIZE, WindowError,
+};
 use parking_lot::Mutex;
 
 use crate::address_space::{AddressSpace, MapRequest};
@@ -193,6 +195,32 @@ pub struct StepTrace {
     pub callbacks: Vec<Callback>,
 }
 
+/// Why a replay stopped before the end of its script.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// A step names a range outside the window (the kernel oracle refuses
+    /// the same step with the same words).
+    #[error(transparent)]
+    OutsideWindow(#[from] WindowError),
+    /// A CPU access found no free frame: on Linux the fault returns
+    /// `VM_FAULT_OOM` and the OOM killer kills the process, so nothing
+    /// after this step can run.
+    #[error(
+        "line {line}: `{text}`: out of memory: the page fault at offset {offset:#x} found none of the {memory_mib} MiB free; Linux's OOM killer would kill the process"
+    )]
+    OutOfMemory {
+        /// The script line of the step.
+        line: usize,
+        /// The step's words.
+        text: String,
+        /// The faulting offset in the window.
+        offset: u64,
+        /// The machine's RAM.
+        memory_mib: u64,
+    },
+}
+
 /// A software MMU process running a script: an address space with a
 /// KVM-like recording notifier, at the oracle's window.
 pub struct Replayer {
@@ -201,9 +229,15 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    /// A fresh process.
+    /// A fresh process on a machine with the default RAM
+    /// ([`DEFAULT_MEMORY_BYTES`](crate::frame::DEFAULT_MEMORY_BYTES)).
     pub fn new() -> Replayer {
-        let space = AddressSpace::new(Arc::new(Memory::new()));
+        Replayer::with_memory(Arc::new(Memory::new()))
+    }
+
+    /// A fresh process on `memory`.
+    pub fn with_memory(memory: Arc<Memory>) -> Replayer {
+        let space = AddressSpace::new(memory);
         let recorder = Notifier::register(space.mm(), &RECORDER_OPS, Recorder::default())
             .expect("a live address space accepts a notifier");
         Replayer { space, recorder }
@@ -220,14 +254,28 @@ impl Replayer {
     }
 
     /// Runs one step.
-    pub fn step(&self, step: &Step) -> StepTrace {
+    ///
+    /// # Errors
+    ///
+    /// [`ReplayError`]: the step leaves the window (nothing ran), or a
+    /// touch ran out of memory (the process would be dead).
+    pub fn step(&self, step: &Step) -> Result<StepTrace, ReplayError> {
+        step.check_window()?;
         let outcome = match run_op(&self.space, &step.op) {
             Ok(outcome) => outcome,
-            Err(errno) => Outcome::Rc(-i64::from(errno.code())),
+            Err(Failure::Errno(errno)) => Outcome::Rc(-i64::from(errno.code())),
+            Err(Failure::OomKill { addr }) => {
+                return Err(ReplayError::OutOfMemory {
+                    line: step.line,
+                    text: step.text.clone(),
+                    offset: addr - WINDOW_BASE,
+                    memory_mib: self.space.memory().total_bytes() >> 20,
+                });
+            }
         };
         let callbacks = std::mem::take(&mut *self.recorder.calls.lock());
         let lines = callbacks.iter().filter_map(report_line).collect();
-        StepTrace {
+        Ok(StepTrace {
             report: StepReport {
                 number: step.number,
                 text: step.text.clone(),
@@ -235,7 +283,7 @@ impl Replayer {
                 outcome,
             },
             callbacks,
-        }
+        })
     }
 }
 
@@ -254,15 +302,40 @@ impl Default for Replayer {
 }
 
 /// Runs a whole script and returns what every step did.
-pub fn replay(steps: &[Step]) -> Vec<StepTrace> {
+///
+/// # Errors
+///
+/// The first step's [`ReplayError`]; the window is checked for every step
+/// before any runs, as the kernel oracle's run fails before it reports.
+pub fn replay(steps: &[Step]) -> Result<Vec<StepTrace>, ReplayError> {
+    mmun_script::check_window(steps)?;
     let replayer = Replayer::new();
     steps.iter().map(|s| replayer.step(s)).collect()
 }
 
 /// Runs a whole script and returns the oracle-format report.
-pub fn replay_report(steps: &[Step]) -> Report {
-    Report {
-        steps: replay(steps).into_iter().map(|t| t.report).collect(),
+///
+/// # Errors
+///
+/// As [`replay`].
+pub fn replay_report(steps: &[Step]) -> Result<Report, ReplayError> {
+    Ok(Report {
+        steps: replay(steps)?.into_iter().map(|t| t.report).collect(),
+    })
+}
+
+/// How an op failed: an errno for the report, or the process killed.
+enum Failure {
+    Errno(crate::Errno),
+    /// A CPU access at `addr` could not get a page.
+    OomKill {
+        addr: u64,
+    },
+}
+
+impl From<crate::Errno> for Failure {
+    fn from(errno: crate::Errno) -> Failure {
+        Failure::Errno(errno)
     }
 }
 
@@ -277,7 +350,7 @@ fn report_line(call: &Callback) -> Option<Line> {
     }
 }
 
-fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
+fn run_op(space: &AddressSpace, op: &Op) -> Result<Outcome, Failure> {
     let at = |off: u64| WINDOW_BASE.wrapping_add(off);
     match *op {
         Op::Mmap {
@@ -299,21 +372,25 @@ fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
                 fixed: flags.fixed,
                 noreplace: !flags.fixed,
             };
-            space.mmap(req).map(|_| Outcome::Rc(0))
+            Ok(space.mmap(req).map(|_| Outcome::Rc(0))?)
         }
         Op::Touch { off, len, write } => {
             for page in pages(at(off), len) {
-                space.access(page?, write)?;
+                let page = page?;
+                match space.access(page, write) {
+                    Err(crate::Errno::NoMem) => return Err(Failure::OomKill { addr: page }),
+                    result => result?,
+                }
             }
             Ok(Outcome::Rc(0))
         }
-        Op::Munmap { off, len } => space.munmap(at(off), len).map(|()| Outcome::Rc(0)),
-        Op::Mprotect { off, len, prot } => {
-            space.mprotect(at(off), len, prot).map(|()| Outcome::Rc(0))
-        }
-        Op::Madvise { off, len, advice } => {
-            space.madvise(at(off), len, advice).map(|()| Outcome::Rc(0))
-        }
+        Op::Munmap { off, len } => Ok(space.munmap(at(off), len).map(|()| Outcome::Rc(0))?),
+        Op::Mprotect { off, len, prot } => Ok(space
+            .mprotect(at(off), len, prot)
+            .map(|()| Outcome::Rc(0))?),
+        Op::Madvise { off, len, advice } => Ok(space
+            .madvise(at(off), len, advice)
+            .map(|()| Outcome::Rc(0))?),
         Op::Mremap {
             off,
             old_len,
@@ -339,8 +416,8 @@ fn run_op(space: &AddressSpace, op: &Op) -> SysResult<Outcome> {
             space.fork().exit();
             Ok(Outcome::Rc(0))
         }
-        Op::Mlock { off, len } => space.mlock(at(off), len).map(|()| Outcome::Rc(0)),
-        Op::Munlock { off, len } => space.munlock(at(off), len).map(|()| Outcome::Rc(0)),
+        Op::Mlock { off, len } => Ok(space.mlock(at(off), len).map(|()| Outcome::Rc(0))?),
+        Op::Munlock { off, len } => Ok(space.munlock(at(off), len).map(|()| Outcome::Rc(0))?),
         Op::SoftDirty => {
             space.clear_soft_dirty();
             Ok(Outcome::Rc(0))
@@ -384,7 +461,7 @@ fn pages(start: u64, len: u64) -> impl Iterator<Item = SysResult<u64>> {
 }
 
 /// The RC of the software-MMU-only ops that act on many pages: how many.
-fn count(n: usize) -> SysResult<Outcome> {
+fn count(n: usize) -> Result<Outcome, Failure> {
     Ok(Outcome::Rc(i64::try_from(n).unwrap_or(i64::MAX)))
 }
 

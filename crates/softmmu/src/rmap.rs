@@ -13,7 +13,7 @@
 use mmun_core::{Event, HeldMmLock, notify};
 
 use crate::address_space::{AddressSpace, Ctx};
-use crate::frame::FrameKind;
+use crate::frame::{FrameKind, Pfn};
 use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, block_end};
 use crate::page_table::{PmdEntry, Pte, SwapKind};
 use crate::zap::release_pte;
@@ -87,10 +87,7 @@ impl AddressSpace {
                 .into_iter()
                 .filter(|f| ctx.mem.frame(f.entry.pfn()).kind == FrameKind::Anon)
                 .collect();
-            for folio in &folios {
-                migrate_one(ctx, folio);
-            }
-            folios.len()
+            folios.iter().filter(|f| migrate_one(ctx, f)).count()
         })
     }
 
@@ -128,8 +125,22 @@ impl AddressSpace {
                 .map(|f| (*f, install_migration_entry(ctx, f)))
                 .collect();
             inv.end();
+            let mut moved = 0;
             for (folio, old) in &collected {
-                finish_migration(ctx, folio.start, *old);
+                let kind = ctx.mem.frame(old.pfn()).kind;
+                match ctx.mem.alloc(kind) {
+                    Some(new_pfn) => {
+                        finish_migration(ctx, folio.start, *old, new_pfn);
+                        moved += 1;
+                    }
+                    // No destination page: migrate_vma_finalize puts the
+                    // source back (remove_migration_ptes with the old folio).
+                    None => {
+                        if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
+                            *slot = *old;
+                        }
+                    }
+                }
                 // What the CPU now reaches there: the new frame, unless the
                 // entry is inaccessible.
                 let new =
@@ -142,7 +153,7 @@ impl AddressSpace {
                     });
                 map(folio.start, new);
             }
-            collected.len()
+            moved
         })
     }
 
@@ -234,18 +245,27 @@ fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
     inv.end();
 }
 
-/// `try_to_migrate_one` + `remove_migration_ptes`.
-fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
+/// `try_to_migrate_one` + `remove_migration_ptes`. The destination is
+/// allocated first (`migrate_folio_unmap` gets it before unmapping): with
+/// no memory for it the folio stays where it is, unnotified, and this
+/// returns false.
+fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
+    let kind = ctx.mem.frame(folio.entry.pfn()).kind;
     if folio.huge {
+        let Some(head) = ctx.mem.alloc_huge(kind) else {
+            return false;
+        };
         let inv = ctx.start(Event::Clear, folio.start, folio.end);
-        let head = ctx.mem.alloc_huge(ctx.mem.frame(folio.entry.pfn()).kind);
         ctx.mem.map_pmd(head, ctx.id);
         let new = Pte::new(head, folio.entry.is_write()).with_young(folio.entry.is_young());
         ctx.st.pt.set_pmd(folio.start, PmdEntry::Huge(new));
         inv.end();
         crate::zap::release_huge(ctx.mem, ctx.id, folio.entry);
-        return;
+        return true;
     }
+    let Some(new_pfn) = ctx.mem.alloc(kind) else {
+        return false;
+    };
     let inv = ctx.start(Event::Clear, folio.start, folio.end);
     // `try_to_migrate_one` takes the PTL only after the start, and
     // `page_vma_mapped_walk` finds the entry again under it.
@@ -253,7 +273,8 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
     let current = ctx.st.pt.pte(folio.start);
     if !current.is_present() || current.pfn() != folio.entry.pfn() {
         inv.end();
-        return;
+        ctx.mem.put(new_pfn);
+        return true;
     }
     let folio = Mapped {
         entry: current,
@@ -261,7 +282,8 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
     };
     let old = install_migration_entry(ctx, &folio);
     inv.end();
-    finish_migration(ctx, folio.start, old);
+    finish_migration(ctx, folio.start, old, new_pfn);
+    true
 }
 
 fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
@@ -272,9 +294,7 @@ fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) 
     old
 }
 
-fn finish_migration<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, old: Pte) {
-    let kind = ctx.mem.frame(old.pfn()).kind;
-    let new_pfn = ctx.mem.alloc(kind);
+fn finish_migration<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, old: Pte, new_pfn: Pfn) {
     ctx.mem.map_pte(new_pfn, ctx.id);
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {
         // `remove_migration_pte` rebuilds the entry from the VMA's

@@ -46,16 +46,21 @@ impl ShmemObject {
 
     /// The page at `index`, allocated (zero-filled) on first use; the
     /// returned frame carries a reference for the caller's new mapping.
-    pub fn get_page(&self, memory: &Memory, index: u64) -> Pfn {
+    /// `None` if it is not cached and memory is full.
+    pub fn get_page(&self, memory: &Memory, index: u64) -> Option<Pfn> {
         let mut pages = self.pages.lock();
-        let pfn = *pages.entry(index).or_insert_with(|| {
-            memory.alloc(FrameKind::File {
-                object: self.id,
-                index,
-            })
-        });
+        let pfn = match pages.get(&index) {
+            Some(pfn) => *pfn,
+            None => {
+                let kind = FrameKind::File {
+                    object: self.id,
+                    index,
+                };
+                *pages.entry(index).or_insert(memory.alloc(kind)?)
+            }
+        };
         memory.get(pfn);
-        pfn
+        Some(pfn)
     }
 
     /// The page at `index` if it is in the cache.

@@ -30,7 +30,7 @@ fn run_one(dir: &Path, name: &str) -> ScriptResult {
         .expect("expected output");
     let expected = Report::parse(&expected).expect("recorded report parses");
     let steps = parse_script(&script).expect("recorded script parses");
-    let actual = replay_report(&steps);
+    let actual = replay_report(&steps).expect("recorded scripts replay to the end");
     let mut matching = 0;
     let mut first_divergence = None;
     for (want, got) in expected.steps.iter().zip(&actual.steps) {

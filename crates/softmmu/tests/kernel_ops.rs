@@ -14,10 +14,10 @@ const B: u64 = WINDOW_BASE;
 fn stream(setup: &str, op: &str) -> (Vec<Callback>, String) {
     let replayer = Replayer::new();
     for step in parse_script(setup).unwrap() {
-        replayer.step(&step);
+        replayer.step(&step).unwrap();
     }
     let step = &parse_script(op).unwrap()[0];
-    let trace = replayer.step(step);
+    let trace = replayer.step(step).unwrap();
     (trace.callbacks, trace.report.outcome.to_string())
 }
 
@@ -132,9 +132,11 @@ fn ksm_write_protects_every_page_then_replaces_all_but_the_first() {
     // A write to a KSM page copies it under a Clear of the page.
     let replayer = Replayer::new();
     for step in parse_script("mmap 0 0x2000 rw\ntouch 0 0x2000 w\nksm 0 0x2000\n").unwrap() {
-        replayer.step(&step);
+        replayer.step(&step).unwrap();
     }
-    let write = replayer.step(&parse_script("touch 0x1000 0x1000 w").unwrap()[0]);
+    let write = replayer
+        .step(&parse_script("touch 0x1000 0x1000 w").unwrap()[0])
+        .unwrap();
     assert_eq!(
         starts(&write.callbacks),
         vec![start(Event::Clear, 0x1000, 0x2000)]
@@ -163,9 +165,11 @@ fn device_exclusive_then_cpu_access_reverts_with_clear_and_no_owner() {
     for step in
         parse_script("mmap 0 0x2000 rw\ntouch 0 0x2000 w\nexclusive 0x1000 0x1000\n").unwrap()
     {
-        replayer.step(&step);
+        replayer.step(&step).unwrap();
     }
-    let cpu = replayer.step(&parse_script("touch 0x1000 0x1000 r").unwrap()[0]);
+    let cpu = replayer
+        .step(&parse_script("touch 0x1000 0x1000 r").unwrap()[0])
+        .unwrap();
     assert_eq!(
         starts(&cpu.callbacks),
         vec![start(Event::Clear, 0x1000, 0x2000)]
@@ -281,10 +285,12 @@ static REFUSES_NONBLOCK: mmun_core::NotifierOps<()> = mmun_core::NotifierOps {
 fn the_oom_reaper_skips_a_vma_a_subscriber_refuses() {
     let replayer = Replayer::new();
     for step in parse_script("mmap 0 0x1000 rw\ntouch 0 0x1000 w\n").unwrap() {
-        replayer.step(&step);
+        replayer.step(&step).unwrap();
     }
     let refuser = mmun_core::Notifier::register(replayer.mm(), &REFUSES_NONBLOCK, ()).unwrap();
-    let trace = replayer.step(&parse_script("oom_reap").unwrap()[0]);
+    let trace = replayer
+        .step(&parse_script("oom_reap").unwrap()[0])
+        .unwrap();
     assert_eq!(trace.report.outcome.to_string(), "RC -11");
     let nonblock = Callback::Start {
         event: Event::Unmap,
@@ -321,7 +327,7 @@ fn migration_keeps_a_prot_none_page_inaccessible() {
     let replayer = Replayer::new();
     let setup = "mmap 0 0x1000 rw\ntouch 0 0x1000 w\nmprotect 0 0x1000 none\n";
     for step in parse_script(setup).unwrap() {
-        replayer.step(&step);
+        replayer.step(&step).unwrap();
     }
     let space = replayer.space();
     let (before, _) = space.mapped_frame(B).expect("mapped, PROT_NONE");

@@ -7,6 +7,11 @@ use mmun_secondary::Bug;
 /// How long `mmun stress` runs when given neither `seconds` nor `ops`.
 pub const DEFAULT_SECONDS: f64 = 10.0;
 
+/// The most mutator operations a round may have: a round's address space,
+/// its secondaries' state and its threads' records live until the round
+/// exits, so a round must end within a bounded amount of memory.
+pub const MAX_ROUND_OPS: u64 = 1_000_000;
+
 /// The parameters of a run.
 #[derive(Debug, Clone)]
 pub struct StressConfig {
@@ -88,8 +93,11 @@ impl StressConfig {
         if !(1..=16).contains(&self.mutators) {
             return bad("mutators must be 1 to 16");
         }
-        if self.round_ops == 0 {
-            return bad("round_ops must be positive");
+        if !(1..=MAX_ROUND_OPS).contains(&self.round_ops) {
+            return bad(&format!(
+                "round_ops must be 1 to {MAX_ROUND_OPS} (a round keeps its address space, \
+                 secondaries and trace until it ends; start more rounds instead)"
+            ));
         }
         if self.stall.is_zero() {
             return bad("stall must be positive");

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use mmun_secondary::Bug;
 
-pub use config::{ConfigError, DEFAULT_SECONDS, StressConfig};
+pub use config::{ConfigError, DEFAULT_SECONDS, MAX_ROUND_OPS, StressConfig};
 pub use kind::{OpCounts, OpKind};
 pub use report::{SecondaryReport, StressReport};
 pub use trace::Trace;
@@ -91,6 +91,21 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// be attached.
 pub fn run(
     config: &StressConfig,
+    progress: impl FnMut(&Progress),
+) -> Result<StressReport, StressError> {
+    run_until(config, &AtomicBool::new(false), progress)
+}
+
+/// [`run`], ending early (the round in progress still ends with its exit)
+/// once `interrupt` is set, e.g. by a Ctrl-C handler; the report covers
+/// what ran until then.
+///
+/// # Errors
+///
+/// As [`run`].
+pub fn run_until(
+    config: &StressConfig,
+    interrupt: &AtomicBool,
     mut progress: impl FnMut(&Progress),
 ) -> Result<StressReport, StressError> {
     config.validate()?;
@@ -102,7 +117,7 @@ pub fn run(
         s.spawn(|| watchdog::watch(&shared, &done));
         // Dismissed even if a thread's panic unwinds through here.
         let _dismiss = watchdog::Dismiss(&done);
-        rounds(&shared, &plan, &mut progress, &mut totals)
+        rounds(&shared, &plan, interrupt, &mut progress, &mut totals)
     });
     let rounds = result?;
     Ok(summarise(&shared, rounds, totals))
@@ -140,6 +155,7 @@ impl Totals {
 fn rounds(
     shared: &Shared,
     plan: &Plan,
+    interrupt: &AtomicBool,
     progress: &mut dyn FnMut(&Progress),
     totals: &mut Totals,
 ) -> Result<u64, StressError> {
@@ -148,7 +164,7 @@ fn rounds(
     while !shared.stopping() {
         shared.round.store(number, Ordering::Relaxed);
         let mut tick = || {
-            check_budget(shared);
+            check_budget(shared, interrupt);
             let now = shared.now();
             if now >= last_report + PROGRESS_EVERY {
                 last_report = now;
@@ -159,13 +175,16 @@ fn rounds(
         shared.check_violations();
         totals.add(shared, number, out);
         number += 1;
-        check_budget(shared);
+        check_budget(shared, interrupt);
     }
     progress(&progress_of(shared, number));
     Ok(number)
 }
 
-fn check_budget(shared: &Shared) {
+fn check_budget(shared: &Shared, interrupt: &AtomicBool) {
+    if interrupt.load(Ordering::Relaxed) {
+        shared.stop.store(true, Ordering::Relaxed);
+    }
     let config = &shared.config;
     let timed_out = config.time_limit().is_some_and(|t| shared.now() >= t);
     let spent = config

@@ -1,5 +1,6 @@
 //! `mmun diff SCRIPT`: the software MMU against Linux, step by step.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,7 +45,21 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             mmun_oracle::run_script(&steps, &opts)?
         }
     };
-    let softmmu = replay_report(&steps);
+    let softmmu = replay_report(&steps).with_context(|| format!("{}", args.script.display()))?;
+    let mut out = std::io::stdout().lock();
+    let code = compare(&mut out, &linux, &softmmu, steps.len()).context("writing stdout")?;
+    out.flush().context("writing stdout")?;
+    Ok(code)
+}
+
+/// Prints the verdict: identical, the first step that differs, or a length
+/// mismatch.
+fn compare(
+    out: &mut impl Write,
+    linux: &Report,
+    softmmu: &Report,
+    script_steps: usize,
+) -> std::io::Result<ExitCode> {
     let first = linux
         .steps
         .iter()
@@ -53,23 +68,25 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let same = softmmu.steps.len().min(linux.steps.len());
     match first {
         Some(i) => {
-            println!("first divergence at step {} of {}:", i + 1, steps.len());
-            print!(
+            writeln!(out, "first divergence at step {} of {script_steps}:", i + 1)?;
+            write!(
+                out,
                 "--- linux\n{}--- softmmu\n{}",
                 linux.steps[i], softmmu.steps[i]
-            );
+            )?;
             Ok(ExitCode::FAILURE)
         }
         None if linux.steps.len() != softmmu.steps.len() => {
-            println!(
+            writeln!(
+                out,
                 "the reports agree on {same} steps but differ in length ({} vs {})",
                 linux.steps.len(),
                 softmmu.steps.len()
-            );
+            )?;
             Ok(ExitCode::FAILURE)
         }
         None => {
-            println!("identical: {same} steps");
+            writeln!(out, "identical: {same} steps")?;
             Ok(ExitCode::SUCCESS)
         }
     }

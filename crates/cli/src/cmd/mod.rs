@@ -10,16 +10,36 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// The whole input file, or stdin for `-`.
+/// The whole input file, or stdin for `-`, as text; binary input is an
+/// error naming the file and the line where it stops being text.
 pub(crate) fn read_input(path: &Path) -> anyhow::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut text = String::new();
+    let bytes = if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .context("reading stdin")?;
-        return Ok(text);
+        bytes
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let text = mmun_script::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok(text.to_owned())
+}
+
+/// The software MMU's RAM, for the subcommands that replay.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MemoryArg {
+    /// RAM of the software MMU in MiB: a touch that finds none free is an
+    /// OOM kill, populate and mlock fail as on Linux.
+    #[arg(long = "memory-mib", value_name = "MIB", default_value_t = mmun_softmmu::DEFAULT_MEMORY_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    mib: u64,
+}
+
+impl MemoryArg {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.mib << 20
     }
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Parses a script file, naming the file in errors (which name the line).

@@ -1,6 +1,9 @@
 //! `mmun oracle SCRIPT`: the same report, from the real kernel.
 
+use std::io::Write;
 use std::path::PathBuf;
+
+use anyhow::Context;
 use std::process::ExitCode;
 
 use mmun_oracle::Options;
@@ -30,6 +33,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(UNAVAILABLE));
     }
     let report = mmun_oracle::run_script(&steps, &opts)?;
-    print!("{report}");
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")
+        .and_then(|()| out.flush())
+        .context("writing stdout")?;
     Ok(ExitCode::SUCCESS)
 }

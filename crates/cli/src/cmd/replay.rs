@@ -4,8 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use mmun_softmmu::replay::Replayer;
+use mmun_softmmu::Memory;
+use mmun_softmmu::replay::{Replayer, StepTrace};
 
 /// Arguments of `mmun replay`.
 #[derive(Debug, clap::Args)]
@@ -16,22 +19,37 @@ pub(crate) struct Args {
     /// starts and ends, young calls.
     #[arg(long)]
     events: bool,
+    #[command(flatten)]
+    memory: super::MemoryArg,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let text = super::read_input(&args.script)?;
     let steps =
         mmun_script::parse_script(&text).with_context(|| format!("{}", args.script.display()))?;
-    let replayer = Replayer::new();
+    mmun_script::check_window(&steps)?;
+    let replayer = Replayer::with_memory(Arc::new(Memory::with_bytes(args.memory.bytes())));
     let mut out = std::io::stdout().lock();
     for step in &steps {
-        let trace = replayer.step(step);
-        write!(out, "{}", trace.report)?;
-        if args.events {
-            for call in &trace.callbacks {
-                writeln!(out, "    | {call}")?;
+        let trace = match replayer.step(step) {
+            Ok(trace) => trace,
+            Err(e) => {
+                out.flush().context("writing stdout")?;
+                return Err(anyhow::Error::new(e).context(format!("{}", args.script.display())));
             }
+        };
+        print_step(&mut out, &trace, args.events).context("writing stdout")?;
+    }
+    out.flush().context("writing stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_step(out: &mut impl Write, trace: &StepTrace, events: bool) -> std::io::Result<()> {
+    write!(out, "{}", trace.report)?;
+    if events {
+        for call in &trace.callbacks {
+            writeln!(out, "    | {call}")?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! secondaries while others change the address space under them.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -94,24 +95,60 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ..StressConfig::default()
     };
     config.validate()?;
+    let interrupted = interrupt_on_ctrl_c()?;
     let bar = progress_bar(args.quiet);
-    let report = mmun_stress::run(&config, |p| show(&bar, p))?;
+    let report = mmun_stress::run_until(&config, interrupted, |p| show(&bar, p))?;
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
-    write!(out, "{report}")?;
-    if report.is_clean() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(out)?;
-    write!(out, "{}", report.violation_report(Some(TAIL)))?;
-    if let Some(path) = &args.trace_out {
-        write_trace(path, &report)?;
-        writeln!(out, "# full trace written to {}", path.display())?;
-    }
-    Ok(ExitCode::from(1))
+    let interrupted = interrupted.load(Ordering::Relaxed);
+    let code = print_report(&mut out, &report, interrupted, args.trace_out.as_deref())?;
+    out.flush().context("writing stdout")?;
+    Ok(code)
 }
 
-fn write_trace(path: &PathBuf, report: &StressReport) -> anyhow::Result<()> {
+/// Exit status after Ctrl-C: 128 + SIGINT, as a shell reports it.
+const INTERRUPTED: u8 = 130;
+
+/// A flag the first Ctrl-C sets (the run then stops and reports what it
+/// measured); a second one exits at once.
+fn interrupt_on_ctrl_c() -> anyhow::Result<&'static AtomicBool> {
+    static INTERRUPTED_FLAG: AtomicBool = AtomicBool::new(false);
+    ctrlc::set_handler(|| {
+        if INTERRUPTED_FLAG.swap(true, Ordering::Relaxed) {
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(&INTERRUPTED_FLAG)
+}
+
+fn print_report(
+    out: &mut impl Write,
+    report: &StressReport,
+    interrupted: bool,
+    trace_out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let stdout = |r: std::io::Result<()>| r.context("writing stdout");
+    if interrupted {
+        stdout(writeln!(out, "# interrupted: what ran until Ctrl-C"))?;
+    }
+    stdout(write!(out, "{report}"))?;
+    if !report.is_clean() {
+        stdout(writeln!(out))?;
+        stdout(write!(out, "{}", report.violation_report(Some(TAIL))))?;
+        if let Some(path) = trace_out {
+            write_trace(path, report)?;
+            stdout(writeln!(out, "# full trace written to {}", path.display()))?;
+        }
+    }
+    Ok(match (interrupted, report.is_clean()) {
+        (true, _) => ExitCode::from(INTERRUPTED),
+        (false, true) => ExitCode::SUCCESS,
+        (false, false) => ExitCode::from(1),
+    })
+}
+
+fn write_trace(path: &Path, report: &StressReport) -> anyhow::Result<()> {
     std::fs::write(path, report.violation_report(None))
         .with_context(|| format!("writing {}", path.display()))
 }
