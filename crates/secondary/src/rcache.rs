@@ -81,9 +81,9 @@ mod rebuild;
 mod registration;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use mmun_core::driver_lock::{DriverLock, FaultGuard, Retry};
@@ -124,7 +124,16 @@ struct Shared {
     /// The cache lock: the driver lock of the retry protocol.
     locked: DriverLock<Locked>,
     stats: Stats,
+    /// Counts [`Secondary::fault`]s, to choose their buffers.
+    buffers: AtomicU64,
+    /// Called in the middle of each [`Secondary::access`] use (see
+    /// [`RegistrationCache::set_use_hook`]).
+    use_hook: OnceLock<UseHook>,
 }
+
+/// A hook a test harness runs in the middle of a use, while the use
+/// reference is held: where a real device's transfer takes its time.
+pub type UseHook = Box<dyn Fn() + Send + Sync>;
 
 impl Shared {
     /// The LRU clock's reading.
@@ -190,6 +199,8 @@ impl RegistrationCache {
             next_id: AtomicU64::new(1),
             locked: DriverLock::new(&CACHE_LOCK, Locked::default()),
             stats: Stats::default(),
+            buffers: AtomicU64::new(0),
+            use_hook: OnceLock::new(),
         };
         RegistrationCache {
             shared: Arc::new(shared),
@@ -290,6 +301,18 @@ impl RegistrationCache {
             hits: s.hits.load(Relaxed),
             misses: s.misses.load(Relaxed),
         }
+    }
+
+    /// Sets the hook every [`Secondary::access`] runs after its first page
+    /// and before the rest, with the use reference held (a slow transfer:
+    /// invalidations of the registration must wait for it). Once per
+    /// cache.
+    ///
+    /// # Errors
+    ///
+    /// Gives `hook` back if one is set already.
+    pub fn set_use_hook(&self, hook: UseHook) -> Result<(), UseHook> {
+        self.shared.use_hook.set(hook)
     }
 
     /// The address space the cache registers memory of.
@@ -486,9 +509,15 @@ impl Secondary for RegistrationCache {
         NAME
     }
 
-    /// Gets a registration of the page holding `va`.
+    /// Gets a registration of the page holding `va`, or of a buffer
+    /// around it (see [`RcacheConfig::fault_pages`]).
     fn fault(&self, va: u64, write: bool) -> Result<(), FaultError> {
-        let handle = self.get(align_down(va, PAGE_SIZE), PAGE_SIZE)?;
+        let page = align_down(va, PAGE_SIZE);
+        let (addr, len) = self.buffer_around(page);
+        let handle = match self.get(addr, len) {
+            Err(FaultError::Unmapped) if len > PAGE_SIZE => self.get(page, PAGE_SIZE)?,
+            result => result?,
+        };
         if write && !handle.translation(va).is_some_and(|t| t.writable) {
             // Registered read-only because the mapping refused a write.
             return Err(FaultError::Unmapped);
@@ -497,10 +526,12 @@ impl Secondary for RegistrationCache {
         Ok(())
     }
 
-    /// The hit path, then one use.
+    /// The hit path, then one use: of the page holding `va`, then (after
+    /// the use hook) of up to [`RcacheConfig::fault_pages`] - 1 more pages
+    /// of the registration.
     fn access(&self, va: u64, write: bool) -> Access {
         let outcome = match self.lookup(va, 1) {
-            Some(handle) => handle.access(va, write),
+            Some(handle) => self.use_pages(&handle, va, write),
             None => Access::Miss,
         };
         match outcome {
@@ -520,6 +551,62 @@ impl Secondary for RegistrationCache {
             misses: s.misses,
         }
     }
+}
+
+impl RegistrationCache {
+    /// The buffer a fault of `page` registers: `(addr, len)` covering it.
+    fn buffer_around(&self, page: u64) -> (u64, u64) {
+        let most = self.shared.config.fault_pages.max(1);
+        if most == 1 {
+            return (page, PAGE_SIZE);
+        }
+        let r = mix(self.shared.buffers.fetch_add(1, Relaxed));
+        let before = (r % most).min(page / PAGE_SIZE);
+        let after = (r >> 8) % most;
+        // Unaligned ends half the time, as malloc'd buffers have.
+        let (head, tail) = if r & (1 << 40) != 0 {
+            ((r >> 16) % PAGE_SIZE, (r >> 28) % PAGE_SIZE)
+        } else {
+            (0, 0)
+        };
+        let head = if before == 0 { 0 } else { head };
+        let addr = page - before * PAGE_SIZE + head;
+        let end = page + (after + 1) * PAGE_SIZE - tail;
+        (addr, end - addr)
+    }
+
+    /// One use of `handle`: `va`'s page, the hook, then more pages.
+    fn use_pages(&self, handle: &RegHandle<'_>, va: u64, write: bool) -> Access {
+        let Some(guard) = handle.begin_use() else {
+            return Access::Miss;
+        };
+        let outcome = guard.access(va, write);
+        if outcome == Access::Miss {
+            return outcome;
+        }
+        if let Some(hook) = self.shared.use_hook.get() {
+            hook();
+        }
+        let more = self.shared.config.fault_pages.max(1) - 1;
+        let page = align_down(va, PAGE_SIZE);
+        for i in 1..=more {
+            let next = page + i * PAGE_SIZE;
+            if next >= handle.end() {
+                break;
+            }
+            // A read: the registration may be writable only in part.
+            guard.access(next, false);
+        }
+        outcome
+    }
+}
+
+/// A 64-bit finaliser (splitmix64's), to spread a counter's bits.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Drop for RegistrationCache {

@@ -260,6 +260,7 @@ fn summarise(shared: &Shared, rounds: u64, totals: Totals) -> StressReport {
         ops: totals.ops,
         secondaries: totals.secondaries,
         checks: shared.coherence.checks(),
+        inconclusive: shared.coherence.inconclusive(),
         violation_count: shared.coherence.violation_count(),
         violations: shared.coherence.violations(),
         first_violation: shared.first_violation.get().copied(),

@@ -336,6 +336,7 @@ impl ShadowMmu {
             self.coherence.record(violation);
         } else {
             bump(&self.inner.stats.inconclusive);
+            self.coherence.note_inconclusive();
         }
     }
 }
