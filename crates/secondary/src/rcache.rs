@@ -561,8 +561,9 @@ impl RegistrationCache {
             return (page, PAGE_SIZE);
         }
         let r = mix(self.shared.buffers.fetch_add(1, Relaxed));
-        let before = (r % most).min(page / PAGE_SIZE);
-        let after = (r >> 8) % most;
+        let pages = 1 + r % most;
+        let before = ((r >> 8) % pages).min(page / PAGE_SIZE);
+        let after = pages - 1 - before;
         // Unaligned ends half the time, as malloc'd buffers have.
         let (head, tail) = if r & (1 << 40) != 0 {
             ((r >> 16) % PAGE_SIZE, (r >> 28) % PAGE_SIZE)
