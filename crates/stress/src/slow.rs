@@ -25,14 +25,16 @@ const WAIT: Duration = Duration::from_micros(300);
 pub(crate) struct SlowWalks {
     mutations: Arc<AtomicU64>,
     every: u64,
+    uses_every: u64,
 }
 
 impl SlowWalks {
-    /// One attempt in `every` waits (0: none).
-    pub(crate) fn new(every: u64) -> SlowWalks {
+    /// One walk in `every` and one use in `uses_every` waits (0: none).
+    pub(crate) fn new(every: u64, uses_every: u64) -> SlowWalks {
         SlowWalks {
             mutations: Arc::new(AtomicU64::new(0)),
             every,
+            uses_every,
         }
     }
 
@@ -43,7 +45,7 @@ impl SlowWalks {
 
     /// The device mirror's walk hook.
     pub(crate) fn hook(&self) -> WalkHook {
-        let wait = self.waiter();
+        let wait = self.waiter(self.every);
         Arc::new(move |_page, _attempt| wait())
     }
 
@@ -52,13 +54,12 @@ impl SlowWalks {
     /// transfer would. A correct cache's invalidation waits for it; one
     /// that does not lets the step change the pages under the use.
     pub(crate) fn use_hook(&self) -> UseHook {
-        Box::new(self.waiter())
+        Box::new(self.waiter(self.uses_every))
     }
 
     /// One call in `every` waits for the next mutation (at most [`WAIT`]).
-    fn waiter(&self) -> impl Fn() + Send + Sync + 'static {
+    fn waiter(&self, every: u64) -> impl Fn() + Send + Sync + 'static {
         let mutations = Arc::clone(&self.mutations);
-        let every = self.every;
         let tickets = AtomicU64::new(0);
         move || {
             if every == 0
