@@ -52,6 +52,7 @@ use mmun_core::Notifier;
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 use mmun_softmmu::{AddressSpace, Translation};
 
+pub use self::callbacks::PreemptHook;
 use self::callbacks::{Inner, bump, read};
 use self::table::Held;
 use crate::{Access, Bug, Coherence, Counters, FaultError, Secondary};
@@ -192,6 +193,19 @@ impl ShadowMmu {
     /// The address space it mirrors.
     pub fn space(&self) -> &Arc<AddressSpace> {
         &self.space
+    }
+
+    /// Sets the hook run after each release of `mmu_lock` (see
+    /// [`PreemptHook`]). Once per shadow MMU.
+    ///
+    /// # Errors
+    ///
+    /// Gives `hook` back if one is set already.
+    pub fn set_preempt_hook(&self, hook: PreemptHook) -> Result<(), PreemptHook> {
+        self.inner
+            .preempt
+            .set(self::callbacks::Preempt(hook))
+            .map_err(|p| p.0)
     }
 
     /// The first half of a fault: snapshot the sequence, then walk the
