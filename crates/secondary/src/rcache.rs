@@ -233,6 +233,9 @@ impl RegistrationCache {
         let index = shared.index.load();
         let at = index.position(addr, end)?;
         let reg = &index.regs()[at];
+        // The acknowledgements before the state: a callback that acked
+        // after this read is one the handle's uses must not outlive.
+        let acks = reg.acks();
         let issued = reg.state();
         if !shared.protocol.hands_out(issued) {
             return None;
@@ -242,6 +245,7 @@ impl RegistrationCache {
             cache: shared,
             held: Held::Snapshot(index, at),
             issued,
+            acks,
         })
     }
 
@@ -303,10 +307,11 @@ impl RegistrationCache {
         }
     }
 
-    /// Sets the hook every [`Secondary::access`] runs after its first page
-    /// and before the rest, with the use reference held (a slow transfer:
-    /// invalidations of the registration must wait for it). Once per
-    /// cache.
+    /// Sets the hook every [`Secondary::access`] runs twice: between its
+    /// lookup and taking the use reference (a preempted thread), and after
+    /// its first page and before the rest, with the use reference held (a
+    /// slow transfer: invalidations of the registration must wait for it).
+    /// Once per cache.
     ///
     /// # Errors
     ///
@@ -366,6 +371,7 @@ impl RegistrationCache {
         self.finish(retired);
         Ok(RegHandle {
             cache: &self.shared,
+            acks: chosen.acks(),
             held: Held::Owned(chosen),
             issued: State::Live,
         })
@@ -526,8 +532,8 @@ impl Secondary for RegistrationCache {
         Ok(())
     }
 
-    /// The hit path, then one use: of the page holding `va`, then (after
-    /// the use hook) of up to [`RcacheConfig::fault_pages`] - 1 more pages
+    /// The hit path, then (after the use hook) one use: of the page
+    /// holding `va`, then (after the use hook again) of up to [`RcacheConfig::fault_pages`] - 1 more pages
     /// of the registration.
     fn access(&self, va: u64, write: bool) -> Access {
         let outcome = match self.lookup(va, 1) {
@@ -578,6 +584,13 @@ impl RegistrationCache {
 
     /// One use of `handle`: `va`'s page, the hook, then more pages.
     fn use_pages(&self, handle: &RegHandle<'_>, va: u64, write: bool) -> Access {
+        let hook = self.shared.use_hook.get();
+        if let Some(hook) = hook {
+            // Between the lookup and the use reference: where a thread
+            // preempted after its lookup resumes with a handle that may
+            // have been invalidated meanwhile.
+            hook();
+        }
         let Some(guard) = handle.begin_use() else {
             return Access::Miss;
         };
@@ -585,7 +598,7 @@ impl RegistrationCache {
         if outcome == Access::Miss {
             return outcome;
         }
-        if let Some(hook) = self.shared.use_hook.get() {
+        if let Some(hook) = hook {
             hook();
         }
         let more = self.shared.config.fault_pages.max(1) - 1;

@@ -32,6 +32,9 @@ pub struct RegHandle<'c> {
     /// as `read_retry` checks the seq `read_begin` returned. A correct lookup
     /// hands out only live registrations.
     pub(super) issued: State,
+    /// The registration's acknowledged callbacks when the lookup found it
+    /// (read before `issued`): a use must not outlive any later one.
+    pub(super) acks: u64,
 }
 
 /// How a handle keeps its registration alive.
@@ -100,7 +103,7 @@ impl RegHandle<'_> {
         Some(UseGuard {
             cache: self.cache,
             reg,
-            acks: reg.acks(),
+            acks: self.acks,
             first: Cell::new(None),
             deferred: RefCell::new(Vec::new()),
         })
@@ -135,9 +138,10 @@ impl fmt::Debug for RegHandle<'_> {
 pub struct UseGuard<'h> {
     cache: &'h Shared,
     reg: &'h Registration,
-    /// The registration's acknowledged callbacks when the use started: one
-    /// more by the end means a callback let the primary go on while this
-    /// use was in flight.
+    /// The registration's acknowledged callbacks when the handle was
+    /// looked up: one more by the end of the use means a callback let the
+    /// primary go on after the lookup while this use went ahead (during
+    /// the use, or before it, which a correct cache's `enter` refuses).
     acks: u64,
     /// The first page used, named if the use outlived an invalidation.
     first: Cell<Option<Use>>,
