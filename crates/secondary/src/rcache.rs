@@ -59,6 +59,14 @@
 //! a primary that differs while the registration is still live was changed
 //! without invalidating it.
 //!
+//! The rule behind link 3 is also checked directly, with no look at the
+//! primary: each registration counts the callbacks that returned `true`
+//! for it while it was live (counted around the protocol's callback, so a
+//! broken callback cannot skip it), a handle notes the count at its
+//! lookup, and a use that ends with a higher count went ahead past an
+//! invalidation — a [`ViolationKind::OutlivedInvalidation`](crate::ViolationKind::OutlivedInvalidation),
+//! whether or not its page checks met the page-table lock busy.
+//!
 //! Lock order: the primary's locks → the cache lock (in callbacks). The
 //! cache lock is never held while calling into the primary, waiting for
 //! uses, or removing a notifier.
