@@ -68,6 +68,8 @@ impl Fleet {
         let shadow = ShadowMmu::new(Arc::clone(space), Arc::clone(coherence), inject)
             .map_err(|e| attach("shadow-mmu")(&e))?;
         racer.attach(&shadow);
+        // Cannot fail: the shadow MMU is new.
+        let _ = shadow.set_walk_hook(slow.use_hook());
         let rcache = RegistrationCache::new(
             Arc::clone(space),
             Arc::clone(coherence),

@@ -53,6 +53,9 @@ impl SlowWalks {
     /// its use reference held, for the next mutator step, as a slow DMA
     /// transfer would. A correct cache's invalidation waits for it; one
     /// that does not lets the step change the pages under the use.
+    ///
+    /// The shadow MMU's walk hook is the same: one fault in `uses_every`
+    /// waits at the end of its walk, before taking `mmu_lock`.
     pub(crate) fn use_hook(&self) -> UseHook {
         Box::new(self.waiter(self.uses_every))
     }

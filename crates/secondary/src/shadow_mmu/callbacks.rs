@@ -84,6 +84,8 @@ pub(super) struct Inner {
     pub(super) stats: Stats,
     /// Run after each release of `mmu_lock` (see [`PreemptHook`]).
     pub(super) preempt: OnceLock<Preempt>,
+    /// Run at the end of each fault's walk (see `ShadowMmu::set_walk_hook`).
+    pub(super) walked: OnceLock<Preempt>,
 }
 
 /// A [`PreemptHook`], shown in `Debug` by its presence only.
@@ -142,6 +144,7 @@ impl Inner {
             seq: AtomicU64::new(0),
             stats: Stats::default(),
             preempt: OnceLock::new(),
+            walked: OnceLock::new(),
         }
     }
 
