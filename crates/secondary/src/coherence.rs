@@ -59,11 +59,32 @@ pub struct Violation {
     pub held: Translation,
     /// What the primary maps there now (`None`: nothing accessible).
     pub primary: Option<Translation>,
+    /// What was wrong.
+    pub kind: ViolationKind,
+}
+
+/// What a [`Violation`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViolationKind {
+    /// The use did not match the primary.
+    Stale,
+    /// The use was still in flight when an invalidation callback of its
+    /// translation returned (the primary was free to change the page under
+    /// it), whatever the primary mapped when it was checked.
+    OutlivedInvalidation,
 }
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.write { "write" } else { "read" };
+        if self.kind == ViolationKind::OutlivedInvalidation {
+            return write!(
+                f,
+                "{}: {kind} of {:#x} through pfn {:#x} (serial {}) was in flight \
+                 when its invalidation callback returned",
+                self.secondary, self.va, self.held.pfn, self.held.serial,
+            );
+        }
         write!(
             f,
             "{}: stale {kind} of {:#x} through pfn {:#x} (serial {}, {}), primary ",
@@ -207,7 +228,14 @@ impl Coherence {
         self.judge(used, primary)
     }
 
-    /// Deferred checks that proved nothing (see [`Coherence::check_after`]).
+    /// Counts a check a secondary made by other means that proved nothing
+    /// (it found the primary changed and the translation already gone).
+    pub fn note_inconclusive(&self) {
+        self.inconclusive.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deferred checks that proved nothing (see [`Coherence::check_after`]),
+    /// and those counted by [`Coherence::note_inconclusive`].
     pub fn inconclusive(&self) -> u64 {
         self.inconclusive.load(Ordering::Relaxed)
     }
@@ -225,9 +253,25 @@ impl Coherence {
             write: used.write,
             held,
             primary,
+            kind: ViolationKind::Stale,
         };
         self.record(violation.clone());
         Err(violation)
+    }
+
+    /// Records that `used` was still in flight when an invalidation
+    /// callback of its translation returned: the rule that a callback may
+    /// not let the primary change a page while a use of it is in flight,
+    /// checked directly (no look at the primary, so no lock to meet busy).
+    pub fn record_outlived(&self, used: &Use) {
+        self.record(Violation {
+            secondary: used.secondary,
+            va: used.va,
+            write: used.write,
+            held: used.held,
+            primary: None,
+            kind: ViolationKind::OutlivedInvalidation,
+        });
     }
 
     /// Records a violation found by other means (a secondary's own check).

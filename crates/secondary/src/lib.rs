@@ -21,5 +21,5 @@ pub mod secondary;
 pub mod shadow_mmu;
 
 pub use bug::Bug;
-pub use coherence::{Coherence, Violation};
+pub use coherence::{Coherence, Violation, ViolationKind};
 pub use secondary::{Access, Counters, FaultError, Secondary};

@@ -59,6 +59,14 @@
 //! a primary that differs while the registration is still live was changed
 //! without invalidating it.
 //!
+//! The rule behind link 3 is also checked directly, with no look at the
+//! primary: each registration counts the callbacks that returned `true`
+//! for it while it was live (counted around the protocol's callback, so a
+//! broken callback cannot skip it), a handle notes the count at its
+//! lookup, and a use that ends with a higher count went ahead past an
+//! invalidation — a [`ViolationKind::OutlivedInvalidation`](crate::ViolationKind::OutlivedInvalidation),
+//! whether or not its page checks met the page-table lock busy.
+//!
 //! Lock order: the primary's locks → the cache lock (in callbacks). The
 //! cache lock is never held while calling into the primary, waiting for
 //! uses, or removing a notifier.
@@ -81,9 +89,9 @@ mod rebuild;
 mod registration;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use mmun_core::driver_lock::{DriverLock, FaultGuard, Retry};
@@ -124,7 +132,16 @@ struct Shared {
     /// The cache lock: the driver lock of the retry protocol.
     locked: DriverLock<Locked>,
     stats: Stats,
+    /// Counts [`Secondary::fault`]s, to choose their buffers.
+    buffers: AtomicU64,
+    /// Called in the middle of each [`Secondary::access`] use (see
+    /// [`RegistrationCache::set_use_hook`]).
+    use_hook: OnceLock<UseHook>,
 }
+
+/// A hook a test harness runs in the middle of a use, while the use
+/// reference is held: where a real device's transfer takes its time.
+pub type UseHook = Box<dyn Fn() + Send + Sync>;
 
 impl Shared {
     /// The LRU clock's reading.
@@ -190,6 +207,8 @@ impl RegistrationCache {
             next_id: AtomicU64::new(1),
             locked: DriverLock::new(&CACHE_LOCK, Locked::default()),
             stats: Stats::default(),
+            buffers: AtomicU64::new(0),
+            use_hook: OnceLock::new(),
         };
         RegistrationCache {
             shared: Arc::new(shared),
@@ -222,6 +241,9 @@ impl RegistrationCache {
         let index = shared.index.load();
         let at = index.position(addr, end)?;
         let reg = &index.regs()[at];
+        // The acknowledgements before the state: a callback that acked
+        // after this read is one the handle's uses must not outlive.
+        let acks = reg.acks();
         let issued = reg.state();
         if !shared.protocol.hands_out(issued) {
             return None;
@@ -231,6 +253,7 @@ impl RegistrationCache {
             cache: shared,
             held: Held::Snapshot(index, at),
             issued,
+            acks,
         })
     }
 
@@ -292,6 +315,19 @@ impl RegistrationCache {
         }
     }
 
+    /// Sets the hook every [`Secondary::access`] runs twice: between its
+    /// lookup and taking the use reference (a preempted thread), and after
+    /// its first page and before the rest, with the use reference held (a
+    /// slow transfer: invalidations of the registration must wait for it).
+    /// Once per cache.
+    ///
+    /// # Errors
+    ///
+    /// Gives `hook` back if one is set already.
+    pub fn set_use_hook(&self, hook: UseHook) -> Result<(), UseHook> {
+        self.shared.use_hook.set(hook)
+    }
+
     /// The address space the cache registers memory of.
     pub fn space(&self) -> &Arc<AddressSpace> {
         &self.shared.space
@@ -343,6 +379,7 @@ impl RegistrationCache {
         self.finish(retired);
         Ok(RegHandle {
             cache: &self.shared,
+            acks: chosen.acks(),
             held: Held::Owned(chosen),
             issued: State::Live,
         })
@@ -486,9 +523,15 @@ impl Secondary for RegistrationCache {
         NAME
     }
 
-    /// Gets a registration of the page holding `va`.
+    /// Gets a registration of the page holding `va`, or of a buffer
+    /// around it (see [`RcacheConfig::fault_pages`]).
     fn fault(&self, va: u64, write: bool) -> Result<(), FaultError> {
-        let handle = self.get(align_down(va, PAGE_SIZE), PAGE_SIZE)?;
+        let page = align_down(va, PAGE_SIZE);
+        let (addr, len) = self.buffer_around(page);
+        let handle = match self.get(addr, len) {
+            Err(FaultError::Unmapped) if len > PAGE_SIZE => self.get(page, PAGE_SIZE)?,
+            result => result?,
+        };
         if write && !handle.translation(va).is_some_and(|t| t.writable) {
             // Registered read-only because the mapping refused a write.
             return Err(FaultError::Unmapped);
@@ -497,10 +540,12 @@ impl Secondary for RegistrationCache {
         Ok(())
     }
 
-    /// The hit path, then one use.
+    /// The hit path, then (after the use hook) one use: of the page
+    /// holding `va`, then (after the use hook again) of up to [`RcacheConfig::fault_pages`] - 1 more pages
+    /// of the registration.
     fn access(&self, va: u64, write: bool) -> Access {
         let outcome = match self.lookup(va, 1) {
-            Some(handle) => handle.access(va, write),
+            Some(handle) => self.use_pages(&handle, va, write),
             None => Access::Miss,
         };
         match outcome {
@@ -520,6 +565,70 @@ impl Secondary for RegistrationCache {
             misses: s.misses,
         }
     }
+}
+
+impl RegistrationCache {
+    /// The buffer a fault of `page` registers: `(addr, len)` covering it.
+    fn buffer_around(&self, page: u64) -> (u64, u64) {
+        let most = self.shared.config.fault_pages.max(1);
+        if most == 1 {
+            return (page, PAGE_SIZE);
+        }
+        let r = mix(self.shared.buffers.fetch_add(1, Relaxed));
+        let pages = 1 + r % most;
+        let before = ((r >> 8) % pages).min(page / PAGE_SIZE);
+        let after = pages - 1 - before;
+        // Unaligned ends half the time, as malloc'd buffers have.
+        let (head, tail) = if r & (1 << 40) != 0 {
+            ((r >> 16) % PAGE_SIZE, (r >> 28) % PAGE_SIZE)
+        } else {
+            (0, 0)
+        };
+        let head = if before == 0 { 0 } else { head };
+        let addr = page - before * PAGE_SIZE + head;
+        let end = page + (after + 1) * PAGE_SIZE - tail;
+        (addr, end - addr)
+    }
+
+    /// One use of `handle`: `va`'s page, the hook, then more pages.
+    fn use_pages(&self, handle: &RegHandle<'_>, va: u64, write: bool) -> Access {
+        let hook = self.shared.use_hook.get();
+        if let Some(hook) = hook {
+            // Between the lookup and the use reference: where a thread
+            // preempted after its lookup resumes with a handle that may
+            // have been invalidated meanwhile.
+            hook();
+        }
+        let Some(guard) = handle.begin_use() else {
+            return Access::Miss;
+        };
+        let outcome = guard.access(va, write);
+        if outcome == Access::Miss {
+            return outcome;
+        }
+        if let Some(hook) = hook {
+            hook();
+        }
+        let more = self.shared.config.fault_pages.max(1) - 1;
+        let page = align_down(va, PAGE_SIZE);
+        for i in 1..=more {
+            let next = page + i * PAGE_SIZE;
+            if next >= handle.end() {
+                break;
+            }
+            // A read: the registration may be writable only in part.
+            guard.access(next, false);
+        }
+        outcome
+    }
+}
+
+/// A 64-bit finaliser (splitmix64's), to spread a counter's bits.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Drop for RegistrationCache {

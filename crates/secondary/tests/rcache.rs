@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use mmun_secondary::rcache::{RcacheConfig, RegistrationCache};
-use mmun_secondary::{Access, Bug, Coherence, Secondary};
+use mmun_secondary::{Access, Bug, Coherence, Secondary, ViolationKind};
 use mmun_softmmu::frame::FrameKind;
 use mmun_softmmu::layout::PAGE_SIZE;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory, MremapFlags, Pfn};
@@ -379,6 +379,65 @@ fn a_blockable_invalidation_waits_for_the_use_in_flight() {
     assert_eq!(migrator.join().unwrap(), 1);
     assert!(!h.is_pinned());
     assert_ne!(w.space.translate_frame(A), h.translation(A));
+    assert_eq!(w.coherence.violations(), vec![]);
+}
+
+#[test]
+fn a_use_still_in_flight_when_its_callback_returns_is_a_violation() {
+    // The injected bug acknowledges without waiting, so the migration
+    // finishes on this thread while the use is in flight; every page check
+    // of the use passed, before the migration.
+    let w = world(RcacheConfig {
+        bug: Some(Bug::KeepStaleRegistration),
+        ..RcacheConfig::default()
+    });
+    map(&w.space, A, 1, false);
+    let h = w.cache.get(A, PAGE_SIZE).unwrap();
+    let guard = h.begin_use().expect("live");
+    assert_eq!(guard.access(A, false), Access::Hit);
+    assert_eq!(w.coherence.violation_count(), 0);
+    assert_eq!(w.space.migrate(A, A + PAGE_SIZE), 1);
+    drop(guard);
+    let violations = w.coherence.violations();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].kind, ViolationKind::OutlivedInvalidation);
+    assert_eq!(violations[0].va, A);
+}
+
+#[test]
+fn a_fault_registers_a_buffer_around_the_page_when_asked() {
+    let w = world(RcacheConfig {
+        fault_pages: 8,
+        ..RcacheConfig::default()
+    });
+    map(&w.space, A, 64, false);
+    let page = A + 32 * PAGE_SIZE;
+    let (mut longer, mut before) = (false, false);
+    for _ in 0..64 {
+        w.cache.purge();
+        w.cache.fault(page + 5, true).unwrap();
+        let h = w.cache.lookup(page, 1).expect("registered");
+        assert!(h.start() <= page && page < h.end(), "{h:?}");
+        assert!(h.end() - h.start() <= 8 * PAGE_SIZE, "{h:?}");
+        longer |= h.end() - h.start() > PAGE_SIZE;
+        before |= h.start() < page;
+    }
+    assert!(longer && before, "every buffer was the page alone");
+}
+
+#[test]
+fn a_buffer_reaching_unmapped_memory_falls_back_to_the_page() {
+    let w = world(RcacheConfig {
+        fault_pages: 8,
+        ..RcacheConfig::default()
+    });
+    map(&w.space, B, 1, false);
+    for _ in 0..32 {
+        w.cache.purge();
+        w.cache.fault(B, false).unwrap();
+        let h = w.cache.lookup(B, 1).expect("registered");
+        assert_eq!((h.start(), h.end()), (B, B + PAGE_SIZE));
+    }
 }
 
 #[test]

@@ -694,3 +694,61 @@ fn the_oracle_catches_ignore_in_progress_under_concurrency() {
 fn the_oracle_catches_missing_range_end_under_concurrency() {
     assert_caught(Bug::MissingRangeEnd);
 }
+
+/// A walk waiting, on the thread that will unmap its page, for the
+/// `countdown`-th release of `mmu_lock` to be committed there.
+struct Preempted {
+    fault: Option<mmun_secondary::shadow_mmu::PreparedFault>,
+    countdown: u32,
+    result: Option<Result<Commit, FaultError>>,
+}
+
+#[test]
+fn a_walk_committed_at_any_release_of_mmu_lock_during_an_invalidation_is_refused() {
+    let mut committed_inside = 0;
+    for k in 0..4 {
+        let s = setup(None);
+        let va = map(&s.space, 1);
+        s.space.access(va, true).unwrap();
+        // Walked before the invalidation, committed during it.
+        let fault = s.shadow.prepare_fault(va, true).unwrap();
+        let slot = Arc::new(Mutex::new(Preempted {
+            fault: None,
+            countdown: k,
+            result: None,
+        }));
+        let me = thread::current().id();
+        let (hook_slot, shadow) = (Arc::clone(&slot), Arc::downgrade(&s.shadow));
+        let hook = Box::new(move || {
+            // Busy: this is the hook's own commit releasing the lock.
+            let Ok(mut p) = hook_slot.try_lock() else {
+                return;
+            };
+            if thread::current().id() != me || p.fault.is_none() {
+                return;
+            }
+            if p.countdown > 0 {
+                p.countdown -= 1;
+                return;
+            }
+            let fault = p.fault.take().unwrap();
+            p.result = Some(shadow.upgrade().unwrap().commit_fault(fault));
+        });
+        assert!(s.shadow.set_preempt_hook(hook).is_ok());
+        slot.lock().unwrap().fault = Some(fault);
+        s.space.munmap(va, PAGE_SIZE).unwrap();
+        let mut p = slot.lock().unwrap();
+        let result = match p.result.take() {
+            Some(result) => {
+                committed_inside += 1;
+                result
+            }
+            None => s.shadow.commit_fault(p.fault.take().unwrap()),
+        };
+        assert_eq!(result, Ok(Commit::Stale), "committed at release {k}");
+        assert_eq!(s.shadow.translation(va), None);
+        assert_no_violations(&s.oracle);
+    }
+    // Releases in the start and in the end, at least.
+    assert!(committed_inside >= 2, "{committed_inside}");
+}

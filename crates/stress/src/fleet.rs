@@ -8,10 +8,21 @@ use mmun_secondary::rcache::{RcacheConfig, RegistrationCache};
 use mmun_secondary::shadow_mmu::ShadowMmu;
 use mmun_secondary::{Bug, Coherence, Counters, Secondary};
 use mmun_softmmu::AddressSpace;
+use mmun_softmmu::layout::PAGE_SIZE;
 
 use crate::StressError;
 use crate::racer::Racer;
 use crate::slow::SlowWalks;
+
+/// The registration cache's sizing: buffers of up to 8 pages (so that
+/// invalidations cover registrations in part, overlapping buffers merge and
+/// replace each other), and a bound small enough that eviction runs.
+const RCACHE_BOUNDS: RcacheConfig = RcacheConfig {
+    max_regions: 16,
+    max_bytes: 48 * PAGE_SIZE,
+    fault_pages: 8,
+    bug: None,
+};
 
 /// The secondaries attached to one address space.
 pub(crate) struct Fleet {
@@ -57,14 +68,15 @@ impl Fleet {
         let shadow = ShadowMmu::new(Arc::clone(space), Arc::clone(coherence), inject)
             .map_err(|e| attach("shadow-mmu")(&e))?;
         racer.attach(&shadow);
+        // Cannot fail: the shadow MMU is new.
+        let _ = shadow.set_walk_hook(slow.use_hook());
         let rcache = RegistrationCache::new(
             Arc::clone(space),
             Arc::clone(coherence),
-            RcacheConfig {
-                bug: inject,
-                ..RcacheConfig::default()
-            },
+            RCACHE_BOUNDS.with_bug(inject),
         );
+        // Cannot fail: the cache is new.
+        let _ = rcache.set_use_hook(slow.use_hook());
         Ok(Fleet {
             all: vec![mirror.clone(), shadow.clone(), Arc::new(rcache)],
             mirror,

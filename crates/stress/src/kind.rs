@@ -38,6 +38,12 @@ pub enum OpKind {
     Reclaim,
     /// MGLRU aging.
     Age,
+    /// `mlock` or `munlock`.
+    Mlock,
+    /// `clear_refs` soft-dirty (`echo 4 > /proc/PID/clear_refs`).
+    SoftDirty,
+    /// khugepaged's `test_young` of a page.
+    TestYoung,
     /// The OOM reaper (non-blockable invalidations).
     OomReap,
     /// `exit_mmap`: the end of a round.
@@ -46,7 +52,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 21;
 
     /// Every kind, in report order.
     pub const ALL: [OpKind; OpKind::COUNT] = [
@@ -66,6 +72,9 @@ impl OpKind {
         OpKind::Exclusive,
         OpKind::Reclaim,
         OpKind::Age,
+        OpKind::Mlock,
+        OpKind::SoftDirty,
+        OpKind::TestYoung,
         OpKind::OomReap,
         OpKind::Exit,
     ];
@@ -89,6 +98,9 @@ impl OpKind {
             OpKind::Exclusive => "exclusive",
             OpKind::Reclaim => "reclaim",
             OpKind::Age => "age",
+            OpKind::Mlock => "mlock",
+            OpKind::SoftDirty => "soft-dirty",
+            OpKind::TestYoung => "test-young",
             OpKind::OomReap => "oom-reap",
             OpKind::Exit => "exit",
         }

@@ -221,6 +221,7 @@ fn plan(config: &StressConfig) -> Plan {
         oom_percent: 25,
         race_percent: 50,
         slow_every: 128,
+        slow_use_every: 128,
     };
     match config.inject {
         Some(Bug::IgnoreNonBlocking) => plan.oom_percent = 100,
@@ -235,6 +236,7 @@ fn plan(config: &StressConfig) -> Plan {
             plan.slow_every = 16;
         }
         Some(bug) if bug.secondary() == "device-mirror" => plan.slow_every = 16,
+        Some(bug) if bug.secondary() == "rcache" => plan.slow_use_every = 32,
         _ => {}
     }
     plan
@@ -260,6 +262,7 @@ fn summarise(shared: &Shared, rounds: u64, totals: Totals) -> StressReport {
         ops: totals.ops,
         secondaries: totals.secondaries,
         checks: shared.coherence.checks(),
+        inconclusive: shared.coherence.inconclusive(),
         violation_count: shared.coherence.violation_count(),
         violations: shared.coherence.violations(),
         first_violation: shared.first_violation.get().copied(),

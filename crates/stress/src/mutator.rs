@@ -15,7 +15,7 @@ mod ops;
 mod race;
 
 /// How often each operation is chosen (relative weights).
-pub(crate) const WEIGHTS: [(OpKind, u32); 13] = [
+pub(crate) const WEIGHTS: [(OpKind, u32); 16] = [
     (OpKind::Touch, 10),
     (OpKind::Munmap, 10),
     (OpKind::Mprotect, 10),
@@ -29,6 +29,9 @@ pub(crate) const WEIGHTS: [(OpKind, u32); 13] = [
     (OpKind::Exclusive, 6),
     (OpKind::Reclaim, 6),
     (OpKind::Age, 6),
+    (OpKind::Mlock, 4),
+    (OpKind::SoftDirty, 2),
+    (OpKind::TestYoung, 4),
 ];
 
 /// One mutator thread's state in a round.
@@ -109,6 +112,9 @@ impl Mutator<'_, '_> {
             OpKind::Exclusive => self.exclusive(t),
             OpKind::Reclaim => self.reclaim(t),
             OpKind::Age => self.age(t),
+            OpKind::Mlock => self.mlock(t),
+            OpKind::SoftDirty => self.soft_dirty(),
+            OpKind::TestYoung => self.test_young(t),
             _ => unreachable!("{kind} is not a mutator operation"),
         }
     }

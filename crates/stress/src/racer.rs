@@ -12,12 +12,18 @@
 //! and the racer's own notifier — registered before the shadow MMU, so
 //! called after it — hands that walk to the shadow MMU inside the first
 //! start that covers the page, as a walk racing the invalidation would
-//! be. The fault is committed right there (racing the update) or after
-//! the operation (racing the end). A correct shadow MMU refuses both.
+//! be. The fault is committed right there (racing the update), at a
+//! preemption point after it — the racer is the shadow MMU's preempt hook,
+//! run after each release of `mmu_lock`; on the invalidating thread, once
+//! the walk is prepared, the n-th release commits it, inside whatever
+//! callback released the lock (an end that drops `mmu_lock` between its
+//! steps is caught there) — or after the operation (racing the end). A
+//! correct shadow MMU refuses all three.
 //!
 //! [`Bug::MissingRangeEnd`]: mmun_secondary::Bug::MissingRangeEnd
 
 use std::sync::{Arc, OnceLock, Weak};
+use std::thread::{self, ThreadId};
 
 use mmun_core::{Mm, Notifier, NotifierOps, Range, StartFn};
 use mmun_secondary::FaultError;
@@ -27,7 +33,7 @@ use parking_lot::Mutex;
 
 /// The racer: a notifier on the address space, and the walk it holds.
 pub(crate) struct Racer {
-    notifier: Notifier<Slot>,
+    notifier: Notifier<Arc<Slot>>,
 }
 
 /// What the racer's callbacks see.
@@ -41,15 +47,29 @@ struct Slot {
 struct Armed {
     page: u64,
     walked: Translation,
-    commit_inside: bool,
+    when: When,
+    /// The thread that armed it, whose operation it races.
+    thread: ThreadId,
     state: State,
+}
+
+/// Where a racing walk is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    /// Inside the first start that covers the page.
+    Inside,
+    /// At the release of `mmu_lock` after this many more on the
+    /// invalidating thread, once prepared.
+    Preempted(u8),
+    /// After the operation.
+    After,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum State {
     Waiting,
     Prepared(PreparedFault),
-    Committed(Result<Commit, FaultError>),
+    Committed(&'static str, Result<Commit, FaultError>),
 }
 
 /// What became of a racing walk.
@@ -57,17 +77,17 @@ enum State {
 pub(crate) enum Race {
     /// No invalidation covered the page.
     Missed,
-    /// The fault was committed inside the start, or after the end; the
-    /// shadow MMU said this.
+    /// The fault was committed inside the start, at a preemption point,
+    /// or after the end; the shadow MMU said this.
     Committed {
-        /// Inside the start.
-        inside: bool,
+        /// Where.
+        when: &'static str,
         /// The shadow MMU's answer.
         result: Result<Commit, FaultError>,
     },
 }
 
-static OPS: NotifierOps<Slot> = NotifierOps {
+static OPS: NotifierOps<Arc<Slot>> = NotifierOps {
     invalidate_range_start: Some(StartFn::Infallible(|slot, range| slot.start(range))),
     release: Some(|slot, _mm: &Mm| *slot.armed.lock() = None),
     ..NotifierOps::EMPTY
@@ -77,10 +97,10 @@ impl Racer {
     /// Registers the racer on `mm`; register it before the shadow MMU and
     /// [`Racer::attach`] the shadow MMU afterwards.
     pub(crate) fn register(mm: &Arc<Mm>) -> Result<Racer, mmun_core::Error> {
-        let slot = Slot {
+        let slot = Arc::new(Slot {
             shadow: OnceLock::new(),
             armed: Mutex::new(None),
-        };
+        });
         let notifier = Notifier::register(mm, &OPS, slot)?;
         Ok(Racer { notifier })
     }
@@ -88,15 +108,24 @@ impl Racer {
     /// The shadow MMU the racer feeds.
     pub(crate) fn attach(&self, shadow: &Arc<ShadowMmu>) {
         let _ = self.notifier.shadow.set(Arc::downgrade(shadow));
+        let slot = Arc::downgrade(&*self.notifier);
+        let hook = Box::new(move || {
+            if let Some(slot) = slot.upgrade() {
+                slot.preempted();
+            }
+        });
+        // Cannot fail: the shadow MMU is new.
+        let _ = shadow.set_preempt_hook(hook);
     }
 
     /// Holds `walked`, the primary's translation of `page` just read, for
     /// the next start that covers the page.
-    pub(crate) fn arm(&self, page: u64, walked: Translation, commit_inside: bool) {
+    pub(crate) fn arm(&self, page: u64, walked: Translation, when: When) {
         *self.notifier.armed.lock() = Some(Armed {
             page,
             walked,
-            commit_inside,
+            when,
+            thread: thread::current().id(),
             state: State::Waiting,
         });
     }
@@ -110,17 +139,14 @@ impl Racer {
         };
         match armed.state {
             State::Waiting => Race::Missed,
-            State::Committed(result) => Race::Committed {
-                inside: true,
-                result,
-            },
+            State::Committed(when, result) => Race::Committed { when, result },
             State::Prepared(fault) => {
                 let result = match self.notifier.shadow.get().and_then(Weak::upgrade) {
                     Some(shadow) => shadow.commit_fault(fault),
                     None => Err(FaultError::Released),
                 };
                 Race::Committed {
-                    inside: false,
+                    when: "after the end",
                     result,
                 }
             }
@@ -143,10 +169,39 @@ impl Slot {
             return;
         };
         a.state = match shadow.prepare_fault_from_walk(a.page, a.walked.writable, a.walked) {
-            Ok(fault) if a.commit_inside => State::Committed(shadow.commit_fault(fault)),
+            Ok(fault) if a.when == When::Inside => {
+                State::Committed("inside the start", shadow.commit_fault(fault))
+            }
             Ok(fault) => State::Prepared(fault),
-            Err(e) => State::Committed(Err(e)),
+            Err(e) => State::Committed("inside the start", Err(e)),
         };
+    }
+
+    /// The shadow MMU released `mmu_lock`: commit a prepared walk here if
+    /// this is the invalidating thread's chosen release. Never waits for
+    /// the slot (its holder may be the one releasing `mmu_lock`).
+    fn preempted(&self) {
+        let Some(mut armed) = self.armed.try_lock() else {
+            return;
+        };
+        let Some(a) = armed.as_mut() else {
+            return;
+        };
+        let (State::Prepared(fault), When::Preempted(skip)) = (a.state, a.when) else {
+            return;
+        };
+        if a.thread != thread::current().id() {
+            return;
+        }
+        if skip > 0 {
+            a.when = When::Preempted(skip - 1);
+            return;
+        }
+        let Some(shadow) = self.shadow.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        // Its own releases of `mmu_lock` find the slot locked: no nesting.
+        a.state = State::Committed("at a preemption point", shadow.commit_fault(fault));
     }
 }
 

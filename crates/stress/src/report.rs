@@ -36,6 +36,11 @@ pub struct StressReport {
     pub secondaries: Vec<SecondaryReport>,
     /// Accesses the oracle checked.
     pub checks: u64,
+    /// Deferred checks that proved nothing: the primary had changed and the
+    /// secondary had dropped the translation by the time it could be read
+    /// (see `Coherence::check_after`). Counted, not hidden; the invariant
+    /// those uses rely on is checked directly as well.
+    pub inconclusive: u64,
     /// Violations the oracle found.
     pub violation_count: u64,
     /// The first violations, in full.
@@ -154,6 +159,7 @@ impl fmt::Display for StressReport {
         counters_row(f, "total", &self.total())?;
         writeln!(f)?;
         writeln!(f, "coherence checks {}", self.checks)?;
+        writeln!(f, "inconclusive     {}", self.inconclusive)?;
         write!(f, "violations       {}", self.violation_count)?;
         if let Some((at, round)) = self.first_violation {
             write!(f, " (first after {} in round {round})", millis(at))?;

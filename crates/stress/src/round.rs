@@ -49,6 +49,9 @@ pub(crate) struct Plan {
     /// One device-mirror fault attempt in this many waits for a mutator
     /// between its walk and its commit (see [`SlowWalks`]).
     pub(crate) slow_every: u64,
+    /// One registration-cache use in this many waits, with its use
+    /// reference held, for a mutator (see [`SlowWalks::use_hook`]).
+    pub(crate) slow_use_every: u64,
 }
 
 /// Runs round `number`; `tick` is called every millisecond or so.
@@ -76,7 +79,7 @@ pub(crate) fn run(
         };
         main.record(run, kind, run.now(), Entry::Step(op, result.err()));
     }
-    let slow = SlowWalks::new(plan.slow_every);
+    let slow = SlowWalks::new(plan.slow_every, plan.slow_use_every);
     let fleet = Fleet::build(
         &space,
         &run.coherence,

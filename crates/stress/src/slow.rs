@@ -1,5 +1,7 @@
 //! Slow walks: now and then a device-mirror fault waits, between its walk
-//! of the primary and its device lock, for the next mutator operation.
+//! of the primary and its device lock, for the next mutator operation; and
+//! slow uses: now and then a registration-cache use waits, holding its use
+//! reference, for the next one.
 //!
 //! On Linux that window lasts as long as `hmm_range_fault` takes, which
 //! may sleep; here it is a few instructions, and an invalidation rarely
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mmun_secondary::device_mirror::WalkHook;
+use mmun_secondary::rcache::UseHook;
 
 /// The longest a slow walk waits.
 const WAIT: Duration = Duration::from_micros(300);
@@ -22,14 +25,16 @@ const WAIT: Duration = Duration::from_micros(300);
 pub(crate) struct SlowWalks {
     mutations: Arc<AtomicU64>,
     every: u64,
+    uses_every: u64,
 }
 
 impl SlowWalks {
-    /// One attempt in `every` waits (0: none).
-    pub(crate) fn new(every: u64) -> SlowWalks {
+    /// One walk in `every` and one use in `uses_every` waits (0: none).
+    pub(crate) fn new(every: u64, uses_every: u64) -> SlowWalks {
         SlowWalks {
             mutations: Arc::new(AtomicU64::new(0)),
             every,
+            uses_every,
         }
     }
 
@@ -40,10 +45,26 @@ impl SlowWalks {
 
     /// The device mirror's walk hook.
     pub(crate) fn hook(&self) -> WalkHook {
+        let wait = self.waiter(self.every);
+        Arc::new(move |_page, _attempt| wait())
+    }
+
+    /// The registration cache's use hook: one use in `every` waits, with
+    /// its use reference held, for the next mutator step, as a slow DMA
+    /// transfer would. A correct cache's invalidation waits for it; one
+    /// that does not lets the step change the pages under the use.
+    ///
+    /// The shadow MMU's walk hook is the same: one fault in `uses_every`
+    /// waits at the end of its walk, before taking `mmu_lock`.
+    pub(crate) fn use_hook(&self) -> UseHook {
+        Box::new(self.waiter(self.uses_every))
+    }
+
+    /// One call in `every` waits for the next mutation (at most [`WAIT`]).
+    fn waiter(&self, every: u64) -> impl Fn() + Send + Sync + 'static {
         let mutations = Arc::clone(&self.mutations);
-        let every = self.every;
         let tickets = AtomicU64::new(0);
-        Arc::new(move |_page, _attempt| {
+        move || {
             if every == 0
                 || !tickets
                     .fetch_add(1, Ordering::Relaxed)
@@ -56,6 +77,6 @@ impl SlowWalks {
             while mutations.load(Ordering::Relaxed) == seen && Instant::now() < deadline {
                 std::thread::yield_now();
             }
-        })
+        }
     }
 }

@@ -13,19 +13,35 @@ pub struct RcacheConfig {
     pub max_regions: usize,
     /// Registered bytes kept before eviction (`FI_MR_CACHE_MAX_SIZE`).
     pub max_bytes: u64,
+    /// The most pages a [`Secondary::fault`](crate::Secondary::fault)
+    /// registers: 1 registers the page alone; more registers a buffer
+    /// around it, of 1 to this many pages, its ends unaligned at times
+    /// (chosen by a counter, so a run is repeatable), as an application
+    /// registers its buffers. A buffer that reaches unmapped memory falls
+    /// back to the page alone. [`Secondary::access`](crate::Secondary::access)
+    /// then uses up to this many pages of the registration it finds.
+    pub fault_pages: u64,
     /// A registration-cache bug to inject; bugs of other secondaries are
     /// ignored.
     pub bug: Option<Bug>,
 }
 
 impl Default for RcacheConfig {
-    /// Unbounded, no bug.
+    /// Unbounded, single-page faults, no bug.
     fn default() -> RcacheConfig {
         RcacheConfig {
             max_regions: usize::MAX,
             max_bytes: u64::MAX,
+            fault_pages: 1,
             bug: None,
         }
+    }
+}
+
+impl RcacheConfig {
+    /// This configuration, with `bug` to inject.
+    pub const fn with_bug(self, bug: Option<Bug>) -> RcacheConfig {
+        RcacheConfig { bug, ..self }
     }
 }
 

@@ -1,7 +1,7 @@
 //! What [`RegistrationCache::get`](super::RegistrationCache::get) hands out,
 //! and the use reference that invalidation waits for.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
 
@@ -32,6 +32,9 @@ pub struct RegHandle<'c> {
     /// as `read_retry` checks the seq `read_begin` returned. A correct lookup
     /// hands out only live registrations.
     pub(super) issued: State,
+    /// The registration's acknowledged callbacks when the lookup found it
+    /// (read before `issued`): a use must not outlive any later one.
+    pub(super) acks: u64,
 }
 
 /// How a handle keeps its registration alive.
@@ -100,6 +103,8 @@ impl RegHandle<'_> {
         Some(UseGuard {
             cache: self.cache,
             reg,
+            acks: self.acks,
+            first: Cell::new(None),
             deferred: RefCell::new(Vec::new()),
         })
     }
@@ -133,6 +138,13 @@ impl fmt::Debug for RegHandle<'_> {
 pub struct UseGuard<'h> {
     cache: &'h Shared,
     reg: &'h Registration,
+    /// The registration's acknowledged callbacks when the handle was
+    /// looked up: one more by the end of the use means a callback let the
+    /// primary go on after the lookup while this use went ahead (during
+    /// the use, or before it, which a correct cache's `enter` refuses).
+    acks: u64,
+    /// The first page used, named if the use outlived an invalidation.
+    first: Cell<Option<Use>>,
     /// Uses whose check found the primary's page-table lock taken; checked
     /// once the use has ended (see `access`).
     deferred: RefCell<Vec<Use>>,
@@ -157,6 +169,9 @@ impl UseGuard<'_> {
             held,
             device: None,
         };
+        if self.first.get().is_none() {
+            self.first.set(Some(used));
+        }
         // The check must not wait for the primary's page-table lock: the
         // softmmu holds it around the callbacks, and an invalidation of
         // this registration waits in its callback for this use to end. A
@@ -171,6 +186,14 @@ impl UseGuard<'_> {
 
 impl Drop for UseGuard<'_> {
     fn drop(&mut self) {
+        // The invariant itself, checked without the primary's lock: a
+        // callback must not return while a use is in flight. (Before
+        // `leave`: after it, a correct callback may return.)
+        if self.reg.acks() != self.acks
+            && let Some(used) = self.first.get()
+        {
+            self.cache.coherence.record_outlived(&used);
+        }
         self.reg.leave();
         // A change of the primary under a registration first invalidates
         // it (`State::Live` never comes back), so a primary that differs

@@ -55,6 +55,11 @@ pub(super) struct Registration {
     pages: OnceLock<Box<[Translation]>>,
     /// Whether the frames of `pages` still carry our reference.
     pinned: AtomicBool,
+    /// Invalidation callbacks that returned `true` (let the primary go
+    /// on) for this registration. Counted by [`RegionOps`], around the
+    /// protocol's callback, so a use can check directly that no callback
+    /// completed while it was in flight.
+    acks: AtomicU64,
 }
 
 impl Registration {
@@ -68,7 +73,14 @@ impl Registration {
             last_used: AtomicU64::new(0),
             pages: OnceLock::new(),
             pinned: AtomicBool::new(false),
+            acks: AtomicU64::new(0),
         }
+    }
+
+    /// Callbacks acknowledged so far (see the field). SeqCst: a use reads
+    /// it after its `enter`, which is SeqCst too.
+    pub(super) fn acks(&self) -> u64 {
+        self.acks.load(SeqCst)
     }
 
     pub(super) fn len(&self) -> u64 {
@@ -239,8 +251,18 @@ impl IntervalNotifierOps for RegionOps {
             return true;
         };
         bump(&cache.stats.invalidations);
-        cache
+        // Only a callback that found the registration live can have a use
+        // in flight to wait for: one that met it registering lets the walk
+        // retry, and may still be counting when the retried walk publishes.
+        let was_live = self.reg.state() == State::Live;
+        let acked = cache
             .protocol
-            .invalidate(&cache, &self.reg, sub, range, cur_seq)
+            .invalidate(&cache, &self.reg, sub, range, cur_seq);
+        if acked && was_live {
+            // After the callback, whatever it did: the primary may change
+            // the pages from here on, so no use may still be in flight.
+            self.reg.acks.fetch_add(1, SeqCst);
+        }
+        acked
     }
 }

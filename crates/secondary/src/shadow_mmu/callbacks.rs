@@ -13,6 +13,8 @@ use mmun_core::{Mm, NotifierOps, Range, StartFn};
 use mmun_softmmu::frame::FrameKind;
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 use mmun_softmmu::{Memory, Translation};
+use std::sync::OnceLock;
+
 use parking_lot::{Mutex, MutexGuard};
 
 use super::protocol::Protocol;
@@ -80,6 +82,56 @@ pub(super) struct Inner {
     /// without it by the fault path's snapshot.
     seq: AtomicU64,
     pub(super) stats: Stats,
+    /// Run after each release of `mmu_lock` (see [`PreemptHook`]).
+    pub(super) preempt: OnceLock<Preempt>,
+    /// Run at the end of each fault's walk (see `ShadowMmu::set_walk_hook`).
+    pub(super) walked: OnceLock<Preempt>,
+}
+
+/// A [`PreemptHook`], shown in `Debug` by its presence only.
+pub(super) struct Preempt(pub(super) PreemptHook);
+
+impl std::fmt::Debug for Preempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreemptHook")
+    }
+}
+
+/// A hook a test harness runs right after each release of `mmu_lock`, on
+/// the releasing thread: the points where a kernel thread running KVM's
+/// code could be preempted (or another CPU take the lock), between two
+/// critical sections of one callback in particular. It lives in the lock,
+/// not in the callbacks, so it reaches every such point a callback has,
+/// correct or not.
+pub type PreemptHook = Box<dyn Fn() + Send + Sync>;
+
+/// `mmu_lock` held: the table, and the hook to run once it is released.
+pub(super) struct MmuGuard<'a> {
+    table: Option<MutexGuard<'a, Table>>,
+    preempt: Option<&'a Preempt>,
+}
+
+impl std::ops::Deref for MmuGuard<'_> {
+    type Target = Table;
+    fn deref(&self) -> &Table {
+        self.table.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for MmuGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Table {
+        self.table.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for MmuGuard<'_> {
+    fn drop(&mut self) {
+        // Unlock first: the hook may take `mmu_lock` itself.
+        drop(self.table.take());
+        if let Some(hook) = self.preempt {
+            (hook.0)();
+        }
+    }
 }
 
 impl Inner {
@@ -91,14 +143,19 @@ impl Inner {
             mmu_lock: Mutex::new(Table::default()),
             seq: AtomicU64::new(0),
             stats: Stats::default(),
+            preempt: OnceLock::new(),
+            walked: OnceLock::new(),
         }
     }
 
     /// Takes `mmu_lock`. Never held across anything that may block on
     /// another lock (in particular not across a walk of the primary, whose
     /// page-table lock the callbacks are called under).
-    pub(super) fn lock(&self) -> MutexGuard<'_, Table> {
-        self.mmu_lock.lock()
+    pub(super) fn lock(&self) -> MmuGuard<'_> {
+        MmuGuard {
+            table: Some(self.mmu_lock.lock()),
+            preempt: self.preempt.get(),
+        }
     }
 
     /// `fault->mmu_seq = kvm->mmu_invalidate_seq; smp_rmb()`: the acquire

@@ -52,6 +52,7 @@ use mmun_core::Notifier;
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 use mmun_softmmu::{AddressSpace, Translation};
 
+pub use self::callbacks::PreemptHook;
 use self::callbacks::{Inner, bump, read};
 use self::table::Held;
 use crate::{Access, Bug, Coherence, Counters, FaultError, Secondary};
@@ -194,6 +195,34 @@ impl ShadowMmu {
         &self.space
     }
 
+    /// Sets the hook run after each release of `mmu_lock` (see
+    /// [`PreemptHook`]). Once per shadow MMU.
+    ///
+    /// # Errors
+    ///
+    /// Gives `hook` back if one is set already.
+    pub fn set_preempt_hook(&self, hook: PreemptHook) -> Result<(), PreemptHook> {
+        self.inner
+            .preempt
+            .set(self::callbacks::Preempt(hook))
+            .map_err(|p| p.0)
+    }
+
+    /// Sets the hook run at the end of each fault's walk of the primary,
+    /// once it has the translation and before `mmu_lock`: where GUP may
+    /// sleep, so where an invalidation may start and end under a fault.
+    /// Once per shadow MMU.
+    ///
+    /// # Errors
+    ///
+    /// Gives `hook` back if one is set already.
+    pub fn set_walk_hook(&self, hook: PreemptHook) -> Result<(), PreemptHook> {
+        self.inner
+            .walked
+            .set(self::callbacks::Preempt(hook))
+            .map_err(|p| p.0)
+    }
+
     /// The first half of a fault: snapshot the sequence, then walk the
     /// primary (fault it in and translate it) without `mmu_lock`.
     ///
@@ -317,7 +346,12 @@ impl ShadowMmu {
                 return Err(FaultError::Unmapped);
             }
             match self.space.translate_frame(va) {
-                Some(t) if t.writable || !write => return Ok(t),
+                Some(t) if t.writable || !write => {
+                    if let Some(hook) = self.inner.walked.get() {
+                        (hook.0)();
+                    }
+                    return Ok(t);
+                }
                 _ => bump(&self.inner.stats.walk_retries),
             }
         }
@@ -336,6 +370,7 @@ impl ShadowMmu {
             self.coherence.record(violation);
         } else {
             bump(&self.inner.stats.inconclusive);
+            self.coherence.note_inconclusive();
         }
     }
 }

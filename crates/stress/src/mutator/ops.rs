@@ -87,9 +87,15 @@ impl Mutator<'_, '_> {
         });
     }
 
-    /// `mremap` of a range away from the window's regions and back.
+    /// `mremap` of a range away from the window's regions and back, or
+    /// (half the time, for ranges of two pages or more) shrunk in place and
+    /// grown back.
     pub(super) fn mremap(&mut self, t: Target) {
         let Target { region, start, len } = t;
+        if len >= 2 * PAGE_SIZE && self.rng.chance(50) {
+            self.mremap_resize(t);
+            return;
+        }
         let away = start + AWAY;
         let moved = self.step(OpKind::Mremap, mremap_op(start, away, len), |space| {
             space.mremap(start, len, len, fixed(away)).map(drop)
@@ -116,6 +122,58 @@ impl Mutator<'_, '_> {
             self.step(OpKind::Munmap, op, |space| space.munmap(away, len));
             self.remap(region, start, len);
         }
+    }
+
+    /// `mremap` shrinking the range to its first half in place (the tail
+    /// is unmapped: an invalidation), then growing it back in place (no
+    /// invalidation; new pages fault in fresh); if the growth fails the
+    /// tail is mapped again as it was.
+    fn mremap_resize(&mut self, t: Target) {
+        let Target { region, start, len } = t;
+        let half = (len / PAGE_SIZE / 2) * PAGE_SIZE;
+        let shrunk = self.step(OpKind::Mremap, resize_op(start, len, half), |space| {
+            space.mremap(start, len, half, in_place()).map(drop)
+        });
+        if !shrunk {
+            return;
+        }
+        let grown = self.step(OpKind::Mremap, resize_op(start, half, len), |space| {
+            space.mremap(start, half, len, in_place()).map(drop)
+        });
+        if !grown {
+            self.remap(region, start + half, len - half);
+        }
+    }
+
+    /// `mlock` (populates the range) or `munlock` of a range.
+    pub(super) fn mlock(&mut self, t: Target) {
+        let Target { start, len, .. } = t;
+        let off = off(start);
+        if self.rng.chance(50) {
+            let op = Op::Mlock { off, len };
+            self.step(OpKind::Mlock, op, |space| space.mlock(start, len));
+        } else {
+            let op = Op::Munlock { off, len };
+            self.step(OpKind::Mlock, op, |space| space.munlock(start, len));
+        }
+    }
+
+    /// `echo 4 > /proc/PID/clear_refs`.
+    pub(super) fn soft_dirty(&mut self) {
+        self.step(OpKind::SoftDirty, Op::SoftDirty, |space| {
+            space.clear_soft_dirty();
+            Ok(())
+        });
+    }
+
+    /// khugepaged's `test_young` of the range's first page.
+    pub(super) fn test_young(&mut self, t: Target) {
+        let va = t.start;
+        let op = Op::TestYoung { off: off(va) };
+        self.step(OpKind::TestYoung, op, |space| {
+            space.test_young(va);
+            Ok(())
+        });
     }
 
     /// `madvise` with a random advice; `pageout` is followed by reclaim of
@@ -289,6 +347,25 @@ fn fixed(to: u64) -> MremapFlags {
         may_move: true,
         dont_unmap: false,
         fixed: Some(to),
+    }
+}
+
+fn in_place() -> MremapFlags {
+    MremapFlags {
+        may_move: false,
+        dont_unmap: false,
+        fixed: None,
+    }
+}
+
+fn resize_op(at: u64, old_len: u64, new_len: u64) -> Op {
+    Op::Mremap {
+        off: off(at),
+        old_len,
+        new_len,
+        may_move: false,
+        dont_unmap: false,
+        new_off: None,
     }
 }
 

@@ -8,7 +8,7 @@ use mmun_softmmu::Translation;
 use super::Mutator;
 use crate::kind::OpKind;
 use crate::layout::Target;
-use crate::racer::Race;
+use crate::racer::{Race, When};
 use crate::script::off;
 use crate::trace::Entry;
 use mmun_softmmu::layout::PAGE_SIZE;
@@ -19,8 +19,12 @@ impl Mutator<'_, '_> {
     pub(super) fn arm(&mut self, t: Target) -> Option<(u64, Translation)> {
         let page = t.start + self.rng.below(t.len / PAGE_SIZE) * PAGE_SIZE;
         let walked = self.round.space.translate_frame(page)?;
-        let inside = self.rng.chance(50);
-        self.round.fleet.racer().arm(page, walked, inside);
+        let when = match self.rng.weighted(&[2, 1, 1]) {
+            0 => When::Inside,
+            1 => When::Preempted(self.rng.below(3) as u8),
+            _ => When::After,
+        };
+        self.round.fleet.racer().arm(page, walked, when);
         Some((page, walked))
     }
 
@@ -29,13 +33,8 @@ impl Mutator<'_, '_> {
     pub(super) fn finish_race(&mut self, page: u64, walked: Translation) {
         let at = self.round.run.now();
         let race = self.round.fleet.racer().finish();
-        let Race::Committed { inside, result } = race else {
+        let Race::Committed { when, result } = race else {
             return;
-        };
-        let when = if inside {
-            "inside the start"
-        } else {
-            "after the end"
         };
         let text = format!(
             "shadow-mmu racing walk of {:#x} (pfn {:#x}) committed {when}: {result:?}",
