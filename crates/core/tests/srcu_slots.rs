@@ -11,6 +11,10 @@ use mmun_core::{Event, Invalidation, Mm, Notifier, NotifierOps, Range};
 fn short_lived_dispatching_threads_reuse_their_slots() {
     let mm = Mm::new();
     let _n = Notifier::register(&mm, &NotifierOps::<()>::EMPTY, ()).unwrap();
+    // Registration retires the old list snapshot through call_srcu; the
+    // worker's grace period also tops the free slots up, and would add one
+    // if it ran while a thread below holds its slot. Let it finish first.
+    mmun_core::synchronize();
     let (slots_before, free_before) = mmun_core::global_srcu_slot_stats();
     assert!(
         free_before >= 8,
