@@ -9,7 +9,7 @@
 //! Without it (older kernels) the answer is "yes": over-invalidate, never
 //! miss.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use crate::proc_fd::ProcFd;
 
 use linux_raw_sys::general::{
     PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, page_region, pm_scan_arg,
@@ -22,50 +22,20 @@ const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
     | 16;
 const _: () = assert!(size_of::<pm_scan_arg>() == 96);
 
-/// `/proc/self/pagemap`; -2 = not opened yet, -1 = unavailable.
-static PAGEMAP: AtomicI32 = AtomicI32::new(-2);
+/// `/proc/self/pagemap`, opened on first use.
+static PAGEMAP: ProcFd = ProcFd::new(c"/proc/self/pagemap");
 
-fn pagemap() -> i32 {
-    let fd = PAGEMAP.load(Ordering::Relaxed);
-    if fd != -2 {
-        return fd;
-    }
-    // SAFETY: a constant C path; the fd is kept for the process's life.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/pagemap".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    let fd = if fd < 0 { -1 } else { fd };
-    match PAGEMAP.compare_exchange(-2, fd, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => fd,
-        Err(other) => {
-            if fd >= 0 {
-                // SAFETY: our own fd, never published.
-                unsafe { libc::close(fd) };
-            }
-            other
-        }
-    }
-}
-
-/// In a fork child: the inherited fd reads the parent's pages.
+/// In a fork child: the inherited fd reads the parent's file.
 pub fn reset_in_child() {
-    let fd = PAGEMAP.swap(-2, Ordering::AcqRel);
-    if fd >= 0 {
-        // SAFETY: the child's copy; nobody else uses it.
-        unsafe { libc::close(fd) };
-    }
+    PAGEMAP.reset_in_child();
 }
 
 /// Whether `[start, end)` holds an anonymous page (present or swapped, not
 /// the zero page, not page cache). `true` when the kernel cannot say.
 pub fn has_anon_pages(start: u64, end: u64) -> bool {
-    let fd = pagemap();
-    if fd < 0 {
+    let Some(fd) = PAGEMAP.get() else {
         return true;
-    }
+    };
     let mut region = page_region {
         start: 0,
         end: 0,

@@ -45,6 +45,7 @@ pub mod lifecycle;
 pub mod maps;
 pub mod net;
 pub mod patch;
+pub mod proc_fd;
 pub mod process;
 pub mod record;
 pub mod signals;

@@ -16,7 +16,7 @@
 //! `/proc/self/maps` (Linux 6.11+): one ioctl per unaligned edge, no text,
 //! no allocation. Without it (older kernels) nothing is added.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use crate::proc_fd::ProcFd;
 
 use linux_raw_sys::general::procmap_query;
 
@@ -30,51 +30,17 @@ const PROCMAP_QUERY: libc::c_ulong = (3 << 30)
     | 17;
 const _: () = assert!(size_of::<procmap_query>() == 104);
 
-/// `/proc/self/maps`, opened on first use; -2 = not yet, -1 = unavailable.
-/// A fork child's copy names the parent's maps: see [`reset_in_child`].
-static MAPS: AtomicI32 = AtomicI32::new(-2);
+/// `/proc/self/maps`, opened on first use.
+static MAPS: ProcFd = ProcFd::new(c"/proc/self/maps");
 
-fn maps_fd() -> i32 {
-    let fd = MAPS.load(Ordering::Relaxed);
-    if fd != -2 {
-        return fd;
-    }
-    // SAFETY: a constant C path; the fd is kept for the process's life.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    let fd = if fd < 0 { -1 } else { fd };
-    match MAPS.compare_exchange(-2, fd, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => fd,
-        Err(other) => {
-            if fd >= 0 {
-                // SAFETY: our own fd, never published.
-                unsafe { libc::close(fd) };
-            }
-            other
-        }
-    }
-}
-
-/// In a fork child: the inherited fd reads the parent's maps; open again
-/// on next use.
+/// In a fork child: the inherited fd reads the parent's file.
 pub fn reset_in_child() {
-    let fd = MAPS.swap(-2, Ordering::AcqRel);
-    if fd >= 0 {
-        // SAFETY: the child's copy of the parent's fd; nobody else uses it.
-        unsafe { libc::close(fd) };
-    }
+    MAPS.reset_in_child();
 }
 
 /// The VMA containing `addr`, as `[start, end)`.
 fn vma_at(addr: u64) -> Option<(u64, u64)> {
-    let fd = maps_fd();
-    if fd < 0 {
-        return None;
-    }
+    let fd = MAPS.get()?;
     let mut q = procmap_query {
         size: size_of::<procmap_query>() as u64,
         query_flags: 0, // the VMA covering `query_addr` exactly
