@@ -17,7 +17,6 @@ use mmun_core::{Event, Invalidation, Mm, Notifier, NotifierOps, Range, SharedNot
 /// child exited 0 (it exits 1 if `body` panics, and dies of SIGALRM if it
 /// hangs). The caller releases its blocked threads before asserting, so
 /// that a failure unwinds without waiting for them.
-#[must_use]
 fn in_child(what: &str, body: impl FnOnce()) -> Result<(), String> {
     // SAFETY: the child only runs `body` and `_exit`s.
     let pid = unsafe { libc::fork() };
