@@ -22,6 +22,8 @@ pub mod context;
 pub mod driver_lock;
 pub mod error;
 pub mod event;
+#[cfg(all(unix, not(mmun_loom)))]
+pub mod fork;
 pub mod interval_btree;
 pub mod interval_notifier;
 pub mod invalidation;

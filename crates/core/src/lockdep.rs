@@ -198,6 +198,22 @@ impl<T: fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
     }
 }
 
+/// The lock-order graph's lock, held across a fork by the forking thread
+/// (`crate::fork`): a parent thread recording an edge at the fork instant
+/// would leave the child a lock nobody releases and a half-updated graph.
+#[cfg(all(unix, debug_assertions, not(mmun_loom)))]
+pub(crate) type GraphForkGuard = graph::GraphGuard;
+/// Without the graph (release builds) there is nothing to hold.
+#[cfg(all(unix, not(debug_assertions), not(mmun_loom)))]
+pub(crate) type GraphForkGuard = ();
+
+/// Takes the graph's lock for a fork (see [`GraphForkGuard`]).
+#[cfg(all(unix, not(mmun_loom)))]
+pub(crate) fn lock_graph_for_fork() -> GraphForkGuard {
+    #[cfg(debug_assertions)]
+    return graph::lock_for_fork();
+}
+
 #[cfg(all(debug_assertions, not(mmun_loom)))]
 mod graph {
     use std::cell::Cell;
@@ -214,6 +230,19 @@ mod graph {
     /// Edges `a → b`: b was acquired while a was held. Global, like lockdep's.
     static EDGES: std::sync::Mutex<Option<HashMap<usize, HashSet<usize>>>> =
         std::sync::Mutex::new(None);
+
+    /// The graph's lock guard, as held across a fork.
+    #[cfg(unix)]
+    pub(super) type GraphGuard =
+        std::sync::MutexGuard<'static, Option<HashMap<usize, HashSet<usize>>>>;
+
+    /// Takes the graph's lock for a fork (`crate::fork`).
+    #[cfg(unix)]
+    pub(super) fn lock_for_fork() -> GraphGuard {
+        EDGES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 
     /// How many held classes one thread records (lockdep's
     /// `MAX_LOCK_DEPTH` is 48); deeper acquisitions go unrecorded.

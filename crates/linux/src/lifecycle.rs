@@ -8,7 +8,9 @@
 //!   registration lands between. The child gets a fresh `Mm` (no notifiers)
 //!   and tells the userfaultfd net to forget its inherited state (the kernel
 //!   already dropped the registrations, `dup_userfaultfd`); it inherits no
-//!   helper thread and no held lock of the new `Mm`. `_Fork`, `vfork`,
+//!   helper thread and no held lock of the new `Mm`. The core's own fork
+//!   protocol (`mmun_core::fork`: the global SRCU domain's locks, worker
+//!   and reader slots) runs last in prepare and first in parent and child. `_Fork`, `vfork`,
 //!   `clone` and `posix_spawn` do not run atfork handlers: without
 //!   `CLONE_VM` only `fork` is covered (see DESIGN.md).
 //! * **exit** (`atexit`): `Mm::exit` — `release` once, then `Unmap
@@ -42,9 +44,17 @@ thread_local! {
     static FORK: RefCell<Option<ForkOpen>> = const { RefCell::new(None) };
 }
 
-/// `pthread_atfork` prepare: start `ProtectionPage` per private (COW) VMA.
+/// `pthread_atfork` prepare: start `ProtectionPage` per private (COW) VMA,
+/// then the core's fork protocol, which takes the global SRCU locks and so
+/// must come after every dispatch of this thread until `parent`/`child`.
 /// Runs before glibc takes malloc's locks, so it may allocate.
 extern "C" fn prepare() {
+    start_fork_invalidations();
+    mmun_core::fork::prepare();
+}
+
+/// The invalidations `prepare` opens across the fork.
+fn start_fork_invalidations() {
     let Some(mm) = process::subscribed() else {
         return;
     };
@@ -100,6 +110,8 @@ fn mm_read(mm: &'static Mm) -> MmapReadGuard<'static> {
 
 /// `pthread_atfork` parent: end what `prepare` started.
 extern "C" fn parent() {
+    // First: ending the invalidations below takes SRCU read sections.
+    mmun_core::fork::parent();
     let Some(state) = FORK.with(|f| f.borrow_mut().take()) else {
         return;
     };
@@ -116,6 +128,10 @@ extern "C" fn parent() {
 
 /// `pthread_atfork` child: a fresh address space, no inherited uffd state.
 extern "C" fn child() {
+    // First: the global SRCU domain as the parent's other threads left it
+    // (a worker that is not here, their open read sections) is repaired
+    // before anything here can wait on it.
+    mmun_core::fork::child();
     // The parent's invalidations and lock belong to the parent's Mm, which
     // the child never uses again: forget them without ending anything.
     if let Some(state) = FORK.with(|f| f.borrow_mut().take()) {
@@ -159,6 +175,9 @@ pub fn release_now() {
 
 /// Registers the fork and exit handlers (once per process).
 pub fn register() -> Result<(), i32> {
+    // The core's fork protocol runs from the handlers above, ordered
+    // around this backend's own dispatching; its automatic ones stand down.
+    mmun_core::fork::run_from_own_handlers();
     // SAFETY: the handlers are `extern "C" fn()` with static lifetime.
     let ret = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     if ret != 0 {

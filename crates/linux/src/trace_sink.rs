@@ -344,8 +344,9 @@ static TRACER_PID: AtomicI32 = AtomicI32::new(0);
 /// skip an `Mm` nobody subscribed to), and every dispatch emits a record.
 /// An interval notifier over the whole user address space rather than a
 /// list notifier: releasing a list notifier at exit goes through the
-/// global SRCU domain's callback queue, whose lock a fork child may inherit
-/// held (a parent thread had it at the fork) — a hang at the child's exit.
+/// global SRCU domain's callback queue, which a fork child used to inherit
+/// as the parent's threads left it (a hang at the child's exit seen with
+/// bash; `mmun_core::fork` now repairs it in the child).
 #[derive(Debug)]
 struct Tracer;
 

@@ -41,6 +41,28 @@ pub(super) struct Callbacks {
     shutdown: bool,
 }
 
+#[cfg(all(unix, not(mmun_loom)))]
+impl Callbacks {
+    /// In a fork child: forgets the parent's deferred work, so that the
+    /// next `call` spawns a worker of the child's own and `barrier` waits
+    /// only for the child's callbacks.
+    ///
+    /// The callbacks the parent queued (and the batch its worker was
+    /// running, which lives on that thread's stack) belong to the parent,
+    /// which runs them: running them here too, or even dropping them, would
+    /// repeat their side effects (a `free_notifier` closing a device, a
+    /// destructor writing to a shared pipe). They are leaked unrun, and
+    /// counted as done. Not called when the forking thread is the worker
+    /// itself (fork from a callback): that thread goes on in the child,
+    /// finishes its batch and stays the worker.
+    pub(super) fn forget_parent_work(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.queue));
+        self.done = self.queued;
+        self.busy = false;
+        self.worker = false;
+    }
+}
+
 impl Srcu {
     /// Queues `f` to run after a full grace period that starts after this
     /// call (`call_srcu()`): every read section that began before `call` has

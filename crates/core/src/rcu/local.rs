@@ -296,6 +296,13 @@ pub(super) fn is_worker_of(domain: u64) -> bool {
         .unwrap_or(false)
 }
 
+/// The global domain's slot this thread counts its sections in, if it has
+/// claimed one, and its read-section depth there (fork protocol).
+#[cfg(all(unix, not(mmun_loom)))]
+pub(super) fn global_own_slot() -> (Option<*const super::srcu::Slot>, u32) {
+    global::own_slot()
+}
+
 /// Creates the thread-exit key of the global domain's slots, once.
 #[cfg(not(mmun_loom))]
 pub(super) fn prepare_exit_key() {
@@ -436,5 +443,10 @@ mod global {
 
     pub(super) fn depth() -> u32 {
         STATE.with(|state| state.depth.get())
+    }
+
+    #[cfg(unix)]
+    pub(super) fn own_slot() -> (Option<*const Slot>, u32) {
+        STATE.with(|state| (state.slot.get().map(std::ptr::from_ref), state.depth.get()))
     }
 }

@@ -134,6 +134,8 @@
 //! too.
 
 mod deferred;
+#[cfg(all(unix, not(mmun_loom)))]
+pub(crate) mod fork;
 mod local;
 mod membarrier;
 mod srcu;
@@ -157,6 +159,8 @@ const SPARE_GLOBAL_SLOTS: usize = 64;
 pub(crate) fn prepare_global_readers() {
     #[cfg(not(mmun_loom))]
     {
+        #[cfg(unix)]
+        crate::fork::register_atfork_once();
         local::prepare_exit_key();
         global().inner.reserve_slots(SPARE_GLOBAL_SLOTS);
     }

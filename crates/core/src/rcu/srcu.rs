@@ -80,16 +80,16 @@ impl Slot {
 /// so it outlives the [`Srcu`] handle until the worker has drained its queue.
 pub(super) struct Inner {
     /// Number of index flips so far; bit 0 is the index new readers use.
-    /// Written only by `synchronize` under `gp_lock`.
+    /// Written only by the grace period holding the `gp_running` turn.
     pub(super) flips: AtomicUsize,
     /// The registry: every slot ever handed to a thread. It only grows
     /// (slots of exited threads are reused, never removed), which is what
     /// lets a scan take it in two goes (see `readers_done`).
-    slots: Mutex<Vec<SlotRef>>,
+    pub(super) slots: Mutex<Vec<SlotRef>>,
     /// Counts of read sections that could not use a slot of their own
     /// (taken or ended while the thread's thread-locals were gone), updated
     /// with RMWs since any thread may write it.
-    fallback: CachePadded<Slot>,
+    pub(super) fallback: CachePadded<Slot>,
     /// Readers use compiler-only fences and the scan uses `membarrier(2)`
     /// (see "# Fences" in the module docs). Decided at construction and
     /// never changed, so a reader cannot see the mode change under it.
@@ -100,9 +100,17 @@ pub(super) struct Inner {
     /// How many registered slots are free (a hint: claims re-check
     /// `in_use` under the registry lock). Lets a thread without a slot fall
     /// back to the shared slot without taking the lock when none is free.
-    spare: AtomicUsize,
-    /// Serialises grace periods (the kernel's `srcu_gp_mutex`).
-    gp_lock: Mutex<()>,
+    pub(super) spare: AtomicUsize,
+    /// Serialises grace periods (the kernel's `srcu_gp_mutex`): `true`
+    /// while one runs. A flag under a briefly held lock rather than a lock
+    /// held for the whole grace period, so that the fork protocol
+    /// (`rcu/fork.rs`) can take it without waiting for a grace period
+    /// (which may be waiting for a reader that waits for the forking
+    /// thread), and a fork child can clear the turn of a grace period whose
+    /// thread it did not inherit.
+    pub(super) gp_running: Mutex<bool>,
+    /// Wakes updaters waiting for the `gp_running` turn.
+    gp_done: Condvar,
     /// Deferred callbacks queued by `call` (see `deferred.rs`).
     pub(super) callbacks: Mutex<Callbacks>,
     /// Wakes the worker when callbacks are queued or the domain is dropped.
@@ -207,7 +215,8 @@ impl Srcu {
                 fallback: CachePadded::new(Slot::default()),
                 asymmetric,
                 is_global,
-                gp_lock: Mutex::new(()),
+                gp_running: Mutex::new(false),
+                gp_done: Condvar::new(),
                 callbacks: Mutex::new(Callbacks::default()),
                 work_cv: Condvar::new(),
                 done_cv: Condvar::new(),
@@ -442,6 +451,46 @@ impl Inner {
         (slots.len(), free)
     }
 
+    /// In a fork child, with the registry lock held (`slots`): hands back
+    /// every slot but `own` (the forking thread's, the only thread the
+    /// child has). Their owners do not exist here, and a section they had
+    /// open at the fork will never end, so each such slot's unlock counts
+    /// are raised to its lock counts first (as if those sections ended)
+    /// and the slot is freed for the child's next threads. The shared
+    /// fallback slot is balanced the same way unless the forking thread
+    /// may have a section open in it itself (`own_in_fallback`).
+    #[cfg(all(unix, not(mmun_loom)))]
+    pub(super) fn free_dead_readers(
+        &self,
+        slots: &[SlotRef],
+        own: Option<*const Slot>,
+        own_in_fallback: bool,
+    ) {
+        let balance = |slot: &Slot| {
+            for idx in 0..2 {
+                // Relaxed: the child has one thread, this one.
+                let locks = slot.lock[idx].load(Ordering::Relaxed);
+                slot.unlock[idx].store(locks, Ordering::Relaxed);
+            }
+        };
+        let mut free = 0;
+        for slot in slots {
+            let slot: &Slot = slot;
+            if own != Some(std::ptr::from_ref(slot)) && slot.in_use.load(Ordering::Relaxed) {
+                balance(slot);
+                slot.release();
+            }
+            if !slot.in_use.load(Ordering::Relaxed) {
+                free += 1;
+            }
+        }
+        if !own_in_fallback {
+            balance(&self.fallback);
+        }
+        // Relaxed: a hint (see `spare`).
+        self.spare.store(free, Ordering::Relaxed);
+    }
+
     /// Counts a slot handed back by an exiting thread of the global domain.
     #[cfg(not(mmun_loom))]
     pub(super) fn note_released(&self) {
@@ -458,10 +507,11 @@ impl Inner {
         if self.is_global {
             super::prepare_global_readers();
         }
-        let _gp = self.gp_lock.lock();
+        let _turn = GpTurn::take(self);
         // Relaxed: only grace periods store `flips`, and they are serialised
-        // by `gp_lock`, whose acquisition orders this load after the previous
-        // grace period's flip.
+        // by the `gp_running` turn: the previous grace period's flip precedes
+        // its release of the turn under `gp_running`'s lock, which our
+        // acquisition of that lock orders before this load.
         let flips = self.flips.load(Ordering::Relaxed);
         let cur = flips & 1;
         // Phase 1: drain the index readers are NOT using now. Its only
@@ -573,6 +623,29 @@ impl Inner {
     #[cfg(test)]
     pub(super) fn slot_count(&self) -> usize {
         self.slots.lock().len()
+    }
+}
+
+/// The turn to run a grace period (`gp_running` set by us); given back on
+/// drop, unwinding included.
+struct GpTurn<'a>(&'a Inner);
+
+impl<'a> GpTurn<'a> {
+    /// Waits until no grace period runs, then claims the turn.
+    fn take(inner: &'a Inner) -> Self {
+        let mut running = inner.gp_running.lock();
+        while *running {
+            running = inner.gp_done.wait(running);
+        }
+        *running = true;
+        Self(inner)
+    }
+}
+
+impl Drop for GpTurn<'_> {
+    fn drop(&mut self) {
+        *self.0.gp_running.lock() = false;
+        self.0.gp_done.notify_all();
     }
 }
 
