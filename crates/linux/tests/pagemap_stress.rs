@@ -46,6 +46,16 @@ fn pfn(pagemap: &std::fs::File, va: u64) -> u64 {
     if e >> 63 == 1 { e & ((1 << 55) - 1) } else { 0 }
 }
 
+/// Where slot `i` lives: far below everything else in the address space.
+/// The kernel places `mmap(NULL)` top-down, in the highest gap that fits,
+/// so a hole the mutators leave down here is never handed to another
+/// thread's mapping (malloc's, a thread stack) before the mutator maps it
+/// again, which `MAP_FIXED_NOREPLACE` then checks.
+fn low_slot(i: usize) -> u64 {
+    const LOW_BASE: u64 = 0x1000_0000_0000;
+    LOW_BASE + i as u64 * 16 * PAGES as u64 * PAGE
+}
+
 fn map_slot(at: u64, fixed: bool) -> u64 {
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_LOCKED | libc::MAP_POPULATE;
     // SAFETY: maps (or replaces, MAP_FIXED) the test's own slot.
@@ -57,13 +67,13 @@ fn map_slot(at: u64, fixed: bool) -> u64 {
             if fixed {
                 flags | libc::MAP_FIXED
             } else {
-                flags
+                flags | libc::MAP_FIXED_NOREPLACE
             },
             -1,
             0,
         )
     };
-    assert_ne!(p, libc::MAP_FAILED);
+    assert_eq!(p as u64, at, "mapped where asked");
     p as u64
 }
 
@@ -140,8 +150,10 @@ fn no_stale_use_while_threads_map_unmap_advise_and_free() {
     }
     mmun_linux::install().expect("libc patched");
     let pagemap = Arc::new(std::fs::File::open("/proc/self/pagemap").unwrap());
-    let slots: Vec<u64> = (0..SLOTS).map(|_| map_slot(0, false)).collect();
-    let scratch: Vec<u64> = (0..SLOTS).map(|_| map_slot(0, false)).collect();
+    let slots: Vec<u64> = (0..SLOTS).map(|i| map_slot(low_slot(i), false)).collect();
+    let scratch: Vec<u64> = (0..SLOTS)
+        .map(|i| map_slot(low_slot(SLOTS + i), false))
+        .collect();
     if pfn(&pagemap, slots[0]) == 0 {
         eprintln!("SKIPPED: pagemap shows no PFNs");
         return;
