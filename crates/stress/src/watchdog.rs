@@ -1,6 +1,7 @@
 //! Turns a hang into a clear message: a thread that watches every other
 //! thread's heartbeat and aborts the process if one stops.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -49,7 +50,10 @@ fn abort(run: &Shared, slot: usize, stall: Duration) -> ! {
         s if s <= accessors => format!("accessor {}", s - 1),
         s => format!("mutator {}", s - 1 - accessors),
     };
-    eprintln!(
+    // Straight to fd 2, not `eprintln!`: under `cargo test` the print
+    // macros are captured, and the capture dies with the abort.
+    let _ = writeln!(
+        std::io::stderr(),
         "mmun stress: watchdog: {who} made no progress for {stall:?} in round {} \
          (seed {}, inject {}): deadlock or livelock; aborting",
         run.round.load(Ordering::Relaxed),
