@@ -1,8 +1,8 @@
 //! fork, exit and the userfaultfd seam: the parent gets `ProtectionPage`
 //! per private writable VMA around the fork, the child a fresh `Mm` with no
 //! notifiers and no uffd state, exit releases exactly once. Scenarios that
-//! end the process run in a child process (this binary, re-run on one
-//! ignored test).
+//! end the process run in a child process (this binary, re-run on the
+//! same test with a role variable set).
 
 mod common;
 
@@ -214,9 +214,8 @@ impl IntervalNotifierOps for FinalUnmap {
     }
 }
 
-/// Run in a child by `exit_releases_once`.
-#[test]
-#[ignore = "helper: run by exit_releases_once in a child process"]
+/// The child's part of `exit_releases_once`: subscribes, then lets the
+/// test harness return from `main` and exit the process normally.
 fn child_exits_normally() {
     mmun_linux::install().expect("libc patched");
     let mm: &Arc<Mm> = mmun_linux::process_mm();
@@ -228,16 +227,23 @@ fn child_exits_normally() {
     raw_write(b"<main-returns>");
 }
 
+/// Set in the child process that `exit_releases_once` re-runs itself as.
+const CHILD_ROLE: &str = "MMUN_LIFECYCLE_EXIT_CHILD";
+
 #[test]
 fn exit_releases_once() {
+    if std::env::var_os(CHILD_ROLE).is_some() {
+        child_exits_normally();
+        return;
+    }
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
-            "--ignored",
             "--exact",
-            "child_exits_normally",
+            "exit_releases_once",
             "--nocapture",
             "--test-threads=1",
         ])
+        .env(CHILD_ROLE, "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
