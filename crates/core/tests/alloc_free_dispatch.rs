@@ -81,6 +81,8 @@ static ALLOCATOR: Trapping = Trapping;
 mod interposed {
     use std::ffi::c_void;
 
+    // SAFETY: the prototypes of glibc's exported `__libc_*` allocator
+    // entry points, which take and return what malloc(3) and friends do.
     unsafe extern "C" {
         fn __libc_malloc(size: usize) -> *mut c_void;
         fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
@@ -220,6 +222,8 @@ fn the_trap_sees_glibc_registering_a_thread_local_destructor() {
     assert!(calls >= 1, "glibc's __cxa_thread_atexit_impl callocs");
 }
 
+// SAFETY: the prototypes of malloc(3) and free(3), bound to the names the
+// process resolves (glibc's, or this binary's interposed ones above).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" {
     #[link_name = "malloc"]

@@ -7,6 +7,7 @@ mod common;
 use common::{PAGE, one_pair, recorder};
 use mmun_core::Event;
 
+// SAFETY: the prototype of glibc's `malloc_trim` (<malloc.h>).
 unsafe extern "C" {
     fn malloc_trim(pad: usize) -> libc::c_int;
 }

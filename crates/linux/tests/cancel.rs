@@ -15,6 +15,7 @@ use mmun_core::{Notifier, NotifierOps};
 use mmun_linux::trace_sink::{self, RECORD_SIZE};
 use mmun_linux::{Call, Phase};
 
+// SAFETY: the prototype of `pthread_setcancelstate` (<pthread.h>).
 unsafe extern "C" {
     fn pthread_setcancelstate(state: i32, old: *mut i32) -> i32;
 }

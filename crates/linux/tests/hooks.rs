@@ -4,6 +4,7 @@
 
 mod common;
 
+// SAFETY: the prototype of glibc's `pkey_mprotect` (<sys/mman.h>).
 unsafe extern "C" {
     fn pkey_mprotect(addr: *mut libc::c_void, len: usize, prot: i32, pkey: i32) -> i32;
 }

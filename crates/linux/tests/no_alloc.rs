@@ -58,6 +58,7 @@ impl IntervalNotifierOps for Count {
     }
 }
 
+// SAFETY: the prototype of glibc's `malloc_trim` (<malloc.h>).
 unsafe extern "C" {
     fn malloc_trim(pad: usize) -> libc::c_int;
 }
