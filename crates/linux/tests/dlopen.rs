@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{PAGE, anon, one_pair, recorder};
 use mmun_core::Event;
 
@@ -15,31 +13,11 @@ int lib_unmap(void *p, size_t len) { return munmap(p, len); }
 int lib_dontneed(void *p, size_t len) { return madvise(p, len, MADV_DONTNEED); }
 "#;
 
-/// Compiles the library with the system C compiler; `None` (and a message)
-/// if there is none.
-fn build_library() -> Option<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("mmun-dlopen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("lib.c");
-    let so = dir.join("libmmun_dlopen_test.so");
-    std::fs::write(&src, SOURCE).unwrap();
-    match Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .status()
-    {
-        Ok(s) if s.success() => Some(so),
-        other => {
-            eprintln!("SKIPPED: no working C compiler (`cc`): {other:?}");
-            None
-        }
-    }
-}
-
 #[test]
 fn a_dlopened_library_is_hooked() {
-    let Some(so) = build_library() else { return };
+    let Some(so) = common::build_c_library("mmun_dlopen_test", SOURCE, &[]) else {
+        return;
+    };
     mmun_linux::install().expect("libc patched");
     let rec = recorder();
     let path = std::ffi::CString::new(so.to_str().unwrap()).unwrap();

@@ -7,7 +7,6 @@ mod common;
 
 use std::ffi::CString;
 use std::ops::ControlFlow;
-use std::process::Command;
 
 use common::recorder;
 use mmun_core::Event;
@@ -18,27 +17,6 @@ int loader_test_value = 7;
 int *const loader_test_relro = &loader_test_value;
 int loader_test_get(void) { return *loader_test_relro; }
 "#;
-
-/// Compiles the library; `None` (and a message) without a C compiler.
-fn build_library() -> Option<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("mmun-loader-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("lib.c");
-    let so = dir.join("libmmun_loader_test.so");
-    std::fs::write(&src, SOURCE).unwrap();
-    match Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .status()
-    {
-        Ok(s) if s.success() => Some(so),
-        other => {
-            eprintln!("SKIPPED: no working C compiler (`cc`): {other:?}");
-            None
-        }
-    }
-}
 
 /// The lowest start and highest end of the VMAs mapping `path`'s inode.
 fn object_range(path: &std::path::Path) -> (u64, u64) {
@@ -58,7 +36,10 @@ fn object_range(path: &std::path::Path) -> (u64, u64) {
 
 #[test]
 fn dlopen_and_dlclose_go_through_the_hooks() {
-    let Some(so) = build_library() else { return };
+    let Some(so) = common::build_c_library("mmun_loader_test", SOURCE, &["-Wl,-z,relro,-z,now"])
+    else {
+        return;
+    };
     let patched = mmun_linux::install().expect("libc and ld.so patched");
     assert!(patched.functions.contains(&"ld.so __munmap"), "{patched:?}");
     let rec = recorder();

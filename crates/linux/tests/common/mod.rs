@@ -210,3 +210,32 @@ pub fn one_pair(seen: &[Seen]) -> (Seen, Seen) {
     );
     (seen[0], seen[1])
 }
+
+/// Compiles `source` into the shared library `lib{name}.so` with the
+/// system C compiler (plus `extra_flags`); `None`, with a message saying
+/// the test skipped, where there is no working `cc`.
+pub fn build_c_library(
+    name: &str,
+    source: &str,
+    extra_flags: &[&str],
+) -> Option<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mmun-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("lib.c");
+    let so = dir.join(format!("lib{name}.so"));
+    std::fs::write(&src, source).unwrap();
+    match std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1"])
+        .args(extra_flags)
+        .arg("-o")
+        .arg(&so)
+        .arg(&src)
+        .status()
+    {
+        Ok(s) if s.success() => Some(so),
+        other => {
+            eprintln!("SKIPPED: no working C compiler (`cc`): {other:?}");
+            None
+        }
+    }
+}
