@@ -9,21 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
-
-/// The preload library cargo built for this test (a dev-dependency).
-fn preload() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_mmun")).parent().unwrap();
-    [
-        bin.join("deps/libmmun_preload.so"),
-        bin.join("libmmun_preload.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .expect("libmmun_preload.so is built as a dev-dependency of mmun-cli")
-}
+mod trace_common;
+use trace_common::{preload, text};
 
 /// The C program, compiled once per test run.
 fn prog() -> &'static Path {

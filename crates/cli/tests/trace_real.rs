@@ -4,23 +4,11 @@
 //! missing, or the program is not installed. The kernel trace buffer is
 //! global: the runs take the oracle's lock, one at a time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
-
-fn preload() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_mmun")).parent().unwrap();
-    [
-        bin.join("deps/libmmun_preload.so"),
-        bin.join("libmmun_preload.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .expect("libmmun_preload.so is built as a dev-dependency of mmun-cli")
-}
+mod trace_common;
+use trace_common::{preload, text};
 
 fn installed(program: &str) -> bool {
     Command::new("sh")
