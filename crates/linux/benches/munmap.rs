@@ -69,14 +69,14 @@ fn median(mut v: Vec<u64>) -> f64 {
 /// The same comparison with the two variants alternating iteration by
 /// iteration, so that the machine's load drifts over both alike: prints
 /// both medians and their ratio.
-fn interleaved(name: &str, at: u64, a: fn(u64), b: fn(u64)) {
+fn interleaved(name: &str, (a_at, a): (u64, fn(u64)), (b_at, b): (u64, fn(u64))) {
     const N: usize = 20_000;
     let (mut ta, mut tb) = (Vec::with_capacity(N), Vec::with_capacity(N));
     for i in 0..2 * N {
         if i % 2 == 0 {
-            ta.push(once(at, a));
+            ta.push(once(a_at, a));
         } else {
-            tb.push(once(at, b));
+            tb.push(once(b_at, b));
         }
     }
     let (ma, mb) = (median(ta), median(tb));
@@ -105,6 +105,43 @@ fn main() {
         .sample_size(50)
         .configure_from_args();
     mmun_linux::install().expect("libc patched");
+    let at = reserve();
+    // Bare calls of the uffd comparison run on memory nobody watches: the
+    // target is the cost over a plain munmap, not over a watched one.
+    let unwatched = reserve();
+
+    run(&mut c, "munmap16/bare", at, bare);
+    run(&mut c, "munmap16/hooked_no_subscriber", at, hooked);
+    interleaved("no subscriber", (at, bare), (at, hooked));
+    let sub = IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
+    run(&mut c, "munmap16/hooked_interval", at, hooked);
+    interleaved("interval notifier", (unwatched, bare), (at, hooked));
+    run(&mut c, "munmap16/bare_again", at, bare);
+    drop(sub);
+    populate(at); // mapped again while the net's thread starts
+    match mmun_linux::net::start_uffd() {
+        Ok(_) => {
+            let _sub =
+                IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
+            run(&mut c, "munmap16/hooked_interval_uffd_armed", at, hooked);
+            interleaved(
+                "interval notifier + uffd net armed",
+                (unwatched, bare),
+                (at, hooked),
+            );
+            interleaved(
+                "uffd net armed, raw syscall (the net's late path)",
+                (unwatched, bare),
+                (at, bare),
+            );
+        }
+        Err(e) => eprintln!("uffd bench skipped: {e}"),
+    }
+    c.final_summary();
+}
+
+/// A 16-page range in the middle of three reserved ones.
+fn reserve() -> u64 {
     // SAFETY: reserves three ranges' worth of address space and benches in
     // the middle one. The guards on both sides stay mapped, so nothing that
     // needs more than 16 free pages (a thread stack: the uffd net's handler
@@ -120,25 +157,5 @@ fn main() {
             0,
         )
     } as u64;
-    let at = reserved + LEN as u64;
-
-    run(&mut c, "munmap16/bare", at, bare);
-    run(&mut c, "munmap16/hooked_no_subscriber", at, hooked);
-    interleaved("no subscriber", at, bare, hooked);
-    let sub = IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
-    run(&mut c, "munmap16/hooked_interval", at, hooked);
-    interleaved("interval notifier", at, bare, hooked);
-    run(&mut c, "munmap16/bare_again", at, bare);
-    drop(sub);
-    populate(at); // mapped again while the net's thread starts
-    match mmun_linux::net::start_uffd() {
-        Ok(_) => {
-            let _sub =
-                IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror).unwrap();
-            run(&mut c, "munmap16/hooked_interval_uffd_armed", at, hooked);
-            interleaved("interval notifier + uffd net armed", at, bare, hooked);
-        }
-        Err(e) => eprintln!("uffd bench skipped: {e}"),
-    }
-    c.final_summary();
+    reserved + LEN as u64
 }

@@ -28,6 +28,18 @@ fn raw(nr: libc::c_long, a: Args) -> Ret {
     unsafe { sys::syscall6(nr as usize, a) }
 }
 
+/// A system call that unmaps `[start, end)` (or replaces the mapping
+/// there), with the userfaultfd net's registration taken off the range
+/// first (`uffd::disarm`) and put back if the call fails.
+fn unmapping(nr: libc::c_long, a: Args, start: u64, end: u64) -> Ret {
+    let disarmed = net::disarm_for_unmap(start, end);
+    let ret = raw(nr, a);
+    if sys::is_err(ret) {
+        net::rearm_after_failure(&disarmed);
+    }
+    ret
+}
+
 /// `[addr, addr + len)` widened to pages.
 fn pages(addr: usize, len: usize) -> (u64, u64) {
     let start = addr as u64;
@@ -40,7 +52,7 @@ pub fn munmap(a: Args) -> Ret {
     around(
         Call::Munmap,
         &Changes::one(Event::Unmap, start, end),
-        || raw(libc::SYS_munmap, a),
+        || unmapping(libc::SYS_munmap, a, start, end),
     )
 }
 
@@ -54,7 +66,7 @@ pub fn mmap(a: Args) -> Ret {
     }
     let (start, end) = pages(a[0], a[1]);
     let ret = around(Call::Mmap, &Changes::one(Event::Unmap, start, end), || {
-        raw(libc::SYS_mmap, a)
+        unmapping(libc::SYS_mmap, a, start, end)
     });
     if !sys::is_err(ret) {
         net::rearm(start, end);
@@ -146,7 +158,18 @@ pub fn brk(a: Args) -> Ret {
     if new != 0 && new < old {
         changes.push(Event::Unmap, page_up(new), page_up(old));
     }
-    around(Call::Brk, &changes, || raw(libc::SYS_brk, a))
+    match changes.as_slice() {
+        [shrink] => around(Call::Brk, &changes, || {
+            // brk reports failure by returning the old break, not an errno.
+            let disarmed = net::disarm_for_unmap(shrink.start, shrink.end);
+            let ret = raw(libc::SYS_brk, a);
+            if ret as u64 != new {
+                net::rearm_after_failure(&disarmed);
+            }
+            ret
+        }),
+        _ => around(Call::Brk, &changes, || raw(libc::SYS_brk, a)),
+    }
 }
 
 /// `shmat(id, addr, flags)`: with `SHM_REMAP` the segment replaces what was
@@ -162,7 +185,10 @@ pub fn shmat(a: Args) -> Ret {
         addr = page_down(addr);
     }
     let changes = Changes::one(Event::Unmap, addr, page_up(addr + size));
-    let ret = around(Call::Shmat, &changes, || raw(libc::SYS_shmat, a));
+    let end = page_up(addr + size);
+    let ret = around(Call::Shmat, &changes, || {
+        unmapping(libc::SYS_shmat, a, addr, end)
+    });
     if !sys::is_err(ret) {
         net::rearm(addr, page_up(addr + size));
     }

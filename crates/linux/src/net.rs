@@ -105,6 +105,23 @@ pub fn start_uffd() -> Result<&'static crate::uffd::UffdNet, String> {
     Ok(net)
 }
 
+/// Before a hooked call unmaps `[start, end)`: takes the armed part off
+/// the net (see `uffd::disarm`), so the kernel neither holds the call for
+/// the handler nor reports the change a second time.
+pub(crate) fn disarm_for_unmap(start: u64, end: u64) -> crate::uffd::Disarmed {
+    UFFD.get()
+        .map_or_else(Default::default, |net| net.disarm_for_unmap(start, end))
+}
+
+/// The unmap that [`disarm_for_unmap`] prepared failed: watch again.
+pub(crate) fn rearm_after_failure(disarmed: &crate::uffd::Disarmed) {
+    if let Some(net) = UFFD.get()
+        && !disarmed.pieces().is_empty()
+    {
+        net.rearm_after_failure(disarmed);
+    }
+}
+
 /// The started net, if any.
 pub fn uffd() -> Option<&'static crate::uffd::UffdNet> {
     UFFD.get()

@@ -25,7 +25,9 @@
 //!   watch is refused with `Unwatchable("max_map_count")`.
 //! * The unmapping thread is held only until the handler `read()`s the
 //!   event, so delivery is late by construction; with hooks installed, the
-//!   hook delivers first and synchronously.
+//!   hook delivers first and synchronously, and a hooked unmap takes the
+//!   range off the net before the call (`disarm.rs`), so it is neither held
+//!   nor reported twice.
 //!
 //! # Locks
 //!
@@ -38,6 +40,7 @@
 //! before taking `armed`, so a mutator blocked in `munmap` never waits for
 //! a lock.
 
+mod disarm;
 mod handler;
 pub(crate) mod ranges;
 pub(crate) mod sys;
@@ -49,6 +52,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+pub use disarm::Disarmed;
 use ranges::{Armed, Watched};
 
 /// The page size the net aligns to (x86_64 and the machines we run on; checked
