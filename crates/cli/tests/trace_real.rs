@@ -97,6 +97,25 @@ fn a_c_compiler_run() {
     let _ = std::fs::remove_file(&out);
 }
 
+/// fork(), _Fork(), clone() with and without CLONE_VM, vfork(),
+/// posix_spawn() and system() from a parent with 64 MiB of written
+/// private memory (`tests/c/copies.c`): the copies' write-protects are
+/// covered, the shared-memory ones change nothing.
+#[test]
+fn every_way_of_making_a_process() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/copies.c");
+    let bin = std::env::temp_dir().join(format!("mmun-copies-{}", std::process::id()));
+    let built = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("cc (gcc) is installed by .ci/run");
+    assert!(built.success(), "cc {}", src.display());
+    verify_zero_missed("every_way_of_making_a_process", &[bin.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&bin);
+}
+
 /// Debian's python3 importing extension modules, which are `.so` files
 /// `ld.so` maps, protects (RELRO) and relocates inside `dlopen`.
 #[test]

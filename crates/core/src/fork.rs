@@ -39,8 +39,9 @@
 //!
 //! All three are idempotent per fork: [`prepare`] does nothing if this
 //! thread already holds the locks, [`parent`] and [`child`] nothing if it
-//! does not. Not covered: `_Fork`, `vfork`, `clone` and `posix_spawn`
-//! (glibc runs no atfork handlers for them); SRCU domains other than the
+//! does not. Not covered by the automatic handlers: `_Fork` and `clone`
+//! (glibc runs no atfork handlers for them; `mmun-linux` calls the three
+//! functions around their system calls itself); SRCU domains other than the
 //! global one (`Srcu::new`, used by tests); per-`Mm` locks (a child gets a
 //! fresh `Mm` from `mmun-linux`; a plain user who keeps using a parent's
 //! `Mm` in the child gets no repair of it); a fork from inside an SRCU

@@ -40,6 +40,7 @@
 
 pub mod anon;
 pub mod dispatch;
+pub mod fork_calls;
 pub mod hooks;
 pub mod lifecycle;
 pub mod maps;

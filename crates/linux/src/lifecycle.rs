@@ -11,8 +11,10 @@
 //!   helper thread and no held lock of the new `Mm`. The core's own fork
 //!   protocol (`mmun_core::fork`: the global SRCU domain's locks, worker
 //!   and reader slots) runs last in prepare and first in parent and child. `_Fork`, `vfork`,
-//!   `clone` and `posix_spawn` do not run atfork handlers: without
-//!   `CLONE_VM` only `fork` is covered (see DESIGN.md).
+//!   `clone` and `posix_spawn` do not run atfork handlers: `_Fork` and `clone`
+//!   without `CLONE_VM` are hooked at their system call instead
+//!   (`fork_calls`); `vfork` and `posix_spawn` share the address space and
+//!   change nothing.
 //! * **exit** (`atexit`): `Mm::exit` — `release` once, then `Unmap
 //!   [0, max)` for the interval notifiers, as `exit_mmap` does. `_exit` and
 //!   `exit_group` are not interposed: like a crash, they end the process
@@ -24,7 +26,7 @@
 //!   (close-on-exec). Releasing before the call would leave a dead `Mm`
 //!   behind a failed exec.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
 
 use mmun_core::{Event, Invalidation, Mm, MmapReadGuard, Range};
@@ -42,6 +44,15 @@ struct ForkOpen {
 
 thread_local! {
     static FORK: RefCell<Option<ForkOpen>> = const { RefCell::new(None) };
+    /// Between this thread's atfork prepare and its parent/child handler:
+    /// the `_Fork` inside glibc's `fork()` is covered already.
+    static IN_ATFORK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is inside glibc's `fork()`, between the atfork
+/// prepare and parent/child handlers (see `fork_calls`).
+pub fn in_atfork() -> bool {
+    IN_ATFORK.with(Cell::get)
 }
 
 /// `pthread_atfork` prepare: start `ProtectionPage` per private (COW) VMA,
@@ -49,6 +60,7 @@ thread_local! {
 /// must come after every dispatch of this thread until `parent`/`child`.
 /// Runs before glibc takes malloc's locks, so it may allocate.
 extern "C" fn prepare() {
+    IN_ATFORK.with(|f| f.set(true));
     start_fork_invalidations();
     mmun_core::fork::prepare();
 }
@@ -112,6 +124,7 @@ fn mm_read(mm: &'static Mm) -> MmapReadGuard<'static> {
 extern "C" fn parent() {
     // First: ending the invalidations below takes SRCU read sections.
     mmun_core::fork::parent();
+    IN_ATFORK.with(|f| f.set(false));
     let Some(state) = FORK.with(|f| f.borrow_mut().take()) else {
         return;
     };
@@ -137,14 +150,22 @@ extern "C" fn child() {
     if let Some(state) = FORK.with(|f| f.borrow_mut().take()) {
         std::mem::forget(state);
     }
+    IN_ATFORK.with(|f| f.set(false));
+    reset_child_state();
+    // The child's own trace hook-up: its fresh Mm gets the tracing
+    // notifier, and a KVM VM of its own under --verify-with-kernel.
+    crate::trace_sink::init_from_env();
+}
+
+/// A fork child's state, allocation-free: no queued or open work of the
+/// forking thread, a fresh `Mm` on next use, no inherited uffd context, no
+/// inherited `/proc` descriptors.
+pub fn reset_child_state() {
     thread::reset_in_child();
     process::reset_in_child();
     net::forget_in_child();
     crate::thp::reset_in_child();
     crate::anon::reset_in_child();
-    // The child's own trace hook-up: its fresh Mm gets the tracing
-    // notifier, and a KVM VM of its own under --verify-with-kernel.
-    crate::trace_sink::init_from_env();
 }
 
 /// `atexit`: release the process `Mm` once, then the final unmap.

@@ -66,6 +66,33 @@ pub fn hold() -> Held {
     Held { old }
 }
 
+impl Held {
+    /// The mask this guard restores.
+    pub fn old_mask(&self) -> u64 {
+        self.old
+    }
+}
+
+/// Sets this thread's signal mask (a `clone` child that cannot return
+/// through its parent's guard).
+pub fn set_mask(mask: u64) {
+    let mask: SigSet = mask;
+    // SAFETY: rt_sigprocmask reads one set we own, of the kernel's size.
+    unsafe {
+        sys::syscall6(
+            libc::SYS_rt_sigprocmask as usize,
+            [
+                libc::SIG_SETMASK as usize,
+                &raw const mask as usize,
+                0,
+                size_of::<SigSet>(),
+                0,
+                0,
+            ],
+        )
+    };
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         // SAFETY: as in `hold`, restoring the mask it saved.

@@ -10,6 +10,7 @@
 //!
 //! Read with `objdump -d /lib/x86_64-linux-gnu/libc.so.6`.
 
+use crate::fork_calls;
 use crate::hooks::{self, Args};
 use crate::sys::Ret;
 use crate::writeback;
@@ -149,6 +150,26 @@ pub const SITES: &[Site] = &[
         pattern: "b8 32 01 00 00 0f 05",
         kind: Kind::Syscall { aligned: false },
         hook: writeback::syncfs,
+    },
+    Site {
+        // mov rax, fs:0x10; xor r8d, r8d; xor edx, edx; xor esi, esi;
+        // mov edi, CHILD_SETTID|CHILD_CLEARTID|SIGCHLD; lea r10, [rax+0x2d0];
+        // mov eax, 56; syscall
+        symbol: "_Fork",
+        pattern: "64 48 8b 04 25 10 00 00 00 45 31 c0 31 d2 31 f6 \
+                  bf 11 00 20 01 4c 8d 90 d0 02 00 00 b8 38 00 00 00 0f 05",
+        kind: Kind::Syscall { aligned: false },
+        hook: fork_calls::fork_site,
+    },
+    Site {
+        // The checks of fn and stack; fn and arg stored on the new stack;
+        // the arguments moved to the syscall registers; mov eax, 56; syscall
+        symbol: "clone",
+        pattern: "48 c7 c0 ea ff ff ff 48 85 ff 74 3e 48 83 e6 f0 74 38 \
+                  48 89 4e f8 48 83 ee 10 48 89 3e 48 89 d7 4c 89 c2 4d 89 c8 \
+                  4c 8b 54 24 08 b8 38 00 00 00 0f 05",
+        kind: Kind::Syscall { aligned: false },
+        hook: fork_calls::clone_site,
     },
     // The next four start with `cmp byte [__libc_single_threaded], 0` (7
     // bytes) and issue their `syscall` with asynchronous cancellation on

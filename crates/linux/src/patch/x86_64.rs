@@ -245,6 +245,12 @@ pub fn install() -> Result<Patched, InstallError> {
     let sites = locate()?;
     membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)?;
     let page = trampoline_page(&sites)?;
+    for s in &sites {
+        if s.site.symbol == "clone" {
+            // The clone hook's child jumps there itself (`fork_calls`).
+            crate::fork_calls::set_clone_resume(s.at + 7);
+        }
+    }
     for (i, s) in sites.iter().enumerate() {
         let code = trampoline(s.site, s.at + 7);
         let slot = page + (i * SLOT) as u64;
