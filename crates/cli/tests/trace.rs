@@ -233,3 +233,21 @@ fn count(trace: &str, name: &str) -> usize {
         })
         .unwrap_or_else(|| panic!("no `{name}` count in {trace}"))
 }
+
+/// The traced command asks UCX for its GOT-hooking mode, which coexists
+/// with the hooks (`mmun_linux::patch::foreign`), unless the user chose.
+#[test]
+fn the_traced_command_asks_ucx_for_reloc_mode_unless_the_user_chose() {
+    let echo = ["sh", "-c", "echo mode=$UCX_MEM_MMAP_HOOK_MODE"];
+    let unset = mmun_trace(&["-q"], &echo);
+    assert!(unset.status.success(), "{}", text(&unset.stderr));
+    assert_eq!(text(&unset.stdout).trim(), "mode=reloc");
+    let chosen = Command::new(env!("CARGO_BIN_EXE_mmun"))
+        .args(["trace", "-q", "--"])
+        .args(echo)
+        .env("MMUN_PRELOAD", preload())
+        .env("UCX_MEM_MMAP_HOOK_MODE", "bistro")
+        .output()
+        .expect("run mmun trace");
+    assert_eq!(text(&chosen.stdout).trim(), "mode=bistro");
+}

@@ -130,21 +130,29 @@ pub fn madvise(a: Args) -> Ret {
 /// `mprotect(addr, len, prot)`: `ProtectionVma` of the range.
 pub fn mprotect(a: Args) -> Ret {
     let (start, end) = pages(a[0], a[1]);
-    around(
+    let ret = around(
         Call::Mprotect,
         &Changes::one(Event::ProtectionVma, start, end),
         || raw(libc::SYS_mprotect, a),
-    )
+    );
+    if !sys::is_err(ret) {
+        crate::patch::after_mprotect(start, end, a[2] as i32);
+    }
+    ret
 }
 
 /// `pkey_mprotect(addr, len, prot, pkey)`: as `mprotect`.
 pub fn pkey_mprotect(a: Args) -> Ret {
     let (start, end) = pages(a[0], a[1]);
-    around(
+    let ret = around(
         Call::PkeyMprotect,
         &Changes::one(Event::ProtectionVma, start, end),
         || raw(libc::SYS_pkey_mprotect, a),
-    )
+    );
+    if !sys::is_err(ret) {
+        crate::patch::after_mprotect(start, end, a[2] as i32);
+    }
+    ret
 }
 
 /// `brk(addr)` (also reached by `sbrk` and glibc's heap trimming):

@@ -50,6 +50,7 @@ fn a_foreign_patch_is_refused_and_left_alone() {
             function,
             bytes,
             verdict,
+            owner,
         }) => {
             assert_eq!(function, "shmat");
             assert!(bytes.starts_with("e9 00 00 00 00 0f 05"), "{bytes}");
@@ -58,6 +59,7 @@ fn a_foreign_patch_is_refused_and_left_alone() {
                 function,
                 bytes,
                 verdict,
+                owner,
             }
             .to_string();
             assert!(message.contains("refusing to patch `shmat`"), "{message}");

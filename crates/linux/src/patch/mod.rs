@@ -9,6 +9,8 @@
 //! userfaultfd net alone (see DESIGN.md).
 
 #[cfg(target_arch = "x86_64")]
+pub mod foreign;
+#[cfg(target_arch = "x86_64")]
 mod ldso;
 #[cfg(target_arch = "x86_64")]
 mod sites;
@@ -41,6 +43,9 @@ pub enum InstallError {
         bytes: String,
         /// What they look like, e.g. another library's patch.
         verdict: &'static str,
+        /// The loaded object a foreign `jmp` leads into, e.g.
+        /// `/lib/x86_64-linux-gnu/libucm.so.0`.
+        owner: Option<String>,
     },
     /// The instruction to patch straddles two cache lines (no atomic store
     /// can replace it).
@@ -84,7 +89,16 @@ impl InstallError {
             function,
             bytes,
             verdict,
+            owner: None,
         }
+    }
+
+    /// Names the object a foreign jump leads into.
+    pub fn with_owner(mut self, owner: Option<String>) -> InstallError {
+        if let InstallError::Foreign { owner: o, .. } = &mut self {
+            *o = owner;
+        }
+        self
     }
 }
 
@@ -97,10 +111,22 @@ impl fmt::Display for InstallError {
                 function,
                 bytes,
                 verdict,
-            } => write!(
-                f,
-                "refusing to patch `{function}`: its code is not the expected glibc 2.36 x86_64 prologue ({verdict}); found: {bytes}"
-            ),
+                owner,
+            } => {
+                write!(
+                    f,
+                    "refusing to patch `{function}`: its code is not the expected glibc 2.36 x86_64 prologue ({verdict}); found: {bytes}"
+                )?;
+                if let Some(owner) = owner {
+                    write!(f, "; the jump leads into {owner}")?;
+                    if owner.contains("libucm") {
+                        f.write_str(
+                            "; UCX patched first: load mmun first, or set UCX_MEM_MMAP_HOOK_MODE=reloc, and both see every call",
+                        )?;
+                    }
+                }
+                Ok(())
+            }
             InstallError::Straddles(s) => write!(
                 f,
                 "refusing to patch `{s}`: its system-call site straddles two cache lines"
@@ -140,4 +166,14 @@ pub fn install() -> Result<Patched, InstallError> {
     {
         Err(InstallError::UnsupportedArch(std::env::consts::ARCH))
     }
+}
+
+/// After a hooked `mprotect`: notices another patcher replacing our hooks
+/// (see [`foreign`]).
+#[inline]
+pub fn after_mprotect(start: u64, end: u64, prot: i32) {
+    #[cfg(target_arch = "x86_64")]
+    foreign::after_mprotect(start, end, prot);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, end, prot);
 }

@@ -113,7 +113,10 @@ fn locate() -> Result<Vec<Located>, InstallError> {
             .zip(&actual)
             .all(|(p, a)| p.is_none_or(|p| p == *a));
         if !matches {
-            return Err(InstallError::foreign(site.symbol, &actual));
+            let owner = super::foreign::jump_target(sym, &actual)
+                .and_then(super::foreign::owner_of)
+                .map(|o| o.to_string_lossy().into_owned());
+            return Err(InstallError::foreign(site.symbol, &actual).with_owner(owner));
         }
         let at = sym + site.offset() as u64;
         let window = window(at).ok_or(InstallError::Straddles(site.symbol))?;
@@ -264,6 +267,13 @@ pub fn install() -> Result<Patched, InstallError> {
         write_jump(s.at, s.window, page + (i * SLOT) as u64)?;
     }
     membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)?;
+    super::foreign::record(sites.iter().enumerate().map(|(i, s)| {
+        let target = page + (i * SLOT) as u64;
+        let rel = (target as i64 - (s.at as i64 + 5)) as i32;
+        let r = rel.to_le_bytes();
+        (s.site.symbol, s.at, [0xe9, r[0], r[1], r[2], r[3]])
+    }));
+    super::foreign::prefer_ucx_reloc_mode();
     Ok(Patched {
         functions: sites.iter().map(|s| s.site.symbol).collect(),
         trampolines: page,

@@ -52,6 +52,14 @@ pub(crate) fn run_exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
             value.push(old);
         }
         cmd.env("LD_PRELOAD", value).env_remove(ENV_EXEC_PRELOAD);
+        // UCX's libucm initialises before a preloaded library and would
+        // patch libc's entries first (its "bistro" mode), which the hooks
+        // refuse to patch over; in "reloc" mode it hooks through the GOT
+        // and both see every call (mmun_linux::patch::foreign). A mode the
+        // user chose is kept.
+        if std::env::var_os("UCX_MEM_MMAP_HOOK_MODE").is_none() {
+            cmd.env("UCX_MEM_MMAP_HOOK_MODE", "reloc");
+        }
     }
     let err = cmd.exec();
     eprintln!(
