@@ -33,6 +33,11 @@ enum Command {
     /// each of the kernel's own invalidations against them (exit 1 on a
     /// missed one).
     Trace(cmd::trace::Args),
+    /// The headline measurements side by side in one run: the interposed
+    /// munmap against the raw system call, and UCX's hooks and registration
+    /// cache on the same work where libucx-dev is installed; medians,
+    /// ratios and targets as a table.
+    Bench(cmd::bench::Args),
     /// Internal: the stub `mmun trace` starts the command as.
     #[command(name = "__trace-exec", hide = true)]
     TraceExec(cmd::trace::ExecArgs),
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => cmd::diff::run(&args),
         Command::Stress(args) => cmd::stress::run(&args),
         Command::Trace(args) => cmd::trace::run(&args),
+        Command::Bench(args) => cmd::bench::run(&args),
         Command::TraceExec(args) => cmd::trace::run_exec(&args),
     };
     match result {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod bench;
 pub(crate) mod diff;
 pub(crate) mod oracle;
 pub(crate) mod replay;
