@@ -33,8 +33,11 @@ pub struct Key {
 }
 
 /// Entries of one leaf, in key order, as parallel arrays: a query scans
-/// `lasts` and `keys` without touching the values.
+/// `lasts` and `keys` without touching the values. `len` comes first (C
+/// layout): a query reads it first, and there it shares its cache line with
+/// the first keys instead of sitting alone past the values.
 #[derive(Clone)]
+#[repr(C)]
 struct Leaf<V> {
     len: usize,
     keys: [Key; FANOUT],
@@ -44,7 +47,9 @@ struct Leaf<V> {
 
 /// Children of one inner node: the smallest key and the largest `last` of
 /// each child's subtree, and the child's index (a leaf at height 1).
+/// `len` first, as in [`Leaf`].
 #[derive(Clone)]
+#[repr(C)]
 struct Inner {
     len: usize,
     firsts: [Key; FANOUT],

@@ -36,7 +36,7 @@ use crate::mm::MmapWriteGuard;
 use crate::notifier::register_locked;
 use crate::ops::IntervalNotifierOps;
 use crate::subscriptions::ops_ptr::OpsBox;
-use crate::subscriptions::seq_arena::SeqChunk;
+use crate::subscriptions::seq_arena::SeqHandle;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Mm, Seq};
@@ -59,6 +59,8 @@ pub struct IntervalSub {
 }
 
 impl IntervalSub {
+    /// Seq 0, as the arena's zeroed words start (loom builds each one).
+    #[cfg(mmun_loom)]
     pub(crate) fn new() -> IntervalSub {
         IntervalSub {
             invalidate_seq: AtomicU64::new(0),
@@ -121,29 +123,6 @@ impl fmt::Debug for IntervalSub {
     }
 }
 
-/// A handle's seq word, kept alive by its chunk.
-pub(crate) struct SeqRef {
-    chunk: SeqChunk,
-    offset: u32,
-}
-
-impl SeqRef {
-    pub(crate) fn new(chunk: SeqChunk, offset: usize) -> SeqRef {
-        SeqRef {
-            chunk,
-            offset: offset as u32,
-        }
-    }
-}
-
-impl Deref for SeqRef {
-    type Target = IntervalSub;
-    #[inline]
-    fn deref(&self) -> &IntervalSub {
-        &self.chunk[self.offset as usize]
-    }
-}
-
 /// Tree membership of a subscription, one byte per id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TreeState {
@@ -177,9 +156,9 @@ impl TreeState {
 /// `check_retry` and `set_seq`; `read_begin` is a method of the handle
 /// because it may wait on the address space.
 pub struct IntervalNotifier<O: IntervalNotifierOps> {
-    /// `mmgrab`: the address space outlives the subscription.
-    mm: Arc<Mm>,
-    seq: SeqRef,
+    /// The seq word, with the address space (`mmgrab`: it outlives the
+    /// subscription).
+    seq: SeqHandle,
     /// Where the subscription sorts in the tree (`key.start` is the start).
     key: Key,
     last: u64,
@@ -229,13 +208,12 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         let subscriptions = mm.subscriptions().ok_or(Error::Disabled)?;
         let scope = mm.registration_scope();
         let ops = OpsBox::new(ops);
-        let (key, seq) = subscriptions.itree_insert(start, last, ops.erased());
+        let (key, seq) = subscriptions.itree_insert(mm, start, last, ops.erased());
         drop(scope);
         if let Some(observer) = mm.observer() {
             observer.interval_inserted(start, last);
         }
         Ok(IntervalNotifier {
-            mm: Arc::clone(mm),
             seq,
             key,
             last,
@@ -257,7 +235,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     /// callback (`might_sleep`).
     #[must_use = "pass the seq to read_retry"]
     pub fn read_begin(&self) -> Seq {
-        let subscriptions = self.mm.subscriptions().expect("inserted, so present");
+        let subscriptions = self.mm().subscriptions().expect("inserted, so present");
         subscriptions.itree_read_begin(&self.seq)
     }
 
@@ -277,15 +255,16 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         if self.ops.is_none() {
             return;
         }
-        let subscriptions = self.mm.subscriptions().expect("inserted, so present");
+        let mm = self.seq.mm();
+        let subscriptions = mm.subscriptions().expect("inserted, so present");
         // If this panics the state stays allocated (an `OpsBox` leaks when
         // dropped): the tree may still point at it.
         let Some(ops) = self.ops.take() else { return };
-        let scope = self.mm.registration_scope();
+        let scope = mm.registration_scope();
         let unsubscribed = subscriptions.itree_remove(self.key, ops.erased());
         ops.free(unsubscribed);
         drop(scope);
-        if let Some(observer) = self.mm.observer() {
+        if let Some(observer) = mm.observer() {
             observer.interval_removed(self.key.start, self.last);
         }
     }
@@ -302,7 +281,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
 
     /// The address space.
     pub fn mm(&self) -> &Arc<Mm> {
-        &self.mm
+        self.seq.mm()
     }
 
     /// The driver state.

@@ -21,15 +21,15 @@ use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
 
-use crate::error::{Error, Result, WouldBlock};
+use crate::Mm;
+use crate::error::{Error, Result};
 use crate::mm::MmapWriteGuard;
-use crate::ops::{NotifierOps, PteValue, StartFn};
+use crate::ops::{NotifierOps, PteValue};
 use crate::rcu;
 use crate::subscriptions::list::ListEntry;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use crate::warn::Warning;
-use crate::{Mm, Range};
 
 /// `struct mmu_notifier` together with the driver state `T` it is embedded
 /// in.
@@ -42,6 +42,18 @@ pub(crate) struct Subscription<T: 'static> {
     /// which is why `release` can run twice (see `Notifier::unregister`).
     hashed: AtomicBool,
     data: T,
+}
+
+impl<T> Subscription<T> {
+    /// The driver state.
+    pub(crate) fn data(&self) -> &T {
+        &self.data
+    }
+
+    /// The ops table.
+    pub(crate) fn ops(&self) -> &'static NotifierOps<T> {
+        self.ops
+    }
 }
 
 /// Bits for the callbacks an ops table provides.
@@ -63,9 +75,6 @@ pub(crate) trait ErasedSubscription: Send + Sync {
     fn clear_young(&self, mm: &Mm, start: u64, end: u64) -> bool;
     fn test_young(&self, mm: &Mm, address: u64) -> bool;
     fn change_pte(&self, mm: &Mm, address: u64, pte: PteValue);
-    /// `None` when the ops have no `invalidate_range_start`.
-    fn invalidate_range_start(&self, range: &Range<'_>) -> Option<Result<(), WouldBlock>>;
-    fn invalidate_range_end(&self, range: &Range<'_>);
     fn invalidate_range(&self, mm: &Mm, start: u64, end: u64);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
@@ -116,20 +125,6 @@ impl<T: Send + Sync + 'static> ErasedSubscription for Subscription<T> {
     fn change_pte(&self, mm: &Mm, address: u64, pte: PteValue) {
         if let Some(f) = self.ops.change_pte {
             f(&self.data, mm, address, pte);
-        }
-    }
-    fn invalidate_range_start(&self, range: &Range<'_>) -> Option<Result<(), WouldBlock>> {
-        match self.ops.invalidate_range_start? {
-            StartFn::Infallible(f) => {
-                f(&self.data, range);
-                Some(Ok(()))
-            }
-            StartFn::Fallible(f) => Some(f(&self.data, range)),
-        }
-    }
-    fn invalidate_range_end(&self, range: &Range<'_>) {
-        if let Some(f) = self.ops.invalidate_range_end {
-            f(&self.data, range);
         }
     }
     fn invalidate_range(&self, mm: &Mm, start: u64, end: u64) {

@@ -22,11 +22,13 @@ use smallvec::SmallVec;
 use super::ops_ptr::{OpsPtr, Unsubscribed};
 use super::{Locked, Subscriptions};
 
+use super::seq_arena::SeqHandle;
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
 use crate::interval_btree::Key;
-use crate::interval_notifier::{IntervalSub, SeqRef, TreeState};
+use crate::interval_notifier::{IntervalSub, TreeState};
 use crate::lockdep;
+use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 use crate::warn::Warning;
 use crate::{Event, Mm, Range, Seq};
@@ -102,7 +104,7 @@ impl Subscriptions {
     ) -> Option<Key> {
         let last = range.last()?;
         for (key, _, ops) in locked.tree.overlapping_after(range.start(), last, after) {
-            hits.push((*ops, self.seq_words.get(key.id)));
+            hits.push((*ops, self.seq_words.get_prefetched(key.id)));
             if hits.len() == BATCH {
                 return Some(key);
             }
@@ -184,12 +186,18 @@ impl Subscriptions {
     }
 
     /// `__mmu_interval_notifier_insert`, after the tree was enabled: returns
-    /// the subscription's key and seq word.
-    pub(crate) fn itree_insert(&self, start: u64, last: u64, ops: OpsPtr) -> (Key, SeqRef) {
+    /// the subscription's key and seq word. `mm` is the address space of
+    /// these subscriptions.
+    pub(crate) fn itree_insert(
+        &self,
+        mm: &Arc<Mm>,
+        start: u64,
+        last: u64,
+        ops: OpsPtr,
+    ) -> (Key, SeqHandle) {
         let mut locked = self.lock();
         let key = locked.ids.alloc(start);
-        let (chunk, offset) = self.seq_words.ensure(key.id);
-        let sub = SeqRef::new(chunk, offset);
+        let sub = self.seq_words.ensure(key.id);
         let seq = locked.invalidate_seq;
         if locked.active > 0 && seq & 1 == 1 {
             // Fully excluded: the tree is frozen, join it when the epoch ends.
@@ -214,7 +222,8 @@ impl Subscriptions {
             sub.set_seq_locked(locked.invalidate_seq.wrapping_sub(1));
             link_now(&mut locked, key, last, ops);
         }
-        (key, sub)
+        drop(locked);
+        (key, SeqHandle::new(mm, sub))
     }
 
     /// `mmu_interval_notifier_remove`: takes the subscription `key` out of

@@ -10,9 +10,10 @@
 //! period, and `put` defers `free_notifier` until after one.
 
 use super::Subscriptions;
+use super::direct::DirectSubscription;
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
-use crate::notifier::{ErasedSubscription, caps};
+use crate::notifier::{ErasedSubscription, Subscription, caps};
 use crate::ops::PteValue;
 use crate::rcu;
 use crate::sync::Arc;
@@ -22,17 +23,33 @@ use crate::{Mm, Range};
 
 /// One list entry: a registered subscription, type-erased, with the set of
 /// callbacks its ops provide, so that dispatch skips absent ones without a
-/// virtual call (the kernel tests the ops pointer for NULL the same way).
+/// virtual call (the kernel tests the ops pointer for NULL the same way),
+/// and its start and end callbacks erased for one direct call each.
 #[derive(Clone)]
 pub(crate) struct ListEntry {
-    sub: Arc<dyn ErasedSubscription>,
+    sub: DirectSubscription,
     caps: u16,
 }
 
 impl ListEntry {
-    pub(crate) fn new(sub: Arc<dyn ErasedSubscription>) -> ListEntry {
+    pub(crate) fn new<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) -> ListEntry {
         let caps = sub.caps();
-        ListEntry { sub, caps }
+        ListEntry {
+            sub: DirectSubscription::new(sub),
+            caps,
+        }
+    }
+
+    /// `invalidate_range_start`, `None` if the ops have none.
+    #[inline]
+    fn start(&self, range: &Range<'_>) -> Option<Result<(), WouldBlock>> {
+        self.sub.start(range)
+    }
+
+    /// `invalidate_range_end`, if the ops have one.
+    #[inline]
+    fn end(&self, range: &Range<'_>) {
+        self.sub.end(range);
     }
 
     /// Whether the ops provide the callback `cap` (a `caps::*` bit).
@@ -43,18 +60,18 @@ impl ListEntry {
 
     /// Whether both entries are the same subscription.
     pub(crate) fn same(&self, other: &ListEntry) -> bool {
-        Arc::ptr_eq(&self.sub, &other.sub)
+        Arc::ptr_eq(self.subscription(), other.subscription())
     }
 
     pub(crate) fn subscription(&self) -> &Arc<dyn ErasedSubscription> {
-        &self.sub
+        self.sub.subscription()
     }
 }
 
 impl std::ops::Deref for ListEntry {
     type Target = dyn ErasedSubscription;
     fn deref(&self) -> &Self::Target {
-        &*self.sub
+        &**self.subscription()
     }
 }
 
@@ -118,6 +135,7 @@ impl Subscriptions {
     /// with an end gets it. If a start unwinds, the tree's count is closed
     /// and the notifiers whose start returned, or that have none, get their
     /// end; the one that unwound and those after it do not.
+    #[inline]
     pub(crate) fn list_invalidate_range_start(
         &self,
         range: &Range<'_>,
@@ -139,7 +157,7 @@ impl Subscriptions {
                 }
                 let outcome = {
                     let _non_block = NonBlock::enter(!range.is_blockable());
-                    entry.invalidate_range_start(range)
+                    entry.start(range)
                 };
                 if let Some(Err(refused)) = outcome {
                     self.warn_failed_start(range, entry);
@@ -150,7 +168,7 @@ impl Subscriptions {
             if result.is_err() {
                 unwind.tree.close();
                 for entry in list.iter().filter(|e| e.has(caps::END)) {
-                    entry.invalidate_range_end(range);
+                    entry.end(range);
                 }
             }
             result
@@ -172,6 +190,7 @@ impl Subscriptions {
 
     /// `mn_hlist_invalidate_end`: `invalidate_range` (unless `only_end`),
     /// then `invalidate_range_end`, per notifier.
+    #[inline]
     pub(crate) fn list_invalidate_range_end(&self, range: &Range<'_>, only_end: bool) {
         self.with_list(|list| end_each(list, range, only_end, list.len()));
     }
@@ -266,7 +285,7 @@ fn end_each(list: &[ListEntry], range: &Range<'_>, only_end: bool, started: usiz
         }
         if entry.has(caps::END) {
             let _non_block = NonBlock::enter(!range.is_blockable());
-            entry.invalidate_range_end(range);
+            entry.end(range);
         }
     }
 }

@@ -26,6 +26,7 @@
 //! are read without the lock: they change only under `mm_take_all_locks`
 //! (`has_itree`) or are re-checked under SRCU (`has_list`).
 
+mod direct;
 pub(crate) mod itree;
 pub(crate) mod list;
 pub(crate) mod ops_ptr;
@@ -157,6 +158,11 @@ impl Subscriptions {
         std::ptr::from_ref(self).addr()
     }
 
+    /// Whether `word` is a seq word of these subscriptions (a debug check).
+    pub(crate) fn owns_seq_word(&self, word: &crate::IntervalSub) -> bool {
+        self.seq_words.owns(word)
+    }
+
     pub(crate) fn has_itree(&self) -> bool {
         // Pairs with the Release store in `mark_has_itree`.
         self.has_itree.load(Ordering::Acquire)
@@ -175,6 +181,23 @@ impl Subscriptions {
     /// only if its start returned or it has no start callback. The caller's
     /// `Invalidation` must not end anything then.
     pub(crate) fn invalidate_range_start(&self, range: &Range<'_>) -> Result<bool, WouldBlock> {
+        if self.has_itree() {
+            return self.invalidate_range_start_with_itree(range);
+        }
+        // No tree: nothing to count or close, whatever the list does.
+        let mut tree = ItreeCount {
+            subscriptions: self,
+            armed: false,
+        };
+        self.list_invalidate_range_start(range, &mut tree)?;
+        Ok(false)
+    }
+
+    /// [`Subscriptions::invalidate_range_start`] of an address space with
+    /// interval notifiers. Out of line: its batch of hits would otherwise
+    /// give the list-only path a frame of half a kilobyte to set up.
+    #[inline(never)]
+    fn invalidate_range_start_with_itree(&self, range: &Range<'_>) -> Result<bool, WouldBlock> {
         // Closes the tree's epoch unless the list accepts the range: when a
         // list notifier refuses it (Linux leaves the tree side counted here,
         // spec §5 latent issue (a), stranding `active` and hanging readers;
@@ -184,18 +207,16 @@ impl Subscriptions {
             subscriptions: self,
             armed: false,
         };
-        if self.has_itree() {
-            let mut unstarted = UnstartedListEnds {
-                subscriptions: self,
-                range,
-                armed: true,
-            };
-            let outcome = self.itree_invalidate(range);
-            // A refusal calls no list notifier at all, not even an end.
-            unstarted.armed = false;
-            outcome?;
-            tree.armed = true;
-        }
+        let mut unstarted = UnstartedListEnds {
+            subscriptions: self,
+            range,
+            armed: true,
+        };
+        let outcome = self.itree_invalidate(range);
+        // A refusal calls no list notifier at all, not even an end.
+        unstarted.armed = false;
+        outcome?;
+        tree.armed = true;
         self.list_invalidate_range_start(range, &mut tree)?;
         let counted = tree.armed;
         tree.armed = false;
@@ -203,6 +224,7 @@ impl Subscriptions {
     }
 
     /// `__mmu_notifier_invalidate_range_end`.
+    #[inline]
     pub(crate) fn invalidate_range_end(&self, range: &Range<'_>, only_end: bool, counted: bool) {
         if counted {
             self.itree_inv_end();
