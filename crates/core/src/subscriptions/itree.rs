@@ -104,7 +104,7 @@ impl Subscriptions {
     ) -> Option<Key> {
         let last = range.last()?;
         for (key, _, ops) in locked.tree.overlapping_after(range.start(), last, after) {
-            hits.push((*ops, self.seq_words.get_prefetched(key.id)));
+            hits.push((*ops, self.seq_words.get(key.id)));
             if hits.len() == BATCH {
                 return Some(key);
             }

@@ -56,21 +56,6 @@ impl SeqArena {
         &words[offset]
     }
 
-    /// The word of `id`, which `ensure` has seen, with its cache line
-    /// requested ahead of use.
-    ///
-    /// A start collects a hit's word under the lock, and the hit's callback
-    /// stores to it (`set_seq`) after the unlock; the end's lock then waits
-    /// for that store. On a large tree the word is a cache miss: asking for
-    /// it at collection overlaps the miss with the unlock and the callback
-    /// instead of serialising it before the end.
-    #[inline]
-    pub(crate) fn get_prefetched(&self, id: u32) -> &IntervalSub {
-        let word = self.get(id);
-        prefetch(word);
-        word
-    }
-
     /// The word of `id`, which `ensure` has seen.
     #[inline]
     pub(crate) fn get(&self, id: u32) -> &IntervalSub {
@@ -95,22 +80,6 @@ fn zeroed_words(n: usize) -> Box<[IntervalSub]> {
 #[cfg(mmun_loom)]
 fn zeroed_words(n: usize) -> Box<[IntervalSub]> {
     (0..n).map(|_| IntervalSub::new()).collect()
-}
-
-/// Asks the cache for the line of `word`; no effect on what the program
-/// computes.
-#[inline(always)]
-fn prefetch(word: &IntervalSub) {
-    #[cfg(all(target_arch = "x86_64", not(mmun_loom)))]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: SSE is part of the x86_64 baseline, so the target feature
-        // `_mm_prefetch` requires is present; a prefetch never faults and
-        // never changes memory, and the address is a live reference anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(word).cast()) };
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(mmun_loom))))]
-    let _ = word;
 }
 
 /// Chunk and offset in it of an id's word.
