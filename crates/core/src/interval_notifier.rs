@@ -31,7 +31,6 @@ use std::fmt;
 use std::ops::Deref;
 
 use crate::error::{Error, Result};
-use crate::interval_btree::Key;
 use crate::mm::MmapWriteGuard;
 use crate::notifier::register_locked;
 use crate::ops::IntervalNotifierOps;
@@ -60,7 +59,7 @@ pub struct IntervalSub {
 
 impl IntervalSub {
     /// Seq 0, as the arena's zeroed words start (loom builds each one).
-    #[cfg(mmun_loom)]
+    #[cfg(any(test, mmun_loom))]
     pub(crate) fn new() -> IntervalSub {
         IntervalSub {
             invalidate_seq: AtomicU64::new(0),
@@ -159,8 +158,8 @@ pub struct IntervalNotifier<O: IntervalNotifierOps> {
     /// The seq word, with the address space (`mmgrab`: it outlives the
     /// subscription).
     seq: SeqHandle,
-    /// Where the subscription sorts in the tree (`key.start` is the start).
-    key: Key,
+    /// First address; with the seq word's id it finds the tree entry.
+    start: u64,
     last: u64,
     /// `None` once removed (the state is freed then).
     ops: Option<OpsBox<O>>,
@@ -208,14 +207,14 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         let subscriptions = mm.subscriptions().ok_or(Error::Disabled)?;
         let scope = mm.registration_scope();
         let ops = OpsBox::new(ops);
-        let (key, seq) = subscriptions.itree_insert(mm, start, last, ops.erased());
+        let seq = subscriptions.itree_insert(mm, start, last, ops.erased());
         drop(scope);
         if let Some(observer) = mm.observer() {
             observer.interval_inserted(start, last);
         }
         Ok(IntervalNotifier {
             seq,
-            key,
+            start,
             last,
             ops: Some(ops),
         })
@@ -261,17 +260,17 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         // dropped): the tree may still point at it.
         let Some(ops) = self.ops.take() else { return };
         let scope = mm.registration_scope();
-        let unsubscribed = subscriptions.itree_remove(self.key, ops.erased());
+        let unsubscribed = subscriptions.itree_remove(self.start, &self.seq, ops.erased());
         ops.free(unsubscribed);
         drop(scope);
         if let Some(observer) = mm.observer() {
-            observer.interval_removed(self.key.start, self.last);
+            observer.interval_removed(self.start, self.last);
         }
     }
 
     /// First address of the interval.
     pub fn start(&self) -> u64 {
-        self.key.start
+        self.start
     }
 
     /// Last address of the interval (inclusive).
@@ -315,7 +314,7 @@ impl<O: IntervalNotifierOps> Drop for IntervalNotifier<O> {
 impl<O: IntervalNotifierOps> fmt::Debug for IntervalNotifier<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IntervalNotifier")
-            .field("start", &format_args!("{:#x}", self.key.start))
+            .field("start", &format_args!("{:#x}", self.start))
             .field("last", &format_args!("{:#x}", self.last))
             .field("seq", &*self.seq)
             .finish_non_exhaustive()

@@ -568,9 +568,44 @@ fn handles_in_every_seq_chunk_see_their_own_invalidations() {
 }
 
 #[test]
-fn a_handle_is_six_words() {
+fn a_handle_is_five_words() {
     // The caller's share of the memory per interval notifier (the bench
-    // prints the total): the address space, the seq word's address, the
-    // key (start, order, id), `last`, and the driver state's address.
-    assert_eq!(size_of::<IntervalNotifier<Ack>>(), 6 * size_of::<usize>());
+    // prints the total): the address space, the seq word's address (which
+    // names the tree entry with the start), start, `last`, and the driver
+    // state's address.
+    assert_eq!(size_of::<IntervalNotifier<Ack>>(), 5 * size_of::<usize>());
+}
+
+#[test]
+fn equal_starts_are_removed_one_by_one_in_any_order() {
+    // Removal finds the tree entry from the start and the seq word's id:
+    // among equal starts it must take exactly its own.
+    let mm = Mm::new();
+    let log = Log::default();
+    let mut subs: Vec<_> = (0..40u64)
+        .map(|i| {
+            let who: &'static str = Box::leak(format!("s{i}").into_boxed_str());
+            let length = 0x1000 * (1 + i % 3);
+            IntervalNotifier::insert(&mm, 0x4000, length, Recorder::new(who, &log)).unwrap()
+        })
+        .collect();
+    let remaining = |subs: &[IntervalNotifier<Recorder>]| -> Vec<&'static str> {
+        subs.iter().map(|s| s.ops().who).collect()
+    };
+    let order = (0..40).rev().step_by(3).chain((0..20).step_by(2));
+    for i in order {
+        if i >= subs.len() {
+            continue;
+        }
+        subs.remove(i).remove();
+        let lock = mm.mmap_read();
+        Invalidation::start(&lock, range(&mm, 0x4000, 0x4001)).end();
+        let called: Vec<_> = log.take().iter().map(who_of).collect();
+        assert_eq!(
+            called,
+            remaining(&subs),
+            "after removing #{i}: insertion order"
+        );
+    }
+    assert!(mm.warnings().is_empty(), "{:?}", mm.warnings());
 }

@@ -186,15 +186,15 @@ impl Subscriptions {
     }
 
     /// `__mmu_interval_notifier_insert`, after the tree was enabled: returns
-    /// the subscription's key and seq word. `mm` is the address space of
-    /// these subscriptions.
+    /// the subscription's seq word (whose id, with the start, names its
+    /// tree entry). `mm` is the address space of these subscriptions.
     pub(crate) fn itree_insert(
         &self,
         mm: &Arc<Mm>,
         start: u64,
         last: u64,
         ops: OpsPtr,
-    ) -> (Key, SeqHandle) {
+    ) -> SeqHandle {
         let mut locked = self.lock();
         let key = locked.ids.alloc(start);
         let sub = self.seq_words.ensure(key.id);
@@ -223,15 +223,19 @@ impl Subscriptions {
             link_now(&mut locked, key, last, ops);
         }
         drop(locked);
-        (key, SeqHandle::new(mm, sub))
+        SeqHandle::new(mm, sub)
     }
 
-    /// `mmu_interval_notifier_remove`: takes the subscription `key` out of
-    /// the tree, waiting for the epoch to close if a callback may still be
-    /// running for it.
-    pub(crate) fn itree_remove(&self, key: Key, ops: OpsPtr) -> Unsubscribed {
+    /// `mmu_interval_notifier_remove`: takes the subscription that starts
+    /// at `start` and has the seq word `word` out of the tree, waiting for
+    /// the epoch to close if a callback may still be running for it.
+    pub(crate) fn itree_remove(&self, start: u64, word: &IntervalSub, ops: OpsPtr) -> Unsubscribed {
         context::might_sleep();
-        let wait_for = self.unlink_or_defer(key, ops);
+        let id = self
+            .seq_words
+            .id_of(word)
+            .expect("a handle's seq word is in its subscriptions' arena");
+        let wait_for = self.unlink_or_defer(start, id, ops);
         lockdep::acquire_release(&lockdep::INVALIDATE_RANGE_START_MAP);
         if let Some(seq) = wait_for {
             context::assert_not_waiting_on_self(self.id(), "mmu_interval_notifier_remove()");
@@ -245,20 +249,21 @@ impl Subscriptions {
         Unsubscribed::after_waiting_out_callbacks()
     }
 
-    fn unlink_or_defer(&self, key: Key, ops: OpsPtr) -> Option<u64> {
+    fn unlink_or_defer(&self, start: u64, id: u32, ops: OpsPtr) -> Option<u64> {
         let mut locked = self.lock();
-        let state = locked.ids.get(key.id);
+        let state = locked.ids.get(id);
         if locked.invalidate_seq & 1 == 1 {
             match state {
                 Some(TreeState::PendingInsert) => {
                     // Never reached the tree: nothing can be calling it. The
                     // epoch's end frees the id, keeping its seq word unused
                     // until then.
-                    locked.ids.set(key.id, TreeState::Cancelled);
+                    locked.ids.set(id, TreeState::Cancelled);
                     None
                 }
                 Some(TreeState::InTree) => {
-                    locked.ids.set(key.id, TreeState::PendingRemove);
+                    let key = tree_key(&locked, start, id);
+                    locked.ids.set(id, TreeState::PendingRemove);
                     defer(&mut locked, Deferred { key, last: 0, ops });
                     Some(locked.invalidate_seq)
                 }
@@ -266,8 +271,9 @@ impl Subscriptions {
             }
         } else {
             if state == Some(TreeState::InTree) {
+                let key = tree_key(&locked, start, id);
                 locked.tree.remove(key);
-                locked.ids.free(key.id);
+                locked.ids.free(id);
             } else {
                 drop(locked);
                 self.warn(Warning::RemoveNotInTree);
@@ -385,6 +391,23 @@ fn defer(locked: &mut Locked, deferred: Deferred) {
     let pending = locked.deferred.len();
     locked.tree.reserve(pending);
     locked.ids.reserve_frees(pending);
+}
+
+/// The key of the linked entry `id`, which starts at `start`: the handle
+/// keeps neither the insertion order nor the id (its seq word's address
+/// gives the id), so look among the entries that start there, usually one.
+fn tree_key(locked: &Locked, start: u64, id: u32) -> Key {
+    let before = start.checked_sub(1).map(|s| Key {
+        start: s,
+        order: u32::MAX,
+        id: u32::MAX,
+    });
+    locked
+        .tree
+        .overlapping_after(start, start, before)
+        .map(|(key, _, _)| key)
+        .find(|key| key.id == id)
+        .expect("an entry in the tree is found at its start")
 }
 
 fn link_now(locked: &mut Locked, key: Key, last: u64, ops: OpsPtr) {

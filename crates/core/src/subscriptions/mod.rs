@@ -158,9 +158,9 @@ impl Subscriptions {
         std::ptr::from_ref(self).addr()
     }
 
-    /// Whether `word` is a seq word of these subscriptions (a debug check).
-    pub(crate) fn owns_seq_word(&self, word: &crate::IntervalSub) -> bool {
-        self.seq_words.owns(word)
+    /// The id of a seq word of these subscriptions.
+    pub(crate) fn seq_word_id(&self, word: &crate::IntervalSub) -> Option<u32> {
+        self.seq_words.id_of(word)
     }
 
     pub(crate) fn has_itree(&self) -> bool {

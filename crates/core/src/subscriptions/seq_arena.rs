@@ -109,7 +109,10 @@ impl SeqHandle {
     /// `word` must be the word `ensure` returned from the arena of `mm`'s
     /// subscriptions.
     pub(crate) fn new(mm: &Arc<Mm>, word: &IntervalSub) -> SeqHandle {
-        debug_assert!(mm.subscriptions().is_some_and(|s| s.owns_seq_word(word)));
+        debug_assert!(
+            mm.subscriptions()
+                .is_some_and(|s| s.seq_word_id(word).is_some())
+        );
         SeqHandle {
             mm: Arc::clone(mm),
             word: NonNull::from(word),
@@ -142,13 +145,17 @@ impl fmt::Debug for SeqHandle {
 }
 
 impl SeqArena {
-    /// Whether `word` is one of this arena's words (a debug check).
-    pub(crate) fn owns(&self, word: &IntervalSub) -> bool {
+    /// The id whose word `word` is, if it is one of this arena's words.
+    pub(crate) fn id_of(&self, word: &IntervalSub) -> Option<u32> {
         let at = std::ptr::from_ref(word);
-        self.chunks
-            .iter()
-            .filter_map(OnceLock::get)
-            .any(|words| words.as_ptr_range().contains(&at))
+        self.chunks.iter().enumerate().find_map(|(chunk, words)| {
+            let words = words.get()?;
+            let offset = words.as_ptr_range().contains(&at).then(|| {
+                // In bounds, so the division is exact.
+                (at.addr() - words.as_ptr().addr()) / size_of::<IntervalSub>()
+            })?;
+            u32::try_from(FIRST * ((1 << chunk) - 1) + offset).ok()
+        })
     }
 }
 
@@ -174,7 +181,9 @@ mod tests {
         }
         for (i, &id) in ids.iter().enumerate() {
             assert_eq!(arena.get(id).load_seq(), 2 * i as u64 + 1);
+            assert_eq!(arena.id_of(arena.get(id)), Some(id));
         }
+        assert_eq!(arena.id_of(&IntervalSub::new()), None);
         assert_eq!(locate(FIRST as u32 - 1), (0, FIRST - 1));
         assert_eq!(locate(FIRST as u32), (1, 0));
         assert_eq!(locate(3 * FIRST as u32), (2, 0));
