@@ -18,10 +18,12 @@ pub enum UringError {
         "io_uring is not permitted to this process (EPERM: kernel.io_uring_disabled = 1 without kernel.io_uring_group, or seccomp)"
     )]
     NotPermitted,
-    /// `EOPNOTSUPP`: io_uring refuses file-backed fixed buffers (only
-    /// anonymous, shmem and hugetlb memory can be registered).
+    /// io_uring refuses file-backed fixed buffers (only anonymous, shmem
+    /// and hugetlb memory can be registered): `EOPNOTSUPP` from io_uring
+    /// itself before Linux 6.5, `EFAULT` from GUP's long-term pin check
+    /// since, told apart from a hole by `/proc/self/maps`.
     #[error(
-        "the buffer is file-backed: io_uring refuses file-backed fixed buffers (EOPNOTSUPP); use anonymous, shmem or hugetlb memory"
+        "the buffer is file-backed: io_uring refuses file-backed fixed buffers (EOPNOTSUPP, or EFAULT since Linux 6.5); use anonymous, shmem or hugetlb memory"
     )]
     FileBacked,
     /// `EFAULT`: part of the range is not mapped or not accessible.
