@@ -105,12 +105,13 @@ mod index;
 mod protocol;
 mod rebuild;
 mod registration;
+mod snapshot;
 mod soft;
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 
 use arc_swap::ArcSwap;
 use mmun_core::driver_lock::{DriverLock, FaultGuard, Retry};
@@ -123,7 +124,8 @@ pub use config::{RcacheConfig, RcacheStats};
 use config::{Stats, bump};
 use handle::Held;
 pub use handle::{InUse, RegHandle};
-use rebuild::{Locked, Rebuild, Retired, Snapshot};
+use rebuild::{Locked, Old, Rebuild, Retired};
+pub use snapshot::Snapshot;
 pub use soft::{Pins, RegistrationCache, SoftHandle, SoftPrimary, UseGuard, UseHook};
 
 #[cfg(doc)]
@@ -131,6 +133,9 @@ use crate::coherence::Coherence;
 use index::Index;
 use protocol::Protocol;
 use registration::{RegionOps, Registration, State};
+
+/// Numbers the caches, for [`Snapshot`]s to name theirs.
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
 
 /// The cache lock's lockdep class (UCX's `rcache->lock`).
 static CACHE_LOCK: LockClass = LockClass::new("rcache->lock");
@@ -142,7 +147,12 @@ pub struct Shared<P: Primary, R: Registrar<P>> {
     config: RcacheConfig,
     /// The textbook steps, or the broken ones of an injected bug.
     protocol: &'static dyn Protocol<P, R>,
+    /// Unique among the caches of the process.
+    id: u64,
     index: ArcSwap<Index<P, R>>,
+    /// Bumped after each store of `index` (under the cache lock), so that a
+    /// [`Snapshot`] revalidates with one load.
+    generation: AtomicU64,
     /// The LRU clock: advanced by each publication, stamped by each hit.
     clock: AtomicU64,
     next_id: AtomicU64,
@@ -222,7 +232,9 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
             registrar,
             config,
             protocol: protocol::for_bug(config.bug),
+            id: NEXT_CACHE.fetch_add(1, Relaxed),
             index: ArcSwap::from_pointee(Index::default()),
+            generation: AtomicU64::new(0),
             clock: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             locked: DriverLock::new(&CACHE_LOCK, Locked::default()),
@@ -270,9 +282,36 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
         Some(RegHandle {
             cache: shared,
             held: Held::Snapshot(index, at),
-            issued,
+            issued: issued as u8,
             acks,
         })
+    }
+
+    /// The hit path with the use taken, for a caller that keeps a
+    /// [`Snapshot`] per thread: revalidates `slot` (one load when the index
+    /// did not change), finds a live registration covering `[addr, addr +
+    /// len)`, enters a use and runs `f` with it. `None` on a miss (then
+    /// [`Rcache::get`]). Two read-modify-writes (the use count in and
+    /// out), against four for [`Rcache::get`] + [`RegHandle::enter`].
+    #[inline(always)]
+    pub fn with_use<T>(
+        &self,
+        slot: &mut Option<Snapshot<P, R>>,
+        addr: u64,
+        len: u64,
+        f: impl FnOnce(&InUse<'_, P, R>) -> T,
+    ) -> Option<T> {
+        let shared = &*self.shared;
+        let end = addr.checked_add(len.max(1))?;
+        let snapshot = self.refresh(slot);
+        let reg = &snapshot.index.regs()[snapshot.index.position(addr, end)?];
+        let acks = reg.acks();
+        let issued = reg.state();
+        if !shared.protocol.hands_out(issued) || !reg.enter(issued as u8) {
+            return None;
+        }
+        reg.touch(shared.now());
+        Some(f(&InUse::new(reg, acks)))
     }
 
     /// Finishes the deferred work: drops invalidated registrations from the
@@ -392,7 +431,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
             cache: &self.shared,
             acks: chosen.acks(),
             held: Held::Owned(chosen),
-            issued: State::Live,
+            issued: State::Live as u8,
         })
     }
 
@@ -460,6 +499,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
         rebuild.insert(Arc::clone(&reg), notifier, now);
         let evicted = rebuild.evict(&reg, &shared.config);
         let (retired, old) = rebuild.store(&shared.index);
+        shared.generation.fetch_add(1, Release);
         drop(locked);
         drop(current);
         bump(&shared.stats.registrations);
@@ -477,6 +517,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
             let mut rebuild = Rebuild::new(&mut locked, &current);
             rebuild.retain(|r| r.state() == State::Live && keep(r));
             let (retired, old) = rebuild.store(&self.shared.index);
+            self.shared.generation.fetch_add(1, Release);
             (retired, old, current)
         };
         drop(quiet);
@@ -511,7 +552,7 @@ type Walked<'c, P, R> = (
 
 /// What a publication hands back: the registration to hand out, what left
 /// the index, and the replaced snapshot (dropped after the unlock).
-type Published<P, R> = (Arc<Registration<P, R>>, Vec<Retired<P, R>>, Snapshot<P, R>);
+type Published<P, R> = (Arc<Registration<P, R>>, Vec<Retired<P, R>>, Old<P, R>);
 
 /// The pages holding `[addr, addr + len)` (at least one), or `None` past
 /// the end of the address range.

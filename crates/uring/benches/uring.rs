@@ -2,11 +2,14 @@
 //!
 //! * `cache_hit/get_put`: `get` of a registered 4 KiB buffer and dropping
 //!   the handle (UCX's `ucs_rcache_get` + `put`, 38-42 ns on this kind of
-//!   machine);
+//!   machine); `cache_hit/rcache_get_put`: the same through the generic
+//!   cache alone, without the fork check; `cache_hit/with_fixed`: the hit
+//!   path the I/O takes (this thread's snapshot revalidated with one load,
+//!   the use count taken and dropped);
 //! * `read_fixed_4k/*`: one 4 KiB `READ_FIXED` of a file in the page cache,
 //!   submitted and reaped on one ring, into a buffer that is
 //!   `preregistered` (a fixed buffer registered once, the floor),
-//!   `through_cache` (get + use + I/O + put) or `register_per_io`
+//!   `through_cache` (`with_fixed`: hit, use, I/O, end of use) or `register_per_io`
 //!   (`IORING_REGISTER_BUFFERS_UPDATE` in, I/O, update out: what a program
 //!   without a cache does).
 //!
@@ -107,9 +110,11 @@ impl Bench {
     }
 
     fn through_cache(&self) {
-        let buf = self.cache.get(self.buf as u64, LEN as u64).expect("get");
-        let in_use = buf.enter().expect("live");
-        self.read(self.cache.ring(), in_use.registration().index());
+        self.cache
+            .with_fixed(self.buf as u64, LEN as u64, |in_use| {
+                self.read(self.cache.ring(), in_use.registration().index());
+            })
+            .expect("with_fixed");
     }
 
     fn register_per_io(&self) {
@@ -165,14 +170,13 @@ fn interleaved(bench: &Bench) {
     );
 }
 
-/// Median nanoseconds of one hit, over batches of 1,000.
-fn hit_median(bench: &Bench) -> f64 {
+/// Median nanoseconds of one `f`, over 2,000 batches of 1,000.
+fn batch_median(f: impl Fn()) -> f64 {
     let batches: Vec<u64> = (0..2_000)
         .map(|_| {
             timed(|| {
                 for _ in 0..1_000 {
-                    let buf = bench.cache.get(black_box(bench.buf as u64), LEN as u64);
-                    black_box(&buf.expect("hit"));
+                    f();
                 }
             })
         })
@@ -201,6 +205,25 @@ fn main() {
             black_box(&buf.expect("hit"));
         });
     });
+    c.bench_function("cache_hit/with_fixed", |b| {
+        b.iter(|| {
+            let index = bench
+                .cache
+                .with_fixed(black_box(bench.buf as u64), LEN as u64, |u| {
+                    u.registration().index()
+                });
+            black_box(index.expect("hit"));
+        });
+    });
+    c.bench_function("cache_hit/rcache_get_put", |b| {
+        b.iter(|| {
+            let buf = bench
+                .cache
+                .rcache()
+                .get(black_box(bench.buf as u64), LEN as u64);
+            black_box(&buf.expect("hit"));
+        });
+    });
     let mut group = c.benchmark_group("read_fixed_4k");
     group.bench_function("preregistered", |b| b.iter(|| bench.preregistered()));
     group.bench_function("through_cache", |b| b.iter(|| bench.through_cache()));
@@ -211,9 +234,20 @@ fn main() {
         registrations,
         "every get hit"
     );
+    let get_put = batch_median(|| {
+        let buf = bench.cache.get(black_box(bench.buf as u64), LEN as u64);
+        black_box(&buf.expect("hit"));
+    });
+    let with_fixed = batch_median(|| {
+        let index = bench
+            .cache
+            .with_fixed(black_box(bench.buf as u64), LEN as u64, |u| {
+                u.registration().index()
+            });
+        black_box(index.expect("hit"));
+    });
     println!(
-        "cache hit (get + put), median of 2,000 batches of 1,000: {:.1} ns",
-        hit_median(&bench)
+        "cache hit, medians of 2,000 batches of 1,000: get + put {get_put:.1} ns, with_fixed {with_fixed:.1} ns"
     );
     interleaved(&bench);
     c.final_summary();

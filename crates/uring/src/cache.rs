@@ -1,6 +1,7 @@
 //! [`UringCache`]: the generic registration cache on the calling process,
 //! with io_uring fixed-buffer slots as its registrations.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::mem::ManuallyDrop;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 use mmun_secondary::Bug;
-use mmun_secondary::rcache::{InUse, Rcache, RcacheConfig, RcacheStats, RegHandle};
+use mmun_secondary::rcache::{InUse, Rcache, RcacheConfig, RcacheStats, RegHandle, Snapshot};
 
 use crate::error::UringError;
 use crate::pagemap::Pagemap;
@@ -25,6 +26,14 @@ pub type FixedBuf<'c> = RegHandle<'c, Process, FixedSlots>;
 /// A use in flight: the slot stays registered, with the pages the process
 /// maps, until it is dropped. Hold it from submission to completion.
 pub type FixedUse<'h> = InUse<'h, Process, FixedSlots>;
+
+thread_local! {
+    /// This thread's copy of the last index snapshot it looked in (of
+    /// whichever cache it used last), for [`UringCache::with_fixed`]'s hit
+    /// path. Keeps a replaced snapshot's memory until the thread's next
+    /// use or its exit.
+    static SNAPSHOT: RefCell<Option<Snapshot<Process, FixedSlots>>> = const { RefCell::new(None) };
+}
 
 /// How a [`UringCache`] is sized and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,16 +117,77 @@ impl UringCache {
     /// with ([`UringError::Unmapped`], [`UringError::FileBacked`],
     /// [`UringError::NoFreeSlot`], ...); [`UringError::PfnMismatch`] when
     /// the PFN check is on and finds a stale registration.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, addr: u64, len: u64) -> Result<FixedBuf<'_>, UringError> {
         if !self.cache.shared().primary().is_current() {
-            return Err(UringError::Forked);
+            return forked();
         }
-        let buf = self.cache.get(addr, len)?;
         if self.check_pfn {
-            self.check_frames(&buf)?;
+            return self.get_checked(addr, len);
         }
+        // In tail position, so the handle is built in the caller's slot:
+        // moving it through a local cost a third of a hit (store
+        // forwarding of the partly written handle fails).
+        self.cache.get(addr, len)
+    }
+
+    /// [`UringCache::get`] with the PFN check.
+    #[cold]
+    fn get_checked(&self, addr: u64, len: u64) -> Result<FixedBuf<'_>, UringError> {
+        let buf = self.cache.get(addr, len)?;
+        self.check_frames(&buf)?;
         Ok(buf)
+    }
+
+    /// Runs `f` inside a use of a registration covering `[addr, addr +
+    /// len)` (the slot stays registered on the pages the process maps
+    /// until `f` returns: submit and reap the I/O inside). The hit path
+    /// revalidates this thread's copy of the index snapshot with one load
+    /// and takes only the use count (see [`Rcache::with_use`]); a miss
+    /// registers as [`UringCache::get`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`UringCache::get`]'s errors.
+    #[inline]
+    pub fn with_fixed<T>(
+        &self,
+        addr: u64,
+        len: u64,
+        f: impl FnOnce(&FixedUse<'_>) -> T,
+    ) -> Result<T, UringError> {
+        if !self.cache.shared().primary().is_current() {
+            return forked();
+        }
+        let mut f = Some(f);
+        if !self.check_pfn {
+            let hit = SNAPSHOT.with(|slot| {
+                // Busy only if `f` itself calls back in: take the slow path.
+                let mut slot = slot.try_borrow_mut().ok()?;
+                self.cache.with_use(&mut slot, addr, len, |in_use| {
+                    (f.take().expect("called once"))(in_use)
+                })
+            });
+            if let Some(done) = hit {
+                return Ok(done);
+            }
+        }
+        self.with_fixed_slow(addr, len, f.take().expect("not called yet"))
+    }
+
+    #[cold]
+    fn with_fixed_slow<T>(
+        &self,
+        addr: u64,
+        len: u64,
+        f: impl FnOnce(&FixedUse<'_>) -> T,
+    ) -> Result<T, UringError> {
+        loop {
+            let buf = self.get(addr, len)?;
+            if let Some(in_use) = buf.enter() {
+                return Ok(f(&in_use));
+            }
+        }
     }
 
     /// The PFN check, inside a use so that no invalidation completes
@@ -177,28 +247,21 @@ impl UringCache {
         })
     }
 
-    /// One fixed-buffer I/O of `[addr, addr + len)`: get, enter (again if
-    /// an invalidation won the race), submit, wait, leave.
+    /// One fixed-buffer I/O of `[addr, addr + len)` inside a use.
     fn run_fixed(
         &self,
         addr: u64,
         len: u32,
-        entry: impl Fn(u16) -> squeue::Entry,
+        entry: impl FnOnce(u16) -> squeue::Entry,
     ) -> Result<usize, UringError> {
-        loop {
-            let buf = self.get(addr, u64::from(len))?;
-            let Some(in_use) = buf.enter() else {
-                continue;
-            };
+        let result = self.with_fixed(addr, u64::from(len), |in_use| {
             let entry = entry(in_use.registration().index());
             // SAFETY: the caller's slice outlives the call; the slot stays
-            // registered on these pages until `in_use` drops, after the
+            // registered on these pages until the use ends, after the
             // completion.
-            let result = unsafe { self.ring.run(&entry) }?;
-            drop(in_use);
-            return usize::try_from(result)
-                .map_err(|_| UringError::Io(io::Error::from_raw_os_error(-result)));
-        }
+            unsafe { self.ring.run(&entry) }
+        })??;
+        usize::try_from(result).map_err(|_| UringError::Io(io::Error::from_raw_os_error(-result)))
     }
 
     /// The ring the slots are registered on (to submit fixed-buffer I/O
@@ -216,6 +279,12 @@ impl UringCache {
     pub fn stats(&self) -> RcacheStats {
         self.cache.stats()
     }
+}
+
+/// The error of a cache used in a fork child, out of the hit path.
+#[cold]
+fn forked<T>() -> Result<T, UringError> {
+    Err(UringError::Forked)
 }
 
 /// A buffer length as an SQE's `len`.

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use mmun_secondary::rcache::{Registrar, Step};
@@ -121,7 +122,11 @@ impl Registrar<Process> for FixedSlots {
             .ok_or(Step::Fail(UringError::NoFreeSlot(self.slots)))?;
         if let Err(err) = self.update(index, start, len) {
             self.free.lock().push(index);
-            return Err(Step::Fail(UringError::from_register(err)));
+            let err = match UringError::from_register(err) {
+                UringError::Unmapped => why_efault(start, end),
+                other => other,
+            };
+            return Err(Step::Fail(err));
         }
         let frames = match &self.pagemap {
             None => None,
@@ -157,6 +162,30 @@ impl FixedSlots {
             }
         }
         self.free.lock().push(index);
+    }
+}
+
+/// What an `EFAULT` from registering `[start, end)` means: since Linux 6.5
+/// GUP refuses long-term pins of file pages that need dirty tracking with
+/// `EFAULT` (io_uring used to say `EOPNOTSUPP` itself), so a range that
+/// reaches a file mapping is [`UringError::FileBacked`]; otherwise part of
+/// it is not mapped.
+fn why_efault(start: u64, end: u64) -> UringError {
+    let mut file_backed = false;
+    let _ = mmun_linux::maps::for_each_vma(|vma| {
+        if vma.start >= end {
+            return ControlFlow::Break(());
+        }
+        if vma.end > start && vma.inode != 0 && !vma.sysv {
+            file_backed = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    if file_backed {
+        UringError::FileBacked
+    } else {
+        UringError::Unmapped
     }
 }
 

@@ -53,8 +53,8 @@ pub(super) type Retired<P, R> = (
     Option<IntervalNotifier<RegionOps<P, R>>>,
 );
 
-/// An index snapshot as the cache publishes it.
-pub(super) type Snapshot<P, R> = Arc<Index<P, R>>;
+/// An index snapshot replaced by a publication, dropped after the unlock.
+pub(super) type Old<P, R> = Arc<Index<P, R>>;
 
 /// The index rebuilt under the cache lock, and the registrations leaving it.
 pub(super) struct Rebuild<'l, P: Primary, R: Registrar<P>> {
@@ -131,10 +131,7 @@ impl<'l, P: Primary, R: Registrar<P>> Rebuild<'l, P, R> {
     /// Publishes the new index; returns what left it and the old index,
     /// for the caller to drop once the cache lock is released (freeing
     /// memory may reach a hooked `munmap`, whose callback takes the lock).
-    pub(super) fn store(
-        self,
-        index: &ArcSwap<Index<P, R>>,
-    ) -> (Vec<Retired<P, R>>, Snapshot<P, R>) {
+    pub(super) fn store(self, index: &ArcSwap<Index<P, R>>) -> (Vec<Retired<P, R>>, Old<P, R>) {
         let old = index.swap(Arc::new(Index::new(self.regs)));
         (self.retired, old)
     }

@@ -137,11 +137,11 @@ impl<P: Primary, R: Registrar<P>> Registration<P, R> {
     }
 
     /// Starts a use of a registration handed out while it was in state
-    /// `issued`: fails if the state changed since (the registration's
+    /// `issued` (a raw [`State`]): fails if the state changed since (the registration's
     /// `read_retry`, with the handle as the reader).
-    pub(super) fn enter(&self, issued: State) -> bool {
+    pub(super) fn enter(&self, issued: u8) -> bool {
         self.users.fetch_add(1, SeqCst);
-        if State::from_u8(self.state.load(SeqCst)) == issued {
+        if self.state.load(SeqCst) == issued {
             return true;
         }
         self.leave();

@@ -275,37 +275,47 @@ fn read_and_check(
     // Poison first: bytes the read did not bring keep it.
     // SAFETY: the region's read lock keeps it mapped and ours.
     unsafe { std::ptr::write_bytes(at as *mut u8, 0xa5, len) };
-    loop {
-        let buf = cache.get(at, len as u64).expect("get");
-        let Some(in_use) = buf.enter() else {
-            continue;
-        };
+    let read = |index: u16| {
         let entry = opcode::ReadFixed::new(
             types::Fd(file.file.as_raw_fd()),
             at as *mut u8,
             len as u32,
-            in_use.registration().index(),
+            index,
         )
         .offset(offset)
         .build();
         // SAFETY: the buffer stays mapped (read lock) and registered (the
-        // use) until the completion is reaped.
+        // caller's use) until the completion is reaped.
         let n = unsafe { cache.ring().run(&entry) }.expect("io_uring_enter");
         if n != len as i32 {
             // A slot emptied under the use (-EFAULT) or a short read: the
             // data did not arrive.
-            return (len as u64, len as u64);
+            return len as u64;
         }
-        // SAFETY: as above; the read completed.
+        // SAFETY: as above; the read completed. Checked inside the use, so
+        // a concurrent MADV_DONTNEED waits for the check.
         let landed = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
-        let wrong = landed
+        landed
             .iter()
             .enumerate()
             .filter(|&(i, &b)| b != expected(offset + i as u64))
-            .count() as u64;
-        drop(in_use);
-        return (len as u64, wrong);
-    }
+            .count() as u64
+    };
+    // Both ways in: the handle (get, then enter) and this thread's
+    // snapshot (with_fixed).
+    let wrong = if rng.below(2) == 0 {
+        cache
+            .with_fixed(at, len as u64, |in_use| read(in_use.registration().index()))
+            .expect("with_fixed")
+    } else {
+        loop {
+            let buf = cache.get(at, len as u64).expect("get");
+            if let Some(in_use) = buf.enter() {
+                break read(in_use.registration().index());
+            }
+        }
+    };
+    (len as u64, wrong)
 }
 
 /// One change of `region`'s memory, chosen at random.
