@@ -133,3 +133,34 @@ fn mem_reg_errors_reach_the_caller_and_nothing_is_cached() {
     );
     assert!(log.lock().unwrap().deregistered.is_empty());
 }
+
+/// `with_use` through a caller-kept snapshot: refreshed after each
+/// publication, and a registration invalidated since (no publication: the
+/// snapshot stays current) is refused.
+#[test]
+fn with_use_refreshes_a_stale_snapshot_and_refuses_dead_registrations() {
+    let space = space(4);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let cache = cache(&space, &log, u64::MAX);
+    let mut slot = None;
+    assert_eq!(
+        cache.with_use(&mut slot, A, 1, |u| u.registration().key),
+        None
+    );
+    cache.get(A, 1).expect("register A");
+    let key = cache.with_use(&mut slot, A + 10, 1, |u| u.registration().key);
+    assert_eq!(
+        key,
+        Some(1),
+        "the snapshot was refreshed after the publication"
+    );
+    space.munmap(A, PAGE_SIZE).unwrap();
+    assert_eq!(
+        cache.with_use(&mut slot, A, 1, |u| u.registration().key),
+        None,
+        "invalidated"
+    );
+    cache.get(A + 2 * PAGE_SIZE, 1).expect("register C");
+    let key = cache.with_use(&mut slot, A + 2 * PAGE_SIZE, 1, |u| u.registration().key);
+    assert_eq!(key, Some(2));
+}
