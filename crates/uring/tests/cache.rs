@@ -121,13 +121,20 @@ fn unmapped_and_file_backed_buffers_are_typed_errors() {
     ) else {
         return;
     };
+    // Inaccessible rather than unmapped: a hole could be filled by another
+    // test's mmap meanwhile (the tests share the process).
     let addr = map_anon(PAGE);
-    unmap(addr, PAGE);
+    // SAFETY: our own page.
+    assert_eq!(
+        unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE, libc::PROT_NONE) },
+        0
+    );
     assert!(
         matches!(cache.get(addr, 8), Err(UringError::Unmapped)),
         "{:?}",
         cache.get(addr, 8).err()
     );
+    unmap(addr, PAGE);
     let file = PatternFile::new("backed", 1 << 16);
     // SAFETY: a fresh shared mapping of our own file.
     let mapped = unsafe {
