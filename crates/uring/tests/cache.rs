@@ -125,10 +125,8 @@ fn unmapped_and_file_backed_buffers_are_typed_errors() {
     // test's mmap meanwhile (the tests share the process).
     let addr = map_anon(PAGE);
     // SAFETY: our own page.
-    assert_eq!(
-        unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE, libc::PROT_NONE) },
-        0
-    );
+    let protected = unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE, libc::PROT_NONE) };
+    assert_eq!(protected, 0);
     assert!(
         matches!(cache.get(addr, 8), Err(UringError::Unmapped)),
         "{:?}",
