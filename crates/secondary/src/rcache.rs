@@ -141,20 +141,26 @@ static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
 static CACHE_LOCK: LockClass = LockClass::new("rcache->lock");
 
 /// The state shared by the cache, its handles and its notifiers' callbacks.
+///
+/// `repr(C)`, aligned to a cache line, with what every hit reads first (the
+/// protocol, the snapshot's id and generation, the clock, the index, then
+/// the primary): next to an I/O that evicts the cache's lines, each line a
+/// hit touches is a miss to pay.
+#[repr(C, align(64))]
 pub struct Shared<P: Primary, R: Registrar<P>> {
-    primary: P,
-    registrar: R,
-    config: RcacheConfig,
     /// The textbook steps, or the broken ones of an injected bug.
     protocol: &'static dyn Protocol<P, R>,
     /// Unique among the caches of the process.
     id: u64,
-    index: ArcSwap<Index<P, R>>,
     /// Bumped after each store of `index` (under the cache lock), so that a
     /// [`Snapshot`] revalidates with one load.
     generation: AtomicU64,
     /// The LRU clock: advanced by each publication, stamped by each hit.
     clock: AtomicU64,
+    index: ArcSwap<Index<P, R>>,
+    primary: P,
+    registrar: R,
+    config: RcacheConfig,
     next_id: AtomicU64,
     /// The cache lock: the driver lock of the retry protocol.
     locked: DriverLock<Locked<P, R>>,
@@ -303,8 +309,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
     ) -> Option<T> {
         let shared = &*self.shared;
         let end = addr.checked_add(len.max(1))?;
-        let snapshot = self.refresh(slot);
-        let reg = &snapshot.index.regs()[snapshot.index.position(addr, end)?];
+        let reg = self.refresh(slot).find(addr, end)?;
         let acks = reg.acks();
         let issued = reg.state();
         if !shared.protocol.hands_out(issued) || !reg.enter(issued as u8) {

@@ -35,28 +35,32 @@ impl State {
 }
 
 /// A page-aligned registered range and what the registrar holds of it.
+///
+/// `repr(C)`, aligned to a cache line, the fields a hit and a use touch
+/// first (see [`Shared`]'s layout note).
+#[repr(C, align(64))]
 pub(super) struct Registration<P: Primary, R: Registrar<P>> {
-    /// Unique per cache; keys the notifier in the locked map.
-    pub(super) id: u64,
-    pub(super) start: u64,
-    pub(super) end: u64,
-    /// A [`State`]. Every change happens under the cache lock; the hit path
-    /// and the uses read it without the lock.
-    state: AtomicU8,
-    /// Uses in flight ([`super::UseGuard`]s). Invalidation waits for it
+    /// Uses in flight ([`super::InUse`]s). Invalidation waits for it
     /// to drain before it lets the primary change the pages.
     users: AtomicUsize,
-    /// The LRU clock when it was last looked up.
-    last_used: AtomicU64,
-    /// What the registrar returned; set once, before it goes live.
-    held: OnceLock<R::Handle>,
-    /// Whether `held` is still registered (not yet deregistered).
-    registered: AtomicBool,
     /// Invalidation callbacks that returned `true` (let the primary go
     /// on) for this registration. Counted by [`RegionOps`], around the
     /// protocol's callback, so a use can check directly that no callback
     /// completed while it was in flight.
     acks: AtomicU64,
+    /// The LRU clock when it was last looked up.
+    last_used: AtomicU64,
+    /// A [`State`]. Every change happens under the cache lock; the hit path
+    /// and the uses read it without the lock.
+    state: AtomicU8,
+    /// Whether `held` is still registered (not yet deregistered).
+    registered: AtomicBool,
+    /// What the registrar returned; set once, before it goes live.
+    held: OnceLock<R::Handle>,
+    /// Unique per cache; keys the notifier in the locked map.
+    pub(super) id: u64,
+    pub(super) start: u64,
+    pub(super) end: u64,
 }
 
 impl<P: Primary, R: Registrar<P>> Registration<P, R> {
