@@ -146,6 +146,10 @@ impl UringCache {
     /// and takes only the use count (see [`Rcache::with_use`]); a miss
     /// registers as [`UringCache::get`] does.
     ///
+    /// `f` must not unmap, remap or free the buffer: the invalidation
+    /// would wait for this very use to end (a self-deadlock, as a kernel
+    /// driver that unmapped its own pinned buffer under I/O).
+    ///
     /// # Errors
     ///
     /// [`UringCache::get`]'s errors.
@@ -161,14 +165,15 @@ impl UringCache {
         }
         let mut f = Some(f);
         if !self.check_pfn {
-            let hit = SNAPSHOT.with(|slot| {
-                // Busy only if `f` itself calls back in: take the slow path.
+            // Unavailable while the thread's locals are torn down, busy if
+            // `f` itself calls back in: then the slow path.
+            let hit = SNAPSHOT.try_with(|slot| {
                 let mut slot = slot.try_borrow_mut().ok()?;
                 self.cache.with_use(&mut slot, addr, len, |in_use| {
                     (f.take().expect("called once"))(in_use)
                 })
             });
-            if let Some(done) = hit {
+            if let Ok(Some(done)) = hit {
                 return Ok(done);
             }
         }

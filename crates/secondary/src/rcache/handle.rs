@@ -132,6 +132,10 @@ impl<P: Primary, R: Registrar<P>> fmt::Debug for RegHandle<'_, P, R> {
 /// A use in flight: while it exists, no invalidation of the registration
 /// completes, so the primary still maps every registered page as it was
 /// registered, and the registrar's handle stays registered.
+///
+/// So the thread holding it must not change those pages itself (unmap,
+/// remap, free them): the invalidation would wait for this use, in the
+/// same thread, for ever.
 pub struct InUse<'h, P: Primary, R: Registrar<P>> {
     reg: &'h Registration<P, R>,
     /// The registration's acknowledged callbacks when the handle was
