@@ -176,6 +176,12 @@ impl Rng {
 /// Runs `readers` threads doing `READ_FIXED` of `file` into the regions
 /// through `cache` and `mutators` threads changing the regions' memory,
 /// for `duration` or until `stop_on_loss` and a byte is lost.
+///
+/// The buffers are not `mlock`ed (`MADV_DONTNEED` refuses locked ranges):
+/// idle-memory reclaim (this machine's DAMON) may page them out between
+/// reads, which is harmless — registering faults them back in, and every
+/// byte is checked inside the use, while the registration pins the pages,
+/// and reclaim skips pinned pages.
 pub fn churn(
     cache: &UringCache,
     file: &PatternFile,
