@@ -24,7 +24,7 @@
 		printf("FAILED %s:%d: ", __FILE__, __LINE__);       \
 		printf(__VA_ARGS__);                                \
 		printf("\n");                                       \
-		exit(1);                                            \
+		_exit(1);                                          \
 	} while (0)
 
 static int devzero;

@@ -26,11 +26,12 @@ build() { # NAME SOURCE LINK...
   shift 2
   gcc $cflags -o "$work/$name" "$src" "$@"
 }
+# Each program under a hang detector (they take well under a second).
 run() { # LABEL COMMAND...
   local label=$1
   shift
   echo "--- $label"
-  "$@"
+  timeout 60 "$@"
 }
 
 build api "$here/api.c" $shared
@@ -51,7 +52,7 @@ echo "--- the one-object check tells two objects apart (a copy of the file)"
 mkdir -p "$work/copy"
 cp "$lib/libmmun.so.0" "$work/copy/libmmun_preload.so"
 set +e
-env LD_PRELOAD="$work/copy/libmmun_preload.so" "$work/one_object" \
+timeout 60 env LD_PRELOAD="$work/copy/libmmun_preload.so" "$work/one_object" \
   "$work/copy/libmmun_preload.so" "$lib/libmmun.so.0"
 status=$?
 set -e
@@ -62,7 +63,7 @@ fi
 
 echo "--- libmmun.a beside a preloaded libmmun.so stays inert (-EEXIST)"
 set +e
-out=$(env LD_PRELOAD="$lib/libmmun_preload.so" "$work/invalidations_static" 2>&1)
+out=$(timeout 60 env LD_PRELOAD="$lib/libmmun_preload.so" "$work/invalidations_static" 2>&1)
 status=$?
 set -e
 if [ "$status" = 0 ] || ! grep -q "mmun_install: -17" <<< "$out"; then
