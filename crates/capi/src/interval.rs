@@ -76,6 +76,15 @@ fn live(sub: *mut MmunInterval) -> Result<&'static IntervalNotifier<CInterval>, 
     INTERVALS.get(sub as u64).ok_or(-libc::EINVAL)
 }
 
+/// The sequence word of a live interval, one lookup away (`read_retry`).
+#[inline]
+fn live_seq(sub: *mut MmunInterval) -> Result<&'static IntervalSub, c_int> {
+    let word = INTERVALS.hot(sub as u64).ok_or(-libc::EINVAL)?;
+    // SAFETY: `hot` of an interval is its notifier's seq word, valid while
+    // the handle is live (the caller does not remove it meanwhile).
+    Ok(unsafe { &*word.cast::<IntervalSub>() })
+}
+
 /// Subscribes `[start, start+length)`; see `mmun.h`.
 ///
 /// # Safety
@@ -111,7 +120,9 @@ fn insert(
     };
     match IntervalNotifier::insert(mmun_linux::process_mm(), start, length, ops) {
         Ok(notifier) => {
-            INTERVALS.publish(handle, Box::new(notifier));
+            // The seq word stays where it is for the notifier's life.
+            let word: *const IntervalSub = &*notifier;
+            INTERVALS.publish(handle, Box::new(notifier), word.cast());
             store(out, handle as *mut MmunInterval)
         }
         Err(e) => {
@@ -155,7 +166,7 @@ pub unsafe extern "C" fn mmun_interval_read_begin(sub: *mut MmunInterval, seq: *
 /// `mmu_interval_read_retry`; see `mmun.h`.
 #[unsafe(no_mangle)]
 pub extern "C" fn mmun_interval_read_retry(sub: *mut MmunInterval, seq: u64) -> c_int {
-    guarded(|| match live(sub) {
+    guarded(|| match live_seq(sub) {
         Ok(n) => c_int::from(n.read_retry(Seq::from_raw(seq))),
         Err(errno) => errno,
     })
@@ -164,7 +175,7 @@ pub extern "C" fn mmun_interval_read_retry(sub: *mut MmunInterval, seq: u64) -> 
 /// `mmu_interval_check_retry`; see `mmun.h`.
 #[unsafe(no_mangle)]
 pub extern "C" fn mmun_interval_check_retry(sub: *mut MmunInterval, seq: u64) -> c_int {
-    guarded(|| match live(sub) {
+    guarded(|| match live_seq(sub) {
         Ok(n) => c_int::from(n.check_retry(Seq::from_raw(seq))),
         Err(errno) => errno,
     })

@@ -80,7 +80,7 @@ fn register(
     };
     match Notifier::register(mmun_linux::process_mm(), &OPS, data) {
         Ok(notifier) => {
-            NOTIFIERS.publish(handle, Box::new(notifier));
+            NOTIFIERS.publish(handle, Box::new(notifier), std::ptr::null());
             store(out, handle as *mut MmunNotifier)
         }
         Err(e) => {

@@ -41,6 +41,10 @@ const NONE: u32 = u32::MAX;
 struct Slot<T> {
     generation: AtomicU32,
     entry: AtomicPtr<T>,
+    /// What the hottest lookups of the occupant need, beside the entry so
+    /// that they load it with the generation and skip a dereference (the
+    /// sequence word of an interval, for `read_retry`).
+    hot: AtomicPtr<()>,
     /// The next free slot while this one is free (under the lock).
     next_free: AtomicU32,
 }
@@ -105,15 +109,27 @@ impl<T> Registry<T> {
     /// promises not to take it meanwhile (see the module docs).
     #[inline]
     pub(crate) fn get(&self, handle: u64) -> Option<&T> {
-        let parts = split(handle)?;
-        let slot = self.slot(parts.slot)?;
-        if slot.generation.load(Ordering::Acquire) != parts.generation {
-            return None;
-        }
+        let slot = self.live_slot(handle)?;
         let entry = slot.entry.load(Ordering::Acquire);
         // SAFETY: a non-null entry is a leaked box that only `take` (not
         // concurrent with this lookup, by the caller's contract) frees.
         (!entry.is_null()).then(|| unsafe { &*entry })
+    }
+
+    /// The `hot` pointer [`Registry::publish`] stored for `handle`, if it
+    /// is live; valid as long as the entry.
+    #[inline]
+    pub(crate) fn hot(&self, handle: u64) -> Option<*const ()> {
+        let hot = self.live_slot(handle)?.hot.load(Ordering::Acquire);
+        (!hot.is_null()).then_some(hot.cast_const())
+    }
+
+    /// The slot of `handle` if its generation matches.
+    #[inline]
+    fn live_slot(&self, handle: u64) -> Option<&Slot<T>> {
+        let parts = split(handle)?;
+        let slot = self.slot(parts.slot)?;
+        (slot.generation.load(Ordering::Acquire) == parts.generation).then_some(slot)
     }
 
     /// A handle for an entry to come ([`Registry::publish`]); `None` when
@@ -145,17 +161,20 @@ impl<T> Registry<T> {
         let chunk: Box<Chunk<T>> = Box::new(std::array::from_fn(|_| Slot {
             generation: AtomicU32::new(1),
             entry: AtomicPtr::new(std::ptr::null_mut()),
+            hot: AtomicPtr::new(std::ptr::null_mut()),
             next_free: AtomicU32::new(NONE),
         }));
         self.chunks[index].store(Box::into_raw(chunk), Ordering::Release);
     }
 
-    /// Makes `entry` what the reserved `handle` finds.
-    pub(crate) fn publish(&self, handle: u64, entry: Box<T>) {
+    /// Makes `entry` (and `hot`, a pointer into it or null) what the
+    /// reserved `handle` finds.
+    pub(crate) fn publish(&self, handle: u64, entry: Box<T>, hot: *const ()) {
         let parts = split(handle).expect("a reserved handle");
         let _free = self.free.lock();
         let slot = self.slot(parts.slot).expect("a reserved slot");
         debug_assert_eq!(slot.generation.load(Ordering::Relaxed), parts.generation);
+        slot.hot.store(hot.cast_mut(), Ordering::Release);
         slot.entry.store(Box::into_raw(entry), Ordering::Release);
     }
 
@@ -172,6 +191,7 @@ impl<T> Registry<T> {
         if entry.is_null() {
             return None;
         }
+        slot.hot.store(std::ptr::null_mut(), Ordering::Release);
         Self::free_slot(&mut free, slot, parts.slot);
         // SAFETY: published entries are leaked boxes; the generation check
         // under the lock makes this the only `take` that got it.
@@ -218,6 +238,7 @@ impl<T> Registry<T> {
         for index in (0..free.used as usize).rev() {
             let slot = self.slot(index).expect("handed out, so allocated");
             slot.entry.store(std::ptr::null_mut(), Ordering::Relaxed);
+            slot.hot.store(std::ptr::null_mut(), Ordering::Relaxed);
             Self::free_slot(free, slot, index);
         }
         // SAFETY: as above.
@@ -235,7 +256,7 @@ mod tests {
     fn a_taken_handle_is_rejected_and_its_slot_reused_under_a_new_generation() {
         let h = R.reserve().unwrap();
         assert!(R.get(h).is_none(), "reserved, not yet published");
-        R.publish(h, Box::new(7));
+        R.publish(h, Box::new(7), std::ptr::null());
         assert_eq!(R.get(h), Some(&7));
         assert_eq!(R.take(h).as_deref(), Some(&7));
         assert!(R.get(h).is_none());
@@ -243,7 +264,9 @@ mod tests {
         let again = R.reserve().unwrap();
         assert_eq!(split(again).unwrap().slot, split(h).unwrap().slot);
         assert_ne!(again, h);
-        R.publish(again, Box::new(8));
+        R.publish(again, Box::new(8), std::ptr::dangling());
+        assert_eq!(R.hot(again), Some(std::ptr::dangling()));
+        assert_eq!(R.hot(h), None);
         assert!(R.get(h).is_none(), "the old handle does not see the new entry");
         assert_eq!(R.take(again).as_deref(), Some(&8));
     }
