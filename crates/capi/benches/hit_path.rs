@@ -56,8 +56,15 @@ fn main() {
 
     let mut handle: *mut MmunInterval = std::ptr::null_mut();
     // SAFETY: `handle` is writable storage for the handle.
-    let inserted =
-        unsafe { mmun_interval_insert(START, LEN, Some(c_mirror), std::ptr::null_mut(), &mut handle) };
+    let inserted = unsafe {
+        mmun_interval_insert(
+            START,
+            LEN,
+            Some(c_mirror),
+            std::ptr::null_mut(),
+            &mut handle,
+        )
+    };
     assert_eq!(inserted, 0);
     group.bench_function("c read_begin+read_retry", |b| {
         b.iter(|| {

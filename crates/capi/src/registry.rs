@@ -93,7 +93,10 @@ impl<T> Registry<T> {
     pub(crate) const fn new() -> Registry<T> {
         Registry {
             chunks: [const { AtomicPtr::new(std::ptr::null_mut()) }; DIR],
-            free: Mutex::new(Free { head: NONE, used: 0 }),
+            free: Mutex::new(Free {
+                head: NONE,
+                used: 0,
+            }),
         }
     }
 
@@ -145,7 +148,7 @@ impl<T> Registry<T> {
             if slot == CHUNK * DIR {
                 return None;
             }
-            if slot % CHUNK == 0 {
+            if slot.is_multiple_of(CHUNK) {
                 self.add_chunk(slot / CHUNK);
             }
             free.used += 1;
@@ -267,7 +270,10 @@ mod tests {
         R.publish(again, Box::new(8), std::ptr::dangling());
         assert_eq!(R.hot(again), Some(std::ptr::dangling()));
         assert_eq!(R.hot(h), None);
-        assert!(R.get(h).is_none(), "the old handle does not see the new entry");
+        assert!(
+            R.get(h).is_none(),
+            "the old handle does not see the new entry"
+        );
         assert_eq!(R.take(again).as_deref(), Some(&8));
     }
 
