@@ -10,7 +10,7 @@ use crate::range::MmunRange;
 use crate::registry::Registry;
 
 /// `struct mmun_interval`: never defined; handles are numbers
-/// ([`crate::registry`]).
+/// (`crate::registry`).
 #[repr(C)]
 #[derive(Debug)]
 pub struct MmunInterval {

@@ -14,10 +14,10 @@
 //!   `libmmun.so`) finds the first one's `mmun_version` and stays inert
 //!   (`mmun_install` returns `-EEXIST`).
 //! * **No unwinding across the boundary.** Every entry point runs its body
-//!   under `catch_unwind` ([`entry::guarded`]); the rules the Rust API
+//!   under `catch_unwind` (`entry::guarded`); the rules the Rust API
 //!   enforces with a panic (waiting for one's own invalidation) are checked
 //!   first and returned as `-EDEADLK`.
-//! * **Handles are numbers** ([`registry`]): a removed or made-up handle is
+//! * **Handles are numbers** (`registry`): a removed or made-up handle is
 //!   `-EINVAL`, never a dereference.
 //! * **Callbacks run inside the hooked call**, possibly inside `malloc` or
 //!   `free`: the trampolines here allocate nothing.

@@ -9,7 +9,7 @@ use crate::range::MmunRange;
 use crate::registry::Registry;
 
 /// `struct mmun_notifier`: never defined; handles are numbers
-/// ([`crate::registry`]).
+/// (`crate::registry`).
 #[repr(C)]
 #[derive(Debug)]
 pub struct MmunNotifier {
