@@ -22,7 +22,7 @@
  *   enum value or struct layout changes.  mmun_version() gives the
  *   library's version at run time; MMUN_VERSION the header's.
  *
- *   Handles (mmun_interval, mmun_notifier) are opaque values, never
+ *   Handles (mmun_interval, mmun_notifier, mmun_rcache) are opaque values, never
  *   dereferenced by the caller.  A handle that was removed, or that never
  *   came from this library, is rejected with -EINVAL (a removed handle's
  *   number is not reused for 2^32 later subscriptions of the same slot).
@@ -266,6 +266,96 @@ int mmun_notifier_register(mmun_range_fn start, mmun_range_fn end, void *arg, mm
  * callback: it would wait for itself).
  */
 int mmun_notifier_unregister(mmun_notifier *notifier);
+
+/* --- registration cache ------------------------------------------------- */
+
+/*
+ * A registration cache, as UCX's ucs_rcache: get(addr, length) returns a
+ * region whose pages are registered with your device through your mem_reg
+ * (once per miss; hits make no call and take no lock of the cache's), and
+ * mem_dereg releases a registration before its pages change — from inside
+ * the munmap, free, mremap or madvise that changes them, in the thread
+ * that made that call.  Registrations overlapping a new one are merged into
+ * it; beyond max_regions or max_bytes the least recently used idle ones are
+ * deregistered.
+ *
+ * A held region (get ... put) is a use of the registration: a change of
+ * its pages waits in the changing thread until the region is put.  Put a
+ * region before unmapping or freeing its memory in the same thread, and
+ * before fork (which write-protects private pages for copy-on-write and so
+ * releases their registrations first), or that call waits forever.
+ *
+ * mem_dereg runs under the same rules as a callback (see "Threads and
+ * reentrancy"): no allocation, no lock the interrupted code may hold, and
+ * it must not fail.  mem_reg runs in the thread that called get, with no
+ * lock of the cache held.
+ *
+ * fork: the parent's registrations of private memory are released before
+ * the fork (see above); the parent's caches are invalid in the child
+ * (-EINVAL, nothing is called there for them); create a new cache in the
+ * child.
+ */
+typedef struct mmun_rcache mmun_rcache;
+typedef struct mmun_region mmun_region;
+
+/* Registers [addr, addr+length) (page-aligned), stores what names the
+ * registration (a key, a pointer) in *memh; returns 0 or a negative errno,
+ * which get then returns. */
+typedef int (*mmun_mem_reg_fn)(void *arg, uint64_t addr, uint64_t length, uint64_t *memh);
+/* Releases a registration mem_reg made, with the values it was given. */
+typedef void (*mmun_mem_dereg_fn)(void *arg, uint64_t addr, uint64_t length, uint64_t memh);
+
+/*
+ * Creates a cache calling mem_reg and mem_dereg with `arg`, holding at most
+ * max_regions registrations and max_bytes registered bytes (0 counts as 1;
+ * UINT64_MAX for no bound).
+ *
+ * Returns 0, or -EINVAL (a NULL function or out), -EDEADLK (from a
+ * callback), -ENOTSUP (the hooks cannot be installed: no invalidation
+ * would arrive), -ENOMEM (no handle left).
+ */
+int mmun_rcache_create(mmun_mem_reg_fn mem_reg, mmun_mem_dereg_fn mem_dereg, void *arg,
+		       uint64_t max_regions, uint64_t max_bytes, mmun_rcache **out);
+
+/*
+ * Deregisters every registration and frees the cache.
+ * Returns 0, or -EINVAL (not a live cache), -EBUSY (a region is held),
+ * -EDEADLK (from a callback).
+ */
+int mmun_rcache_destroy(mmun_rcache *rcache);
+
+/*
+ * Deregisters every registration (UCX purges before fork).
+ * Returns 0, or -EINVAL, -EBUSY (a region is held), -EDEADLK.
+ */
+int mmun_rcache_purge(mmun_rcache *rcache);
+
+/*
+ * Holds a region covering [addr, addr+length): a live cached registration
+ * or a new one.  Stores it in *region.
+ *
+ * Returns 0, or
+ *   -EINVAL     rcache not live, region NULL;
+ *   -EOVERFLOW  length 0, or addr+length wraps;
+ *   -EDEADLK    a miss from inside a callback;
+ *   what mem_reg returned when it failed.
+ */
+int mmun_rcache_get(mmun_rcache *rcache, uint64_t addr, uint64_t length, mmun_region **region);
+
+/*
+ * Releases a region get returned; it is invalid afterwards.
+ * Returns 0, or -EINVAL (NULL; already put, unless get has handed the same
+ * object out again since; the parent's region in a fork child).  A region
+ * must not be put after its cache is destroyed (destroy refuses while one
+ * is held).
+ */
+int mmun_rcache_put(mmun_region *region);
+
+/* The registered range (page-aligned, covering what get asked for) and what
+ * mem_reg stored, of a held region; 0 for NULL or a region already put. */
+uint64_t mmun_region_start(const mmun_region *region);
+uint64_t mmun_region_length(const mmun_region *region);
+uint64_t mmun_region_memh(const mmun_region *region);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,7 @@ pub mod entry;
 pub mod interval;
 pub mod list;
 pub mod range;
+pub mod rcache;
 pub(crate) mod registry;
 
 use std::ffi::{CString, c_char, c_int, c_uint};
@@ -134,14 +135,17 @@ pub(crate) fn register_fork_handlers() {
 extern "C" fn fork_prepare() {
     interval::INTERVALS.lock_for_fork();
     list::NOTIFIERS.lock_for_fork();
+    rcache::RCACHES.lock_for_fork();
 }
 
 extern "C" fn fork_parent() {
+    rcache::RCACHES.parent_after_fork();
     list::NOTIFIERS.parent_after_fork();
     interval::INTERVALS.parent_after_fork();
 }
 
 extern "C" fn fork_child() {
+    rcache::RCACHES.child_after_fork();
     list::NOTIFIERS.child_after_fork();
     interval::INTERVALS.child_after_fork();
 }

@@ -4,7 +4,8 @@
 #
 #   crates/capi/tests/c/run.sh PREFIX [WORKDIR]
 #
-# Covers: every function of mmun.h with its misuse (api), real changes
+# Covers: every function of mmun.h with its misuse (api; rcache for the
+# registration cache with user mem_reg/mem_dereg), real changes
 # reaching the callbacks in order (invalidations, linked with libmmun.so and
 # statically with libmmun.a), one object under -lmmun + LD_PRELOAD, a
 # second copy staying inert (-EEXIST), and the example. Exit 1 on failure.
@@ -38,11 +39,15 @@ build api "$here/api.c" $shared
 build invalidations "$here/invalidations.c" $shared
 build invalidations_static "$here/invalidations.c" $static
 build one_object "$here/one_object.c" $shared -ldl
+build rcache "$here/rcache.c" $shared -lpthread
+build rcache_static "$here/rcache.c" $static
 build mirror "$here/../../examples/c/mirror.c" $shared -lpthread
 
 run "api (libmmun.so)" "$work/api"
 run "invalidations (libmmun.so)" "$work/invalidations"
 run "invalidations (libmmun.a)" "$work/invalidations_static"
+run "rcache (libmmun.so)" "$work/rcache"
+run "rcache (libmmun.a)" "$work/rcache_static"
 run "api under LD_PRELOAD=libmmun_preload.so as well" \
   env LD_PRELOAD="$lib/libmmun_preload.so" "$work/api"
 run "one object: -lmmun + LD_PRELOAD=libmmun_preload.so" \
