@@ -1,6 +1,8 @@
 //! The hit path through the C API against the same through the Rust API,
 //! on the calling process: `read_begin` + `read_retry` of an interval
-//! subscription no invalidation disturbs.
+//! subscription no invalidation disturbs, and a registration-cache hit
+//! (`mmun_rcache_get` + `mmun_rcache_put` against `Rcache::get` + `enter`
+//! + drop, both with user callbacks as the registrar).
 //!
 //! The C side calls the exported `extern "C"` entry points (handle lookup,
 //! `catch_unwind` guard, the self-deadlock check) as a C program linked
@@ -17,7 +19,12 @@ use mmun::interval::{
     mmun_interval_remove, mmun_interval_set_seq,
 };
 use mmun::range::MmunRange;
+use mmun::rcache::{
+    MmunRcache, mmun_rcache_create, mmun_rcache_destroy, mmun_rcache_get, mmun_rcache_put,
+    mmun_region_memh,
+};
 use mmun_core::{IntervalNotifier, IntervalNotifierOps, IntervalSub, Range, Seq};
+use mmun_secondary::rcache::{Callbacks, Rcache, RcacheConfig};
 
 const LEN: u64 = 1 << 20;
 /// A range nothing maps: no change ever reaches the subscriptions.
@@ -38,6 +45,63 @@ extern "C" fn c_mirror(
     _arg: *mut c_void,
 ) -> c_int {
     c_int::from(mmun_interval_set_seq(sub, cur_seq) == 0)
+}
+
+extern "C" fn mem_reg(_: *mut c_void, addr: u64, _: u64, memh: *mut u64) -> c_int {
+    // SAFETY: the cache passes writable storage.
+    unsafe { *memh = addr };
+    0
+}
+
+extern "C" fn mem_dereg(_: *mut c_void, _: u64, _: u64, _: u64) {}
+
+fn rcache_hits(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let buf = vec![0u8; 1 << 16];
+    let addr = buf.as_ptr() as u64 + 4096;
+
+    let process = mmun_uring::Process::current().unwrap();
+    let registrar = Callbacks::new(
+        |addr: u64, _len: u64| -> Result<u64, mmun_uring::UringError> { Ok(addr) },
+        |_: &u64| {},
+    );
+    let rust = Rcache::with_backend(process, registrar, RcacheConfig::default());
+    drop(rust.get(addr, 64).unwrap());
+    group.bench_function("rust rcache get+enter+drop", |b| {
+        b.iter(|| {
+            let handle = rust.get(black_box(addr), 64).unwrap();
+            let in_use = handle.enter().unwrap();
+            black_box(*in_use.registration())
+        })
+    });
+
+    let mut cache: *mut MmunRcache = std::ptr::null_mut();
+    let null = std::ptr::null_mut();
+    // SAFETY: `cache` is writable storage for the handle.
+    let created = unsafe {
+        mmun_rcache_create(
+            Some(mem_reg),
+            Some(mem_dereg),
+            null,
+            u64::MAX,
+            u64::MAX,
+            &mut cache,
+        )
+    };
+    assert_eq!(created, 0);
+    group.bench_function("c rcache get+put", |b| {
+        b.iter(|| {
+            let mut region = std::ptr::null_mut();
+            // SAFETY: `region` is writable storage for the region pointer.
+            let got =
+                unsafe { mmun_rcache_get(black_box(cache), black_box(addr), 64, &mut region) };
+            black_box(got);
+            black_box(mmun_region_memh(region));
+            black_box(mmun_rcache_put(region))
+        })
+    });
+    assert_eq!(mmun_rcache_destroy(cache), 0);
+    drop(rust);
+    drop(buf);
 }
 
 fn main() {
@@ -76,8 +140,10 @@ fn main() {
             black_box(mmun_interval_read_retry(sub, seq))
         })
     });
-    group.finish();
     assert_eq!(mmun_interval_remove(handle), 0);
     rust.remove();
+
+    rcache_hits(&mut group);
+    group.finish();
     c.final_summary();
 }

@@ -8,9 +8,16 @@
 //! put. Region objects are recycled per cache and freed only when the
 //! cache is destroyed, so a second `put` of one finds it free and is
 //! `-EINVAL` rather than a use of freed memory.
+//!
+//! The hit path takes no lock of its own: each thread parks the region it
+//! put last (with its cache's handle) in a thread-local slot, and its next
+//! `get` on the same cache takes it back; only a second spare goes to the
+//! cache's list, under its lock. A parked region of a destroyed cache is
+//! never touched: the slot's handle no longer matches a live cache.
 
+use std::cell::Cell;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mmun_secondary::rcache::{Callbacks, InUse, Rcache, RcacheConfig, RegHandle};
 use mmun_uring::{Process, UringError};
@@ -48,15 +55,36 @@ type DeregFn = Box<dyn Fn(&Memh) + Send + Sync>;
 type Registrar = Callbacks<Memh, RegFn, DeregFn>;
 type Cache = Rcache<Process, Registrar>;
 
-/// A C cache: the Rust cache, its regions in use, and the spare region
-/// objects.
+/// A C cache: the Rust cache and its region objects.
 pub struct CCache {
     cache: Cache,
     handle: u64,
-    /// Regions handed out and not yet put: destroy waits for none.
-    held: AtomicUsize,
-    /// Region objects not in use, recycled by `get`; all freed by destroy.
-    spare: Mutex<Vec<*mut Region>>,
+    regions: Mutex<Regions>,
+}
+
+/// Every region object a cache made (freed by destroy), and the spare ones
+/// not parked in a thread's slot.
+#[derive(Default)]
+struct Regions {
+    made: Vec<*mut Region>,
+    spare: Vec<*mut Region>,
+}
+
+impl Regions {
+    /// Whether a region is held (destroy and purge refuse then).
+    fn any_held(&self) -> bool {
+        self.made.iter().any(|&r| {
+            // SAFETY: made regions live until destroy frees them.
+            unsafe { &*r }.state.load(Ordering::Acquire) == HELD
+        })
+    }
+}
+
+thread_local! {
+    /// The region this thread put last and the handle of its cache:
+    /// const-initialised, no destructor (a parked region belongs to its
+    /// cache, which frees it).
+    static PARKED: Cell<(u64, *mut Region)> = const { Cell::new((0, std::ptr::null_mut())) };
 }
 
 // SAFETY: the raw pointers in `spare` are boxes this cache owns and hands
@@ -67,9 +95,7 @@ unsafe impl Sync for CCache {}
 
 impl std::fmt::Debug for CCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CCache")
-            .field("held", &self.held.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("CCache").finish_non_exhaustive()
     }
 }
 
@@ -169,8 +195,7 @@ fn create(
     let cache = CCache {
         cache: Rcache::with_backend(process, Callbacks::new(reg, dereg), config),
         handle,
-        held: AtomicUsize::new(0),
-        spare: Mutex::new(Vec::new()),
+        regions: Mutex::new(Regions::default()),
     };
     RCACHES.publish(handle, Box::new(cache), std::ptr::null());
     store(out, handle as *mut MmunRcache)
@@ -183,12 +208,13 @@ pub extern "C" fn mmun_rcache_destroy(rcache: *mut MmunRcache) -> c_int {
         code((|| {
             refuse_inside_callback()?;
             let cache = RCACHES.get(rcache as u64).ok_or(-libc::EINVAL)?;
-            if cache.held.load(Ordering::Acquire) != 0 {
+            if cache.regions.lock().any_held() {
                 return Err(-libc::EBUSY);
             }
             let cache = RCACHES.take(rcache as u64).ok_or(-libc::EINVAL)?;
-            for region in cache.spare.lock().drain(..) {
-                // SAFETY: spare regions are boxes this cache made, free.
+            for region in cache.regions.lock().made.drain(..) {
+                // SAFETY: boxes this cache made, none held; parked ones are
+                // never touched again (their slot's handle is dead now).
                 drop(unsafe { Box::from_raw(region) });
             }
             drop(cache); // deregisters every registration
@@ -227,26 +253,57 @@ fn get(
         });
     }
     let c: &'static CCache = RCACHES.get(rcache as u64).ok_or(-libc::EINVAL)?;
-    let region = c.spare.lock().pop().unwrap_or_else(|| {
-        Box::into_raw(Box::new(Region {
-            in_use: None,
-            handle: None,
-            state: AtomicU32::new(FREE),
-            cache: c,
-            start: 0,
-            length: 0,
-            memh: 0,
-        }))
-    });
-    // SAFETY: popped from the spare list or just made: this thread owns it.
+    let region = unpark(c).unwrap_or_else(|| spare_or_new(c));
+    // SAFETY: unparked, taken from the spare list or just made: this
+    // thread is the only one with it.
     let r = unsafe { &mut *region };
     if let Err(e) = hold(c, r, addr, length) {
-        c.spare.lock().push(region);
+        park(c, region);
         return Err(e);
     }
-    c.held.fetch_add(1, Ordering::AcqRel);
     r.state.store(HELD, Ordering::Release);
     store(out, region)
+}
+
+/// This thread's parked region, if it belongs to `c`.
+#[inline]
+fn unpark(c: &CCache) -> Option<*mut Region> {
+    let (handle, region) = PARKED.get();
+    (handle == c.handle && !region.is_null()).then(|| {
+        PARKED.set((0, std::ptr::null_mut()));
+        region
+    })
+}
+
+/// Parks a free region in this thread's slot, or gives it to the cache's
+/// spare list if the slot holds a region of a live cache.
+#[inline]
+fn park(c: &CCache, region: *mut Region) {
+    let (handle, parked) = PARKED.get();
+    if parked.is_null() || RCACHES.get(handle).is_none() {
+        PARKED.set((c.handle, region));
+    } else {
+        c.regions.lock().spare.push(region);
+    }
+}
+
+#[cold]
+fn spare_or_new(c: &'static CCache) -> *mut Region {
+    let mut regions = c.regions.lock();
+    if let Some(region) = regions.spare.pop() {
+        return region;
+    }
+    let region = Box::into_raw(Box::new(Region {
+        in_use: None,
+        handle: None,
+        state: AtomicU32::new(FREE),
+        cache: c,
+        start: 0,
+        length: 0,
+        memh: 0,
+    }));
+    regions.made.push(region);
+    region
 }
 
 /// Fills `r` with a use of a registration covering the range.
@@ -301,16 +358,16 @@ pub extern "C" fn mmun_rcache_put(region: *mut Region) -> c_int {
             if RCACHES.get(c.handle).is_none() {
                 return Err(-libc::EINVAL); // a fork child: the parent's cache
             }
-            if r.state
-                .compare_exchange(HELD, FREE, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
+            // Not a read-modify-write: two threads putting one region at
+            // once is a race the header forbids; a second put later is
+            // what this catches.
+            if r.state.load(Ordering::Acquire) != HELD {
                 return Err(-libc::EINVAL); // put twice
             }
             r.in_use = None;
             r.handle = None;
-            c.held.fetch_sub(1, Ordering::AcqRel);
-            c.spare.lock().push(region);
+            r.state.store(FREE, Ordering::Release);
+            park(c, region);
             Ok(())
         })())
     })
@@ -347,7 +404,7 @@ pub extern "C" fn mmun_rcache_purge(rcache: *mut MmunRcache) -> c_int {
         code((|| {
             refuse_inside_callback()?;
             let c = RCACHES.get(rcache as u64).ok_or(-libc::EINVAL)?;
-            if c.held.load(Ordering::Acquire) != 0 {
+            if c.regions.lock().any_held() {
                 return Err(-libc::EBUSY); // purging waits for uses: for the caller's own
             }
             c.cache.purge();
