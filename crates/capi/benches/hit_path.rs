@@ -95,8 +95,10 @@ fn rcache_hits(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement:
             let got =
                 unsafe { mmun_rcache_get(black_box(cache), black_box(addr), 64, &mut region) };
             black_box(got);
-            black_box(mmun_region_memh(region));
-            black_box(mmun_rcache_put(region))
+            // SAFETY: a region `get` just returned, of a live cache.
+            black_box(unsafe { mmun_region_memh(region) });
+            // SAFETY: as above.
+            black_box(unsafe { mmun_rcache_put(region) })
         })
     });
     assert_eq!(mmun_rcache_destroy(cache), 0);

@@ -341,8 +341,13 @@ fn hold(c: &'static CCache, r: &mut Region, addr: u64, length: u64) -> Result<()
 }
 
 /// Releases a region `get` returned; see `mmun.h`.
+///
+/// # Safety
+///
+/// `region` is null or a region `mmun_rcache_get` returned, whose cache
+/// was not destroyed since.
 #[unsafe(no_mangle)]
-pub extern "C" fn mmun_rcache_put(region: *mut Region) -> c_int {
+pub unsafe extern "C" fn mmun_rcache_put(region: *mut Region) -> c_int {
     guarded(|| {
         code((|| {
             if region.is_null() {
@@ -373,28 +378,46 @@ pub extern "C" fn mmun_rcache_put(region: *mut Region) -> c_int {
     })
 }
 
-fn held(region: *const Region) -> Option<&'static Region> {
-    // SAFETY: as in `mmun_rcache_put`: a region pointer from `get`.
+/// # Safety
+///
+/// As `mmun_rcache_put`'s.
+unsafe fn held(region: *const Region) -> Option<&'static Region> {
+    // SAFETY: the caller passes null or a region pointer from `get`.
     let r = unsafe { region.as_ref()? };
     (r.state.load(Ordering::Acquire) == HELD).then_some(r)
 }
 
 /// First byte of the registered range; see `mmun.h`.
+///
+/// # Safety
+///
+/// As [`mmun_rcache_put`]'s.
 #[unsafe(no_mangle)]
-pub extern "C" fn mmun_region_start(region: *const Region) -> u64 {
-    held(region).map_or(0, |r| r.start)
+pub unsafe extern "C" fn mmun_region_start(region: *const Region) -> u64 {
+    // SAFETY: the caller's contract.
+    unsafe { held(region) }.map_or(0, |r| r.start)
 }
 
 /// Length of the registered range; see `mmun.h`.
+///
+/// # Safety
+///
+/// As [`mmun_rcache_put`]'s.
 #[unsafe(no_mangle)]
-pub extern "C" fn mmun_region_length(region: *const Region) -> u64 {
-    held(region).map_or(0, |r| r.length)
+pub unsafe extern "C" fn mmun_region_length(region: *const Region) -> u64 {
+    // SAFETY: the caller's contract.
+    unsafe { held(region) }.map_or(0, |r| r.length)
 }
 
 /// What `mem_reg` stored for the region; see `mmun.h`.
+///
+/// # Safety
+///
+/// As [`mmun_rcache_put`]'s.
 #[unsafe(no_mangle)]
-pub extern "C" fn mmun_region_memh(region: *const Region) -> u64 {
-    held(region).map_or(0, |r| r.memh)
+pub unsafe extern "C" fn mmun_region_memh(region: *const Region) -> u64 {
+    // SAFETY: the caller's contract.
+    unsafe { held(region) }.map_or(0, |r| r.memh)
 }
 
 /// Deregisters every registration no region holds; see `mmun.h`.
