@@ -22,10 +22,12 @@
  *   enum value or struct layout changes.  mmun_version() gives the
  *   library's version at run time; MMUN_VERSION the header's.
  *
- *   Handles (mmun_interval, mmun_notifier, mmun_rcache) are opaque values, never
- *   dereferenced by the caller.  A handle that was removed, or that never
- *   came from this library, is rejected with -EINVAL (a removed handle's
- *   number is not reused for 2^32 later subscriptions of the same slot).
+ *   Handles (mmun_interval, mmun_notifier, mmun_rcache) are opaque values,
+ *   never dereferenced by the caller.  A handle that was removed, or that
+ *   never came from this library, is rejected with -EINVAL (a removed
+ *   handle's number is not reused for 2^32 later subscriptions of the same
+ *   slot).  A region (mmun_region) is a pointer to an object of its cache,
+ *   valid from get to put.
  *
  * Errors
  *
@@ -51,7 +53,8 @@
  *
  *   Callbacks run synchronously in the thread that made the memory call,
  *   possibly inside malloc() or free(), with the address space's lock
- *   held.  A callback therefore
+ *   held (late ones run in the userfaultfd net's thread, or in the calling
+ *   thread once its outer callback returned).  A callback therefore
  *     - must not allocate (malloc, printf with a buffer, ...) or take a lock
  *       that the allocator or the thread's interrupted code may hold;
  *     - must not insert, remove, register or unregister (-EDEADLK), nor
@@ -64,10 +67,13 @@
  *   A callback may sleep only when range->flags has MMUN_RANGE_BLOCKABLE
  *   (the hooks always set it).
  *
- * fork and exec
+ * fork, exit and exec
  *
  *   A fork child starts with no subscriptions, as Linux gives a child mm no
- *   notifiers: the parent's handles are invalid there (-EINVAL).  exec
+ *   notifiers: the parent's handles are invalid there (-EINVAL).  At exit()
+ *   every interval is called twice for the whole address space
+ *   ([0, UINT64_MAX)): MMUN_EVENT_RELEASE (mmu_notifier_release), then
+ *   MMUN_EVENT_UNMAP (exit_mmap); _exit() and crashes call nothing.  exec
  *   replaces the image and everything with it.
  */
 #ifndef MMUN_H

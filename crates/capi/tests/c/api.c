@@ -65,6 +65,49 @@ static void versions_and_install(void)
 	CHECK(mmun_install_error() == NULL);
 }
 
+/* exit(): every interval hears the release, then the unmap, of the whole
+ * address space. */
+static int exit_pipe = -1;
+
+static int report_to_pipe(mmun_interval *sub, const struct mmun_range *r, uint64_t cur_seq, void *arg)
+{
+	(void)arg;
+	mmun_interval_set_seq(sub, cur_seq);
+	(void)!write(exit_pipe, r, sizeof *r); /* a system call: no allocation */
+	return 1;
+}
+
+static void exit_unmaps_everything(void)
+{
+	int fds[2];
+	struct mmun_range r = { 0 };
+	CHECK_EQ(pipe(fds), 0);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		mmun_interval *sub;
+		char *p = fresh(PAGE);
+		close(fds[0]);
+		exit_pipe = fds[1];
+		CHECK_EQ(mmun_interval_insert((uintptr_t)p, PAGE, report_to_pipe, NULL, &sub), 0);
+		exit(0);
+	}
+	close(fds[1]);
+	int status;
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	const uint32_t events[] = { MMUN_EVENT_RELEASE, MMUN_EVENT_UNMAP };
+	for (int i = 0; i < 2; i++) {
+		CHECK_EQ(read(fds[0], &r, sizeof r), sizeof r);
+		CHECK_EQ(r.event, events[i]);
+		CHECK_EQ(r.start, 0);
+		CHECK(r.end == UINT64_MAX);
+	}
+	CHECK_EQ(read(fds[0], &r, sizeof r), 0); /* nothing more */
+	close(fds[0]);
+	printf("exit ok\n");
+}
+
 /* Last: once the net runs, late duplicates of hooked changes may reach the
  * intervals from its thread, which the exact counts above do not expect. */
 static void net(void)
@@ -363,6 +406,7 @@ int main(void)
 	inside_callbacks();
 	list_misuse();
 	fork_child_starts_fresh();
+	exit_unmaps_everything();
 	net();
 	printf("api ok\n");
 	return 0;
