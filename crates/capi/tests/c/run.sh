@@ -41,6 +41,7 @@ build invalidations_static "$here/invalidations.c" $static
 build one_object "$here/one_object.c" $shared -ldl
 build rcache "$here/rcache.c" $shared -lpthread
 build rcache_static "$here/rcache.c" $static
+build threads "$here/threads.c" $shared -lpthread
 build mirror "$here/../../examples/c/mirror.c" $shared -lpthread
 
 run "api (libmmun.so)" "$work/api"
@@ -48,6 +49,7 @@ run "invalidations (libmmun.so)" "$work/invalidations"
 run "invalidations (libmmun.a)" "$work/invalidations_static"
 run "rcache (libmmun.so)" "$work/rcache"
 run "rcache (libmmun.a)" "$work/rcache_static"
+run "threads at once (libmmun.so)" "$work/threads"
 run "api under LD_PRELOAD=libmmun_preload.so as well" \
   env LD_PRELOAD="$lib/libmmun_preload.so" "$work/api"
 run "one object: -lmmun + LD_PRELOAD=libmmun_preload.so" \
