@@ -1,16 +1,19 @@
-//! The preload library on a separate C program: `LD_PRELOAD` installs the
-//! hooks, the program subscribes through the C API and checks each change
-//! (start before, end after) itself.
+//! The library as `LD_PRELOAD` on a separate C program that does not link
+//! it: loading installs the hooks, the program registers through the C API
+//! (looked up at run time) and checks each change (start before, end
+//! after) itself.
 
 use std::path::PathBuf;
 use std::process::Command;
 
+/// `libmmun.so` as cargo built it (installed, `libmmun_preload.so` is a
+/// symlink to it).
 fn preload_library() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
     [
-        deps.join("libmmun_preload.so"),
-        deps.parent().unwrap().join("libmmun_preload.so"),
+        deps.join("libmmun.so"),
+        deps.parent().unwrap().join("libmmun.so"),
     ]
     .into_iter()
     .find(|p| p.exists())
@@ -27,6 +30,7 @@ fn a_c_program_under_ld_preload_sees_synchronous_invalidations() {
         .args(["-O1", "-Wall", "-o"])
         .arg(&bin)
         .arg(&src)
+        .arg(concat!("-I", env!("CARGO_MANIFEST_DIR"), "/include"))
         .status()
     {
         Ok(s) if s.success() => {}
@@ -82,14 +86,15 @@ fn bash_command_substitutions_with_a_list_notifier_do_not_hang() {
     let preload_dir = preload.parent().unwrap();
     let shim = dir.join("liblist_subscriber.so");
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/list_subscriber.c");
-    // Linked against the preload library, so the dynamic loader runs its
+    // Linked against the library, so the dynamic loader runs its
     // constructor (which installs the hooks) before the shim's.
     match Command::new("cc")
         .args(["-shared", "-fPIC", "-Wall", "-o"])
         .arg(&shim)
         .arg(&src)
+        .arg(concat!("-I", env!("CARGO_MANIFEST_DIR"), "/include"))
         .arg(format!("-L{}", preload_dir.display()))
-        .arg("-l:libmmun_preload.so")
+        .arg("-l:libmmun.so")
         .arg(format!("-Wl,-rpath,{}", preload_dir.display()))
         .status()
     {

@@ -1,10 +1,12 @@
-/* Run under LD_PRELOAD=libmmun_preload.so by tests/preload.rs. Each
- * scenario subscribes to a range, makes one change, and checks that the
- * start callback ran before the change (the page still holds its marker)
- * and the end callback after it. Prints "<name> ok" per scenario; exits
- * 77 if the preload library is absent, 1 on the first failure. */
+/* Run under LD_PRELOAD=libmmun_preload.so by tests/preload.rs, without
+ * linking libmmun: the functions are looked up at run time. Each scenario
+ * registers a list notifier, makes one change, and checks that the start
+ * callback for the range ran before the change (the page still holds its
+ * marker) and the end callback after it. Prints "<name> ok" per scenario;
+ * exits 77 if the preload library is absent, 1 on the first failure. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <mmun.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,16 +14,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-typedef void (*mmun_cb)(void *, int, int, uint64_t, uint64_t, int);
-static void *(*subscribe)(uint64_t, uint64_t, mmun_cb, void *);
-static void (*unsubscribe)(void *);
+static int (*reg)(mmun_range_fn, mmun_range_fn, void *, mmun_notifier **);
+static int (*unreg)(mmun_notifier *);
 
 enum { UNMAP = 0, CLEAR = 1, PROTECTION_VMA = 2 };
 #define PAGE 4096
 
 struct seen {
 	int starts, ends, event, start_resident, end_resident;
-	uint64_t start, end;
+	uint64_t start, end, lo, hi;
 	unsigned char *probe;
 };
 
@@ -31,20 +32,33 @@ static int resident(void *p)
 	return mincore((void *)((uintptr_t)p & ~(uintptr_t)(PAGE - 1)), PAGE, &v) == 0 && (v & 1);
 }
 
-static void cb(void *arg, int phase, int event, uint64_t start, uint64_t end, int late)
+/* Only the scenario's own range counts (the hooks may add a Clear of the
+ * 2 MiB block around it, and other changes of the process reach a list
+ * notifier too). */
+static int own(struct seen *s, const struct mmun_range *r)
+{
+	return r->start == s->lo && r->end == s->hi;
+}
+
+static void on_start(const struct mmun_range *r, void *arg)
 {
 	struct seen *s = arg;
-	(void)late;
-	if (phase == 0) {
-		s->starts++;
-		s->event = event;
-		s->start = start;
-		s->end = end;
-		s->start_resident = resident(s->probe) && *s->probe == 0x5a;
-	} else {
-		s->ends++;
-		s->end_resident = resident(s->probe) && *s->probe == 0x5a;
-	}
+	if (!own(s, r))
+		return;
+	s->starts++;
+	s->event = r->event;
+	s->start = r->start;
+	s->end = r->end;
+	s->start_resident = resident(s->probe) && *s->probe == 0x5a;
+}
+
+static void on_end(const struct mmun_range *r, void *arg)
+{
+	struct seen *s = arg;
+	if (!own(s, r))
+		return;
+	s->ends++;
+	s->end_resident = resident(s->probe) && *s->probe == 0x5a;
 }
 
 static unsigned char *fresh(size_t len)
@@ -72,20 +86,23 @@ static int check(const char *name, struct seen *s, int event, void *lo, size_t l
 #define SCENARIO(name, len, event, gone, change)                                              \
 	do {                                                                                    \
 		unsigned char *p = fresh(len);                                                  \
-		struct seen s = { .probe = p };                                                 \
-		void *h = subscribe((uintptr_t)p, len, cb, &s);                                 \
+		struct seen s = { .probe = p, .lo = (uintptr_t)p, .hi = (uintptr_t)p + len };   \
+		mmun_notifier *h;                                                               \
+		if (reg(on_start, on_end, &s, &h) != 0)                                         \
+			exit(1);                                                                \
 		change;                                                                         \
-		unsubscribe(h);                                                                 \
+		unreg(h);                                                                       \
 		failed |= check(name, &s, event, p, len, gone);                                 \
 	} while (0)
 
 int main(void)
 {
 	int failed = 0;
-	subscribe = (void *(*)(uint64_t, uint64_t, mmun_cb, void *))dlsym(RTLD_DEFAULT, "mmun_subscribe");
-	unsubscribe = (void (*)(void *))dlsym(RTLD_DEFAULT, "mmun_unsubscribe");
+	reg = (int (*)(mmun_range_fn, mmun_range_fn, void *, mmun_notifier **))dlsym(RTLD_DEFAULT,
+										     "mmun_notifier_register");
+	unreg = (int (*)(mmun_notifier *))dlsym(RTLD_DEFAULT, "mmun_notifier_unregister");
 	int (*installed)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "mmun_installed");
-	if (!subscribe || !unsubscribe || !installed) {
+	if (!reg || !unreg || !installed) {
 		printf("libmmun_preload.so is not loaded\n");
 		return 77;
 	}
@@ -104,10 +121,14 @@ int main(void)
 		size_t len = 64u << 20;
 		unsigned char *p = malloc(len);
 		memset(p, 0x5a, len);
-		struct seen s = { .probe = p };
-		void *h = subscribe((uintptr_t)p, len, cb, &s);
+		/* glibc unmaps the whole chunk: its header page too. */
+		struct seen s = { .probe = p, .lo = ((uintptr_t)p & ~(uintptr_t)(PAGE - 1)) };
+		s.hi = s.lo + ((len + 16 + PAGE - 1) & ~(size_t)(PAGE - 1));
+		mmun_notifier *h;
+		if (reg(on_start, on_end, &s, &h) != 0)
+			exit(1);
 		free(p);
-		unsubscribe(h);
+		unreg(h);
 		if (s.starts != 1 || s.ends != 1 || s.event != UNMAP || !s.start_resident || s.end_resident) {
 			printf("free_64m FAILED: starts %d ends %d event %d\n", s.starts, s.ends, s.event);
 			failed = 1;
