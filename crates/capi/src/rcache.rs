@@ -268,10 +268,14 @@ fn get(
 /// This thread's parked region, if it belongs to `c`.
 #[inline]
 fn unpark(c: &CCache) -> Option<*mut Region> {
-    let (handle, region) = PARKED.get();
-    (handle == c.handle && !region.is_null()).then(|| {
-        PARKED.set((0, std::ptr::null_mut()));
-        region
+    // `with` rather than `LocalKey::get`/`set`: those go through an
+    // out-of-line `initialize_with` (measured: an eighth of a C hit).
+    PARKED.with(|parked| {
+        let (handle, region) = parked.get();
+        (handle == c.handle && !region.is_null()).then(|| {
+            parked.set((0, std::ptr::null_mut()));
+            region
+        })
     })
 }
 
@@ -279,10 +283,15 @@ fn unpark(c: &CCache) -> Option<*mut Region> {
 /// spare list if the slot holds a region of a live cache.
 #[inline]
 fn park(c: &CCache, region: *mut Region) {
-    let (handle, parked) = PARKED.get();
-    if parked.is_null() || RCACHES.get(handle).is_none() {
-        PARKED.set((c.handle, region));
-    } else {
+    let parked_here = PARKED.with(|slot| {
+        let (handle, parked) = slot.get();
+        let free = parked.is_null() || RCACHES.get(handle).is_none();
+        if free {
+            slot.set((c.handle, region));
+        }
+        free
+    });
+    if !parked_here {
         c.regions.lock().spare.push(region);
     }
 }
