@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mmun_core::{Event, HeldMmLock, notify};
+use mmun_core::{Event, HeldMmLock};
 
 use crate::address_space::Ctx;
 use crate::error::{Errno, SysResult};
@@ -241,9 +241,8 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
     let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
-    let mm = ctx.mm;
-    let slot_old = notify::ptep_clear_flush_notify(mm, addr, || old);
-    notify::set_pte_at_notify(mm, addr, new.raw(), |_| ());
+    let slot_old = inv.ptep_clear_flush_notify(addr, || old);
+    inv.set_pte_at_notify(addr, new.raw(), |_| ());
     ctx.mem.map_pte(new_pfn, ctx.id);
     ctx.mem.touch_write(new_pfn);
     *ctx.st.pt.pte_alloc(addr) = new;

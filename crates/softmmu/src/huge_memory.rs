@@ -4,7 +4,7 @@
 //! `do_huge_zero_wp_pmd`, `__split_huge_pmd`, `vma_adjust_trans_huge`) and
 //! `mm/khugepaged.c` (`collapse_huge_page` for `MADV_COLLAPSE`).
 
-use mmun_core::{Event, HeldMmLock, notify};
+use mmun_core::{Event, HeldMmLock};
 
 use crate::address_space::{Ctx, ThpMode};
 use crate::error::{Errno, SysResult};
@@ -37,7 +37,7 @@ pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, ad
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(addr) {
         let huge = *huge;
-        notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+        inv.pmdp_huge_clear_flush_notify(haddr, || ());
         let mut table = crate::page_table::PageTable::new_pte_table();
         for i in 0..crate::layout::HPAGE_PMD_NR {
             let a = haddr + i * PAGE_SIZE;
@@ -153,7 +153,7 @@ pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr:
         return false;
     };
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
-    notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+    inv.pmdp_huge_clear_flush_notify(haddr, || ());
     ctx.mem.map_pmd(head, ctx.id);
     ctx.st.pt.set_pmd(
         haddr,

@@ -172,8 +172,7 @@ fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
     let inv = ctx.start(Event::Clear, folio.start, folio.end);
     if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
         let old = std::mem::replace(slot, Pte::NONE);
-        ctx.mm
-            .invalidate_range(folio.start, folio.start + PAGE_SIZE);
+        inv.invalidate_range(folio.start, folio.start + PAGE_SIZE);
         release_pte(ctx.mem, ctx.id, old);
     }
     inv.end();
