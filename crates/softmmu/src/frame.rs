@@ -307,6 +307,29 @@ impl Memory {
         frame.remove_mapper(mm);
     }
 
+    /// `__folio_split` to order 0 of a large folio whose every mapping is
+    /// by `mm` through PTEs: each page becomes a folio of its own holding
+    /// one reference per mapping; pages nothing maps any more are freed.
+    pub fn split_folio(&self, head: Pfn, mm: u64) {
+        let mut f = self.inner.lock();
+        let order = f.frames[head as usize].order;
+        assert_eq!(
+            f.frames[head as usize].pmd_mapcount, 0,
+            "split of PMD-mapped folio {head:#x}"
+        );
+        for pfn in head..head + (1 << order) {
+            let frame = &mut f.frames[pfn as usize];
+            frame.order = 0;
+            frame.head = pfn;
+            frame.refcount = frame.mapcount;
+            frame.mappers = [(mm, frame.mapcount), (0, 0)];
+            frame.other_mappers = 0;
+            if frame.refcount == 0 {
+                f.free(pfn);
+            }
+        }
+    }
+
     /// Marks a write to the frame: its content version changes.
     pub fn touch_write(&self, pfn: Pfn) {
         let mut f = self.inner.lock();

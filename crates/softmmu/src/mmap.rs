@@ -129,6 +129,9 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
         do_munmap(ctx, start, end);
     }
     let vma = new_vma(req, ctx.mem, start, end);
+    if let Some(file) = &vma.file {
+        file.object.add_mapper(ctx.me.clone());
+    }
     let vma = insert_or_merge(ctx, vma);
     if req.populate {
         let _ = populate(ctx, start, end);

@@ -1,0 +1,222 @@
+//! `MADV_COLLAPSE`: the walk over a piece's PMD-sized blocks and how its
+//! results become the call's return value, and the collapse of shmem.
+//!
+//! Kernel counterpart: `mm/khugepaged.c` (6.18: `madvise_collapse`,
+//! `madvise_collapse_errno`, `collapse_file`, `retract_page_tables`). The
+//! anonymous collapse of one block is `huge_memory::collapse`.
+
+use std::sync::Arc;
+
+use mmun_core::{Event, HeldMmLock};
+
+use crate::address_space::Ctx;
+use crate::error::{Errno, SysResult};
+use crate::frame::FrameKind;
+use crate::huge_memory::{self, CollapseResult};
+use crate::i_mmap::{self, FileMapping};
+use crate::layout::{HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, align_down, align_up};
+use crate::page_table::PmdEntry;
+use crate::shmem::ShmemObject;
+use crate::vma::{VmFlags, Vma};
+
+/// `thp_vma_allowable_order` outside a fault: the VMA must hold at least one
+/// PMD-aligned block (`thp_vma_suitable_order` at `vm_end - PMD_SIZE`),
+/// whatever range the call names.
+fn pmd_fits(vma: &Vma) -> bool {
+    vma.end
+        .checked_sub(PMD_SIZE)
+        .is_some_and(|last| align_down(last, PMD_SIZE) >= vma.start)
+}
+
+/// The PMD-aligned blocks of `[start, end)`.
+fn blocks(start: u64, end: u64) -> impl Iterator<Item = u64> {
+    let hstart = align_up(start, PMD_SIZE).unwrap_or(u64::MAX);
+    let hend = align_down(end, PMD_SIZE);
+    (hstart..hend).step_by(PMD_SIZE as usize)
+}
+
+/// Tallies block results as `madvise_collapse` does: 0 only if every
+/// block ends up huge; otherwise the errno of the last failure
+/// (`madvise_collapse_errno`), the walk stopping at the first failure
+/// not on the whitelist.
+#[derive(Default)]
+struct Tally {
+    blocks: usize,
+    huge: usize,
+    last_fail: Option<Errno>,
+}
+
+impl Tally {
+    /// Counts one result; false when the walk must stop.
+    fn add(&mut self, result: CollapseResult) -> bool {
+        self.blocks += 1;
+        match result {
+            CollapseResult::Huge => self.huge += 1,
+            CollapseResult::Skipped(errno) => self.last_fail = Some(errno),
+            CollapseResult::Abort(errno) => {
+                self.last_fail = Some(errno);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn result(&self) -> SysResult {
+        if self.huge == self.blocks {
+            Ok(())
+        } else {
+            Err(self.last_fail.unwrap_or(Errno::Inval))
+        }
+    }
+}
+
+/// `madvise_collapse` over one VMA piece. Anonymous blocks collapse here,
+/// under the lock; a shared shmem piece comes back as a [`FileCollapse`]
+/// to run once the mmap lock is dropped (Linux drops it for
+/// `hpage_collapse_scan_file`). Private file mappings are refused
+/// (`EINVAL`): the software MMU has no large page-cache folios to build
+/// their collapse on.
+pub(crate) fn madvise_collapse<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+) -> SysResult<Option<FileCollapse>> {
+    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !pmd_fits(vma) {
+        return Err(Errno::Inval);
+    }
+    if let Some(file) = &vma.file {
+        if !vma.flags.contains(VmFlags::SHARED) {
+            return Err(Errno::Inval);
+        }
+        return Ok(Some(FileCollapse {
+            object: Arc::clone(&file.object),
+            blocks: blocks(start, end).map(|haddr| vma.pgoff_of(haddr)).collect(),
+            aligned: (vma.start / PAGE_SIZE).wrapping_sub(file.pgoff) % HPAGE_PMD_NR == 0,
+        }));
+    }
+    let mut tally = Tally::default();
+    for haddr in blocks(start, end) {
+        if !tally.add(huge_memory::collapse(ctx, vma, haddr)) {
+            break;
+        }
+    }
+    tally.result().map(|()| None)
+}
+
+/// `MADV_COLLAPSE` of a shared shmem piece, to run without the mmap lock.
+pub(crate) struct FileCollapse {
+    object: Arc<ShmemObject>,
+    /// The first page offset of every block.
+    blocks: Vec<u64>,
+    /// Whether the VMA maps the object PMD-aligned
+    /// (`transhuge_vma_suitable`).
+    aligned: bool,
+}
+
+impl FileCollapse {
+    /// `collapse_file` + `retract_page_tables` for every block.
+    pub(crate) fn run(self) -> SysResult {
+        let mut tally = Tally::default();
+        for &first in &self.blocks {
+            let result = if self.aligned {
+                collapse_file(&self.object, first)
+            } else {
+                // hugepage_vma_revalidate: SCAN_ADDRESS_RANGE.
+                CollapseResult::Abort(Errno::Inval)
+            };
+            if !tally.add(result) {
+                break;
+            }
+        }
+        tally.result()
+    }
+}
+
+/// `collapse_file` for shmem, then `retract_page_tables`: a new large
+/// folio (allocated first: `SCAN_ALLOC_HUGE_PAGE_FAIL`) takes the place of
+/// the block's pages in the cache, holes included. Every mapped old page
+/// is unmapped from every VMA mapping it (`try_to_unmap`: a `Clear` of the
+/// page in each VMA, in `i_mmap` order, until the page is mapped nowhere);
+/// then each VMA that maps the block PMD-aligned and has no anon_vma loses
+/// its page table under a `Clear` of the 2 MiB. Linux then maps the folio
+/// by a PMD in the caller's VMA (`collapse_pte_mapped_thp`, with no
+/// notifier: the PMD is empty); here the pages fault back in by PTEs,
+/// the software MMU having no PMD-mapped page-cache folios.
+fn collapse_file(object: &ShmemObject, first: u64) -> CollapseResult {
+    let last = first + HPAGE_PMD_NR - 1;
+    if (last + 1) * PAGE_SIZE > object.size() {
+        return CollapseResult::Abort(Errno::Inval);
+    }
+    let memory = Arc::clone(object.memory());
+    let kind = FrameKind::File {
+        object: object.id(),
+        index: first,
+    };
+    let Some(head) = memory.alloc_huge(kind) else {
+        return CollapseResult::Abort(Errno::NoMem);
+    };
+    let mappings = i_mmap::mappings(object, first, last);
+    for index in first..=last {
+        if let Some(old) = object.find_page(index) {
+            try_to_unmap(object, &mappings, index, old);
+        }
+    }
+    for i in 0..HPAGE_PMD_NR {
+        let (index, pfn) = (first + i, head + i);
+        memory.update(pfn, |f| f.kind = FrameKind::File { object: object.id(), index });
+        if i > 0 {
+            memory.get(head); // one cache reference per page
+        }
+        if let Some(old) = object.replace_page(index, pfn) {
+            memory.put(old);
+        }
+    }
+    for mapping in &mappings {
+        retract_page_table(object, mapping, first, last);
+    }
+    CollapseResult::Huge
+}
+
+/// `try_to_unmap` of one cache page: every VMA mapping its offset, in
+/// `i_mmap` order, gets a `Clear` of the page (started before the walk
+/// looks for the entry), until the page is mapped nowhere
+/// (`folio_not_mapped`).
+fn try_to_unmap(object: &ShmemObject, mappings: &[FileMapping], index: u64, pfn: u64) {
+    let memory = object.memory();
+    for mapping in mappings {
+        if memory.frame(pfn).mapcount == 0 {
+            return;
+        }
+        i_mmap::with_mapping(mapping, object, |ctx, vma| {
+            let Some((start, end)) = i_mmap::clip(vma, index, index) else {
+                return;
+            };
+            let inv = ctx.start(Event::Clear, start, end);
+            if ctx.st.pt.pte(start).is_present() && ctx.st.pt.pte(start).pfn() == pfn {
+                i_mmap::zap_file_pages(ctx, start, end);
+            }
+            inv.end();
+        });
+    }
+}
+
+/// `retract_page_tables` for one VMA: the now empty page table of the
+/// block goes, under a `Clear` of the 2 MiB.
+fn retract_page_table(object: &ShmemObject, mapping: &FileMapping, first: u64, last: u64) {
+    i_mmap::with_mapping(mapping, object, |ctx, vma| {
+        let Some((addr, end)) = i_mmap::clip(vma, first, last) else {
+            return;
+        };
+        if vma.anon_vma.is_some() || addr % PMD_SIZE != 0 || end - addr != PMD_SIZE {
+            return;
+        }
+        if !matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Table(_))) {
+            return;
+        }
+        let inv = ctx.start(Event::Clear, addr, end);
+        i_mmap::zap_file_pages(ctx, addr, end);
+        ctx.st.pt.set_pmd(addr, PmdEntry::None);
+        inv.end();
+    });
+}
