@@ -34,7 +34,7 @@ impl AddressSpace {
                     // dup_mmap links the child's VMA into the file's i_mmap.
                     file.object.add_mapper(child.downgrade());
                 }
-                child_state.vmas.insert(copy);
+                child_state.vmas.insert_after_parent(copy);
                 if !wipe && vma.anon_vma.is_some() {
                     copy_page_range(ctx, vma, &mut child_state.pt, child.id());
                 }

@@ -5,9 +5,9 @@
 //! `unmap_mapping_range_tree`, `zap_page_range_single`) and the `i_mmap`
 //! interval tree (`mm/interval_tree.c`). Linux walks the tree in order of
 //! each VMA's first page offset, a VMA inserted later going after an
-//! equal one (a fork's child right after its parent); here the mappers are
-//! kept oldest first and their VMAs sorted stably by page offset, which
-//! gives that order. The walk holds no mmap lock, only each address
+//! equal one (a fork's child right after its parent); here the VMAs of
+//! every mapper are sorted by page offset and then by their place in that
+//! insertion order (`FileBacking::i_mmap_key`). The walk holds no mmap lock, only each address
 //! space's rmap stand-in in turn, so the caller must hold none of this
 //! object's mappers' locks.
 
@@ -58,7 +58,7 @@ pub(crate) fn mappings(object: &ShmemObject, first: u64, last: u64) -> Vec<FileM
             vma,
         }));
     }
-    found.sort_by_key(|m| m.vma.file.as_ref().map_or(0, |f| f.pgoff));
+    found.sort_by_key(|m| m.vma.file.as_ref().map(|f| f.i_mmap_key()));
     found
 }
 
