@@ -1,5 +1,6 @@
-//! `split_folio` of a large anonymous folio, as `MADV_FREE`, `MADV_COLD`
-//! and `MADV_PAGEOUT` ask for it when their range covers only part of one.
+//! `split_folio` of a large folio (anonymous, or shmem after a collapse),
+//! as `MADV_FREE`, `MADV_COLD` and `MADV_PAGEOUT` ask for it when their
+//! range covers only part of one.
 //!
 //! Kernel counterpart: `mm/huge_memory.c` (`__folio_split`, `unmap_folio`,
 //! `remap_page`), `mm/rmap.c` (`try_to_migrate_one` with
@@ -20,27 +21,30 @@ use crate::huge_memory;
 use crate::layout::{HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, block_end};
 use crate::page_table::PmdEntry;
 use crate::rmap::mapped_folios;
-use crate::vma::Vma;
+use crate::vma::{Link, Vma};
 
-/// One VMA's mapping of the folio: the range `try_to_migrate_one`
-/// notifies, and the order key (the folio page at the VMA's start, which
-/// orders VMAs as their page offsets do).
+/// One VMA's mapping of the folio: the range `try_to_migrate_one` (or
+/// `try_to_unmap_one`) notifies, and its place in the reverse-map walk.
 struct FolioMapping {
     start: u64,
     end: u64,
-    order: i64,
+    order: (i64, Link),
 }
 
-/// `split_folio` of the large anonymous folio headed by `head`. Refused
-/// (false, nothing notified) when another address space maps it
-/// (`folio_maybe_mapped_shared`), when something beyond its mappings holds
-/// it (`can_split_folio`: a pin), or when it is not a large anonymous folio.
+/// `split_folio` of the large folio headed by `head` — anonymous, or a
+/// shmem page-cache folio (which the cache holds one reference per page
+/// on). Refused (false, nothing notified) when another address space maps
+/// it (`folio_maybe_mapped_shared`), when something beyond its mappings
+/// and the cache holds it (`can_split_folio`: a pin), or when it is not
+/// such a folio.
 pub(crate) fn split_folio<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, head: Pfn) -> bool {
     let frame = ctx.mem.frame(head);
+    let cached = matches!(frame.kind, FrameKind::File { .. });
+    let cache_refs = if cached { HPAGE_PMD_NR as u32 } else { 0 };
     if frame.order == 0
-        || frame.kind != FrameKind::Anon
+        || !matches!(frame.kind, FrameKind::Anon | FrameKind::File { .. })
         || !frame.mapped_only_by(ctx.id)
-        || frame.refcount != frame.total_mappings()
+        || frame.refcount != frame.total_mappings() + cache_refs
     {
         return false;
     }
@@ -51,21 +55,23 @@ pub(crate) fn split_folio<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, head: 
         }
         inv.end();
     }
-    ctx.mem.split_folio(head, ctx.id);
+    ctx.mem.split_folio(head, ctx.id, cached);
     true
 }
 
-/// Where the folio is mapped: every VMA sharing `vma`'s anon_vma that maps
-/// one of its pages, in anon_vma order.
+/// Where the folio is mapped, in reverse-map order: for an anonymous
+/// folio every VMA sharing `vma`'s anon_vma, ordered as their page offsets
+/// would be (by the folio page at the VMA's start); for a shmem folio
+/// every VMA of this address space mapping the object, in `i_mmap` order.
+/// Only this address space maps the folio (the caller checked).
 fn folio_mappings<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, head: Pfn) -> Vec<FolioMapping> {
     let folio = head..head + HPAGE_PMD_NR;
-    let vmas: Vec<Vma> = ctx
-        .st
-        .vmas
-        .iter()
-        .filter(|v| v.anon_vma.is_some() && v.anon_vma == vma.anon_vma)
-        .cloned()
-        .collect();
+    let same_rmap = |v: &Vma| match (&vma.file, &v.file) {
+        (Some(a), Some(b)) => std::sync::Arc::ptr_eq(&a.object, &b.object),
+        (None, None) => v.anon_vma.is_some() && v.anon_vma == vma.anon_vma,
+        _ => false,
+    };
+    let vmas: Vec<Vma> = ctx.st.vmas.iter().filter(|v| same_rmap(v)).cloned().collect();
     let mut found = Vec::new();
     for v in &vmas {
         let hit = mapped_folios(ctx, v.start, v.end)
@@ -76,7 +82,16 @@ fn folio_mappings<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, head: Pfn) -> Vec<
         let folio_va = hit.start.wrapping_sub(page * PAGE_SIZE);
         let start = folio_va.max(v.start);
         let end = folio_va.wrapping_add(PMD_SIZE).min(v.end);
-        let order = page as i64 - ((hit.start - v.start) / PAGE_SIZE) as i64;
+        let order = match &v.file {
+            Some(file) => {
+                let (pgoff, link) = file.i_mmap_key();
+                (pgoff as i64, link)
+            }
+            None => (
+                page as i64 - ((hit.start - v.start) / PAGE_SIZE) as i64,
+                Link::default(),
+            ),
+        };
         found.push(FolioMapping { start, end, order });
     }
     found.sort_by_key(|m| m.order);

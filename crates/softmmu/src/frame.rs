@@ -309,8 +309,9 @@ impl Memory {
 
     /// `__folio_split` to order 0 of a large folio whose every mapping is
     /// by `mm` through PTEs: each page becomes a folio of its own holding
-    /// one reference per mapping; pages nothing maps any more are freed.
-    pub fn split_folio(&self, head: Pfn, mm: u64) {
+    /// one reference per mapping, and one for the page cache if `cached`;
+    /// pages nothing holds any more are freed.
+    pub fn split_folio(&self, head: Pfn, mm: u64, cached: bool) {
         let mut f = self.inner.lock();
         let order = f.frames[head as usize].order;
         assert_eq!(
@@ -321,7 +322,7 @@ impl Memory {
             let frame = &mut f.frames[pfn as usize];
             frame.order = 0;
             frame.head = pfn;
-            frame.refcount = frame.mapcount;
+            frame.refcount = frame.mapcount + u32::from(cached);
             frame.mappers = [(mm, frame.mapcount), (0, 0)];
             frame.other_mappers = 0;
             if frame.refcount == 0 {

@@ -62,6 +62,20 @@ pub(crate) fn mappings(object: &ShmemObject, first: u64, last: u64) -> Vec<FileM
     found
 }
 
+/// Runs `f` on the VMA of `space` that contains `addr` now, if it maps
+/// `object`, under that address space's rmap stand-in.
+pub(crate) fn with_vma_at<R>(
+    space: &Shared,
+    addr: u64,
+    object: &ShmemObject,
+    f: impl FnOnce(&mut Ctx<'_, mmun_core::RmapGuard<'_>>, &Vma) -> R,
+) -> Option<R> {
+    space.rmap_op(|ctx| {
+        let vma = ctx.st.vmas.lookup(addr).cloned()?;
+        maps_object(&vma, object).then(|| f(ctx, &vma))
+    })
+}
+
 /// Runs `f` on `mapping`'s VMA as its address space has it now, under that
 /// address space's rmap stand-in: the VMA found by the walk may have been
 /// unmapped, moved or split since, and then is skipped or clipped anew.

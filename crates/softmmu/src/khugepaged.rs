@@ -5,17 +5,17 @@
 //! `madvise_collapse_errno`, `collapse_file`, `retract_page_tables`). The
 //! anonymous collapse of one block is `huge_memory::collapse`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use mmun_core::{Event, HeldMmLock};
 
-use crate::address_space::Ctx;
+use crate::address_space::{Ctx, Shared};
 use crate::error::{Errno, SysResult};
 use crate::frame::FrameKind;
 use crate::huge_memory::{self, CollapseResult};
 use crate::i_mmap::{self, FileMapping};
 use crate::layout::{HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, align_down, align_up};
-use crate::page_table::PmdEntry;
+use crate::page_table::{PmdEntry, Pte};
 use crate::shmem::ShmemObject;
 use crate::vma::{VmFlags, Vma};
 
@@ -71,11 +71,9 @@ impl Tally {
 }
 
 /// `madvise_collapse` over one VMA piece. Anonymous blocks collapse here,
-/// under the lock; a shared shmem piece comes back as a [`FileCollapse`]
-/// to run once the mmap lock is dropped (Linux drops it for
-/// `hpage_collapse_scan_file`). Private file mappings are refused
-/// (`EINVAL`): the software MMU has no large page-cache folios to build
-/// their collapse on.
+/// under the lock; a shmem piece comes back as a [`FileCollapse`] to run
+/// once the mmap lock is dropped (Linux drops it for
+/// `hpage_collapse_scan_file`).
 pub(crate) fn madvise_collapse<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
     vma: &Vma,
@@ -86,13 +84,13 @@ pub(crate) fn madvise_collapse<L: HeldMmLock>(
         return Err(Errno::Inval);
     }
     if let Some(file) = &vma.file {
-        if !vma.flags.contains(VmFlags::SHARED) {
-            return Err(Errno::Inval);
-        }
         return Ok(Some(FileCollapse {
             object: Arc::clone(&file.object),
             blocks: blocks(start, end).map(|haddr| vma.pgoff_of(haddr)).collect(),
             aligned: (vma.start / PAGE_SIZE).wrapping_sub(file.pgoff) % HPAGE_PMD_NR == 0,
+            has_anon_vma: vma.anon_vma.is_some(),
+            caller: ctx.me.clone(),
+            vma_start: vma.start,
         }));
     }
     let mut tally = Tally::default();
@@ -112,6 +110,13 @@ pub(crate) struct FileCollapse {
     /// Whether the VMA maps the object PMD-aligned
     /// (`transhuge_vma_suitable`).
     aligned: bool,
+    /// Whether the VMA has an anon_vma (private copies): its page table
+    /// is not retracted and `collapse_pte_mapped_thp` refuses it
+    /// (`SCAN_VMA_CHECK`, `EINVAL`), after the page cache has collapsed.
+    has_anon_vma: bool,
+    /// The address space that asked, and its VMA, to map the new folio in.
+    caller: Weak<Shared>,
+    vma_start: u64,
 }
 
 impl FileCollapse {
@@ -120,7 +125,16 @@ impl FileCollapse {
         let mut tally = Tally::default();
         for &first in &self.blocks {
             let result = if self.aligned {
-                collapse_file(&self.object, first)
+                match collapse_file(&self.object, first) {
+                    CollapseResult::Huge if self.has_anon_vma => {
+                        CollapseResult::Abort(Errno::Inval)
+                    }
+                    CollapseResult::Huge => {
+                        self.map_folio(first);
+                        CollapseResult::Huge
+                    }
+                    result => result,
+                }
             } else {
                 // hugepage_vma_revalidate: SCAN_ADDRESS_RANGE.
                 CollapseResult::Abort(Errno::Inval)
@@ -133,16 +147,46 @@ impl FileCollapse {
     }
 }
 
+impl FileCollapse {
+    /// `collapse_pte_mapped_thp(install_pmd)`: the caller's VMA maps the
+    /// new folio at once, with no notifier (its page table was empty).
+    /// Linux maps it by one PMD; the software MMU, which has no PMD-mapped
+    /// page-cache folios, by 512 PTEs.
+    fn map_folio(&self, first: u64) {
+        let Some(space) = self.caller.upgrade() else {
+            return;
+        };
+        i_mmap::with_vma_at(&space, self.vma_start, &self.object, |ctx, vma| {
+            let Some((start, end)) = i_mmap::clip(vma, first, first + HPAGE_PMD_NR - 1) else {
+                return;
+            };
+            let writable = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
+            let mut addr = start;
+            while addr < end {
+                let index = vma.pgoff_of(addr);
+                if ctx.st.pt.pte(addr).is_none()
+                    && let Some(pfn) = self.object.find_page(index)
+                {
+                    ctx.mem.get(pfn);
+                    ctx.mem.map_pte(pfn, ctx.id);
+                    *ctx.st.pt.pte_alloc(addr) = Pte::new(pfn, writable);
+                }
+                addr += PAGE_SIZE;
+            }
+        });
+    }
+}
+
 /// `collapse_file` for shmem, then `retract_page_tables`: a new large
 /// folio (allocated first: `SCAN_ALLOC_HUGE_PAGE_FAIL`) takes the place of
-/// the block's pages in the cache, holes included. Every mapped old page
+/// the block's pages in the cache, holes included; a block with nothing
+/// cached is `SCAN_TRUNCATED` (`EINVAL`). Every mapped old page
 /// is unmapped from every VMA mapping it (`try_to_unmap`: a `Clear` of the
 /// page in each VMA, in `i_mmap` order, until the page is mapped nowhere);
 /// then each VMA that maps the block PMD-aligned and has no anon_vma loses
 /// its page table under a `Clear` of the 2 MiB. Linux then maps the folio
 /// by a PMD in the caller's VMA (`collapse_pte_mapped_thp`, with no
-/// notifier: the PMD is empty); here the pages fault back in by PTEs,
-/// the software MMU having no PMD-mapped page-cache folios.
+/// notifier: the PMD is empty); see [`FileCollapse::map_folio`].
 fn collapse_file(object: &ShmemObject, first: u64) -> CollapseResult {
     let last = first + HPAGE_PMD_NR - 1;
     if (last + 1) * PAGE_SIZE > object.size() {
@@ -156,6 +200,11 @@ fn collapse_file(object: &ShmemObject, first: u64) -> CollapseResult {
     let Some(head) = memory.alloc_huge(kind) else {
         return CollapseResult::Abort(Errno::NoMem);
     };
+    if (first..=last).all(|index| object.find_page(index).is_none()) {
+        // Nothing cached in the block: SCAN_TRUNCATED.
+        memory.put(head);
+        return CollapseResult::Abort(Errno::Inval);
+    }
     let mappings = i_mmap::mappings(object, first, last);
     for index in first..=last {
         if let Some(old) = object.find_page(index) {
@@ -178,16 +227,15 @@ fn collapse_file(object: &ShmemObject, first: u64) -> CollapseResult {
     CollapseResult::Huge
 }
 
-/// `try_to_unmap` of one cache page: every VMA mapping its offset, in
-/// `i_mmap` order, gets a `Clear` of the page (started before the walk
-/// looks for the entry), until the page is mapped nowhere
-/// (`folio_not_mapped`).
+/// `try_to_unmap` of one mapped cache page: every VMA covering its offset,
+/// in `i_mmap` order, gets a `Clear` of the page, whether or not that VMA
+/// maps it (the range starts before `page_vma_mapped_walk` looks; 6.18
+/// walks on after the last mapping is gone, as recorded).
 fn try_to_unmap(object: &ShmemObject, mappings: &[FileMapping], index: u64, pfn: u64) {
-    let memory = object.memory();
+    if object.memory().frame(pfn).mapcount == 0 {
+        return;
+    }
     for mapping in mappings {
-        if memory.frame(pfn).mapcount == 0 {
-            return;
-        }
         i_mmap::with_mapping(mapping, object, |ctx, vma| {
             let Some((start, end)) = i_mmap::clip(vma, index, index) else {
                 return;
