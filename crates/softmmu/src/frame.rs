@@ -83,6 +83,9 @@ pub struct Frame {
     pub mappers: [(u64, u32); 2],
     /// Mappings by address spaces beyond the two tracked.
     pub other_mappers: u32,
+    /// `MADV_FREE` made the anonymous page lazily freeable (its folio lost
+    /// `PG_swapbacked`): reclaim may drop it if it is still clean.
+    pub lazyfree: bool,
 }
 
 impl Frame {
@@ -130,6 +133,7 @@ impl Frame {
         device: None,
         mappers: [(0, 0); 2],
         other_mappers: 0,
+        lazyfree: false,
     };
 }
 
@@ -429,6 +433,7 @@ impl Frames {
                 device: None,
                 mappers: [(0, 0); 2],
                 other_mappers: 0,
+                lazyfree: false,
             };
         }
         // Only the head of a large folio carries PageAnonExclusive until a

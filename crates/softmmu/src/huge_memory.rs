@@ -189,9 +189,7 @@ pub(crate) enum CollapseResult {
 /// page. Unlike khugepaged, `MADV_COLLAPSE` takes any number of empty,
 /// zero-page, shared or read-only entries (6.18 dropped `SCAN_PAGE_RO`).
 /// The huge page is allocated before anything is notified
-/// (`SCAN_ALLOC_HUGE_PAGE_FAIL`, `ENOMEM`); the VMA must then have an
-/// anon_vma (`hugepage_vma_revalidate(expect_anon)`, `SCAN_PAGE_ANON`,
-/// `EINVAL`). The `Clear` brackets only the clearing of the PMD; the copy
+/// (`SCAN_ALLOC_HUGE_PAGE_FAIL`, `ENOMEM`). The `Clear` brackets only the clearing of the PMD; the copy
 /// and the new PMD come after it.
 pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u64) -> CollapseResult {
     match ctx.st.pt.pmd(haddr) {
@@ -208,10 +206,6 @@ pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u6
     let Some(head) = ctx.mem.alloc_huge(FrameKind::Anon) else {
         return CollapseResult::Abort(Errno::NoMem);
     };
-    if vma.anon_vma.is_none() {
-        ctx.mem.put(head);
-        return CollapseResult::Abort(Errno::Inval);
-    }
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     let old = ctx.st.pt.set_pmd(haddr, PmdEntry::None);
     inv.end();

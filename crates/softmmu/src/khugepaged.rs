@@ -28,11 +28,18 @@ fn pmd_fits(vma: &Vma) -> bool {
         .is_some_and(|last| align_down(last, PMD_SIZE) >= vma.start)
 }
 
-/// The PMD-aligned blocks of `[start, end)`.
-fn blocks(start: u64, end: u64) -> impl Iterator<Item = u64> {
+/// The PMD-aligned blocks of `[start, end)`, or `EINVAL` when the range
+/// lies inside one block without starting at its start: Linux then finds
+/// `hend < hstart`, and the unsigned block count it compares its zero
+/// successes with wraps (`SCAN_FAIL`, recorded). A range that starts a
+/// block but ends before the next has no block and succeeds.
+fn blocks(start: u64, end: u64) -> SysResult<impl Iterator<Item = u64>> {
     let hstart = align_up(start, PMD_SIZE).unwrap_or(u64::MAX);
     let hend = align_down(end, PMD_SIZE);
-    (hstart..hend).step_by(PMD_SIZE as usize)
+    if hend < hstart {
+        return Err(Errno::Inval);
+    }
+    Ok((hstart..hend).step_by(PMD_SIZE as usize))
 }
 
 /// Tallies block results as `madvise_collapse` does: 0 only if every
@@ -80,13 +87,16 @@ pub(crate) fn madvise_collapse<L: HeldMmLock>(
     start: u64,
     end: u64,
 ) -> SysResult<Option<FileCollapse>> {
-    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !pmd_fits(vma) {
+    // thp_vma_allowable_order(TVA_FORCED_COLLAPSE): an anonymous VMA
+    // with no anon_vma yet (never written) allows no order outside a fault.
+    let no_anon_vma = vma.is_anonymous() && vma.anon_vma.is_none();
+    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !pmd_fits(vma) || no_anon_vma {
         return Err(Errno::Inval);
     }
     if let Some(file) = &vma.file {
         return Ok(Some(FileCollapse {
             object: Arc::clone(&file.object),
-            blocks: blocks(start, end).map(|haddr| vma.pgoff_of(haddr)).collect(),
+            blocks: blocks(start, end)?.map(|haddr| vma.pgoff_of(haddr)).collect(),
             aligned: (vma.start / PAGE_SIZE).wrapping_sub(file.pgoff) % HPAGE_PMD_NR == 0,
             has_anon_vma: vma.anon_vma.is_some(),
             caller: ctx.me.clone(),
@@ -94,7 +104,7 @@ pub(crate) fn madvise_collapse<L: HeldMmLock>(
         }));
     }
     let mut tally = Tally::default();
-    for haddr in blocks(start, end) {
+    for haddr in blocks(start, end)? {
         if !tally.add(huge_memory::collapse(ctx, vma, haddr)) {
             break;
         }

@@ -174,6 +174,9 @@ fn apply_locked<L: HeldMmLock>(
             // Deactivation and (with no swap) pageout notify nothing, but
             // a large folio the range covers only partly is split first.
             crate::folio_split::split_partial_folios(ctx, vma, start, end);
+            if advice == Advice::PageOut {
+                crate::pageout::pageout(ctx, vma, start, end);
+            }
             Ok(())
         }
         Advice::WillNeed => Ok(()),
@@ -252,9 +255,16 @@ fn free<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) ->
     // madvise_free_huge_pmd / madvise_free_pte_range: a large folio the
     // range covers only partly is split (not merely its PMD).
     crate::folio_split::split_partial_folios(ctx, vma, start, end);
+    let mem = ctx.mem;
     ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
         if pte.is_present() && !pte.is_special() {
             *pte = pte.with_dirty(false).with_young(false);
+            // folio_mark_lazyfree (small anonymous folios; a large one
+            // left here is wholly covered and keeps PG_swapbacked in the
+            // model).
+            if mem.frame(pte.pfn()).order == 0 && mem.head(pte.pfn()) == pte.pfn() {
+                mem.update(pte.pfn(), |f| f.lazyfree = f.kind == crate::frame::FrameKind::Anon);
+            }
         }
     });
     inv.end();

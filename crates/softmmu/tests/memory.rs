@@ -136,8 +136,8 @@ fn collapse_takes_read_only_ptes_but_needs_an_anon_vma_and_a_pmd_block() {
     let (rcs, _) = run(64, script);
     assert_eq!(rcs[3], Outcome::Rc(0), "read-only PTEs collapse");
     // Zero pages only, in a VMA never written: no anon_vma, so
-    // collapse_huge_page's revalidation fails (SCAN_PAGE_ANON, EINVAL)
-    // and stops the walk; with an anon_vma the same block collapses.
+    // thp_vma_allowable_order refuses the VMA (EINVAL); with an anon_vma
+    // the same block collapses.
     let (rcs, _) = run(64, "mmap 0 0x200000 r\ntouch 0 0x200000 r\nmadvise 0 0x200000 collapse\n");
     assert_eq!(rcs[2], Outcome::Rc(-22), "no anon_vma");
     let (rcs, _) = run(
@@ -150,11 +150,12 @@ fn collapse_takes_read_only_ptes_but_needs_an_anon_vma_and_a_pmd_block() {
     let (rcs, _) = run(
         64,
         "mmap 0 0x1ff000 rw\ntouch 0 0x1000 w\nmadvise 0 0x1000 collapse\n\
-                            mmap 0x400000 0x200000 rw\nmadvise 0x400000 0x1000 collapse\n",
+                            mmap 0x400000 0x200000 rw\ntouch 0x400000 0x1000 w\n\
+                            madvise 0x400000 0x1000 collapse\n",
     );
     assert_eq!(rcs[2], Outcome::Rc(-22));
     assert_eq!(
-        rcs[4],
+        rcs[5],
         Outcome::Rc(0),
         "a 2 MiB VMA fits a block; no whole block named"
     );
