@@ -71,7 +71,13 @@ fn folio_mappings<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, head: Pfn) -> Vec<
         (None, None) => v.anon_vma.is_some() && v.anon_vma == vma.anon_vma,
         _ => false,
     };
-    let vmas: Vec<Vma> = ctx.st.vmas.iter().filter(|v| same_rmap(v)).cloned().collect();
+    let vmas: Vec<Vma> = ctx
+        .st
+        .vmas
+        .iter()
+        .filter(|v| same_rmap(v))
+        .cloned()
+        .collect();
     let mut found = Vec::new();
     for v in &vmas {
         let hit = mapped_folios(ctx, v.start, v.end)

@@ -191,7 +191,11 @@ pub(crate) enum CollapseResult {
 /// The huge page is allocated before anything is notified
 /// (`SCAN_ALLOC_HUGE_PAGE_FAIL`, `ENOMEM`). The `Clear` brackets only the clearing of the PMD; the copy
 /// and the new PMD come after it.
-pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u64) -> CollapseResult {
+pub(crate) fn collapse<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    haddr: u64,
+) -> CollapseResult {
     match ctx.st.pt.pmd(haddr) {
         Some(PmdEntry::Huge(_)) => return CollapseResult::Huge,
         Some(PmdEntry::Table(_)) => {}

@@ -50,9 +50,8 @@ fn maps_object(vma: &Vma, object: &ShmemObject) -> bool {
 pub(crate) fn mappings(object: &ShmemObject, first: u64, last: u64) -> Vec<FileMapping> {
     let mut found = Vec::new();
     for space in object.mappers() {
-        let vmas: Vec<Vma> = space.vmas_mapping(|v| {
-            maps_object(v, object) && clip(v, first, last).is_some()
-        });
+        let vmas: Vec<Vma> =
+            space.vmas_mapping(|v| maps_object(v, object) && clip(v, first, last).is_some());
         found.extend(vmas.into_iter().map(|vma| FileMapping {
             space: Arc::clone(&space),
             vma,

@@ -96,7 +96,9 @@ pub(crate) fn madvise_collapse<L: HeldMmLock>(
     if let Some(file) = &vma.file {
         return Ok(Some(FileCollapse {
             object: Arc::clone(&file.object),
-            blocks: blocks(start, end)?.map(|haddr| vma.pgoff_of(haddr)).collect(),
+            blocks: blocks(start, end)?
+                .map(|haddr| vma.pgoff_of(haddr))
+                .collect(),
             aligned: (vma.start / PAGE_SIZE).wrapping_sub(file.pgoff) % HPAGE_PMD_NR == 0,
             has_anon_vma: vma.anon_vma.is_some(),
             caller: ctx.me.clone(),
@@ -170,7 +172,8 @@ impl FileCollapse {
             let Some((start, end)) = i_mmap::clip(vma, first, first + HPAGE_PMD_NR - 1) else {
                 return;
             };
-            let writable = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
+            let writable =
+                vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
             let mut addr = start;
             while addr < end {
                 let index = vma.pgoff_of(addr);
@@ -223,7 +226,12 @@ fn collapse_file(object: &ShmemObject, first: u64) -> CollapseResult {
     }
     for i in 0..HPAGE_PMD_NR {
         let (index, pfn) = (first + i, head + i);
-        memory.update(pfn, |f| f.kind = FrameKind::File { object: object.id(), index });
+        memory.update(pfn, |f| {
+            f.kind = FrameKind::File {
+                object: object.id(),
+                index,
+            }
+        });
         if i > 0 {
             memory.get(head); // one cache reference per page
         }

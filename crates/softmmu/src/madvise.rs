@@ -263,7 +263,9 @@ fn free<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) ->
             // left here is wholly covered and keeps PG_swapbacked in the
             // model).
             if mem.frame(pte.pfn()).order == 0 && mem.head(pte.pfn()) == pte.pfn() {
-                mem.update(pte.pfn(), |f| f.lazyfree = f.kind == crate::frame::FrameKind::Anon);
+                mem.update(pte.pfn(), |f| {
+                    f.lazyfree = f.kind == crate::frame::FrameKind::Anon
+                });
             }
         }
     });

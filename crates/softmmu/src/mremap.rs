@@ -74,7 +74,11 @@ impl AddressSpace {
             };
             // An old length of 0 asks for a second mapping of the same
             // pages (check_prep_vma): only shared memory has pages to share.
-            if old_len == 0 && !vma.flags.intersects(VmFlags::SHARED.with(VmFlags::MAYSHARE)) {
+            if old_len == 0
+                && !vma
+                    .flags
+                    .intersects(VmFlags::SHARED.with(VmFlags::MAYSHARE))
+            {
                 return Err(Errno::Inval);
             }
             match flags.fixed {

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
@@ -91,7 +91,11 @@ impl ShmemObject {
 
     /// The live address spaces that mapped the object, oldest first.
     pub(crate) fn mappers(&self) -> Vec<Arc<Shared>> {
-        self.mappers.lock().iter().filter_map(Weak::upgrade).collect()
+        self.mappers
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Replaces the cached page at `index` by `pfn` (whose reference the

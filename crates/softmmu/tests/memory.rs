@@ -138,7 +138,10 @@ fn collapse_takes_read_only_ptes_but_needs_an_anon_vma_and_a_pmd_block() {
     // Zero pages only, in a VMA never written: no anon_vma, so
     // thp_vma_allowable_order refuses the VMA (EINVAL); with an anon_vma
     // the same block collapses.
-    let (rcs, _) = run(64, "mmap 0 0x200000 r\ntouch 0 0x200000 r\nmadvise 0 0x200000 collapse\n");
+    let (rcs, _) = run(
+        64,
+        "mmap 0 0x200000 r\ntouch 0 0x200000 r\nmadvise 0 0x200000 collapse\n",
+    );
     assert_eq!(rcs[2], Outcome::Rc(-22), "no anon_vma");
     let (rcs, _) = run(
         64,

@@ -28,8 +28,16 @@ fn clear(who: &'static str, s: u64, e: u64) -> Vec<Ev> {
             blockable: true,
             owner: None,
         },
-        Ev::InvalidateRange { who, start: s, end: e },
-        Ev::End { who, start: s, end: e },
+        Ev::InvalidateRange {
+            who,
+            start: s,
+            end: e,
+        },
+        Ev::End {
+            who,
+            start: s,
+            end: e,
+        },
     ]
 }
 
@@ -103,4 +111,38 @@ fn a_duplicate_of_private_memory_is_refused() {
         space.mremap(B, 0, 4 * P, dup),
         Err(mmun_softmmu::Errno::Inval)
     );
+}
+
+/// `MADV_COLD` over part of a PTE-mapped THP whose other half was unmapped
+/// splits it: one `Clear` of the folio's extent in the VMA, and the pages
+/// no longer mapped are freed (the folio held them until then).
+#[test]
+fn cold_over_part_of_a_large_folio_splits_it_and_frees_its_unmapped_pages() {
+    const M2: u64 = 0x20_0000;
+    let space = new_space();
+    map(&space, B, M2, Prot::RW);
+    space.madvise(B, M2, Advice::HugePage).unwrap();
+    touch(&space, B, P, true);
+    space.munmap(B + M2 / 2, M2 / 2).unwrap();
+    let before = space.memory().allocated();
+    let log = Log::default();
+    let _l = list_notifier(space.mm(), "L", &log);
+
+    space.madvise(B, P, Advice::Cold).unwrap();
+
+    assert_eq!(log.take(), clear("L", B, B + M2 / 2));
+    assert_eq!(
+        space.memory().allocated(),
+        before - 256,
+        "the unmapped half is freed"
+    );
+    let (pfn, _) = space.mapped_frame(B + P).unwrap();
+    assert_eq!(
+        space.memory().frame(pfn).order,
+        0,
+        "every page is a folio of its own"
+    );
+    // Split once: a second call finds small folios only.
+    space.madvise(B, P, Advice::Cold).unwrap();
+    assert_eq!(log.take(), vec![]);
 }
