@@ -105,6 +105,12 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
     // __handle_mm_fault allocates the PUD and PMD tables before it looks.
     ctx.st.pt.pmd_alloc(addr);
     if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::None))
+        && let Some(head) = huge_memory::file_folio_for_pmd(ctx, vma, addr)
+    {
+        huge_memory::map_file_pmd(ctx, vma, align_down(addr, PMD_SIZE), head);
+        return Ok(());
+    }
+    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::None))
         && huge_memory::thp_allowed(ctx, vma, addr)
     {
         let vma = anon_vma_prepare(ctx, vma);
@@ -122,7 +128,10 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
         if huge.is_special() && huge_memory::huge_zero_wp(ctx, vma, addr) {
             return Ok(());
         }
-        if !huge.is_special() && reuse_huge(ctx, align_down(addr, PMD_SIZE), huge) {
+        // wp_huge_pmd: a page-cache PMD is split (write-notify and COW
+        // happen on the PTE level).
+        let file = matches!(ctx.mem.frame(huge.pfn()).kind, FrameKind::File { .. });
+        if !huge.is_special() && !file && reuse_huge(ctx, align_down(addr, PMD_SIZE), huge) {
             return Ok(());
         }
         huge_memory::split_huge_pmd(ctx, vma, addr);

@@ -42,6 +42,18 @@ pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, ad
 /// `__split_huge_pmd_locked`: a huge entry at `haddr` becomes a PTE table
 /// mapping the same pages; the caller has started the range.
 pub(crate) fn split_huge_pmd_locked<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64) {
+    if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(haddr)
+        && !huge.is_special()
+        && matches!(ctx.mem.frame(huge.pfn()).kind, FrameKind::File { .. })
+    {
+        // A page-cache folio is not remapped by PTEs: the PMD is cleared
+        // and later accesses fault the pages in again.
+        let huge = *huge;
+        notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+        ctx.st.pt.set_pmd(haddr, PmdEntry::None);
+        crate::zap::release_huge(ctx.mem, ctx.id, huge);
+        return;
+    }
     if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(haddr) {
         let huge = *huge;
         notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
@@ -120,6 +132,47 @@ pub(crate) fn vma_adjust_trans_huge<L: HeldMmLock>(
     if let Some(next) = next {
         split_huge_pmd_if_needed(ctx, next, end);
     }
+}
+
+/// The head of the large page-cache folio that a fault at `addr` of
+/// shared `vma` could map by one PMD (`do_set_pmd`): the block lies in the
+/// VMA, the object's pages are PMD-aligned in it, and the cache holds a
+/// PMD-sized folio there (only `MADV_COLLAPSE` makes them here). Private
+/// file mappings map such folios by PTEs in the software MMU.
+pub(crate) fn file_folio_for_pmd<L: HeldMmLock>(
+    ctx: &Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+) -> Option<crate::Pfn> {
+    let file = vma.file.as_ref()?;
+    let haddr = align_down(addr, PMD_SIZE);
+    if !vma.flags.contains(VmFlags::SHARED) || !vma.contains_range(haddr, haddr + PMD_SIZE) {
+        return None;
+    }
+    let index = vma.pgoff_of(haddr);
+    if !index.is_multiple_of(crate::layout::HPAGE_PMD_NR) {
+        return None;
+    }
+    let head = file.object.find_page(index)?;
+    let frame = ctx.mem.frame(head);
+    (frame.order == 9 && frame.head == head).then_some(head)
+}
+
+/// `do_set_pmd`: maps the large cache folio at `head` by one PMD, with no
+/// notifier (the PMD was empty); writable as the shared VMA is (shmem
+/// needs no write notification).
+pub(crate) fn map_file_pmd<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    haddr: u64,
+    head: crate::Pfn,
+) {
+    ctx.mem.get(head);
+    ctx.mem.map_pmd(head, ctx.id);
+    let writable = vma.flags.contains(VmFlags::WRITE);
+    ctx.st
+        .pt
+        .set_pmd(haddr, PmdEntry::Huge(Pte::new(head, writable)));
 }
 
 /// `do_huge_pmd_anonymous_page`: a read maps the huge zero page, a write a

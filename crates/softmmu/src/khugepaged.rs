@@ -99,7 +99,9 @@ pub(crate) fn madvise_collapse<L: HeldMmLock>(
             blocks: blocks(start, end)?
                 .map(|haddr| vma.pgoff_of(haddr))
                 .collect(),
-            aligned: (vma.start / PAGE_SIZE).wrapping_sub(file.pgoff) % HPAGE_PMD_NR == 0,
+            aligned: (vma.start / PAGE_SIZE)
+                .wrapping_sub(file.pgoff)
+                .is_multiple_of(HPAGE_PMD_NR),
             has_anon_vma: vma.anon_vma.is_some(),
             caller: ctx.me.clone(),
             vma_start: vma.start,
@@ -136,7 +138,16 @@ impl FileCollapse {
     pub(crate) fn run(self) -> SysResult {
         let mut tally = Tally::default();
         for &first in &self.blocks {
-            let result = if self.aligned {
+            let result = if self.aligned && self.already_large(first) {
+                // SCAN_PTE_MAPPED_HUGEPAGE: the cache holds the folio already;
+                // only the caller's mapping is made a PMD.
+                if self.has_anon_vma {
+                    CollapseResult::Abort(Errno::Inval)
+                } else {
+                    self.map_folio(first);
+                    CollapseResult::Huge
+                }
+            } else if self.aligned {
                 match collapse_file(&self.object, first) {
                     CollapseResult::Huge if self.has_anon_vma => {
                         CollapseResult::Abort(Errno::Inval)
@@ -160,10 +171,18 @@ impl FileCollapse {
 }
 
 impl FileCollapse {
+    /// Whether the cache already holds a PMD-sized folio at `first`.
+    fn already_large(&self, first: u64) -> bool {
+        self.object.find_page(first).is_some_and(|head| {
+            let frame = self.object.memory().frame(head);
+            frame.order == 9 && frame.head == head
+        })
+    }
+
     /// `collapse_pte_mapped_thp(install_pmd)`: the caller's VMA maps the
-    /// new folio at once, with no notifier (its page table was empty).
-    /// Linux maps it by one PMD; the software MMU, which has no PMD-mapped
-    /// page-cache folios, by 512 PTEs.
+    /// folio by one PMD — with no notifier if its PMD is empty, under a
+    /// `Clear` of the 2 MiB if a page table has to go — or, where the
+    /// block is not PMD-suitable there, by PTEs.
     fn map_folio(&self, first: u64) {
         let Some(space) = self.caller.upgrade() else {
             return;
@@ -172,6 +191,20 @@ impl FileCollapse {
             let Some((start, end)) = i_mmap::clip(vma, first, first + HPAGE_PMD_NR - 1) else {
                 return;
             };
+            if let Some(head) = crate::huge_memory::file_folio_for_pmd(ctx, vma, start) {
+                match ctx.st.pt.pmd(start) {
+                    Some(PmdEntry::Huge(_)) => {}
+                    Some(PmdEntry::Table(_)) => {
+                        let inv = ctx.start(Event::Clear, start, start + PMD_SIZE);
+                        i_mmap::zap_file_pages(ctx, start, start + PMD_SIZE);
+                        ctx.st.pt.set_pmd(start, PmdEntry::None);
+                        crate::huge_memory::map_file_pmd(ctx, vma, start, head);
+                        inv.end();
+                    }
+                    _ => crate::huge_memory::map_file_pmd(ctx, vma, start, head),
+                }
+                return;
+            }
             let writable =
                 vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
             let mut addr = start;
@@ -274,7 +307,7 @@ fn retract_page_table(object: &ShmemObject, mapping: &FileMapping, first: u64, l
         let Some((addr, end)) = i_mmap::clip(vma, first, last) else {
             return;
         };
-        if vma.anon_vma.is_some() || addr % PMD_SIZE != 0 || end - addr != PMD_SIZE {
+        if vma.anon_vma.is_some() || !addr.is_multiple_of(PMD_SIZE) || end - addr != PMD_SIZE {
             return;
         }
         if !matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Table(_))) {
