@@ -9,7 +9,10 @@
 //! secondary MMUs must not call back into this address space from their
 //! callbacks (Linux forbids the same: a callback may not take the mmap lock
 //! or fault pages in). Their fault paths walk the primary before taking
-//! their own lock, as the retry protocol prescribes.
+//! their own lock, as the retry protocol prescribes. The file side of the
+//! reverse map (`i_mmap`: a hole punch, a shmem collapse) runs with none of
+//! a caller's locks held and takes each mapping address space's rmap
+//! stand-in, then its state, one address space at a time.
 
 use std::fmt;
 use std::sync::Arc;
