@@ -146,3 +146,36 @@ fn cold_over_part_of_a_large_folio_splits_it_and_frees_its_unmapped_pages() {
     space.madvise(B, P, Advice::Cold).unwrap();
     assert_eq!(log.take(), vec![]);
 }
+
+/// Two address spaces punching holes in the same shared memory at once,
+/// each also faulting it back in and changing its protection: the walk
+/// over the other's mappings takes one address space's locks at a time,
+/// so neither waits for the other while holding its own (an ABBA deadlock
+/// would hang here; the watchdog turns that into a failure).
+#[test]
+fn concurrent_hole_punches_from_both_sides_of_a_fork_finish() {
+    use std::sync::{Arc, mpsc};
+    use std::time::Duration;
+    let parent = Arc::new(new_space());
+    map_shared(&parent, B, 16 * P, Prot::RW);
+    let child = Arc::new(parent.fork());
+    let (done, finished) = mpsc::channel();
+    for (space, offset) in [(parent, 0), (child, 8 * P)] {
+        let done = done.clone();
+        // Not joined: a deadlocked thread must not keep the test waiting.
+        std::thread::spawn(move || {
+            for round in 0..2_000u64 {
+                touch(&space, B, 16 * P, round % 2 == 0);
+                space.madvise(B + offset, 8 * P, Advice::Remove).unwrap();
+                space.mprotect(B + offset, P, Prot::NONE).unwrap();
+                space.mprotect(B + offset, P, Prot::RW).unwrap();
+            }
+            done.send(()).unwrap();
+        });
+    }
+    for _ in 0..2 {
+        finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("both sides finish (no deadlock)");
+    }
+}
