@@ -159,7 +159,8 @@ fn age_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped, flush: bool) -> 
 
 fn reclaimable<L: HeldMmLock>(ctx: &Ctx<'_, L>, folio: &Mapped) -> bool {
     match ctx.mem.frame(folio.entry.pfn()).kind {
-        FrameKind::File { .. } => true,
+        // A PMD-mapped page-cache folio is not reclaimed here.
+        FrameKind::File { .. } => !folio.huge,
         FrameKind::Anon => !folio.huge && !folio.entry.is_dirty(),
         _ => false,
     }
