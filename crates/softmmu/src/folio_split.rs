@@ -51,7 +51,7 @@ pub(crate) fn split_folio<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, head: 
     for mapping in folio_mappings(ctx, vma, head) {
         let inv = ctx.start(Event::Clear, mapping.start, mapping.end);
         if matches!(ctx.st.pt.pmd(mapping.start), Some(PmdEntry::Huge(_))) {
-            huge_memory::split_huge_pmd_locked(ctx, mapping.start);
+            huge_memory::split_huge_pmd_locked(ctx, &inv, mapping.start);
         }
         inv.end();
     }

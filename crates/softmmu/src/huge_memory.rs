@@ -4,7 +4,7 @@
 //! `do_huge_zero_wp_pmd`, `__split_huge_pmd`, `vma_adjust_trans_huge`) and
 //! `mm/khugepaged.c` (`collapse_huge_page` for `MADV_COLLAPSE`).
 
-use mmun_core::{Event, HeldMmLock};
+use mmun_core::{Event, HeldMmLock, Invalidation};
 
 use crate::address_space::{Ctx, ThpMode};
 use crate::error::Errno;
@@ -35,13 +35,17 @@ pub(crate) fn thp_allowed<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, addr: u64)
 pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, addr: u64) {
     let haddr = align_down(addr, PMD_SIZE);
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
-    split_huge_pmd_locked(ctx, haddr);
+    split_huge_pmd_locked(ctx, &inv, haddr);
     inv.only_end();
 }
 
 /// `__split_huge_pmd_locked`: a huge entry at `haddr` becomes a PTE table
-/// mapping the same pages; the caller has started the range.
-pub(crate) fn split_huge_pmd_locked<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64) {
+/// mapping the same pages, inside `inv`, which the caller started over it.
+pub(crate) fn split_huge_pmd_locked<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    inv: &Invalidation<'_>,
+    haddr: u64,
+) {
     if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(haddr)
         && !huge.is_special()
         && matches!(ctx.mem.frame(huge.pfn()).kind, FrameKind::File { .. })
@@ -49,7 +53,7 @@ pub(crate) fn split_huge_pmd_locked<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: 
         // A page-cache folio is not remapped by PTEs: the PMD is cleared
         // and later accesses fault the pages in again.
         let huge = *huge;
-        notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+        inv.pmdp_huge_clear_flush_notify(haddr, || ());
         ctx.st.pt.set_pmd(haddr, PmdEntry::None);
         crate::zap::release_huge(ctx.mem, ctx.id, huge);
         return;
