@@ -106,33 +106,56 @@ fn row(ours: &str, (bare, hooked): (f64, f64), target: f64) -> Row {
     }
 }
 
-/// The three comparisons; `iterations` rounds each. Installs the hooks in
-/// this process (and starts the userfaultfd net for the last row).
-pub fn run(iterations: usize) -> Vec<Section> {
-    if let Err(e) = mmun_linux::install() {
-        return vec![Section::Skipped(Skipped {
+/// The bench ranges, with the hooks installed in this process.
+fn ranges() -> Result<(u64, u64), Section> {
+    let skip = |reason: String| {
+        Section::Skipped(Skipped {
             group: GROUP,
-            reason: format!("hooks not installed: {e}"),
-        })];
-    }
-    let reserved = (reserve(), reserve());
-    let (Ok(unwatched), Ok(at)) = reserved else {
-        return vec![Section::Skipped(Skipped {
-            group: GROUP,
-            reason: "no address space for the bench ranges".into(),
-        })];
+            reason,
+        })
     };
-    let mut rows = Vec::new();
-    // No notifier anywhere in the process yet: the hook's fast path.
-    rows.push(row(
+    mmun_linux::install().map_err(|e| skip(format!("hooks not installed: {e}")))?;
+    match (reserve(), reserve()) {
+        (Ok(unwatched), Ok(at)) => Ok((unwatched, at)),
+        _ => Err(skip("no address space for the bench ranges".into())),
+    }
+}
+
+/// The hook's fast path: run it before anything in this process inserts a
+/// notifier (the hooks then skip dispatch for good... until one is).
+pub fn unsubscribed(iterations: usize) -> Section {
+    let (unwatched, at) = match ranges() {
+        Ok(r) => r,
+        Err(skipped) => return skipped,
+    };
+    if mmun_linux::process::subscribed().is_some() {
+        return Section::Skipped(Skipped {
+            group: GROUP,
+            reason: "a notifier was inserted before the no-subscriber row ran".into(),
+        });
+    }
+    Section::Rows(vec![row(
         "hooked, no subscriber",
         compare(unwatched, at, iterations),
         1.05,
-    ));
+    )])
+}
+
+/// Under an interval notifier, then with the userfaultfd net armed too
+/// (which starts the net in this process).
+pub fn subscribed(iterations: usize) -> Vec<Section> {
+    let (unwatched, at) = match ranges() {
+        Ok(r) => r,
+        Err(skipped) => return vec![skipped],
+    };
+    let mut rows = Vec::new();
     populate(at);
     let sub = IntervalNotifier::insert(mmun_linux::process_mm(), at, LEN as u64, Mirror);
     let Ok(sub) = sub else {
-        return vec![Section::Rows(rows)];
+        return vec![Section::Skipped(Skipped {
+            group: GROUP,
+            reason: "the interval notifier could not be inserted".into(),
+        })];
     };
     rows.push(row(
         "hooked, one interval notifier",

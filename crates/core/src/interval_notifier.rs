@@ -238,6 +238,16 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         subscriptions.itree_read_begin(&self.seq)
     }
 
+    /// [`IntervalNotifier::read_begin`] that returns `None` where that one
+    /// panics: when it would have to wait for an invalidation this thread
+    /// has open (it was called from a callback, or between a start and its
+    /// end). For callers that report the rule as an error code (the C API).
+    #[must_use = "pass the seq to read_retry"]
+    pub fn try_read_begin(&self) -> Option<Seq> {
+        let subscriptions = self.mm().subscriptions().expect("inserted, so present");
+        subscriptions.itree_try_read_begin(&self.seq)
+    }
+
     /// `mmu_interval_notifier_remove`: unsubscribes, waiting until no
     /// `invalidate` for this interval can be running. Same on drop.
     ///

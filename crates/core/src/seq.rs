@@ -28,6 +28,14 @@ impl Seq {
         self.0
     }
 
+    /// The value whose [`Seq::get`] is `raw`: for callers that carry a seq
+    /// across an interface as a number (the C API). Only a value that
+    /// [`Seq::get`] returned means anything to `read_retry`.
+    #[inline]
+    pub fn from_raw(raw: u64) -> Seq {
+        Seq(raw)
+    }
+
     /// Whether an invalidation was running when this value was taken. A
     /// `cur_seq` handed to a callback is always odd.
     #[inline]

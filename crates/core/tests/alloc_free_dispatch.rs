@@ -318,7 +318,8 @@ fn every_dispatch(mm: &Mm) {
     Invalidation::start(&lock, Range::new(mm, Event::Clear, 0x1000, 0x2000)).only_end();
     let rmap = mm.rmap_lock();
     let clear = Invalidation::start(&rmap, Range::new(mm, Event::Clear, 0, 0x1000));
-    mm.change_pte(0x0, 0x1234);
+    clear.change_pte(0x0, 0x1234);
+    clear.invalidate_range(0, 0x1000);
     mm.invalidate_range(0, 0x1000);
     clear.end();
     mm.clear_young(0, 0x1000);

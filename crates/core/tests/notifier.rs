@@ -263,7 +263,7 @@ fn set_pte_at_notify_calls_change_pte_before_the_primary_inside_a_clear_range() 
     let lock = mm.mmap_read();
     let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x2000));
     log.take();
-    mmun_core::notify::set_pte_at_notify(&mm, 0x1000, 0xabc, |pte| {
+    inv.set_pte_at_notify(0x1000, 0xabc, |pte| {
         assert_eq!(
             log.take(),
             vec![Call::ChangePte {
@@ -280,19 +280,57 @@ fn set_pte_at_notify_calls_change_pte_before_the_primary_inside_a_clear_range() 
 
 #[test]
 #[cfg(debug_assertions)]
-fn change_pte_outside_a_covering_clear_range_is_warned() {
+fn change_pte_inside_an_invalidation_that_is_not_clear_or_migrate_is_warned() {
     let mm = Mm::new();
     let log = Log::default();
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
-    mm.change_pte(0x1000, 1);
     let lock = mm.mmap_read();
     let inv = Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0x1000, 0x2000));
-    mm.change_pte(0x1000, 2);
+    inv.change_pte(0x1000, 2);
     inv.end();
+    assert_eq!(mm.warnings(), vec![Warning::ChangePteNotNested]);
+}
+
+#[test]
+#[should_panic(expected = "outside the invalidation [0x1000, 0x2000) it must be nested in")]
+fn change_pte_outside_its_invalidations_range_names_the_rule() {
+    let mm = Mm::new();
+    let lock = mm.mmap_read();
+    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x2000));
+    inv.change_pte(0x2000, 1);
+}
+
+#[test]
+#[should_panic(expected = "the flushed entry [0x0, 0x200000) outside the invalidation")]
+fn a_nested_huge_flush_must_fit_the_invalidation() {
+    let mm = Mm::new();
+    let lock = mm.mmap_read();
+    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x2000));
+    inv.pmdp_huge_clear_flush_notify(0x1000, || ());
+}
+
+#[test]
+fn a_nested_flush_calls_invalidate_range_over_the_entry_after_the_primary() {
+    let mm = Mm::new();
+    let log = Log::default();
+    let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
+    let lock = mm.mmap_read();
+    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x3000));
+    log.take();
+    let old = inv.ptep_clear_flush_notify(0x2345, || {
+        assert!(log.take().is_empty(), "the primary first");
+        7
+    });
+    assert_eq!(old, 7);
     assert_eq!(
-        mm.warnings(),
-        vec![Warning::ChangePteNotNested, Warning::ChangePteNotNested]
+        log.take(),
+        vec![Call::InvalidateRange {
+            who: "n",
+            start: 0x2000,
+            end: 0x3000
+        }]
     );
+    inv.end();
 }
 
 #[test]

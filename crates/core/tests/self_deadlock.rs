@@ -53,6 +53,24 @@ fn read_begin_between_start_and_end_on_the_same_thread_panics() {
     assert!(text.contains("between start and end"), "{text}");
 }
 
+/// The non-panicking form reports the same rule as `None`, and only where
+/// `read_begin` would wait: before the covering start it reads normally.
+#[test]
+fn try_read_begin_between_start_and_end_refuses_instead_of_panicking() {
+    within(10, || {
+        let mm = Mm::new();
+        let sub = IntervalNotifier::insert(&mm, 0, 0x1000, SetsSeq).unwrap();
+        assert!(sub.try_read_begin().is_some(), "nothing open: reads");
+        let lock = mm.mmap_read();
+        let inv = Invalidation::start(&lock, clear(&mm, 0, 0x1000));
+        assert_eq!(sub.try_read_begin(), None, "would wait on itself");
+        inv.end();
+        drop(lock);
+        let seq = sub.try_read_begin().expect("ended: reads again");
+        assert!(!sub.read_retry(seq));
+    });
+}
+
 static READER: Slot<IntervalNotifier<SetsSeq>> = Mutex::new(None);
 
 #[test]

@@ -2,17 +2,29 @@
 //! keep for RDMA, driven by interval notifiers the way the kernel's RDMA
 //! ODP driver (`umem_odp.c`) is, instead of by hooks on `munmap`.
 //!
-//! [`RegistrationCache::get`] returns a [`RegHandle`] on a registration
-//! covering the requested bytes: every page faulted in and pinned, with one
-//! interval notifier over the page-aligned range.
+//! [`Rcache::get`] returns a [`RegHandle`] on a registration covering the
+//! requested bytes: every page faulted in and registered, with one interval
+//! notifier over the page-aligned range.
+//!
+//! # Backends
+//!
+//! The cache is generic over the [`Primary`] whose pages it registers and
+//! the [`Registrar`] that holds a registration; the protocol below is
+//! written once, here, for all of them:
+//!
+//! | instance | primary | registrar |
+//! |---|---|---|
+//! | [`RegistrationCache`] (the stress harness's) | [`SoftPrimary`]: a software-MMU address space, every use checked by the [`Coherence`] oracle | [`Pins`]: a reference on each frame, as GUP takes |
+//! | `mmun_uring::UringCache` | the calling process (`mmun_linux::process_mm`) | io_uring fixed-buffer slots |
+//! | `Rcache<_, Callbacks<..>>` | either | [`Callbacks`]: a user's `mem_reg`/`mem_dereg` |
 //!
 //! | path | what happens |
 //! |---|---|
-//! | hit ([`RegistrationCache::lookup`]) | load the index snapshot (an `arc-swap` guard: no lock, no reference count), jump table and binary search, check the registration is live, stamp the LRU clock (a relaxed store) |
-//! | miss | insert a notifier; `read_begin`; fault and pin every page; take the cache lock; `read_retry` (on a collision unpin and start over); publish a new index snapshot, dropping dead entries, replacing overlapped ones (merged into the new range, as UCX merges) and evicting the least recently used registrations with no use in flight while over the bound |
-//! | use ([`RegHandle::begin_use`]) | take the use reference; check the registration did not change since the lookup; the device reads or writes (each page checked by the [`Coherence`] oracle); drop the reference |
-//! | invalidation (the notifier callback) | under the cache lock `set_seq` and mark the registration dead; then wait for the uses in flight (refuse if the range is not blockable and one is); unpin |
-//! | reap (next miss, [`RegistrationCache::reap`]) | drop dead registrations from the index and remove their notifiers, which a callback may not do itself (UCX's deferred invalidation queue) |
+//! | hit ([`Rcache::lookup`]) | load the index snapshot (an `arc-swap` guard: no lock, no reference count), jump table and binary search, check the registration is live, stamp the LRU clock (a relaxed store) |
+//! | miss | insert a notifier; `read_begin`; walk (fault in) every page and register them; take the cache lock; `read_retry` (on a collision deregister and start over); publish a new index snapshot, dropping dead entries, replacing overlapped ones (merged into the new range, as UCX merges) and evicting the least recently used registrations with no use in flight while over the bound |
+//! | use ([`RegHandle::enter`]) | take the use reference; check the registration did not change since the lookup; the device reads or writes (on the software MMU each page checked by the [`Coherence`] oracle); drop the reference |
+//! | invalidation (the notifier callback) | under the cache lock `set_seq` and mark the registration dead; then wait for the uses in flight (refuse if the range is not blockable and one is); deregister (unpin) — all before the callback returns, so before the primary changes the pages |
+//! | reap (next miss, [`Rcache::reap`]) | drop dead registrations from the index and remove their notifiers, which a callback may not do itself (UCX's deferred invalidation queue) |
 //!
 //! # Why a checked use is sound
 //!
@@ -68,10 +80,14 @@
 //! whether or not its page checks met the page-table lock busy.
 //!
 //! Lock order: the primary's locks → the cache lock (in callbacks). The
-//! cache lock is never held while calling into the primary, waiting for
-//! uses, or removing a notifier.
+//! cache lock is never held while calling into the primary or the
+//! registrar, waiting for uses, or removing a notifier; while it is held
+//! the cache allocates (a new index snapshot), so the primary's
+//! [`Primary::quiet`] guard is held around it (a hooked `free()` in this
+//! thread is then delivered late instead of waiting for this thread's
+//! own lock), and the old snapshot is dropped only after the unlock.
 //!
-//! # Pins
+//! # Pins (the software-MMU registrar)
 //!
 //! A pin is a reference on the frame's head (`Memory::update` with a
 //! recheck of the frame's life, then `Memory::put`), as GUP takes. The
@@ -80,80 +96,103 @@
 //! that is not `PageAnonExclusive` is copied, not reused, on a write fault.
 //! (It does not refuse to migrate pinned pages, which Linux does.)
 
+mod backend;
 mod bugs;
+mod callbacks;
 mod config;
 mod handle;
 mod index;
 mod protocol;
 mod rebuild;
 mod registration;
+mod snapshot;
+mod soft;
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering::{Relaxed, Release};
 
 use arc_swap::ArcSwap;
 use mmun_core::driver_lock::{DriverLock, FaultGuard, Retry};
 use mmun_core::lockdep::LockClass;
 use mmun_core::{IntervalNotifier, IntervalSub, Range, Seq};
-use mmun_softmmu::layout::{PAGE_SIZE, align_down, align_up};
-use mmun_softmmu::{AddressSpace, Translation};
 
+pub use backend::{Primary, Registrar, Step};
+pub use callbacks::Callbacks;
 pub use config::{RcacheConfig, RcacheStats};
 use config::{Stats, bump};
 use handle::Held;
-pub use handle::{RegHandle, UseGuard};
-use rebuild::{Locked, Rebuild, Retired};
+pub use handle::{InUse, RegHandle};
+use rebuild::{Locked, Old, Rebuild, Retired};
+pub use snapshot::Snapshot;
+pub use soft::{Pins, RegistrationCache, SoftHandle, SoftPrimary, UseGuard, UseHook};
 
+#[cfg(doc)]
 use crate::coherence::Coherence;
-use crate::secondary::{Access, Counters, FaultError, Secondary};
 use index::Index;
 use protocol::Protocol;
-use registration::{RegionOps, Registration, State, pin, unpin_all};
+use registration::{RegionOps, Registration, State};
 
-/// The name the oracle reports violations under.
-const NAME: &str = "rcache";
+/// Numbers the caches, for [`Snapshot`]s to name theirs.
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
 
 /// The cache lock's lockdep class (UCX's `rcache->lock`).
 static CACHE_LOCK: LockClass = LockClass::new("rcache->lock");
 
 /// The state shared by the cache, its handles and its notifiers' callbacks.
-struct Shared {
-    space: Arc<AddressSpace>,
-    coherence: Arc<Coherence>,
-    config: RcacheConfig,
+///
+/// `repr(C)`, aligned to a cache line, with what every hit reads first (the
+/// protocol, the snapshot's id and generation, the clock, the index, then
+/// the primary): next to an I/O that evicts the cache's lines, each line a
+/// hit touches is a miss to pay.
+#[repr(C, align(64))]
+pub struct Shared<P: Primary, R: Registrar<P>> {
     /// The textbook steps, or the broken ones of an injected bug.
-    protocol: &'static dyn Protocol,
-    index: ArcSwap<Index>,
+    protocol: &'static dyn Protocol<P, R>,
+    /// Unique among the caches of the process.
+    id: u64,
+    /// Bumped after each store of `index` (under the cache lock), so that a
+    /// [`Snapshot`] revalidates with one load.
+    generation: AtomicU64,
     /// The LRU clock: advanced by each publication, stamped by each hit.
     clock: AtomicU64,
+    index: ArcSwap<Index<P, R>>,
+    primary: P,
+    registrar: R,
+    config: RcacheConfig,
     next_id: AtomicU64,
     /// The cache lock: the driver lock of the retry protocol.
-    locked: DriverLock<Locked>,
+    locked: DriverLock<Locked<P, R>>,
     stats: Stats,
-    /// Counts [`Secondary::fault`]s, to choose their buffers.
-    buffers: AtomicU64,
-    /// Called in the middle of each [`Secondary::access`] use (see
-    /// [`RegistrationCache::set_use_hook`]).
-    use_hook: OnceLock<UseHook>,
 }
 
-/// A hook a test harness runs in the middle of a use, while the use
-/// reference is held: where a real device's transfer takes its time.
-pub type UseHook = Box<dyn Fn() + Send + Sync>;
-
-impl Shared {
+impl<P: Primary, R: Registrar<P>> Shared<P, R> {
     /// The LRU clock's reading.
     #[inline]
     fn now(&self) -> u64 {
         self.clock.load(Relaxed)
     }
 
+    /// The primary the cache registers pages of.
+    pub fn primary(&self) -> &P {
+        &self.primary
+    }
+
+    /// The registrar holding the registrations.
+    pub fn registrar(&self) -> &R {
+        &self.registrar
+    }
+
+    /// The configuration the cache was built with.
+    pub fn config(&self) -> &RcacheConfig {
+        &self.config
+    }
+
     /// The notifier callback of `reg` (see the module docs).
     fn invalidate(
         &self,
-        reg: &Registration,
+        reg: &Registration<P, R>,
         sub: &IntervalSub,
         range: &Range<'_>,
         cur_seq: Seq,
@@ -169,73 +208,70 @@ impl Shared {
         locked.kill(reg);
         drop(locked);
         if !reg.drain(range.is_blockable()) {
-            // Dead, so no new use; the reaper unpins once the uses end.
+            // Dead, so no new use; the reaper deregisters once the uses end.
             return false;
         }
-        reg.unpin(self.space.memory());
+        reg.deregister(&self.primary, &self.registrar);
         true
     }
 }
 
-/// Why a walk of the primary did not produce a registration.
-enum WalkError {
-    /// A page is not accessible: the registration fails.
-    Unmapped,
-    /// A page changed between faulting and pinning: walk again.
-    Collided,
+impl<P: Primary, R: Registrar<P>> fmt::Debug for Shared<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
-/// A registration cache over one address space. See the module docs.
-pub struct RegistrationCache {
-    shared: Arc<Shared>,
+/// A registration cache over one primary, holding its registrations
+/// through one registrar. See the module docs.
+pub struct Rcache<P: Primary, R: Registrar<P>> {
+    shared: Arc<Shared<P, R>>,
 }
 
-impl RegistrationCache {
-    /// An empty cache over `space`, whose uses `coherence` checks.
-    pub fn new(
-        space: Arc<AddressSpace>,
-        coherence: Arc<Coherence>,
-        config: RcacheConfig,
-    ) -> RegistrationCache {
+impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
+    /// An empty cache registering pages of `primary` through `registrar`.
+    pub fn with_backend(primary: P, registrar: R, config: RcacheConfig) -> Self {
         let shared = Shared {
-            space,
-            coherence,
+            primary,
+            registrar,
             config,
             protocol: protocol::for_bug(config.bug),
+            id: NEXT_CACHE.fetch_add(1, Relaxed),
             index: ArcSwap::from_pointee(Index::default()),
+            generation: AtomicU64::new(0),
             clock: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             locked: DriverLock::new(&CACHE_LOCK, Locked::default()),
             stats: Stats::default(),
-            buffers: AtomicU64::new(0),
-            use_hook: OnceLock::new(),
         };
-        RegistrationCache {
+        Rcache {
             shared: Arc::new(shared),
         }
     }
 
     /// A registration covering `[addr, addr + len)` (at least the byte at
     /// `addr`): a cached one if one is live, otherwise a new one, which
-    /// faults in and pins every page (for writing where the mapping
-    /// allows it).
+    /// walks and registers every page.
     ///
     /// # Errors
     ///
-    /// [`FaultError::Unmapped`] if a page is not accessible;
-    /// [`FaultError::Released`] after the address space exited.
+    /// What the primary's walk or the registrar fails with;
+    /// [`mmun_core::Error`] (converted) for a range past the end of the
+    /// address space or an address space that exited.
     #[inline(always)]
-    pub fn get(&self, addr: u64, len: u64) -> Result<RegHandle<'_>, FaultError> {
+    pub fn get(&self, addr: u64, len: u64) -> Result<RegHandle<'_, P, R>, P::Error> {
         match self.lookup(addr, len) {
             Some(handle) => Ok(handle),
             None => self.get_slow(addr, len),
         }
     }
 
-    /// The hit path of [`RegistrationCache::get`] alone: a live cached
-    /// registration covering `[addr, addr + len)`, or `None`. Takes no lock.
+    /// The hit path of [`Rcache::get`] alone: a live cached registration
+    /// covering `[addr, addr + len)`, or `None`. Takes no lock.
     #[inline(always)]
-    pub fn lookup(&self, addr: u64, len: u64) -> Option<RegHandle<'_>> {
+    pub fn lookup(&self, addr: u64, len: u64) -> Option<RegHandle<'_, P, R>> {
         let shared = &*self.shared;
         let end = addr.checked_add(len.max(1))?;
         let index = shared.index.load();
@@ -252,13 +288,39 @@ impl RegistrationCache {
         Some(RegHandle {
             cache: shared,
             held: Held::Snapshot(index, at),
-            issued,
+            issued: issued as u8,
             acks,
         })
     }
 
+    /// The hit path with the use taken, for a caller that keeps a
+    /// [`Snapshot`] per thread: revalidates `slot` (one load when the index
+    /// did not change), finds a live registration covering `[addr, addr +
+    /// len)`, enters a use and runs `f` with it. `None` on a miss (then
+    /// [`Rcache::get`]). Two read-modify-writes (the use count in and
+    /// out), against four for [`Rcache::get`] + [`RegHandle::enter`].
+    #[inline(always)]
+    pub fn with_use<T>(
+        &self,
+        slot: &mut Option<Snapshot<P, R>>,
+        addr: u64,
+        len: u64,
+        f: impl FnOnce(&InUse<'_, P, R>) -> T,
+    ) -> Option<T> {
+        let shared = &*self.shared;
+        let end = addr.checked_add(len.max(1))?;
+        let reg = self.refresh(slot).find(addr, end)?;
+        let acks = reg.acks();
+        let issued = reg.state();
+        if !shared.protocol.hands_out(issued) || !reg.enter(issued as u8) {
+            return None;
+        }
+        reg.touch(shared.now());
+        Some(f(&InUse::new(reg, acks)))
+    }
+
     /// Finishes the deferred work: drops invalidated registrations from the
-    /// index, removes their notifiers and releases what they still pin.
+    /// index, removes their notifiers and deregisters what they still hold.
     /// Every miss does this too. Returns how many were reaped.
     pub fn reap(&self) -> usize {
         self.rebuild_keeping(|r| r.state() == State::Live)
@@ -315,31 +377,19 @@ impl RegistrationCache {
         }
     }
 
-    /// Sets the hook every [`Secondary::access`] runs twice: between its
-    /// lookup and taking the use reference (a preempted thread), and after
-    /// its first page and before the rest, with the use reference held (a
-    /// slow transfer: invalidations of the registration must wait for it).
-    /// Once per cache.
-    ///
-    /// # Errors
-    ///
-    /// Gives `hook` back if one is set already.
-    pub fn set_use_hook(&self, hook: UseHook) -> Result<(), UseHook> {
-        self.shared.use_hook.set(hook)
-    }
-
-    /// The address space the cache registers memory of.
-    pub fn space(&self) -> &Arc<AddressSpace> {
-        &self.shared.space
+    /// The state shared with handles and callbacks: the primary, the
+    /// registrar and the configuration.
+    pub fn shared(&self) -> &Shared<P, R> {
+        &self.shared
     }
 
     #[cold]
-    fn get_slow(&self, addr: u64, len: u64) -> Result<RegHandle<'_>, FaultError> {
-        let want = page_range(addr, len).ok_or(FaultError::Unmapped)?;
+    fn get_slow(&self, addr: u64, len: u64) -> Result<RegHandle<'_, P, R>, P::Error> {
+        let want = page_range::<P>(addr, len).ok_or(mmun_core::Error::Overflow)?;
         let merged = self.merged_with_live(want);
         match self.register(merged, want) {
             // Part of a neighbour's range went away: register just ours.
-            Err(FaultError::Unmapped) if merged != want => self.register(want, want),
+            Err(_) if merged != want => self.register(want, want),
             result => result,
         }
     }
@@ -357,7 +407,11 @@ impl RegistrationCache {
 
     /// The miss path: a new registration of `range`, or a live one that
     /// covers `want` if another thread published it first.
-    fn register(&self, range: (u64, u64), want: (u64, u64)) -> Result<RegHandle<'_>, FaultError> {
+    fn register(
+        &self,
+        range: (u64, u64),
+        want: (u64, u64),
+    ) -> Result<RegHandle<'_, P, R>, P::Error> {
         let (start, end) = range;
         let id = self.shared.next_id.fetch_add(1, Relaxed);
         let reg = Arc::new(Registration::new(id, start, end));
@@ -365,283 +419,167 @@ impl RegistrationCache {
             reg: Arc::clone(&reg),
             cache: Arc::downgrade(&self.shared),
         };
-        let notifier = IntervalNotifier::insert(self.shared.space.mm(), start, end - start, ops)
-            .map_err(core_error)?;
-        let (pages, locked) = match self.walk(&notifier, start, end) {
+        let notifier = IntervalNotifier::insert(self.shared.primary.mm(), start, end - start, ops)?;
+        let (handle, quiet, locked) = match self.walk(&notifier, start, end) {
             Ok(walked) => walked,
             Err(err) => {
                 notifier.remove();
                 return Err(err);
             }
         };
-        reg.adopt(pages);
-        let (chosen, retired) = self.publish(locked, reg, notifier, want);
+        reg.adopt(handle);
+        let (chosen, retired, old) = self.publish(locked, reg, notifier, want);
+        drop(quiet);
+        drop(old);
         self.finish(retired);
         Ok(RegHandle {
             cache: &self.shared,
             acks: chosen.acks(),
             held: Held::Owned(chosen),
-            issued: State::Live,
+            issued: State::Live as u8,
         })
     }
 
-    /// The collision-retry loop: `read_begin`, fault and pin, lock,
-    /// `read_retry`. Returns the pinned pages with the cache lock held, so
-    /// that publication happens before any callback can run for them.
+    /// The collision-retry loop: `read_begin`, walk, register, lock,
+    /// `read_retry`. Returns the registrar's handle with the cache lock held
+    /// (inside the primary's quiet guard), so that publication happens
+    /// before any callback can run for it.
     fn walk(
         &self,
-        notifier: &IntervalNotifier<RegionOps>,
+        notifier: &IntervalNotifier<RegionOps<P, R>>,
         start: u64,
         end: u64,
-    ) -> Result<(Vec<Translation>, FaultGuard<'_, Locked>), FaultError> {
+    ) -> Result<Walked<'_, P, R>, P::Error> {
+        let shared = &*self.shared;
         loop {
             let seq = notifier.read_begin();
-            match fault_and_pin(&self.shared.space, start, end) {
-                Ok(pages) => match self.shared.locked.lock_if_current(notifier, seq) {
-                    Ok(locked) => return Ok((pages, locked)),
-                    Err(Retry) => unpin_all(self.shared.space.memory(), &pages),
-                },
-                Err(WalkError::Unmapped) => return Err(FaultError::Unmapped),
-                // The page changed under the walk, so an invalidation ran;
+            let registered = shared.primary.walk(start, end).and_then(|pages| {
+                shared
+                    .registrar
+                    .register(&shared.primary, start, end, pages)
+            });
+            match registered {
+                Ok(handle) => {
+                    let quiet = shared.primary.quiet();
+                    match shared.locked.lock_if_current(notifier, seq) {
+                        Ok(locked) => return Ok((handle, quiet, locked)),
+                        Err(Retry) => {
+                            drop(quiet);
+                            shared.registrar.deregister(&shared.primary, &handle);
+                        }
+                    }
+                }
+                Err(Step::Fail(err)) => return Err(err),
+                // A page changed under the walk, so an invalidation ran;
                 // the next `read_begin` waits for it to end.
-                Err(WalkError::Collided) => {}
+                Err(Step::Retry) => {}
             }
-            bump(&self.shared.stats.retries);
+            bump(&shared.stats.retries);
         }
     }
 
     /// Publishes `reg` under the lock taken by [`Self::walk`], unless a live
     /// registration covering `want` appeared meanwhile (then that one is
-    /// returned and `reg` retired). Returns the registration to hand out
-    /// and what left the index.
+    /// returned and `reg` retired). Returns the registration to hand out,
+    /// what left the index, and the replaced index snapshot (to drop after
+    /// the unlock).
     fn publish(
         &self,
-        mut locked: FaultGuard<'_, Locked>,
-        reg: Arc<Registration>,
-        notifier: IntervalNotifier<RegionOps>,
+        mut locked: FaultGuard<'_, Locked<P, R>>,
+        reg: Arc<Registration<P, R>>,
+        notifier: IntervalNotifier<RegionOps<P, R>>,
         want: (u64, u64),
-    ) -> (Arc<Registration>, Vec<Retired>) {
+    ) -> Published<P, R> {
         let shared = &*self.shared;
         let current = shared.index.load_full();
         if let Some(existing) = current.find(want.0, want.1)
             && existing.state() == State::Live
         {
             reg.kill();
-            return (Arc::clone(existing), vec![(reg, Some(notifier))]);
+            return (Arc::clone(existing), vec![(reg, Some(notifier))], current);
         }
         let now = shared.clock.fetch_add(1, Relaxed) + 1;
         let mut rebuild = Rebuild::new(&mut locked, &current);
         rebuild.retain(|r| r.state() == State::Live && !r.overlaps(reg.start, reg.end));
         rebuild.insert(Arc::clone(&reg), notifier, now);
         let evicted = rebuild.evict(&reg, &shared.config);
-        let retired = rebuild.store(&shared.index);
+        let (retired, old) = rebuild.store(&shared.index);
+        shared.generation.fetch_add(1, Release);
         drop(locked);
+        drop(current);
         bump(&shared.stats.registrations);
         shared.stats.evictions.fetch_add(evicted, Relaxed);
-        (reg, retired)
+        (reg, retired, old)
     }
 
     /// Rebuilds the index with the live registrations `keep` accepts and
     /// tears down the rest; returns how many went.
-    fn rebuild_keeping(&self, keep: impl Fn(&Registration) -> bool) -> usize {
-        let retired = {
+    fn rebuild_keeping(&self, keep: impl Fn(&Registration<P, R>) -> bool) -> usize {
+        let quiet = self.shared.primary.quiet();
+        let (retired, old, current) = {
             let mut locked = self.shared.locked.lock();
             let current = self.shared.index.load_full();
             let mut rebuild = Rebuild::new(&mut locked, &current);
             rebuild.retain(|r| r.state() == State::Live && keep(r));
-            rebuild.store(&self.shared.index)
+            let (retired, old) = rebuild.store(&self.shared.index);
+            self.shared.generation.fetch_add(1, Release);
+            (retired, old, current)
         };
+        drop(quiet);
+        drop((old, current));
         let count = retired.len();
         self.finish(retired);
         count
     }
 
     /// The deferred teardown, with no lock held: wait for the last uses,
-    /// unpin, remove the notifier.
-    fn finish(&self, retired: Vec<Retired>) {
+    /// deregister, remove the notifier.
+    fn finish(&self, retired: Vec<Retired<P, R>>) {
+        let shared = &*self.shared;
         for (reg, notifier) in retired {
             reg.drain(true);
-            reg.unpin(self.shared.space.memory());
+            reg.deregister(&shared.primary, &shared.registrar);
             if let Some(notifier) = notifier {
                 notifier.remove();
             }
-            bump(&self.shared.stats.reaped);
+            bump(&shared.stats.reaped);
         }
     }
 }
 
-/// Faults in and pins every page of `[start, end)`; on failure nothing
-/// stays pinned.
-fn fault_and_pin(
-    space: &AddressSpace,
-    start: u64,
-    end: u64,
-) -> Result<Vec<Translation>, WalkError> {
-    let mut pages = Vec::with_capacity(((end - start) / PAGE_SIZE) as usize);
-    for va in (start..end).step_by(PAGE_SIZE as usize) {
-        match fault_page(space, va) {
-            Ok(t) => pages.push(t),
-            Err(err) => {
-                unpin_all(space.memory(), &pages);
-                return Err(err);
-            }
-        }
-    }
-    Ok(pages)
-}
+/// A registration the walk made, with the primary's quiet guard and the
+/// cache lock held (in that order, released in reverse).
+type Walked<'c, P, R> = (
+    <R as Registrar<P>>::Handle,
+    <P as Primary>::Quiet,
+    FaultGuard<'c, Locked<P, R>>,
+);
 
-/// One page of the walk: a write fault where the mapping allows it (it
-/// breaks COW now, as `ibv_reg_mr` with write access does), else a read
-/// fault; then the translation, pinned.
-fn fault_page(space: &AddressSpace, va: u64) -> Result<Translation, WalkError> {
-    if space.access(va, true).is_err() {
-        space.access(va, false).map_err(|_| WalkError::Unmapped)?;
-    }
-    let t = space.translate_frame(va).ok_or(WalkError::Collided)?;
-    if !pin(space.memory(), t) {
-        return Err(WalkError::Collided);
-    }
-    Ok(t)
-}
+/// What a publication hands back: the registration to hand out, what left
+/// the index, and the replaced snapshot (dropped after the unlock).
+type Published<P, R> = (Arc<Registration<P, R>>, Vec<Retired<P, R>>, Old<P, R>);
 
 /// The pages holding `[addr, addr + len)` (at least one), or `None` past
 /// the end of the address range.
-fn page_range(addr: u64, len: u64) -> Option<(u64, u64)> {
-    let end = align_up(addr.checked_add(len.max(1))?, PAGE_SIZE)?;
-    Some((align_down(addr, PAGE_SIZE), end))
+fn page_range<P: Primary>(addr: u64, len: u64) -> Option<(u64, u64)> {
+    let page = P::PAGE_SIZE;
+    let end = addr
+        .checked_add(len.max(1))?
+        .checked_next_multiple_of(page)?;
+    Some((addr - addr % page, end))
 }
 
-fn core_error(err: mmun_core::Error) -> FaultError {
-    match err {
-        mmun_core::Error::Overflow => FaultError::Unmapped,
-        _ => FaultError::Released,
-    }
-}
-
-impl Secondary for RegistrationCache {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    /// Gets a registration of the page holding `va`, or of a buffer
-    /// around it (see [`RcacheConfig::fault_pages`]).
-    fn fault(&self, va: u64, write: bool) -> Result<(), FaultError> {
-        let page = align_down(va, PAGE_SIZE);
-        let (addr, len) = self.buffer_around(page);
-        let handle = match self.get(addr, len) {
-            Err(FaultError::Unmapped) if len > PAGE_SIZE => self.get(page, PAGE_SIZE)?,
-            result => result?,
-        };
-        if write && !handle.translation(va).is_some_and(|t| t.writable) {
-            // Registered read-only because the mapping refused a write.
-            return Err(FaultError::Unmapped);
-        }
-        bump(&self.shared.stats.faults);
-        Ok(())
-    }
-
-    /// The hit path, then (after the use hook) one use: of the page
-    /// holding `va`, then (after the use hook again) of up to [`RcacheConfig::fault_pages`] - 1 more pages
-    /// of the registration.
-    fn access(&self, va: u64, write: bool) -> Access {
-        let outcome = match self.lookup(va, 1) {
-            Some(handle) => self.use_pages(&handle, va, write),
-            None => Access::Miss,
-        };
-        match outcome {
-            Access::Hit => bump(&self.shared.stats.hits),
-            Access::Miss => bump(&self.shared.stats.misses),
-        }
-        outcome
-    }
-
-    fn counters(&self) -> Counters {
-        let s = self.stats();
-        Counters {
-            faults: s.faults,
-            retries: s.retries,
-            invalidations: s.invalidations,
-            hits: s.hits,
-            misses: s.misses,
-        }
-    }
-}
-
-impl RegistrationCache {
-    /// The buffer a fault of `page` registers: `(addr, len)` covering it.
-    fn buffer_around(&self, page: u64) -> (u64, u64) {
-        let most = self.shared.config.fault_pages.max(1);
-        if most == 1 {
-            return (page, PAGE_SIZE);
-        }
-        let r = mix(self.shared.buffers.fetch_add(1, Relaxed));
-        let pages = 1 + r % most;
-        let before = ((r >> 8) % pages).min(page / PAGE_SIZE);
-        let after = pages - 1 - before;
-        // Unaligned ends half the time, as malloc'd buffers have.
-        let (head, tail) = if r & (1 << 40) != 0 {
-            ((r >> 16) % PAGE_SIZE, (r >> 28) % PAGE_SIZE)
-        } else {
-            (0, 0)
-        };
-        let head = if before == 0 { 0 } else { head };
-        let addr = page - before * PAGE_SIZE + head;
-        let end = page + (after + 1) * PAGE_SIZE - tail;
-        (addr, end - addr)
-    }
-
-    /// One use of `handle`: `va`'s page, the hook, then more pages.
-    fn use_pages(&self, handle: &RegHandle<'_>, va: u64, write: bool) -> Access {
-        let hook = self.shared.use_hook.get();
-        if let Some(hook) = hook {
-            // Between the lookup and the use reference: where a thread
-            // preempted after its lookup resumes with a handle that may
-            // have been invalidated meanwhile.
-            hook();
-        }
-        let Some(guard) = handle.begin_use() else {
-            return Access::Miss;
-        };
-        let outcome = guard.access(va, write);
-        if outcome == Access::Miss {
-            return outcome;
-        }
-        if let Some(hook) = hook {
-            hook();
-        }
-        let more = self.shared.config.fault_pages.max(1) - 1;
-        let page = align_down(va, PAGE_SIZE);
-        for i in 1..=more {
-            let next = page + i * PAGE_SIZE;
-            if next >= handle.end() {
-                break;
-            }
-            // A read: the registration may be writable only in part.
-            guard.access(next, false);
-        }
-        outcome
-    }
-}
-
-/// A 64-bit finaliser (splitmix64's), to spread a counter's bits.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-impl Drop for RegistrationCache {
-    /// Unpins everything and removes every notifier.
+impl<P: Primary, R: Registrar<P>> Drop for Rcache<P, R> {
+    /// Deregisters everything and removes every notifier.
     fn drop(&mut self) {
         self.purge();
     }
 }
 
-impl fmt::Debug for RegistrationCache {
+impl<P: Primary, R: Registrar<P>> fmt::Debug for Rcache<P, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let locked = self.shared.locked.lock();
-        f.debug_struct("RegistrationCache")
+        f.debug_struct("Rcache")
             .field("live_regions", &locked.live_regions)
             .field("live_bytes", &locked.live_bytes)
             .field("config", &self.shared.config)

@@ -117,3 +117,15 @@ impl fmt::Display for Counters {
         )
     }
 }
+
+impl From<mmun_core::Error> for FaultError {
+    /// A registration's interval notifier could not be inserted: an
+    /// interval past the end of the address space is nothing mapped
+    /// ([`FaultError::Unmapped`]); otherwise the address space is gone.
+    fn from(err: mmun_core::Error) -> FaultError {
+        match err {
+            mmun_core::Error::Overflow => FaultError::Unmapped,
+            _ => FaultError::Released,
+        }
+    }
+}

@@ -9,7 +9,10 @@
 //! secondary MMUs must not call back into this address space from their
 //! callbacks (Linux forbids the same: a callback may not take the mmap lock
 //! or fault pages in). Their fault paths walk the primary before taking
-//! their own lock, as the retry protocol prescribes.
+//! their own lock, as the retry protocol prescribes. The file side of the
+//! reverse map (`i_mmap`: a hole punch, a shmem collapse) runs with none of
+//! a caller's locks held and takes each mapping address space's rmap
+//! stand-in, then its state, one address space at a time.
 
 use std::fmt;
 use std::sync::Arc;
@@ -112,6 +115,15 @@ pub struct PageTableBusy;
 
 /// A simulated process address space.
 pub struct AddressSpace {
+    inner: Arc<Shared>,
+}
+
+/// What an address space is, behind a shared handle: a shmem object's
+/// list of mappers (its `i_mmap`) holds weak references to it, so that a
+/// hole punch reaches every address space mapping the object.
+pub(crate) struct Shared {
+    /// This address space, for the shmem objects it maps.
+    me: std::sync::Weak<Shared>,
     /// Identifies this address space in frame bookkeeping.
     id: u64,
     mm: Arc<Mm>,
@@ -123,6 +135,8 @@ pub struct AddressSpace {
 /// Everything an operation needs while it holds the locks.
 pub(crate) struct Ctx<'a, L: HeldMmLock> {
     pub(crate) id: u64,
+    /// The address space, as a shmem object's mapper list holds it.
+    pub(crate) me: &'a std::sync::Weak<Shared>,
     pub(crate) lock: &'a L,
     pub(crate) mm: &'a Mm,
     pub(crate) mem: &'a Arc<Memory>,
@@ -167,12 +181,12 @@ impl AddressSpace {
     /// Sets `vm.max_map_count` for this address space (default
     /// [`DEFAULT_MAX_MAP_COUNT`]); a fork's child inherits it.
     pub fn set_max_map_count(&self, max: usize) {
-        self.state.lock().max_map_count = max;
+        self.inner.state.lock().max_map_count = max;
     }
 
     /// `vm.max_map_count` as this address space applies it.
     pub fn max_map_count(&self) -> usize {
-        self.state.lock().max_map_count
+        self.inner.state.lock().max_map_count
     }
 
     /// An empty, live address space using `memory` for its frames.
@@ -184,46 +198,49 @@ impl AddressSpace {
     pub fn with_config(memory: Arc<Memory>, config: Config) -> AddressSpace {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         AddressSpace {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            mm: Mm::new(),
-            memory,
-            config,
-            state: Mutex::new(State {
-                vmas: VmaTree::default(),
-                pt: PageTable::new(),
-                max_map_count: DEFAULT_MAX_MAP_COUNT,
+            inner: Arc::new_cyclic(|me| Shared {
+                me: me.clone(),
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                mm: Mm::new(),
+                memory,
+                config,
+                state: Mutex::new(State {
+                    vmas: VmaTree::default(),
+                    pt: PageTable::new(),
+                    max_map_count: DEFAULT_MAX_MAP_COUNT,
+                }),
             }),
         }
     }
 
     /// The notifier side of this address space: register notifiers on it.
     pub fn mm(&self) -> &Arc<Mm> {
-        &self.mm
+        &self.inner.mm
     }
 
     /// This address space's identity in frame bookkeeping.
     pub fn id(&self) -> u64 {
-        self.id
+        self.inner.id
     }
 
     /// The physical memory it maps.
     pub fn memory(&self) -> &Arc<Memory> {
-        &self.memory
+        &self.inner.memory
     }
 
     /// The tunables.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.inner.config
     }
 
     /// A snapshot of the VMAs.
     pub fn vmas(&self) -> Vec<crate::Vma> {
-        self.state.lock().vmas.iter().cloned().collect()
+        self.inner.state.lock().vmas.iter().cloned().collect()
     }
 
     /// The PTE mapping `addr` (none if unmapped or mapped by a huge entry).
     pub fn pte(&self, addr: u64) -> crate::page_table::Pte {
-        self.state.lock().pt.pte(addr)
+        self.inner.state.lock().pt.pte(addr)
     }
 
     /// What a CPU access to `addr` would reach: the frame and whether it
@@ -231,7 +248,7 @@ impl AddressSpace {
     /// the entry is inaccessible (PROT_NONE): a secondary MMU mirroring the
     /// primary must not map it either.
     pub fn translate(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
-        let st = self.state.lock();
+        let st = self.inner.state.lock();
         crate::fault::translate(&st.pt, addr)
     }
 
@@ -239,9 +256,9 @@ impl AddressSpace {
     /// the frame ([`Frame::serial`](crate::frame::Frame::serial)), read
     /// under the page-table lock: the primary's side of a coherence check.
     pub fn translate_frame(&self, addr: u64) -> Option<Translation> {
-        let st = self.state.lock();
+        let st = self.inner.state.lock();
         let (pfn, writable) = crate::fault::translate(&st.pt, addr)?;
-        let frame = self.memory.frame(pfn);
+        let frame = self.inner.memory.frame(pfn);
         Some(Translation {
             pfn,
             serial: frame.serial,
@@ -255,7 +272,7 @@ impl AddressSpace {
     /// entry and the VMA both allow writes). `None` otherwise, e.g. for an
     /// exclusive entry another device holds.
     pub fn device_view(&self, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
-        self.view_locked(&self.state.lock(), addr, device)
+        self.view_locked(&self.inner.state.lock(), addr, device)
     }
 
     /// [`AddressSpace::device_view`] without waiting for the page-table
@@ -267,7 +284,7 @@ impl AddressSpace {
         addr: u64,
         device: Option<Owner>,
     ) -> Result<Option<DeviceView>, PageTableBusy> {
-        let st = self.state.try_lock().ok_or(PageTableBusy)?;
+        let st = self.inner.state.try_lock().ok_or(PageTableBusy)?;
         Ok(self.view_locked(&st, addr, device))
     }
 
@@ -287,7 +304,7 @@ impl AddressSpace {
         if pte.swap_kind() != Some(crate::page_table::SwapKind::DeviceExclusive) {
             return None;
         }
-        if self.memory.frame(pte.pfn()).exclusive_owner != Some(device) {
+        if self.inner.memory.frame(pte.pfn()).exclusive_owner != Some(device) {
             return None;
         }
         let vma_writable = st
@@ -304,7 +321,7 @@ impl AddressSpace {
     fn frame_life(&self, pfn: crate::Pfn, writable: bool) -> Translation {
         Translation {
             pfn,
-            serial: self.memory.frame(pfn).serial,
+            serial: self.inner.memory.frame(pfn).serial,
             writable,
         }
     }
@@ -313,18 +330,18 @@ impl AddressSpace {
     /// included), and whether the entry is writable: the page-table view,
     /// for bookkeeping checks.
     pub fn mapped_frame(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
-        let st = self.state.lock();
+        let st = self.inner.state.lock();
         crate::fault::mapped_frame(&st.pt, addr)
     }
 
     /// Bytes of page tables in use.
     pub fn page_table_bytes(&self) -> usize {
-        self.state.lock().pt.table_bytes()
+        self.inner.state.lock().pt.table_bytes()
     }
 
     /// The state of a fresh child, locked, for `fork` to fill.
     pub(crate) fn state_for_fork(&self) -> MutexGuard<'_, State> {
-        self.state.lock()
+        self.inner.state.lock()
     }
 
     /// Runs `f` with the mmap lock held for write.
@@ -332,7 +349,7 @@ impl AddressSpace {
         &self,
         f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapWriteGuard<'_>>) -> R,
     ) -> R {
-        self.with_lock(&self.mm.mmap_write(), f)
+        self.with_lock(&self.inner.mm.mmap_write(), f)
     }
 
     /// Runs `f` with the mmap lock held for read.
@@ -340,10 +357,48 @@ impl AddressSpace {
         &self,
         f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapReadGuard<'_>>) -> R,
     ) -> R {
-        self.with_lock(&self.mm.mmap_read(), f)
+        self.with_lock(&self.inner.mm.mmap_read(), f)
     }
 
     /// Runs `f` with the rmap stand-in held (reclaim, migration: no mmap lock).
+    pub(crate) fn rmap_op<R>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_, mmun_core::RmapGuard<'_>>) -> R,
+    ) -> R {
+        self.inner.rmap_op(f)
+    }
+
+    /// Runs `f` with `lock` held, then the state lock.
+    fn with_lock<'a, L: HeldMmLock, R>(
+        &'a self,
+        lock: &'a L,
+        f: impl FnOnce(&mut Ctx<'a, L>) -> R,
+    ) -> R {
+        self.inner.with_lock(lock, f)
+    }
+
+    /// A weak handle on this address space, for a shmem object's list of
+    /// mappers.
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.inner)
+    }
+}
+
+impl Shared {
+    /// A snapshot of the VMAs `keep` accepts.
+    pub(crate) fn vmas_mapping(&self, keep: impl Fn(&crate::Vma) -> bool) -> Vec<crate::Vma> {
+        self.state
+            .lock()
+            .vmas
+            .iter()
+            .filter(|v| keep(v))
+            .cloned()
+            .collect()
+    }
+
+    /// Runs `f` with the rmap stand-in held: how the file side
+    /// (`unmap_mapping_range`, the `i_mmap` walk) reaches an address space
+    /// without its mmap lock.
     pub(crate) fn rmap_op<R>(
         &self,
         f: impl FnOnce(&mut Ctx<'_, mmun_core::RmapGuard<'_>>) -> R,
@@ -360,6 +415,7 @@ impl AddressSpace {
     ) -> R {
         let mut ctx = Ctx {
             id: self.id,
+            me: &self.me,
             lock,
             mm: &self.mm,
             mem: &self.memory,
@@ -372,7 +428,7 @@ impl AddressSpace {
 
 impl fmt::Debug for AddressSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.state.lock();
+        let st = self.inner.state.lock();
         f.debug_struct("AddressSpace")
             .field("vmas", &st.vmas.len())
             .field("page_tables", &st.pt.table_count())

@@ -8,7 +8,7 @@
 //! under a `Clear` without owner (`remove_device_exclusive_entry`, 6.18;
 //! v6.5 used `Exclusive` there).
 
-use mmun_core::{Event, Owner, notify};
+use mmun_core::{Event, Owner};
 
 use crate::address_space::AddressSpace;
 use crate::error::{Errno, SysResult};
@@ -42,8 +42,7 @@ impl AddressSpace {
                 return Err(Errno::Inval);
             }
             let inv = ctx.start_owner(Event::Exclusive, addr, addr + PAGE_SIZE, Some(owner));
-            let mm = ctx.mm;
-            notify::ptep_clear_flush_notify(mm, addr, || ());
+            inv.ptep_clear_flush_notify(addr, || ());
             if let Some(slot) = ctx.st.pt.pte_mut(addr) {
                 *slot = Pte::swap(SwapKind::DeviceExclusive, pte.pfn(), pte.is_write());
             }

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mmun_core::{Event, HeldMmLock, notify};
+use mmun_core::{Event, HeldMmLock};
 
 use crate::address_space::Ctx;
 use crate::error::{Errno, SysResult};
@@ -105,6 +105,12 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
     // __handle_mm_fault allocates the PUD and PMD tables before it looks.
     ctx.st.pt.pmd_alloc(addr);
     if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::None))
+        && let Some(head) = huge_memory::file_folio_for_pmd(ctx, vma, addr)
+    {
+        huge_memory::map_file_pmd(ctx, vma, align_down(addr, PMD_SIZE), head);
+        return Ok(());
+    }
+    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::None))
         && huge_memory::thp_allowed(ctx, vma, addr)
     {
         let vma = anon_vma_prepare(ctx, vma);
@@ -122,7 +128,10 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
         if huge.is_special() && huge_memory::huge_zero_wp(ctx, vma, addr) {
             return Ok(());
         }
-        if !huge.is_special() && reuse_huge(ctx, align_down(addr, PMD_SIZE), huge) {
+        // wp_huge_pmd: a page-cache PMD is split (write-notify and COW
+        // happen on the PTE level).
+        let file = matches!(ctx.mem.frame(huge.pfn()).kind, FrameKind::File { .. });
+        if !huge.is_special() && !file && reuse_huge(ctx, align_down(addr, PMD_SIZE), huge) {
             return Ok(());
         }
         huge_memory::split_huge_pmd(ctx, vma, addr);
@@ -186,6 +195,9 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
             } else {
                 let pfn = file.object.get_page(ctx.mem, index).ok_or(Errno::NoMem)?;
                 ctx.mem.map_pte(pfn, ctx.id);
+                if !write {
+                    fault_around(ctx, vma, addr);
+                }
                 Pte::new(pfn, write && writable)
             }
         }
@@ -195,6 +207,34 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
     }
     *ctx.st.pt.pte_alloc(addr) = entry;
     Ok(())
+}
+
+/// `do_fault_around` (`fault_around_bytes` at its default, 64 KiB): a read
+/// fault in a file VMA also maps, read-only and with no notifier (the
+/// entries were empty), every other page already in the cache within the
+/// 16-page aligned window around `addr`, clipped to the VMA and the page
+/// table. The faulting page itself is the caller's.
+fn fault_around<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) {
+    const WINDOW: u64 = 16 * PAGE_SIZE;
+    let Some(file) = &vma.file else { return };
+    let start = crate::layout::align_down(addr, WINDOW).max(vma.start);
+    let end = (crate::layout::align_down(addr, WINDOW) + WINDOW)
+        .min(vma.end)
+        .min(crate::layout::align_down(addr, crate::layout::PMD_SIZE) + crate::layout::PMD_SIZE);
+    let mut at = start;
+    while at < end {
+        let index = vma.pgoff_of(at);
+        if at != addr
+            && index * PAGE_SIZE < file.object.size()
+            && ctx.st.pt.pte(at).is_none()
+            && let Some(pfn) = file.object.find_page(index)
+        {
+            ctx.mem.get(pfn);
+            ctx.mem.map_pte(pfn, ctx.id);
+            *ctx.st.pt.pte_alloc(at) = Pte::new(pfn, false);
+        }
+        at += PAGE_SIZE;
+    }
 }
 
 /// `do_wp_page`: a write to a present, write-protected PTE.
@@ -241,9 +281,8 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
     let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
-    let mm = ctx.mm;
-    let slot_old = notify::ptep_clear_flush_notify(mm, addr, || old);
-    notify::set_pte_at_notify(mm, addr, new.raw(), |_| ());
+    let slot_old = inv.ptep_clear_flush_notify(addr, || old);
+    inv.set_pte_at_notify(addr, new.raw(), |_| ());
     ctx.mem.map_pte(new_pfn, ctx.id);
     ctx.mem.touch_write(new_pfn);
     *ctx.st.pt.pte_alloc(addr) = new;

@@ -30,7 +30,11 @@ impl AddressSpace {
                 if wipe {
                     copy.anon_vma = None;
                 }
-                child_state.vmas.insert(copy);
+                if let Some(file) = &copy.file {
+                    // dup_mmap links the child's VMA into the file's i_mmap.
+                    file.object.add_mapper(child.downgrade());
+                }
+                child_state.vmas.insert_after_parent(copy);
                 if !wipe && vma.anon_vma.is_some() {
                     copy_page_range(ctx, vma, &mut child_state.pt, child.id());
                 }

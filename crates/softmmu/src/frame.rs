@@ -83,6 +83,9 @@ pub struct Frame {
     pub mappers: [(u64, u32); 2],
     /// Mappings by address spaces beyond the two tracked.
     pub other_mappers: u32,
+    /// `MADV_FREE` made the anonymous page lazily freeable (its folio lost
+    /// `PG_swapbacked`): reclaim may drop it if it is still clean.
+    pub lazyfree: bool,
 }
 
 impl Frame {
@@ -130,6 +133,7 @@ impl Frame {
         device: None,
         mappers: [(0, 0); 2],
         other_mappers: 0,
+        lazyfree: false,
     };
 }
 
@@ -307,6 +311,30 @@ impl Memory {
         frame.remove_mapper(mm);
     }
 
+    /// `__folio_split` to order 0 of a large folio whose every mapping is
+    /// by `mm` through PTEs: each page becomes a folio of its own holding
+    /// one reference per mapping, and one for the page cache if `cached`;
+    /// pages nothing holds any more are freed.
+    pub fn split_folio(&self, head: Pfn, mm: u64, cached: bool) {
+        let mut f = self.inner.lock();
+        let order = f.frames[head as usize].order;
+        assert_eq!(
+            f.frames[head as usize].pmd_mapcount, 0,
+            "split of PMD-mapped folio {head:#x}"
+        );
+        for pfn in head..head + (1 << order) {
+            let frame = &mut f.frames[pfn as usize];
+            frame.order = 0;
+            frame.head = pfn;
+            frame.refcount = frame.mapcount + u32::from(cached);
+            frame.mappers = [(mm, frame.mapcount), (0, 0)];
+            frame.other_mappers = 0;
+            if frame.refcount == 0 {
+                f.free(pfn);
+            }
+        }
+    }
+
     /// Marks a write to the frame: its content version changes.
     pub fn touch_write(&self, pfn: Pfn) {
         let mut f = self.inner.lock();
@@ -405,6 +433,7 @@ impl Frames {
                 device: None,
                 mappers: [(0, 0); 2],
                 other_mappers: 0,
+                lazyfree: false,
             };
         }
         // Only the head of a large folio carries PageAnonExclusive until a

@@ -4,10 +4,10 @@
 //! `do_huge_zero_wp_pmd`, `__split_huge_pmd`, `vma_adjust_trans_huge`) and
 //! `mm/khugepaged.c` (`collapse_huge_page` for `MADV_COLLAPSE`).
 
-use mmun_core::{Event, HeldMmLock, notify};
+use mmun_core::{Event, HeldMmLock, Invalidation};
 
 use crate::address_space::{Ctx, ThpMode};
-use crate::error::{Errno, SysResult};
+use crate::error::Errno;
 use crate::frame::FrameKind;
 use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, align_up, is_aligned};
 use crate::page_table::{PmdEntry, Pte};
@@ -35,9 +35,32 @@ pub(crate) fn thp_allowed<L: HeldMmLock>(ctx: &Ctx<'_, L>, vma: &Vma, addr: u64)
 pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, addr: u64) {
     let haddr = align_down(addr, PMD_SIZE);
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
-    if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(addr) {
+    split_huge_pmd_locked(ctx, &inv, haddr);
+    inv.only_end();
+}
+
+/// `__split_huge_pmd_locked`: a huge entry at `haddr` becomes a PTE table
+/// mapping the same pages, inside `inv`, which the caller started over it.
+pub(crate) fn split_huge_pmd_locked<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    inv: &Invalidation<'_>,
+    haddr: u64,
+) {
+    if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(haddr)
+        && !huge.is_special()
+        && matches!(ctx.mem.frame(huge.pfn()).kind, FrameKind::File { .. })
+    {
+        // A page-cache folio is not remapped by PTEs: the PMD is cleared
+        // and later accesses fault the pages in again.
         let huge = *huge;
-        notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+        inv.pmdp_huge_clear_flush_notify(haddr, || ());
+        ctx.st.pt.set_pmd(haddr, PmdEntry::None);
+        crate::zap::release_huge(ctx.mem, ctx.id, huge);
+        return;
+    }
+    if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(haddr) {
+        let huge = *huge;
+        inv.pmdp_huge_clear_flush_notify(haddr, || ());
         let mut table = crate::page_table::PageTable::new_pte_table();
         for i in 0..crate::layout::HPAGE_PMD_NR {
             let a = haddr + i * PAGE_SIZE;
@@ -59,7 +82,6 @@ pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, ad
         }
         ctx.st.pt.set_pmd(haddr, PmdEntry::Table(table));
     }
-    inv.only_end();
 }
 
 /// The frame bookkeeping of turning one PMD mapping into 512 PTE mappings.
@@ -116,6 +138,47 @@ pub(crate) fn vma_adjust_trans_huge<L: HeldMmLock>(
     }
 }
 
+/// The head of the large page-cache folio that a fault at `addr` of
+/// shared `vma` could map by one PMD (`do_set_pmd`): the block lies in the
+/// VMA, the object's pages are PMD-aligned in it, and the cache holds a
+/// PMD-sized folio there (only `MADV_COLLAPSE` makes them here). Private
+/// file mappings map such folios by PTEs in the software MMU.
+pub(crate) fn file_folio_for_pmd<L: HeldMmLock>(
+    ctx: &Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+) -> Option<crate::Pfn> {
+    let file = vma.file.as_ref()?;
+    let haddr = align_down(addr, PMD_SIZE);
+    if !vma.flags.contains(VmFlags::SHARED) || !vma.contains_range(haddr, haddr + PMD_SIZE) {
+        return None;
+    }
+    let index = vma.pgoff_of(haddr);
+    if !index.is_multiple_of(crate::layout::HPAGE_PMD_NR) {
+        return None;
+    }
+    let head = file.object.find_page(index)?;
+    let frame = ctx.mem.frame(head);
+    (frame.order == 9 && frame.head == head).then_some(head)
+}
+
+/// `do_set_pmd`: maps the large cache folio at `head` by one PMD, with no
+/// notifier (the PMD was empty); writable as the shared VMA is (shmem
+/// needs no write notification).
+pub(crate) fn map_file_pmd<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    haddr: u64,
+    head: crate::Pfn,
+) {
+    ctx.mem.get(head);
+    ctx.mem.map_pmd(head, ctx.id);
+    let writable = vma.flags.contains(VmFlags::WRITE);
+    ctx.st
+        .pt
+        .set_pmd(haddr, PmdEntry::Huge(Pte::new(head, writable)));
+}
+
 /// `do_huge_pmd_anonymous_page`: a read maps the huge zero page, a write a
 /// new huge page. The caller has prepared the anon_vma. No notifier: the
 /// PMD was empty. False (`VM_FAULT_FALLBACK`) when memory has no huge page
@@ -153,7 +216,7 @@ pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr:
         return false;
     };
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
-    notify::pmdp_huge_clear_flush_notify(ctx.mm, haddr, || ());
+    inv.pmdp_huge_clear_flush_notify(haddr, || ());
     ctx.mem.map_pmd(head, ctx.id);
     ctx.st.pt.set_pmd(
         haddr,
@@ -163,23 +226,47 @@ pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr:
     true
 }
 
-/// `collapse_huge_page` for `MADV_COLLAPSE`: a 2 MiB block mapped by PTEs of
-/// exclusive anonymous pages becomes one huge page. The `Clear` brackets
-/// only the clearing of the PMD; the copy and the new PMD come after it.
-/// Fails with `EINVAL` when the block cannot collapse and `ENOMEM` when
-/// there is no huge page for it (`alloc_charge_folio` runs before any
-/// notifier: `SCAN_ALLOC_HUGE_PAGE_FAIL`).
-pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u64) -> SysResult {
-    if !vma.is_anonymous()
-        || vma.flags.contains(VmFlags::SHARED)
-        || !vma.contains_range(haddr, haddr + PMD_SIZE)
-    {
-        return Err(Errno::Inval);
+/// How one PMD-sized block of `MADV_COLLAPSE` ended, sorted as
+/// `madvise_collapse` sorts `enum scan_result`: a collapsed (or already
+/// huge) block, a failure after which the walk goes on, or one that ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CollapseResult {
+    /// `SCAN_SUCCEED` / `SCAN_PMD_MAPPED`.
+    Huge,
+    /// A whitelisted failure (`SCAN_PMD_NULL`, `SCAN_PTE_NON_PRESENT`,
+    /// `SCAN_PAGE_NULL`, ...): the next block is tried.
+    Skipped(Errno),
+    /// Any other failure (`SCAN_PMD_NONE`, `SCAN_PAGE_ANON`,
+    /// `SCAN_ALLOC_HUGE_PAGE_FAIL`, ...): the call stops here.
+    Abort(Errno),
+}
+
+/// `hpage_collapse_scan_pmd` + `collapse_huge_page` for `MADV_COLLAPSE` of
+/// anonymous memory (6.18): a 2 MiB block mapped by PTEs becomes one huge
+/// page. Unlike khugepaged, `MADV_COLLAPSE` takes any number of empty,
+/// zero-page, shared or read-only entries (6.18 dropped `SCAN_PAGE_RO`).
+/// The huge page is allocated before anything is notified
+/// (`SCAN_ALLOC_HUGE_PAGE_FAIL`, `ENOMEM`). The `Clear` brackets only the clearing of the PMD; the copy
+/// and the new PMD come after it.
+pub(crate) fn collapse<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    haddr: u64,
+) -> CollapseResult {
+    match ctx.st.pt.pmd(haddr) {
+        Some(PmdEntry::Huge(_)) => return CollapseResult::Huge,
+        Some(PmdEntry::Table(_)) => {}
+        // find_pmd_or_thp_or_none: no PMD table at all is SCAN_PMD_NULL
+        // (whitelisted), an empty PMD entry SCAN_PMD_NONE (not).
+        _ if ctx.st.pt.pud_present(haddr) => return CollapseResult::Abort(Errno::Inval),
+        _ => return CollapseResult::Skipped(Errno::Inval),
     }
-    if !collapsible(ctx, haddr) {
-        return Err(Errno::Inval);
+    if let Err(skip) = scan_ptes(ctx, haddr) {
+        return skip;
     }
-    let head = ctx.mem.alloc_huge(FrameKind::Anon).ok_or(Errno::NoMem)?;
+    let Some(head) = ctx.mem.alloc_huge(FrameKind::Anon) else {
+        return CollapseResult::Abort(Errno::NoMem);
+    };
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     let old = ctx.st.pt.set_pmd(haddr, PmdEntry::None);
     inv.end();
@@ -193,30 +280,28 @@ pub(crate) fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, haddr: u6
         haddr,
         PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),
     );
-    Ok(())
+    CollapseResult::Huge
 }
 
-/// Whether the PTE table at `haddr` holds only pages no other mapping
-/// shares and at least one writable entry (`hpage_collapse_scan_pmd`:
-/// without one the scan ends in `SCAN_PAGE_RO`, `EINVAL`).
-fn collapsible<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> bool {
+/// The PTE scan of `hpage_collapse_scan_pmd` as `MADV_COLLAPSE` runs it:
+/// empty and zero-page entries pass; an entry that is not present, or a
+/// page that is not an ordinary anonymous one, fails the block (both on
+/// the whitelist: the walk goes on).
+fn scan_ptes<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> Result<(), CollapseResult> {
     let Some(PmdEntry::Table(table)) = ctx.st.pt.pmd(haddr) else {
-        return false;
+        return Err(CollapseResult::Skipped(Errno::Inval));
     };
-    let mut writable = false;
     for i in 0..crate::layout::HPAGE_PMD_NR {
         let pte = table.get(haddr + i * PAGE_SIZE);
         if pte.is_none() || pte.is_special() {
             continue;
         }
         if !pte.is_present() {
-            return false;
+            return Err(CollapseResult::Skipped(Errno::Inval));
         }
-        let frame = ctx.mem.frame(pte.pfn());
-        if frame.kind != FrameKind::Anon || frame.mapcount > 1 {
-            return false;
+        if ctx.mem.frame(pte.pfn()).kind != FrameKind::Anon {
+            return Err(CollapseResult::Skipped(Errno::Inval));
         }
-        writable |= pte.is_write();
     }
-    writable
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //! `change_pte`); every page but the first is then pointed at the first
 //! under a second `Clear` (again with `change_pte`).
 
-use mmun_core::{Event, HeldMmLock, notify};
+use mmun_core::{Event, HeldMmLock};
 
 use crate::address_space::{AddressSpace, Ctx};
 use crate::frame::FrameKind;
@@ -58,8 +58,7 @@ fn write_protect_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
     let pte = ctx.st.pt.pte(addr);
     if pte.is_write() || pte.is_dirty() {
         let new = pte.with_write(false).with_dirty(false);
-        let mm = ctx.mm;
-        notify::set_pte_at_notify(mm, addr, new.raw(), |_| ());
+        inv.set_pte_at_notify(addr, new.raw(), |_| ());
         if let Some(slot) = ctx.st.pt.pte_mut(addr) {
             *slot = new;
         }
@@ -71,10 +70,9 @@ fn write_protect_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
 /// `replace_page`: `Clear` of the page while its PTE moves to the KSM page.
 fn replace_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, kpfn: u64) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    let mm = ctx.mm;
-    let old = notify::ptep_clear_flush_notify(mm, addr, || ctx.st.pt.pte(addr));
+    let old = inv.ptep_clear_flush_notify(addr, || ctx.st.pt.pte(addr));
     let new = Pte::new(kpfn, false).with_dirty(false);
-    notify::set_pte_at_notify(mm, addr, new.raw(), |_| ());
+    inv.set_pte_at_notify(addr, new.raw(), |_| ());
     ctx.mem.get(kpfn);
     ctx.mem.map_pte(kpfn, ctx.id);
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {

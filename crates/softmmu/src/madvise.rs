@@ -12,8 +12,7 @@ use mmun_script::Advice;
 use crate::address_space::{AddressSpace, Ctx};
 use crate::error::{Errno, SysResult};
 use crate::fault;
-use crate::huge_memory;
-use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, align_up, is_aligned};
+use crate::layout::{PAGE_SIZE, align_up, is_aligned};
 use crate::split::vma_modify;
 use crate::vma::{VmFlags, Vma};
 use crate::zap::zap_vma_range;
@@ -29,7 +28,77 @@ impl AddressSpace {
         if end == addr {
             return Ok(());
         }
-        self.write_op(|ctx| walk_vmas(ctx, addr, end, advice))
+        let mut walk = Walk {
+            at: addr,
+            unmapped: false,
+        };
+        loop {
+            match self.write_op(|ctx| walk_vmas(ctx, &mut walk, end, advice))? {
+                Walked::Done => break,
+                // The call dropped the mmap lock for a file operation
+                // (madvise_remove, MADV_COLLAPSE of shmem) and carries on
+                // from where it was, finding the VMAs again.
+                Walked::Unlocked(op) => op.run()?,
+            }
+        }
+        if walk.unmapped {
+            Err(Errno::NoMem)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Where `madvise_walk_vmas` is, kept across the times it drops the lock.
+struct Walk {
+    at: u64,
+    unmapped: bool,
+}
+
+/// How a stretch of the walk ended.
+enum Walked {
+    /// The range is done.
+    Done,
+    /// A piece needs a file operation run without the mmap lock.
+    Unlocked(FileOp),
+}
+
+/// A file operation a piece asked for, run after the lock is dropped.
+enum FileOp {
+    /// `vfs_fallocate(PUNCH_HOLE)` of pages `[first, last]`.
+    PunchHole {
+        object: std::sync::Arc<crate::shmem::ShmemObject>,
+        first: u64,
+        last: u64,
+    },
+    /// `MADV_COLLAPSE` of a shmem piece.
+    Collapse(crate::khugepaged::FileCollapse),
+}
+
+impl FileOp {
+    fn run(self) -> SysResult {
+        match self {
+            FileOp::PunchHole {
+                object,
+                first,
+                last,
+            } => {
+                punch_hole(&object, first, last);
+                Ok(())
+            }
+            FileOp::Collapse(collapse) => collapse.run(),
+        }
+    }
+}
+
+/// `shmem_fallocate(FALLOC_FL_PUNCH_HOLE)`: every mapping of the pages,
+/// in every address space, is unmapped under a `Clear` of its part, then
+/// the pages leave the cache.
+fn punch_hole(object: &crate::shmem::ShmemObject, first: u64, last: u64) {
+    crate::i_mmap::unmap_mapping_range(object, first, last);
+    let memory = object.memory();
+    for pfn in object.punch(first, last) {
+        memory.put(pfn);
     }
 }
 
@@ -38,37 +107,56 @@ impl AddressSpace {
 /// piece does.
 fn walk_vmas<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
-    start: u64,
+    walk: &mut Walk,
     end: u64,
     advice: Advice,
-) -> SysResult {
-    let mut unmapped = false;
-    let mut at = start;
-    while at < end {
+) -> SysResult<Walked> {
+    while walk.at < end {
+        let at = walk.at;
         let Some(vma) = ctx.st.vmas.find(at).filter(|v| v.start < end).cloned() else {
             if matches!(advice, Advice::PopulateRead | Advice::PopulateWrite) {
                 return Err(Errno::NoMem);
             }
-            unmapped = true;
+            walk.unmapped = true;
             break;
         };
-        if vma.start > at {
+        let at = if vma.start > at {
             if matches!(advice, Advice::PopulateRead | Advice::PopulateWrite) {
                 // madvise_populate faults from the start and stops at the
                 // first address no VMA covers.
                 return Err(Errno::NoMem);
             }
-            unmapped = true;
-            at = vma.start;
-        }
+            walk.unmapped = true;
+            vma.start
+        } else {
+            at
+        };
         let piece_end = vma.end.min(end);
-        apply(ctx, &vma, at, piece_end, advice)?;
-        at = piece_end;
+        walk.at = piece_end;
+        if let Some(op) = apply(ctx, &vma, at, piece_end, advice)? {
+            return Ok(Walked::Unlocked(op));
+        }
     }
-    if unmapped { Err(Errno::NoMem) } else { Ok(()) }
+    Ok(Walked::Done)
 }
 
+/// One piece of the walk; some advices continue without the lock.
 fn apply<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+    advice: Advice,
+) -> SysResult<Option<FileOp>> {
+    match advice {
+        Advice::Remove => remove(vma, start, end).map(Some),
+        Advice::Collapse => crate::khugepaged::madvise_collapse(ctx, vma, start, end)
+            .map(|file| file.map(FileOp::Collapse)),
+        _ => apply_locked(ctx, vma, start, end, advice).map(|()| None),
+    }
+}
+
+fn apply_locked<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
     vma: &Vma,
     start: u64,
@@ -78,10 +166,16 @@ fn apply<L: HeldMmLock>(
     match advice {
         Advice::DontNeed | Advice::DontNeedLocked => dontneed(ctx, vma, start, end, advice),
         Advice::Free => free(ctx, vma, start, end),
-        Advice::Remove => remove(ctx, vma, start, end),
+        Advice::Remove | Advice::Collapse => unreachable!("run by apply"),
         Advice::Cold | Advice::PageOut => {
             if vma.flags.contains(VmFlags::LOCKED) {
                 return Err(Errno::Inval);
+            }
+            // Deactivation and (with no swap) pageout notify nothing, but
+            // a large folio the range covers only partly is split first.
+            crate::folio_split::split_partial_folios(ctx, vma, start, end);
+            if advice == Advice::PageOut {
+                crate::pageout::pageout(ctx, vma, start, end);
             }
             Ok(())
         }
@@ -89,7 +183,6 @@ fn apply<L: HeldMmLock>(
         Advice::PopulateRead | Advice::PopulateWrite => {
             populate(ctx, vma, start, end, advice == Advice::PopulateWrite)
         }
-        Advice::Collapse => collapse(ctx, vma, start, end),
         Advice::HugePage => update_flags(ctx, vma, start, end, |f| {
             f.with(VmFlags::HUGEPAGE).without(VmFlags::NOHUGEPAGE)
         }),
@@ -159,31 +252,32 @@ fn free<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) ->
         return Err(Errno::Inval);
     }
     let inv = ctx.start(Event::Clear, start, end);
-    let mut addr = start;
-    while addr < end {
-        let next = crate::layout::block_end(addr, end, PMD_SIZE);
-        if matches!(
-            ctx.st.pt.pmd(addr),
-            Some(crate::page_table::PmdEntry::Huge(_))
-        ) && next - addr != PMD_SIZE
-        {
-            huge_memory::split_huge_pmd(ctx, vma, addr);
-        }
-        addr = next;
-    }
+    // madvise_free_huge_pmd / madvise_free_pte_range: a large folio the
+    // range covers only partly is split (not merely its PMD).
+    crate::folio_split::split_partial_folios(ctx, vma, start, end);
+    let mem = ctx.mem;
     ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
         if pte.is_present() && !pte.is_special() {
             *pte = pte.with_dirty(false).with_young(false);
+            // folio_mark_lazyfree (small anonymous folios; a large one
+            // left here is wholly covered and keeps PG_swapbacked in the
+            // model).
+            if mem.frame(pte.pfn()).order == 0 && mem.head(pte.pfn()) == pte.pfn() {
+                mem.update(pte.pfn(), |f| {
+                    f.lazyfree = f.kind == crate::frame::FrameKind::Anon
+                });
+            }
         }
     });
     inv.end();
     Ok(())
 }
 
-/// `madvise_remove`: punch a hole in the shared object behind the piece;
-/// every VMA mapping the punched pages gets a `Clear` over its overlap
-/// (`unmap_mapping_range`).
-fn remove<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) -> SysResult {
+/// `madvise_remove`: checks the piece and names the hole to punch in the
+/// shared object behind it; the punch runs after the mmap lock is dropped
+/// (as `madvise_remove` drops it around `vfs_fallocate`) and reaches every
+/// VMA mapping the pages, in every address space.
+fn remove(vma: &Vma, start: u64, end: u64) -> SysResult<FileOp> {
     if vma.flags.contains(VmFlags::LOCKED) {
         return Err(Errno::Inval);
     }
@@ -193,54 +287,11 @@ fn remove<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) 
     if !vma.flags.contains(VmFlags::SHARED) || !vma.flags.contains(VmFlags::MAYWRITE) {
         return Err(Errno::Acces);
     }
-    let (first, last) = (vma.pgoff_of(start), vma.pgoff_of(end - PAGE_SIZE));
-    let mappers: Vec<Vma> = ctx
-        .st
-        .vmas
-        .iter()
-        .filter(|v| {
-            v.file
-                .as_ref()
-                .is_some_and(|f| std::sync::Arc::ptr_eq(&f.object, &file.object))
-        })
-        .cloned()
-        .collect();
-    for mapper in mappers {
-        let map_first = mapper.file.as_ref().map_or(0, |f| f.pgoff);
-        let map_last = map_first + (mapper.len() / PAGE_SIZE) - 1;
-        let (lo, hi) = (first.max(map_first), last.min(map_last));
-        if lo > hi {
-            continue;
-        }
-        let s = mapper.start + (lo - map_first) * PAGE_SIZE;
-        let e = mapper.start + (hi - map_first + 1) * PAGE_SIZE;
-        let inv = ctx.start(Event::Clear, s, e);
-        zap_shared_only(ctx, &mapper, s, e);
-        inv.end();
-    }
-    for pfn in file.object.punch(first, last) {
-        ctx.mem.put(pfn);
-    }
-    Ok(())
-}
-
-/// Zaps the file pages of `[start, end)` in `vma`, keeping private COW
-/// copies (`even_cows == false`).
-fn zap_shared_only<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) {
-    let (mem, id) = (ctx.mem, ctx.id);
-    ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
-        if pte.is_present()
-            && !pte.is_special()
-            && matches!(
-                mem.frame(pte.pfn()).kind,
-                crate::frame::FrameKind::File { .. }
-            )
-        {
-            let old = std::mem::replace(pte, crate::page_table::Pte::NONE);
-            crate::zap::release_pte(mem, id, old);
-        }
-    });
-    let _ = vma;
+    Ok(FileOp::PunchHole {
+        object: file.object,
+        first: vma.pgoff_of(start),
+        last: vma.pgoff_of(end - PAGE_SIZE),
+    })
 }
 
 /// `madvise_populate`: fault the piece in, as reads or writes.
@@ -260,38 +311,4 @@ fn populate<L: HeldMmLock>(
         return Err(Errno::Inval);
     }
     fault::fault_in_range(ctx, vma, start, end, write)
-}
-
-/// `thp_vma_allowable_order` outside a fault: the VMA must hold at least one
-/// PMD-aligned block (`thp_vma_suitable_order` at `vm_end - PMD_SIZE`),
-/// whatever range the call names.
-fn pmd_fits(vma: &Vma) -> bool {
-    vma.end
-        .checked_sub(PMD_SIZE)
-        .is_some_and(|last| align_down(last, PMD_SIZE) >= vma.start)
-}
-
-/// `madvise_collapse`: every PMD-sized block of the piece becomes a huge
-/// page, or the call fails.
-fn collapse<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) -> SysResult {
-    if vma.flags.contains(VmFlags::NOHUGEPAGE) || !vma.is_anonymous() || !pmd_fits(vma) {
-        return Err(Errno::Inval);
-    }
-    let hstart = align_up(start, PMD_SIZE).unwrap_or(u64::MAX);
-    let hend = align_down(end, PMD_SIZE);
-    // madvise_collapse goes on after a failure and returns the errno of
-    // the last one.
-    let mut last_failure = None;
-    let mut haddr = hstart;
-    while haddr < hend {
-        let already = matches!(
-            ctx.st.pt.pmd(haddr),
-            Some(crate::page_table::PmdEntry::Huge(_))
-        );
-        if !already && let Err(errno) = huge_memory::collapse(ctx, vma, haddr) {
-            last_failure = Some(errno);
-        }
-        haddr += PMD_SIZE;
-    }
-    last_failure.map_or(Ok(()), Err)
 }

@@ -129,6 +129,9 @@ fn do_mmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, req: &MapRequest) -> SysResult<u
         do_munmap(ctx, start, end);
     }
     let vma = new_vma(req, ctx.mem, start, end);
+    if let Some(file) = &vma.file {
+        file.object.add_mapper(ctx.me.clone());
+    }
     let vma = insert_or_merge(ctx, vma);
     if req.populate {
         let _ = populate(ctx, start, end);
@@ -148,15 +151,12 @@ fn new_vma(req: &MapRequest, memory: &Arc<crate::frame::Memory>, start: u64, end
         flags = flags.with(VmFlags::ACCOUNT);
     }
     let file = match (&req.object, req.shared) {
-        (Some(object), _) => Some(FileBacking {
-            object: Arc::clone(object),
-            pgoff: 0,
-        }),
+        (Some(object), _) => Some(FileBacking::new(Arc::clone(object), 0)),
         // shmem_zero_setup: anonymous shared memory is a shmem object.
-        (None, true) => Some(FileBacking {
-            object: Arc::new(ShmemObject::new(Arc::clone(memory), end - start)),
-            pgoff: 0,
-        }),
+        (None, true) => Some(FileBacking::new(
+            Arc::new(ShmemObject::new(Arc::clone(memory), end - start)),
+            0,
+        )),
         (None, false) => None,
     };
     Vma {

@@ -14,7 +14,7 @@ use crate::layout::{PAGE_SIZE, PMD_SIZE, TASK_SIZE, align_down, align_up, block_
 use crate::mmap::do_munmap;
 use crate::page_table::{PmdEntry, Pte};
 use crate::split::insert_or_merge;
-use crate::vma::Vma;
+use crate::vma::{VmFlags, Vma};
 
 /// The optional behaviour of an `mremap` call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,10 +52,6 @@ impl AddressSpace {
         if beyond(old_len) || beyond(new_len) {
             return Err(Errno::Inval);
         }
-        if old_len == 0 {
-            // Duplicating a shared mapping is not modelled; private ones are refused.
-            return Err(Errno::Inval);
-        }
         if let Some(new_addr) = flags.fixed {
             let overlap =
                 new_addr < addr.saturating_add(old_len) && addr < new_addr.saturating_add(new_len);
@@ -73,8 +69,17 @@ impl AddressSpace {
             if implies_new_addr && ctx.st.vmas.len() + 2 >= ctx.st.max_map_count.saturating_sub(3) {
                 return Err(Errno::NoMem);
             }
-            if ctx.st.vmas.lookup(addr).is_none() {
+            let Some(vma) = ctx.st.vmas.lookup(addr) else {
                 return Err(Errno::Fault);
+            };
+            // An old length of 0 asks for a second mapping of the same
+            // pages (check_prep_vma): only shared memory has pages to share.
+            if old_len == 0
+                && !vma
+                    .flags
+                    .intersects(VmFlags::SHARED.with(VmFlags::MAYSHARE))
+            {
+                return Err(Errno::Inval);
             }
             match flags.fixed {
                 Some(new_addr) if old_len == new_len && !flags.dont_unmap => {
@@ -202,6 +207,13 @@ fn move_vma<L: HeldMmLock>(
         file.pgoff = vma.pgoff_of(old_addr);
     }
     let new_vma = insert_or_merge(ctx, copy);
+    if let Some(file) = &new_vma.file {
+        file.object.add_mapper(ctx.me.clone());
+    }
+    if old_len == 0 {
+        // A duplicate (old length 0): nothing moves, nothing is unmapped.
+        return Ok(());
+    }
     move_page_tables(ctx, vma, old_addr, &new_vma, new_addr, old_len);
     if !dont_unmap {
         do_munmap(ctx, old_addr, old_addr + old_len);

@@ -159,7 +159,8 @@ fn age_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped, flush: bool) -> 
 
 fn reclaimable<L: HeldMmLock>(ctx: &Ctx<'_, L>, folio: &Mapped) -> bool {
     match ctx.mem.frame(folio.entry.pfn()).kind {
-        FrameKind::File { .. } => true,
+        // A PMD-mapped page-cache folio is not reclaimed here.
+        FrameKind::File { .. } => !folio.huge,
         FrameKind::Anon => !folio.huge && !folio.entry.is_dirty(),
         _ => false,
     }
@@ -172,8 +173,7 @@ fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
     let inv = ctx.start(Event::Clear, folio.start, folio.end);
     if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
         let old = std::mem::replace(slot, Pte::NONE);
-        ctx.mm
-            .invalidate_range(folio.start, folio.start + PAGE_SIZE);
+        inv.invalidate_range(folio.start, folio.start + PAGE_SIZE);
         release_pte(ctx.mem, ctx.id, old);
     }
     inv.end();

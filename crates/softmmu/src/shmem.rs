@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use crate::address_space::Shared;
 use crate::frame::{FrameKind, Memory, Pfn};
 
 /// A shmem object: its size and its page cache.
@@ -17,6 +18,10 @@ pub struct ShmemObject {
     id: u64,
     size: u64,
     pages: Mutex<BTreeMap<u64, Pfn>>,
+    /// The address spaces that mapped the object, in the order they did
+    /// (the userspace `i_mmap`: the VMAs themselves stay in each address
+    /// space's tree and are found there). Dead ones are dropped as found.
+    mappers: Mutex<Vec<Weak<Shared>>>,
     /// Where the cached pages live; the cache's references are dropped
     /// when the object goes (the inode is evicted).
     memory: Arc<Memory>,
@@ -30,6 +35,7 @@ impl ShmemObject {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             size,
             pages: Mutex::new(BTreeMap::new()),
+            mappers: Mutex::new(Vec::new()),
             memory,
         }
     }
@@ -37,6 +43,11 @@ impl ShmemObject {
     /// A process-unique id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The memory its pages come from.
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.memory
     }
 
     /// Size in bytes.
@@ -66,6 +77,32 @@ impl ShmemObject {
     /// The page at `index` if it is in the cache.
     pub fn find_page(&self, index: u64) -> Option<Pfn> {
         self.pages.lock().get(&index).copied()
+    }
+
+    /// Records that `space` maps the object (`vma_link_file`); a space
+    /// already on the list is not added twice.
+    pub(crate) fn add_mapper(&self, space: Weak<Shared>) {
+        let mut mappers = self.mappers.lock();
+        mappers.retain(|m| m.strong_count() > 0);
+        if !mappers.iter().any(|m| m.ptr_eq(&space)) {
+            mappers.push(space);
+        }
+    }
+
+    /// The live address spaces that mapped the object, oldest first.
+    pub(crate) fn mappers(&self) -> Vec<Arc<Shared>> {
+        self.mappers
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Replaces the cached page at `index` by `pfn` (whose reference the
+    /// cache takes over); returns the page it held, whose cache reference
+    /// the caller puts.
+    pub(crate) fn replace_page(&self, index: u64, pfn: Pfn) -> Option<Pfn> {
+        self.pages.lock().insert(index, pfn)
     }
 
     /// Drops the pages `[first, last]` from the cache (hole punch); returns

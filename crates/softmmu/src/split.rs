@@ -141,9 +141,12 @@ fn merge_existing<L: HeldMmLock>(
         return Some(merged);
     }
     if merge_right {
-        // A suffix of `middle` joins `next`: `middle` ends at `start`.
+        // A suffix of `middle` joins `next`: `middle` ends at `start`
+        // (commit_merge with `middle` as the target shrinking to
+        // `[middle.start, start)` and `next` adjusted: the THP check at
+        // `start` looks at `middle`, which holds the block; recorded).
         let n = next?;
-        vma_adjust_trans_huge(ctx, &n, start, n.end, None);
+        vma_adjust_trans_huge(ctx, middle, middle.start, start, Some(&n));
         ctx.st.vmas.get_mut(middle.start).expect("middle").end = start;
         let mut grown = ctx.st.vmas.remove(n.start).expect("next");
         if let Some(file) = grown.file.as_mut() {

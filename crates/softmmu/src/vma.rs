@@ -116,6 +116,48 @@ pub struct FileBacking {
     pub object: Arc<ShmemObject>,
     /// Page index within the object that `Vma::start` maps.
     pub pgoff: u64,
+    /// Where the VMA sits among the object's mappings of the same page
+    /// offset (see [`FileBacking::i_mmap_key`]).
+    pub(crate) link: Link,
+}
+
+/// The place of a VMA in its object's `i_mmap` among VMAs of equal page
+/// offset: Linux's interval tree puts a VMA inserted later after them
+/// (`vma_interval_tree_insert`), and a fork's child right after its parent
+/// (`vma_interval_tree_insert_after`). Every (re)insertion takes a new
+/// sequence number; a child keeps its parent's and goes one level deeper.
+/// (Two children of one parent sort oldest first here; Linux puts the
+/// newer one first.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Link {
+    seq: u64,
+    depth: u32,
+}
+
+impl Link {
+    fn next() -> Link {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Link {
+            seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            depth: 0,
+        }
+    }
+}
+
+impl FileBacking {
+    /// A backing of `object` from page `pgoff` on.
+    pub fn new(object: Arc<ShmemObject>, pgoff: u64) -> FileBacking {
+        FileBacking {
+            object,
+            pgoff,
+            link: Link::default(),
+        }
+    }
+
+    /// The order of `i_mmap` walks: by page offset, then by insertion.
+    pub(crate) fn i_mmap_key(&self) -> (u64, Link) {
+        (self.pgoff, self.link)
+    }
 }
 
 impl fmt::Debug for FileBacking {
@@ -184,6 +226,13 @@ impl Vma {
     }
 }
 
+/// A new place in `i_mmap` for a VMA being (re)inserted.
+fn relink(vma: &mut Vma) {
+    if let Some(file) = vma.file.as_mut() {
+        file.link = Link::next();
+    }
+}
+
 /// The VMAs of an address space, by start address (`mm->mm_mt`).
 #[derive(Clone, Debug, Default)]
 pub struct VmaTree {
@@ -246,7 +295,8 @@ impl VmaTree {
     }
 
     /// Inserts a VMA; it must not overlap any other.
-    pub fn insert(&mut self, vma: Vma) {
+    pub fn insert(&mut self, mut vma: Vma) {
+        relink(&mut vma);
         debug_assert!(!self.any_in(vma.start, vma.end), "overlapping VMA {vma:?}");
         self.map.insert(vma.start, vma);
     }
@@ -266,9 +316,23 @@ impl VmaTree {
         if vma.start == at {
             return;
         }
-        let tail = vma.tail_from(at);
-        self.map.get_mut(&vma.start).expect("present").end = at;
+        // __split_vma: the new piece goes into i_mmap, then the old one is
+        // taken out and put back.
+        let mut tail = vma.tail_from(at);
+        relink(&mut tail);
+        let head = self.map.get_mut(&vma.start).expect("present");
+        head.end = at;
+        relink(head);
         self.map.insert(at, tail);
+    }
+
+    /// Inserts a fork's copy of a parent VMA: in `i_mmap` right after the
+    /// parent's (`vma_interval_tree_insert_after`).
+    pub(crate) fn insert_after_parent(&mut self, mut vma: Vma) {
+        if let Some(file) = vma.file.as_mut() {
+            file.link.depth += 1;
+        }
+        self.map.insert(vma.start, vma);
     }
 
     /// Every VMA in address order.

@@ -128,23 +128,37 @@ fn memory_holds_exactly_its_frames_and_compacts_for_huge_pages() {
 }
 
 #[test]
-fn collapse_of_read_only_ptes_or_a_vma_without_a_pmd_block_is_einval() {
-    // hpage_collapse_scan_pmd: no writable PTE in the block → SCAN_PAGE_RO.
+fn collapse_takes_read_only_ptes_but_needs_an_anon_vma_and_a_pmd_block() {
+    // 6.18 dropped SCAN_PAGE_RO: read-only PTEs collapse (recorded:
+    // kernel-traces/recorded collapse-results step 4).
     let script = "mmap 0 0x200000 rw\ntouch 0 0x200000 w\nmprotect 0 0x200000 r\n\
-                  madvise 0 0x200000 collapse\nmprotect 0 0x200000 rw\nmadvise 0 0x200000 collapse\n";
+                  madvise 0 0x200000 collapse\n";
     let (rcs, _) = run(64, script);
-    assert_eq!(rcs[3], Outcome::Rc(-22), "read-only PTEs");
-    assert_eq!(rcs[5], Outcome::Rc(0), "writable again: collapses");
+    assert_eq!(rcs[3], Outcome::Rc(0), "read-only PTEs collapse");
+    // Zero pages only, in a VMA never written: no anon_vma, so
+    // thp_vma_allowable_order refuses the VMA (EINVAL); with an anon_vma
+    // the same block collapses.
+    let (rcs, _) = run(
+        64,
+        "mmap 0 0x200000 r\ntouch 0 0x200000 r\nmadvise 0 0x200000 collapse\n",
+    );
+    assert_eq!(rcs[2], Outcome::Rc(-22), "no anon_vma");
+    let (rcs, _) = run(
+        64,
+        "mmap 0 0x400000 rw\ntouch 0x200000 0x1000 w\ntouch 0 0x200000 r\nmadvise 0 0x200000 collapse\n",
+    );
+    assert_eq!(rcs[3], Outcome::Rc(0), "zero pages with an anon_vma");
     // thp_vma_allowable_order: a VMA with no aligned 2 MiB block in it is
     // refused whatever range is named, even one with no whole block.
     let (rcs, _) = run(
         64,
         "mmap 0 0x1ff000 rw\ntouch 0 0x1000 w\nmadvise 0 0x1000 collapse\n\
-                            mmap 0x400000 0x200000 rw\nmadvise 0x400000 0x1000 collapse\n",
+                            mmap 0x400000 0x200000 rw\ntouch 0x400000 0x1000 w\n\
+                            madvise 0x400000 0x1000 collapse\n",
     );
     assert_eq!(rcs[2], Outcome::Rc(-22));
     assert_eq!(
-        rcs[4],
+        rcs[5],
         Outcome::Rc(0),
         "a 2 MiB VMA fits a block; no whole block named"
     );

@@ -39,9 +39,24 @@ impl Args {
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let rounds = args.rounds();
-    let mut sections = mmun_bench::munmap::run(rounds);
-    if !args.no_ucx {
-        sections.push(ucx_section(rounds));
+    // UCX first, in its own process: its figures are the cache rows'
+    // references.
+    let ucx = (!args.no_ucx).then(|| mmun_bench::ucx::measure(rounds));
+    let ucx_cache = ucx.as_ref().and_then(|u| u.as_ref().ok()).and_then(|f| {
+        Some(mmun_bench::cache::UcxCache {
+            hit_ns: f.get("rcache_hit")?,
+            miss_ns: f.get("rcache_miss")?,
+        })
+    });
+    // Order matters: the no-subscriber row before anything inserts a
+    // notifier, and the net (started by the last munmap row) after the
+    // caches, whose every registration it would tax.
+    let mut sections = vec![mmun_bench::munmap::unsubscribed(rounds)];
+    sections.push(mmun_bench::cache::hits(rounds, ucx_cache));
+    sections.extend(mmun_bench::cache::reads(rounds));
+    sections.extend(mmun_bench::munmap::subscribed(rounds));
+    if let Some(ucx) = ucx {
+        sections.push(ucx_section(ucx));
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -55,8 +70,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
 const UCX_GROUP: &str = "UCX (libucm, ucs_rcache) on the same work, its own process";
 
-fn ucx_section(rounds: usize) -> Section {
-    match mmun_bench::ucx::measure(rounds) {
+fn ucx_section(ucx: Result<mmun_bench::ucx::UcxFigures, String>) -> Section {
+    match ucx {
         Err(reason) => Section::Skipped(mmun_bench::Skipped {
             group: UCX_GROUP,
             reason,
@@ -124,7 +139,7 @@ fn print_table(out: &mut impl Write, rounds: usize, sections: &[Section]) -> std
                             ("median", "reference", "ratio", "target");
                         writeln!(
                             out,
-                            "  {:<44} {median:>10}  {reference:<24} {median:>10}  {ratio:>7}  {target}",
+                            "  {:<44} {median:>10}  {reference:<28} {median:>10}  {ratio:>7}  {target}",
                             ""
                         )?;
                     }
@@ -136,7 +151,7 @@ fn print_table(out: &mut impl Write, rounds: usize, sections: &[Section]) -> std
                     };
                     writeln!(
                         out,
-                        "  {:<44} {:>10}  {:<24} {:>10}  {:>7}  {:<10} {verdict}",
+                        "  {:<44} {:>10}  {:<28} {:>10}  {:>7}  {:<10} {verdict}",
                         r.ours,
                         time(r.ours_ns),
                         r.reference,

@@ -9,14 +9,12 @@ pub fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-/// The preload library cargo built for this test (a dev-dependency).
+/// The preload library (`libmmun.so`) cargo built for this test (a
+/// dev-dependency).
 pub fn preload() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_mmun")).parent().unwrap();
-    [
-        bin.join("deps/libmmun_preload.so"),
-        bin.join("libmmun_preload.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .expect("libmmun_preload.so is built as a dev-dependency of mmun-cli")
+    [bin.join("deps/libmmun.so"), bin.join("libmmun.so")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("libmmun.so is built as a dev-dependency of mmun-cli")
 }

@@ -295,6 +295,28 @@ impl Subscriptions {
     /// (An insert stores the subscription's first seq under the lock after
     /// the seq it compares against, with the same effect.)
     pub(crate) fn itree_read_begin(&self, sub: &IntervalSub) -> Seq {
+        let waits_on_self = |id| {
+            context::assert_not_waiting_on_self(id, "mmu_interval_read_begin()");
+            false
+        };
+        self.itree_read_begin_unless(sub, waits_on_self)
+            .expect("the check panics instead of refusing")
+    }
+
+    /// [`Self::itree_read_begin`] that returns `None` instead of waiting
+    /// for an invalidation this thread has open.
+    pub(crate) fn itree_try_read_begin(&self, sub: &IntervalSub) -> Option<Seq> {
+        self.itree_read_begin_unless(sub, context::would_wait_on_self)
+    }
+
+    /// The body of both: `waits_on_self(id)` is asked only when the call
+    /// has to wait, and a `true` answer returns `None` instead.
+    #[inline(always)]
+    fn itree_read_begin_unless(
+        &self,
+        sub: &IntervalSub,
+        waits_on_self: impl FnOnce(usize) -> bool,
+    ) -> Option<Seq> {
         let seq = sub.load_seq();
         // Acquire: pairs with the Release store in `set_invalidate_seq`
         // (the seq read above already orders this load after it whenever
@@ -304,10 +326,12 @@ impl Subscriptions {
         lockdep::acquire_release(&lockdep::INVALIDATE_RANGE_START_MAP);
         context::might_sleep();
         if is_invalidating {
-            context::assert_not_waiting_on_self(self.id(), "mmu_interval_read_begin()");
+            if waits_on_self(self.id()) {
+                return None;
+            }
             self.wait_for_seq_change(seq);
         }
-        Seq(seq)
+        Some(Seq(seq))
     }
 }
 

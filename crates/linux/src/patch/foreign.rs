@@ -2,7 +2,7 @@
 //! matters on HPC systems), libfabric's memhooks, Open MPI's patcher.
 //!
 //! * **It came first**: installation refuses (`InstallError::Foreign`) and
-//!   names the library its jump leads into ([`owner_of`]).
+//!   names the library its jump leads into (`owner_of`).
 //! * **We came first, and it would patch too**: `libucm` reads
 //!   `UCX_MEM_MMAP_HOOK_MODE` when it loads. In `reloc` mode it hooks
 //!   through the GOT/PLT of loaded objects and calls libc's own functions,

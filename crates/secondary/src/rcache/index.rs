@@ -13,16 +13,16 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::backend::{Primary, Registrar};
 use super::registration::Registration;
 
 /// One snapshot. `starts[i]`, `ends[i]` are `regs[i]`'s bounds, kept apart
 /// so the search reads only them. Ranges never overlap, so both arrays
 /// are sorted.
-#[derive(Debug)]
-pub(super) struct Index {
+pub(super) struct Index<P: Primary, R: Registrar<P>> {
     starts: Box<[u64]>,
     ends: Box<[u64]>,
-    regs: Box<[Arc<Registration>]>,
+    regs: Box<[Arc<Registration<P, R>>]>,
     /// The first registration's start: bucket 0 begins there.
     base: u64,
     /// log2 of the bytes a bucket spans.
@@ -32,15 +32,23 @@ pub(super) struct Index {
     table: Box<[u32]>,
 }
 
-impl Default for Index {
-    fn default() -> Index {
+impl<P: Primary, R: Registrar<P>> Default for Index<P, R> {
+    fn default() -> Self {
         Index::new(Vec::new())
     }
 }
 
-impl Index {
+impl<P: Primary, R: Registrar<P>> std::fmt::Debug for Index<P, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("regs", &self.regs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Primary, R: Registrar<P>> Index<P, R> {
     /// An index of `regs`, which must be sorted by start and disjoint.
-    pub(super) fn new(regs: Vec<Arc<Registration>>) -> Index {
+    pub(super) fn new(regs: Vec<Arc<Registration<P, R>>>) -> Self {
         debug_assert!(regs.windows(2).all(|w| w[0].end <= w[1].start));
         let starts: Box<[u64]> = regs.iter().map(|r| r.start).collect();
         let base = starts.first().copied().unwrap_or(0);
@@ -76,7 +84,7 @@ impl Index {
 
     /// The registration holding all of `[start, end)`, whatever its state.
     #[inline]
-    pub(super) fn find(&self, start: u64, end: u64) -> Option<&Arc<Registration>> {
+    pub(super) fn find(&self, start: u64, end: u64) -> Option<&Arc<Registration<P, R>>> {
         self.position(start, end).map(|i| &self.regs[i])
     }
 
@@ -88,7 +96,7 @@ impl Index {
         first..last.max(first)
     }
 
-    pub(super) fn regs(&self) -> &[Arc<Registration>] {
+    pub(super) fn regs(&self) -> &[Arc<Registration<P, R>>] {
         &self.regs
     }
 }
@@ -118,6 +126,9 @@ fn jump_table(starts: &[u64], base: u64, shift: u32, span: u64) -> Box<[u32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rcache::{Pins, SoftPrimary};
+
+    type Index = super::Index<SoftPrimary, Pins>;
 
     fn index(ranges: &[(u64, u64)]) -> Index {
         let regs = ranges

@@ -1,4 +1,4 @@
-//! One registration: the pages it pinned, its state, its in-flight uses,
+//! One registration: what the registrar holds of it, its state, its in-flight uses,
 //! and the interval notifier callback that tears it down.
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
@@ -6,21 +6,19 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock, Weak};
 
 use mmun_core::{IntervalNotifierOps, IntervalSub, Range, Seq};
-use mmun_softmmu::frame::{FrameKind, ZERO_PFN};
-use mmun_softmmu::layout::PAGE_SIZE;
-use mmun_softmmu::{Memory, Translation};
 
 use super::Shared;
+use super::backend::{Primary, Registrar};
 use super::config::bump;
 
 /// Where a registration is in its one life. It only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum State {
-    /// Its notifier is inserted and its pages are being faulted and pinned;
+    /// Its notifier is inserted and its pages are being faulted and registered;
     /// not in the index yet.
     Registering = 0,
-    /// In the index, pinned, usable.
+    /// In the index, registered, usable.
     Live = 1,
     /// Invalidated, evicted or replaced: no use may start any more.
     Dead = 2,
@@ -36,34 +34,37 @@ impl State {
     }
 }
 
-/// A page-aligned registered range and the frames it pins.
-#[derive(Debug)]
-pub(super) struct Registration {
-    /// Unique per cache; keys the notifier in the locked map.
-    pub(super) id: u64,
-    pub(super) start: u64,
-    pub(super) end: u64,
-    /// A [`State`]. Every change happens under the cache lock; the hit path
-    /// and the uses read it without the lock.
-    state: AtomicU8,
-    /// Uses in flight ([`super::UseGuard`]s). Invalidation waits for it
+/// A page-aligned registered range and what the registrar holds of it.
+///
+/// `repr(C)`, aligned to a cache line, the fields a hit and a use touch
+/// first (see [`Shared`]'s layout note).
+#[repr(C, align(64))]
+pub(super) struct Registration<P: Primary, R: Registrar<P>> {
+    /// Uses in flight ([`super::InUse`]s). Invalidation waits for it
     /// to drain before it lets the primary change the pages.
     users: AtomicUsize,
-    /// The LRU clock when it was last looked up.
-    last_used: AtomicU64,
-    /// One translation per page, as pinned; set once, before it goes live.
-    pages: OnceLock<Box<[Translation]>>,
-    /// Whether the frames of `pages` still carry our reference.
-    pinned: AtomicBool,
     /// Invalidation callbacks that returned `true` (let the primary go
     /// on) for this registration. Counted by [`RegionOps`], around the
     /// protocol's callback, so a use can check directly that no callback
     /// completed while it was in flight.
     acks: AtomicU64,
+    /// The LRU clock when it was last looked up.
+    last_used: AtomicU64,
+    /// A [`State`]. Every change happens under the cache lock; the hit path
+    /// and the uses read it without the lock.
+    state: AtomicU8,
+    /// Whether `held` is still registered (not yet deregistered).
+    registered: AtomicBool,
+    /// What the registrar returned; set once, before it goes live.
+    held: OnceLock<R::Handle>,
+    /// Unique per cache; keys the notifier in the locked map.
+    pub(super) id: u64,
+    pub(super) start: u64,
+    pub(super) end: u64,
 }
 
-impl Registration {
-    pub(super) fn new(id: u64, start: u64, end: u64) -> Registration {
+impl<P: Primary, R: Registrar<P>> Registration<P, R> {
+    pub(super) fn new(id: u64, start: u64, end: u64) -> Self {
         Registration {
             id,
             start,
@@ -71,8 +72,8 @@ impl Registration {
             state: AtomicU8::new(State::Registering as u8),
             users: AtomicUsize::new(0),
             last_used: AtomicU64::new(0),
-            pages: OnceLock::new(),
-            pinned: AtomicBool::new(false),
+            held: OnceLock::new(),
+            registered: AtomicBool::new(false),
             acks: AtomicU64::new(0),
         }
     }
@@ -111,21 +112,18 @@ impl Registration {
         self.last_used.load(Relaxed)
     }
 
-    /// The pinned translation of the page holding `va`.
-    pub(super) fn page(&self, va: u64) -> Option<Translation> {
-        if !(self.start..self.end).contains(&va) {
-            return None;
-        }
-        let index = ((va - self.start) / PAGE_SIZE) as usize;
-        self.pages.get()?.get(index).copied()
+    /// What the registrar holds, once registered.
+    #[inline]
+    pub(super) fn held(&self) -> Option<&R::Handle> {
+        self.held.get()
     }
 
-    /// Takes over the pins of a successful walk. Under the cache lock,
-    /// after `read_retry` said the walk is still current.
-    pub(super) fn adopt(&self, pages: Vec<Translation>) {
-        let fresh = self.pages.set(pages.into_boxed_slice()).is_ok();
-        debug_assert!(fresh, "a registration is walked once");
-        self.pinned.store(true, Release);
+    /// Takes over a successful registration. Under the cache lock, after
+    /// `read_retry` said the walk is still current.
+    pub(super) fn adopt(&self, handle: R::Handle) {
+        let fresh = self.held.set(handle).is_ok();
+        debug_assert!(fresh, "a registration is registered once");
+        self.registered.store(true, Release);
     }
 
     /// Registering → Live. Under the cache lock; the index store that
@@ -143,11 +141,11 @@ impl Registration {
     }
 
     /// Starts a use of a registration handed out while it was in state
-    /// `issued`: fails if the state changed since (the registration's
+    /// `issued` (a raw [`State`]): fails if the state changed since (the registration's
     /// `read_retry`, with the handle as the reader).
-    pub(super) fn enter(&self, issued: State) -> bool {
+    pub(super) fn enter(&self, issued: u8) -> bool {
         self.users.fetch_add(1, SeqCst);
-        if State::from_u8(self.state.load(SeqCst)) == issued {
+        if self.state.load(SeqCst) == issued {
             return true;
         }
         self.leave();
@@ -178,7 +176,7 @@ impl Registration {
         mmun_core::might_sleep();
         let mut spins = 0u32;
         while self.users.load(SeqCst) != 0 {
-            // Uses are a few page checks long: spin first, then let the
+            // Uses are short (a few page checks, one I/O): spin first, then let the
             // user's thread run.
             if spins < 64 {
                 std::hint::spin_loop();
@@ -190,45 +188,30 @@ impl Registration {
         true
     }
 
-    /// Drops the page references, once, whoever gets here first.
-    pub(super) fn unpin(&self, memory: &Memory) {
-        if !self.pinned.swap(false, AcqRel) {
+    /// Releases the registration, once, whoever gets here first.
+    pub(super) fn deregister(&self, primary: &P, registrar: &R) {
+        if !self.registered.swap(false, AcqRel) {
             return;
         }
-        if let Some(pages) = self.pages.get() {
-            unpin_all(memory, pages);
+        if let Some(handle) = self.held.get() {
+            registrar.deregister(primary, handle);
         }
     }
 
-    /// Whether the frames still carry this registration's references.
-    pub(super) fn is_pinned(&self) -> bool {
-        self.pinned.load(Acquire)
+    /// Whether the device still holds the registration.
+    pub(super) fn is_registered(&self) -> bool {
+        self.registered.load(Acquire)
     }
 }
 
-/// Takes a reference on the frame life `t` names, as GUP-fast does
-/// (`folio_try_get` and a recheck): fails if the frame was freed or
-/// reallocated since `translate_frame` saw it, so a pin never lands on a
-/// free frame or on the wrong life.
-pub(super) fn pin(memory: &Memory, t: Translation) -> bool {
-    if t.pfn == ZERO_PFN {
-        // The zero page is never freed and `put` ignores it: no reference.
-        return true;
-    }
-    let head = memory.head(t.pfn);
-    memory.update(head, |frame| {
-        let same_life = frame.kind != FrameKind::Free && frame.serial == t.serial;
-        if same_life && frame.refcount > 0 {
-            frame.refcount += 1;
-        }
-        same_life && frame.refcount > 0
-    })
-}
-
-/// Drops the references [`pin`] took.
-pub(super) fn unpin_all(memory: &Memory, pages: &[Translation]) {
-    for t in pages.iter().filter(|t| t.pfn != ZERO_PFN) {
-        memory.put(t.pfn);
+impl<P: Primary, R: Registrar<P>> std::fmt::Debug for Registration<P, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .field("start", &format_args!("{:#x}", self.start))
+            .field("end", &format_args!("{:#x}", self.end))
+            .field("state", &self.state())
+            .finish_non_exhaustive()
     }
 }
 
@@ -237,15 +220,15 @@ pub(super) fn unpin_all(memory: &Memory, pages: &[Translation]) {
 ///
 /// The cache is held weakly: the cache owns the notifiers, and removes
 /// them all before it goes away.
-pub(super) struct RegionOps {
-    pub(super) reg: Arc<Registration>,
-    pub(super) cache: Weak<Shared>,
+pub(super) struct RegionOps<P: Primary, R: Registrar<P>> {
+    pub(super) reg: Arc<Registration<P, R>>,
+    pub(super) cache: Weak<Shared<P, R>>,
 }
 
-impl IntervalNotifierOps for RegionOps {
+impl<P: Primary, R: Registrar<P>> IntervalNotifierOps for RegionOps<P, R> {
     fn invalidate(&self, sub: &IntervalSub, range: &Range<'_>, cur_seq: Seq) -> bool {
         let Some(cache) = self.cache.upgrade() else {
-            // Only while the cache drops, after it unpinned everything and
+            // Only while the cache drops, after it deregistered everything and
             // with no fault in flight: nothing to order `set_seq` against.
             sub.set_seq(cur_seq);
             return true;

@@ -257,7 +257,8 @@ fn resolve(cmd: &OsString) -> anyhow::Result<PathBuf> {
 }
 
 /// The preload library: `MMUN_PRELOAD` (`none` for programs that link
-/// mmun-linux themselves), else `libmmun_preload.so` next to this binary.
+/// mmun-linux themselves), else `libmmun_preload.so` (installed layout) or
+/// `libmmun.so` (cargo's build; the same library) next to this binary.
 fn find_preload() -> anyhow::Result<Option<PathBuf>> {
     if let Some(p) = std::env::var_os("MMUN_PRELOAD") {
         if p == "none" {
@@ -270,12 +271,12 @@ fn find_preload() -> anyhow::Result<Option<PathBuf>> {
         return Ok(Some(std::path::absolute(&p)?));
     }
     let exe = std::env::current_exe().context("locating the mmun binary")?;
-    let next_to = exe.with_file_name("libmmun_preload.so");
-    if next_to.is_file() {
-        return Ok(Some(next_to));
+    let candidates = ["libmmun_preload.so", "libmmun.so"].map(|name| exe.with_file_name(name));
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(Some(found.clone()));
     }
     bail!(
-        "{} not found: build it (`cargo build --release -p mmun-preload`) or set MMUN_PRELOAD",
-        next_to.display()
+        "{} not found: build it (`cargo build --release -p mmun-capi`) or set MMUN_PRELOAD",
+        candidates[1].display()
     )
 }
