@@ -94,6 +94,22 @@ fn exit_code(pid: libc::pid_t) -> i32 {
     libc::WEXITSTATUS(status)
 }
 
+/// The child found its state clean, and the parent's notifier saw one
+/// synchronous `ProtectionPage` (before the copy) and nothing late.
+fn assert_one_copy(pid: libc::pid_t, sub: &IntervalNotifier<Protections>) {
+    assert_eq!(
+        exit_code(pid),
+        OK,
+        "the child's state (2: notifiers, 3: mask)"
+    );
+    assert_eq!(
+        sub.ops().sync.load(Ordering::SeqCst),
+        1,
+        "one ProtectionPage, before the copy"
+    );
+    assert_eq!(sub.ops().late.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn a_direct_fork_call_protects_the_parent_once_and_frees_the_child() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,17 +121,7 @@ fn a_direct_fork_call_protects_the_parent_once_and_frees_the_child() {
         // SAFETY: ends the child without running the parent's exit work.
         unsafe { libc::_exit(child_verdict(mask)) };
     }
-    assert_eq!(
-        exit_code(pid),
-        OK,
-        "the child's state (2: notifiers, 3: mask)"
-    );
-    assert_eq!(
-        sub.ops().sync.load(Ordering::SeqCst),
-        1,
-        "ProtectionPage once, before the copy"
-    );
-    assert_eq!(sub.ops().late.load(Ordering::SeqCst), 0);
+    assert_one_copy(pid, &sub);
 }
 
 #[test]
@@ -129,16 +135,7 @@ fn fork_is_reported_once_not_again_at_its_inner_fork_call() {
         // SAFETY: as above.
         unsafe { libc::_exit(child_verdict(mask)) };
     }
-    assert_eq!(
-        exit_code(pid),
-        OK,
-        "the child's state (2: notifiers, 3: mask)"
-    );
-    assert_eq!(
-        sub.ops().sync.load(Ordering::SeqCst),
-        1,
-        "one ProtectionPage for one fork"
-    );
+    assert_one_copy(pid, &sub);
 }
 
 /// The parent's mask, for the clone child (same memory at the copy).
@@ -177,17 +174,7 @@ fn clone_without_clone_vm_protects_the_parent_and_frees_the_child() {
             std::ptr::null_mut(),
         )
     };
-    assert_eq!(
-        exit_code(pid),
-        OK,
-        "the child's state (2: notifiers, 3: mask)"
-    );
-    assert_eq!(
-        sub.ops().sync.load(Ordering::SeqCst),
-        1,
-        "ProtectionPage once, before the copy"
-    );
-    assert_eq!(sub.ops().late.load(Ordering::SeqCst), 0);
+    assert_one_copy(pid, &sub);
 }
 
 #[test]
