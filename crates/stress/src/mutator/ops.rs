@@ -260,12 +260,7 @@ impl Mutator<'_, '_> {
             len,
         };
         if self.rng.chance(50) {
-            let at = self.round.run.now();
-            let result = self.round.fleet.migrate_to_device(start, start + len);
-            let text = format!("device-mirror's own device: {op} ({result})");
-            let entry = crate::trace::Entry::Note(text);
-            self.out
-                .record(self.round.run, OpKind::MigrateDevice, at, entry);
+            self.migrate_own_device(start, len);
         } else {
             let stranger = self.stranger;
             self.step(OpKind::MigrateDevice, op, |space| {
@@ -273,6 +268,29 @@ impl Mutator<'_, '_> {
                 Ok(())
             });
         }
+    }
+
+    /// The mirror's own device migrates `[start, start + len)` to its
+    /// memory, or, while a slow walk of one of its faults holds a page,
+    /// that page (see [`SlowWalks`](crate::slow::SlowWalks)); then wakes
+    /// that walk, so that its fault commits right after the migration.
+    pub(super) fn migrate_own_device(&mut self, start: u64, len: u64) {
+        let walked = self.round.slow.walked_page();
+        let (start, len, whose) = match walked {
+            Some(page) => (page, PAGE_SIZE, " (the page a slow fault walk holds)"),
+            None => (start, len, ""),
+        };
+        let op = Op::MigrateDevice {
+            off: off(start),
+            len,
+        };
+        let at = self.round.run.now();
+        let result = self.round.fleet.migrate_to_device(start, start + len);
+        self.round.slow.mutated();
+        let text = format!("device-mirror's own device: {op}{whose} ({result})");
+        let entry = crate::trace::Entry::Note(text);
+        self.out
+            .record(self.round.run, OpKind::MigrateDevice, at, entry);
     }
 
     /// KSM merges a few pages into one read-only page.
