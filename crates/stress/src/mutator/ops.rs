@@ -158,10 +158,15 @@ impl Mutator<'_, '_> {
         }
     }
 
-    /// `echo 4 > /proc/PID/clear_refs`.
+    /// `echo 4 > /proc/PID/clear_refs` as a kernel with
+    /// `CONFIG_MEM_SOFT_DIRTY=y` does it: every present entry becomes
+    /// write-protected under the `SoftDirty` range, so a secondary that
+    /// ignores the event keeps write access the CPU lost. (The trace's
+    /// `softdirty` line replays as the recorded kernel's, which notifies
+    /// the same range and changes no entry.)
     pub(super) fn soft_dirty(&mut self) {
         self.step(OpKind::SoftDirty, Op::SoftDirty, |space| {
-            space.clear_soft_dirty();
+            space.clear_soft_dirty_tracking();
             Ok(())
         });
     }
