@@ -753,6 +753,22 @@ fn cases() -> Vec<Case> {
             op: |s| s.clear_soft_dirty(),
             expect: |_| bracket(Event::SoftDirty, 0, u64::MAX),
         },
+        Case {
+            name: "clear_refs 4 with soft-dirty tracking: the same one SOFT_DIRTY, entries write-protected",
+            setup: |s| {
+                thp(s);
+                map(s, B + 4 * M2, P, RW);
+                touch(s, B + 4 * M2, P, true);
+                vec![]
+            },
+            op: |s| {
+                s.clear_soft_dirty_tracking();
+                let writable = |at| s.translate(at).map(|t| t.1);
+                assert_eq!(writable(B), Some(false), "huge PMD");
+                assert_eq!(writable(B + 4 * M2), Some(false), "PTE");
+            },
+            expect: |_| bracket(Event::SoftDirty, 0, u64::MAX),
+        },
         // ---- mlock ----
         Case {
             name: "mlock populates empty PTEs without notification",

@@ -34,6 +34,13 @@ pub(crate) const WEIGHTS: [(OpKind, u32); 16] = [
     (OpKind::TestYoung, 4),
 ];
 
+/// Percent of operations that, while a slow walk of a device-mirror fault
+/// holds a page, are instead the mirror's own migration of that page to
+/// its device (see [`SlowWalks`](crate::slow::SlowWalks)): a device
+/// migrating what it is faulting is common (prefetch racing a fault), and
+/// the walk waits only until the next operation.
+const OWN_MIGRATION_PERCENT: u64 = 25;
+
 /// One mutator thread's state in a round.
 pub(crate) struct Mutator<'r, 'a> {
     pub(crate) round: &'r Round<'a>,
@@ -89,6 +96,10 @@ pub(crate) fn run(round: &Round<'_>, rng: Rng, out: Out, quota: u64, plan: &Plan
 impl Mutator<'_, '_> {
     fn one(&mut self, kind: OpKind) {
         let t = self.round.layout.pick_target(&mut self.rng);
+        if self.round.slow.walked_page().is_some() && self.rng.chance(OWN_MIGRATION_PERCENT) {
+            // The page a slow walk of the mirror's own fault holds.
+            return self.migrate_own_device(t.start, t.len);
+        }
         let race = self.race && self.rng.chance(self.race_percent);
         let armed = if race { self.arm(t) } else { None };
         self.run_op(kind, t);

@@ -8,6 +8,14 @@
 //! lands in it. Waiting (briefly: at most [`WAIT`]) for a mutator to
 //! change something there is what a slow walk would see, and it is exactly
 //! where a mirror that skips `set_seq` or `read_retry` goes wrong.
+//!
+//! A slow walk also says which page it holds ([`SlowWalks::walked_page`]),
+//! so that the mutator's next migration to the mirror's own device can
+//! move exactly that page, as a second thread issuing test_hmm's
+//! `MIGRATE_TO_DEV` over a buffer the device is faulting would. The
+//! device skips its own `Migrate` range (no `set_seq`), so only its own
+//! bookkeeping of the remapping tells the fault to retry; a random target
+//! lands on the walked page too rarely to judge that.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +27,17 @@ use mmun_secondary::rcache::UseHook;
 /// The longest a slow walk waits.
 const WAIT: Duration = Duration::from_micros(300);
 
+/// [`SlowWalks::walking`] when no slow mirror walk holds a page.
+const NO_PAGE: u64 = u64::MAX;
+
 /// Counts mutator operations, and makes one fault attempt in `every` wait
 /// for the next one.
 #[derive(Debug, Clone)]
 pub(crate) struct SlowWalks {
     mutations: Arc<AtomicU64>,
+    /// The page a slow device-mirror walk holds ([`NO_PAGE`]: none); with
+    /// two walks at once, the later one.
+    walking: Arc<AtomicU64>,
     every: u64,
     uses_every: u64,
 }
@@ -33,6 +47,7 @@ impl SlowWalks {
     pub(crate) fn new(every: u64, uses_every: u64) -> SlowWalks {
         SlowWalks {
             mutations: Arc::new(AtomicU64::new(0)),
+            walking: Arc::new(AtomicU64::new(NO_PAGE)),
             every,
             uses_every,
         }
@@ -43,10 +58,23 @@ impl SlowWalks {
         self.mutations.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The device mirror's walk hook.
+    /// The page a slow device-mirror walk holds now, if any.
+    pub(crate) fn walked_page(&self) -> Option<u64> {
+        Some(self.walking.load(Ordering::Relaxed)).filter(|&page| page != NO_PAGE)
+    }
+
+    /// The device mirror's walk hook: a slow walk publishes its page while
+    /// it waits.
     pub(crate) fn hook(&self) -> WalkHook {
         let wait = self.waiter(self.every);
-        Arc::new(move |_page, _attempt| wait())
+        let walking = Arc::clone(&self.walking);
+        Arc::new(move |page, _attempt| {
+            if wait(&|| walking.store(page, Ordering::Relaxed)) {
+                // Unless a later slow walk has published its own page since.
+                let relaxed = Ordering::Relaxed;
+                let _ = walking.compare_exchange(page, NO_PAGE, relaxed, relaxed);
+            }
+        })
     }
 
     /// The registration cache's use hook: one use in `every` waits, with
@@ -57,26 +85,32 @@ impl SlowWalks {
     /// The shadow MMU's walk hook is the same: one fault in `uses_every`
     /// waits at the end of its walk, before taking `mmu_lock`.
     pub(crate) fn use_hook(&self) -> UseHook {
-        Box::new(self.waiter(self.uses_every))
+        let wait = self.waiter(self.uses_every);
+        Box::new(move || {
+            wait(&|| ());
+        })
     }
 
-    /// One call in `every` waits for the next mutation (at most [`WAIT`]).
-    fn waiter(&self, every: u64) -> impl Fn() + Send + Sync + 'static {
+    /// One call in `every` waits for the next mutation (at most [`WAIT`]),
+    /// calling its argument first when it does; returns whether it waited.
+    fn waiter(&self, every: u64) -> impl Fn(&dyn Fn()) -> bool + Send + Sync + 'static {
         let mutations = Arc::clone(&self.mutations);
         let tickets = AtomicU64::new(0);
-        move || {
+        move |before_waiting: &dyn Fn()| {
             if every == 0
                 || !tickets
                     .fetch_add(1, Ordering::Relaxed)
                     .is_multiple_of(every)
             {
-                return;
+                return false;
             }
             let seen = mutations.load(Ordering::Relaxed);
+            before_waiting();
             let deadline = Instant::now() + WAIT;
             while mutations.load(Ordering::Relaxed) == seen && Instant::now() < deadline {
                 std::thread::yield_now();
             }
+            true
         }
     }
 }

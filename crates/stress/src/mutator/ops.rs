@@ -158,10 +158,15 @@ impl Mutator<'_, '_> {
         }
     }
 
-    /// `echo 4 > /proc/PID/clear_refs`.
+    /// `echo 4 > /proc/PID/clear_refs` as a kernel with
+    /// `CONFIG_MEM_SOFT_DIRTY=y` does it: every present entry becomes
+    /// write-protected under the `SoftDirty` range, so a secondary that
+    /// ignores the event keeps write access the CPU lost. (The trace's
+    /// `softdirty` line replays as the recorded kernel's, which notifies
+    /// the same range and changes no entry.)
     pub(super) fn soft_dirty(&mut self) {
         self.step(OpKind::SoftDirty, Op::SoftDirty, |space| {
-            space.clear_soft_dirty();
+            space.clear_soft_dirty_tracking();
             Ok(())
         });
     }
@@ -260,12 +265,7 @@ impl Mutator<'_, '_> {
             len,
         };
         if self.rng.chance(50) {
-            let at = self.round.run.now();
-            let result = self.round.fleet.migrate_to_device(start, start + len);
-            let text = format!("device-mirror's own device: {op} ({result})");
-            let entry = crate::trace::Entry::Note(text);
-            self.out
-                .record(self.round.run, OpKind::MigrateDevice, at, entry);
+            self.migrate_own_device(start, len);
         } else {
             let stranger = self.stranger;
             self.step(OpKind::MigrateDevice, op, |space| {
@@ -273,6 +273,29 @@ impl Mutator<'_, '_> {
                 Ok(())
             });
         }
+    }
+
+    /// The mirror's own device migrates `[start, start + len)` to its
+    /// memory, or, while a slow walk of one of its faults holds a page,
+    /// that page (see [`SlowWalks`](crate::slow::SlowWalks)); then wakes
+    /// that walk, so that its fault commits right after the migration.
+    pub(super) fn migrate_own_device(&mut self, start: u64, len: u64) {
+        let walked = self.round.slow.walked_page();
+        let (start, len, whose) = match walked {
+            Some(page) => (page, PAGE_SIZE, " (the page a slow fault walk holds)"),
+            None => (start, len, ""),
+        };
+        let op = Op::MigrateDevice {
+            off: off(start),
+            len,
+        };
+        let at = self.round.run.now();
+        let result = self.round.fleet.migrate_to_device(start, start + len);
+        self.round.slow.mutated();
+        let text = format!("device-mirror's own device: {op}{whose} ({result})");
+        let entry = crate::trace::Entry::Note(text);
+        self.out
+            .record(self.round.run, OpKind::MigrateDevice, at, entry);
     }
 
     /// KSM merges a few pages into one read-only page.
