@@ -288,7 +288,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
         Some(RegHandle {
             cache: shared,
             held: Held::Snapshot(index, at),
-            issued: issued as u8,
+            issued: issued as usize,
             acks,
         })
     }
@@ -436,7 +436,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
             cache: &self.shared,
             acks: chosen.acks(),
             held: Held::Owned(chosen),
-            issued: State::Live as u8,
+            issued: State::Live as usize,
         })
     }
 

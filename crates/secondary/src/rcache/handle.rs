@@ -28,11 +28,13 @@ pub struct RegHandle<'c, P: Primary, R: Registrar<P>> {
     pub(super) held: Held<P, R>,
     /// The state the lookup saw: a use checks that it has not changed since,
     /// as `read_retry` checks the seq `read_begin` returned. A correct lookup
-    /// hands out only live registrations. Kept as the raw value: a field
-    /// without a niche lets `Result<RegHandle, E>` put its tag elsewhere,
-    /// which keeps a hit's handle from being copied through misaligned
-    /// partial stores (measured: a third of a hit).
-    pub(super) issued: u8,
+    /// hands out only live registrations. Kept as the raw value in a full
+    /// word: a field without a niche lets `Result<RegHandle, E>` put its tag
+    /// elsewhere, and a word (not a byte) keeps a handle moved into a C
+    /// region from being copied through overlapping partial loads of a
+    /// byte just stored (store-forwarding stalls, measured: a third of a
+    /// hit with the niche, a quarter of the C API's hit with the byte).
+    pub(super) issued: usize,
     /// The registration's acknowledged callbacks when the lookup found it
     /// (read before `issued`): a use must not outlive any later one.
     pub(super) acks: u64,
@@ -108,7 +110,7 @@ impl<'c, P: Primary, R: Registrar<P>> RegHandle<'c, P, R> {
     #[inline]
     pub fn enter(&self) -> Option<InUse<'_, P, R>> {
         let reg = self.reg();
-        if !reg.enter(self.issued) {
+        if !reg.enter(self.issued as u8) {
             return None;
         }
         // A registration in use is recent, whenever it was looked up.
