@@ -12,8 +12,9 @@ use crate::sync::atomic::{AtomicU64, Ordering};
 /// The sequence word of one interval subscription: the part of
 /// `struct mmu_interval_notifier` that the retry protocol reads and writes.
 ///
-/// A driver reaches it through its [`IntervalNotifier`](crate::IntervalNotifier) (which dereferences
-/// to it) and, in its `invalidate` callback, through the `sub` argument.
+/// A driver reaches it through its
+/// [`IntervalNotifier`](crate::IntervalNotifier) (which dereferences to it)
+/// and, in its `invalidate` callback, through the `sub` argument.
 ///
 /// # Invariants
 ///
