@@ -18,6 +18,8 @@
 //!   16 nested invalidations on one thread the deeper ones go
 //!   unrecorded, which only makes the checks miss them, never misfire.
 
+use crate::event::Event;
+
 #[cfg(all(debug_assertions, not(mmun_loom)))]
 mod imp {
     use std::cell::Cell;
@@ -112,21 +114,26 @@ impl OpenInvalidation {
     }
 
     #[inline]
-    pub(crate) fn push(subscriptions: usize, range: &crate::Range<'_>) -> OpenInvalidation {
+    pub(crate) fn push(
+        subscriptions: usize,
+        start: u64,
+        end: u64,
+        event: Event,
+    ) -> OpenInvalidation {
         #[cfg(not(mmun_loom))]
         {
             OpenInvalidation {
                 id: open::push(open::Open {
                     subscriptions,
-                    start: range.start(),
-                    end: range.end(),
-                    event: range.event(),
+                    start,
+                    end,
+                    event,
                 }),
             }
         }
         #[cfg(mmun_loom)]
         {
-            let _ = (subscriptions, range);
+            let _ = (subscriptions, start, end, event);
             OpenInvalidation {}
         }
     }
@@ -200,7 +207,6 @@ pub(crate) fn assert_not_registering_inside(subscriptions: usize, what: &str) {
 pub(crate) fn change_pte_is_nested(subscriptions: usize, address: u64) -> bool {
     #[cfg(not(mmun_loom))]
     {
-        use crate::Event;
         open::overflowed()
             || open::any(|x| {
                 x.subscriptions == subscriptions

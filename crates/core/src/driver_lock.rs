@@ -79,7 +79,8 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
 use crate::lockdep::LockClass;
-use crate::{IntervalSub, Range, Seq};
+use crate::seq_word::IntervalSub;
+use crate::{Range, Seq};
 
 #[cfg(not(mmun_loom))]
 type Inner<T> = crate::lockdep::Mutex<T>;

@@ -32,121 +32,13 @@ use std::ops::Deref;
 
 use crate::error::{Error, Result};
 use crate::mm::MmapWriteGuard;
-use crate::notifier::register_locked;
 use crate::ops::IntervalNotifierOps;
+pub use crate::seq_word::IntervalSub;
 use crate::subscriptions::ops_ptr::OpsBox;
 use crate::subscriptions::seq_arena::SeqHandle;
+use crate::subscriptions::subscription::register_locked;
 use crate::sync::Arc;
-use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Mm, Seq};
-
-/// The sequence word of one interval subscription: the part of
-/// `struct mmu_interval_notifier` that the retry protocol reads and writes.
-///
-/// A driver reaches it through its [`IntervalNotifier`] (which dereferences
-/// to it) and, in its `invalidate` callback, through the `sub` argument.
-///
-/// # Invariants
-///
-/// The seq is odd from insertion on: insert sets an odd value, and
-/// `set_seq` is only ever given the odd `cur_seq` of a running
-/// invalidation.
-pub struct IntervalSub {
-    /// Written by `set_seq` under the driver lock, read by `read_retry`
-    /// under the same lock and by `read_begin` under the subscriptions lock.
-    invalidate_seq: AtomicU64,
-}
-
-impl IntervalSub {
-    /// Seq 0, as the arena's zeroed words start (loom builds each one).
-    #[cfg(any(test, mmun_loom))]
-    pub(crate) fn new() -> IntervalSub {
-        IntervalSub {
-            invalidate_seq: AtomicU64::new(0),
-        }
-    }
-
-    /// `mmu_interval_read_retry`: whether an invalidation has started since
-    /// `read_begin` returned `seq`. Call it under the driver lock that the
-    /// `invalidate` callback takes around `set_seq`; then `false` is
-    /// reliable.
-    #[inline]
-    #[must_use]
-    pub fn read_retry(&self, seq: Seq) -> bool {
-        // The driver lock orders this load after any `set_seq` made under
-        // it, so relaxed suffices (Linux uses a plain load here).
-        self.invalidate_seq.load(Ordering::Relaxed) != seq.0
-    }
-
-    /// `mmu_interval_check_retry`: [`IntervalSub::read_retry`] without the
-    /// lock, as a hint to give up early: `true` is reliable, `false` is not.
-    #[inline]
-    #[must_use]
-    pub fn check_retry(&self, seq: Seq) -> bool {
-        // Pairs with the Release store in `set_seq`.
-        self.invalidate_seq.load(Ordering::Acquire) != seq.0
-    }
-
-    /// `mmu_interval_set_seq`: records that an invalidation with `cur_seq`
-    /// reached this interval. Call it from `invalidate`, under the driver
-    /// lock that guards `read_retry`, every time it returns `true`.
-    #[inline]
-    pub fn set_seq(&self, cur_seq: Seq) {
-        debug_assert!(
-            cur_seq.is_odd(),
-            "set_seq() takes the odd cur_seq of a callback"
-        );
-        // Pairs with the Acquire load in `check_retry`.
-        self.invalidate_seq.store(cur_seq.0, Ordering::Release);
-    }
-
-    pub(crate) fn set_seq_locked(&self, seq: u64) {
-        self.invalidate_seq.store(seq, Ordering::Release);
-    }
-
-    /// The seq as `read_begin` reads it, under the subscriptions lock.
-    pub(crate) fn load_seq(&self) -> u64 {
-        // Pairs with the Release store in `set_seq`.
-        self.invalidate_seq.load(Ordering::Acquire)
-    }
-}
-
-impl fmt::Debug for IntervalSub {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IntervalSub")
-            .field(
-                "invalidate_seq",
-                &self.invalidate_seq.load(Ordering::Relaxed),
-            )
-            .finish()
-    }
-}
-
-/// Tree membership of a subscription, one byte per id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TreeState {
-    /// Queued to be linked when the running epoch closes.
-    PendingInsert = 1,
-    /// Linked into the tree.
-    InTree = 2,
-    /// Linked, queued to be taken out when the running epoch closes.
-    PendingRemove = 3,
-    /// Removed before its deferred insert happened; its id is freed at
-    /// epoch end.
-    Cancelled = 4,
-}
-
-impl TreeState {
-    pub(crate) fn from_tag(tag: u8) -> Option<TreeState> {
-        match tag {
-            1 => Some(TreeState::PendingInsert),
-            2 => Some(TreeState::InTree),
-            3 => Some(TreeState::PendingRemove),
-            4 => Some(TreeState::Cancelled),
-            _ => None,
-        }
-    }
-}
 
 /// `struct mmu_interval_notifier`: an inserted interval notifier with its
 /// driver state `O`. Removes itself when dropped.

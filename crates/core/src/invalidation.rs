@@ -28,6 +28,8 @@ use crate::context::{self, OpenInvalidation};
 use crate::error::WouldBlock;
 use crate::lockdep::MapHeld;
 use crate::mm::HeldMmLock;
+use crate::notify::{PAGE_SIZE, PMD_SIZE, PUD_SIZE, clear_flush_notify};
+use crate::ops::PteValue;
 use crate::subscriptions::Subscriptions;
 
 const COUNTED: usize = 1;
@@ -123,7 +125,7 @@ impl<'a> Invalidation<'a> {
         );
         let subscriptions = range.mm().subscriptions();
         let open = match subscriptions {
-            Some(s) => OpenInvalidation::push(s.id(), &range),
+            Some(s) => OpenInvalidation::push(s.id(), range.start(), range.end(), range.event()),
             None => OpenInvalidation::none(),
         };
         Invalidation {
@@ -185,6 +187,93 @@ impl<'a> Invalidation<'a> {
         self.open.pop();
         let _map = MapHeld::acquire();
         subscriptions.invalidate_range_end(&self.range, only_end, counted);
+    }
+}
+
+impl Invalidation<'_> {
+    /// Panics unless `[start, end)` lies inside this invalidation's range.
+    #[track_caller]
+    fn assert_inside(&self, what: &str, start: u64, end: u64) {
+        let r = self.range();
+        assert!(
+            r.start() <= start && end <= r.end() && start < end,
+            "{what} [{start:#x}, {end:#x}) outside the invalidation [{:#x}, {:#x}) it must be nested in",
+            r.start(),
+            r.end()
+        );
+    }
+
+    /// `mmu_notifier_change_pte` inside this invalidation: the PTE at
+    /// `address` now holds `pte`.
+    ///
+    /// # Panics
+    ///
+    /// If `address` is outside this invalidation's range.
+    #[track_caller]
+    pub fn change_pte(&self, address: u64, pte: PteValue) {
+        self.assert_inside("change_pte at", address, address + 1);
+        self.range().mm().change_pte(address, pte);
+    }
+
+    /// `set_pte_at_notify`: tell the notifiers first (`change_pte`), then
+    /// set the primary PTE (`primary`).
+    ///
+    /// # Panics
+    ///
+    /// As [`Invalidation::change_pte`].
+    #[track_caller]
+    pub fn set_pte_at_notify(&self, address: u64, pte: PteValue, primary: impl FnOnce(PteValue)) {
+        self.change_pte(address, pte);
+        primary(pte);
+    }
+
+    /// `mmu_notifier_invalidate_range` inside this invalidation (a
+    /// secondary TLB flush under the page-table lock).
+    ///
+    /// # Panics
+    ///
+    /// If `[start, end)` is not inside this invalidation's range.
+    #[track_caller]
+    pub fn invalidate_range(&self, start: u64, end: u64) {
+        self.assert_inside("invalidate_range", start, end);
+        self.range().mm().invalidate_range(start, end);
+    }
+
+    #[track_caller]
+    fn clear_flush<T>(&self, address: u64, size: u64, primary: impl FnOnce() -> T) -> T {
+        let start = address & !(size - 1);
+        self.assert_inside("the flushed entry", start, start + size);
+        clear_flush_notify(self.range().mm(), address, size, primary)
+    }
+
+    /// [`ptep_clear_flush_notify`](crate::notify::ptep_clear_flush_notify) inside this invalidation.
+    ///
+    /// # Panics
+    ///
+    /// If the page is not inside this invalidation's range.
+    #[track_caller]
+    pub fn ptep_clear_flush_notify<T>(&self, address: u64, primary: impl FnOnce() -> T) -> T {
+        self.clear_flush(address, PAGE_SIZE, primary)
+    }
+
+    /// [`pmdp_huge_clear_flush_notify`](crate::notify::pmdp_huge_clear_flush_notify) inside this invalidation.
+    ///
+    /// # Panics
+    ///
+    /// If the 2 MiB entry is not inside this invalidation's range.
+    #[track_caller]
+    pub fn pmdp_huge_clear_flush_notify<T>(&self, address: u64, primary: impl FnOnce() -> T) -> T {
+        self.clear_flush(address, PMD_SIZE, primary)
+    }
+
+    /// [`pudp_huge_clear_flush_notify`](crate::notify::pudp_huge_clear_flush_notify) inside this invalidation.
+    ///
+    /// # Panics
+    ///
+    /// If the 1 GiB entry is not inside this invalidation's range.
+    #[track_caller]
+    pub fn pudp_huge_clear_flush_notify<T>(&self, address: u64, primary: impl FnOnce() -> T) -> T {
+        self.clear_flush(address, PUD_SIZE, primary)
     }
 }
 

@@ -36,6 +36,7 @@ pub mod ops;
 pub mod range;
 pub(crate) mod rcu;
 pub mod seq;
+pub(crate) mod seq_word;
 pub(crate) mod subscriptions;
 pub(crate) mod sync;
 pub mod warn;

@@ -183,6 +183,49 @@ impl Mm {
         self.all_locks.write()
     }
 
+    /// `mmu_notifier_clear_flush_young`: whether any notifier saw an access
+    /// in `[start, end)`, clearing and flushing it; every notifier is asked.
+    #[inline]
+    pub fn clear_flush_young(&self, start: u64, end: u64) -> bool {
+        self.subscriptions()
+            .is_some_and(|s| s.list_clear_young(self, start, end, true))
+    }
+
+    /// `mmu_notifier_clear_young`: as `clear_flush_young`, flush optional.
+    #[inline]
+    pub fn clear_young(&self, start: u64, end: u64) -> bool {
+        self.subscriptions()
+            .is_some_and(|s| s.list_clear_young(self, start, end, false))
+    }
+
+    /// `mmu_notifier_test_young`: whether a notifier saw an access to the
+    /// page at `address`; stops at the first that did. Clears nothing.
+    #[inline]
+    pub fn test_young(&self, address: u64) -> bool {
+        self.subscriptions()
+            .is_some_and(|s| s.list_test_young(self, address))
+    }
+
+    /// `mmu_notifier_change_pte` (`pte` is a [`PteValue`](crate::PteValue)),
+    /// reached only through
+    /// [`Invalidation::change_pte`]. Linux calls it inside a `Clear` or
+    /// `Migrate` invalidation; another event records a warning.
+    #[inline]
+    pub(crate) fn change_pte(&self, address: u64, pte: u64) {
+        if let Some(s) = self.subscriptions() {
+            s.list_change_pte(self, address, pte);
+        }
+    }
+
+    /// `mmu_notifier_invalidate_range`: flush secondary TLBs for
+    /// `[start, end)` (v6.5; called under the page-table lock).
+    #[inline]
+    pub fn invalidate_range(&self, start: u64, end: u64) {
+        if let Some(s) = self.subscriptions() {
+            s.list_invalidate_range(self, start, end);
+        }
+    }
+
     /// Test hook (feature `test-hooks`): sets the interval sequence
     /// counter, to exercise wrap-around. It can corrupt the protocol, so
     /// only tests get it.

@@ -15,7 +15,7 @@ use crate::sync::Arc;
 use std::fmt;
 
 use crate::error::{Result, WouldBlock};
-use crate::interval_notifier::IntervalSub;
+use crate::seq_word::IntervalSub;
 use crate::{Mm, Range, Seq};
 
 /// A raw primary PTE value, as handed to `change_pte` (`pte_t`).

@@ -1,5 +1,5 @@
-//! Deferred calls: [`Srcu::call`] (`call_srcu()`) and [`Srcu::barrier`]
-//! (`srcu_barrier()`).
+//! Deferred calls: the queue and worker behind [`Srcu::call`]
+//! (`call_srcu()`) and [`Srcu::barrier`] (`srcu_barrier()`).
 //!
 //! Callbacks are queued under a mutex and run in batches: whoever runs a
 //! batch takes the whole queue, waits one full grace period (which therefore
@@ -15,13 +15,15 @@
 //! started): `barrier` runs the pending batches itself, on its own thread,
 //! after their grace period.
 
-use super::srcu::{Inner, Srcu};
-use crate::sync::MutexGuard;
+use super::srcu::Inner;
+#[cfg(doc)]
+use super::srcu::Srcu;
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// A deferred call, as queued by [`Srcu::call`].
 type Callback = Box<dyn FnOnce() + Send + 'static>;
 
-/// The callback queue of one domain, behind `Inner::callbacks`.
+/// The callback queue of one domain, behind `Deferred::callbacks`.
 #[derive(Default)]
 pub(super) struct Callbacks {
     /// Callbacks queued and not yet taken by a batch, oldest first.
@@ -63,89 +65,86 @@ impl Callbacks {
     }
 }
 
-impl Srcu {
-    /// Queues `f` to run after a full grace period that starts after this
-    /// call (`call_srcu()`): every read section that began before `call` has
-    /// ended by the time `f` runs.
-    ///
-    /// `f` runs on the domain's worker thread, never on the caller's thread,
-    /// and `call` never waits for a grace period, so it may be invoked from
-    /// inside a read section (of this or any domain) or from a callback.
-    /// A panic in `f` is reported by the panic hook and otherwise ignored.
-    ///
-    /// # Panics
-    ///
-    /// If the worker thread has to be spawned and cannot be.
-    pub fn call(&self, f: Box<dyn FnOnce() + Send + 'static>) {
-        let mut cbs = self.inner.callbacks.lock();
+/// The deferred-call state of one domain (`Inner::deferred`).
+pub(super) struct Deferred {
+    /// Deferred callbacks queued by `call`.
+    pub(super) callbacks: Mutex<Callbacks>,
+    /// Wakes the worker when callbacks are queued or the domain is dropped.
+    #[cfg_attr(mmun_loom, allow(dead_code, reason = "no worker under loom"))]
+    work_cv: Condvar,
+    /// Wakes `barrier` callers when a batch of callbacks has finished.
+    done_cv: Condvar,
+}
+
+impl Deferred {
+    pub(super) fn new() -> Deferred {
+        Deferred {
+            callbacks: Mutex::new(Callbacks::default()),
+            work_cv: Condvar::new(),
+            done_cv: Condvar::new(),
+        }
+    }
+
+    /// [`Srcu::call`] on the domain `inner` (this is `inner.deferred`).
+    pub(super) fn call(&self, inner: &Arc<Inner>, f: Callback) {
+        let mut cbs = self.callbacks.lock();
         cbs.queue.push(f);
         cbs.queued += 1;
         #[cfg(not(mmun_loom))]
         {
             if cbs.worker {
-                self.inner.work_cv.notify_all();
+                self.work_cv.notify_all();
             } else {
                 // The worker starts with a non-empty queue, so it needs no
                 // wake-up.
                 cbs.worker = true;
                 drop(cbs);
-                let inner = crate::sync::Arc::clone(&self.inner);
+                let inner = Arc::clone(inner);
                 crate::sync::thread::Builder::new()
                     .name("mmun-srcu".into())
                     .spawn(move || worker_main(&inner))
                     .expect("cannot spawn the mmun-srcu callback worker thread");
             }
         }
+        #[cfg(mmun_loom)]
+        let _ = inner;
     }
 
-    /// Waits until every callback queued by [`Srcu::call`] before this call
-    /// began has finished running (`srcu_barrier()`). Callbacks queued
-    /// concurrently or later are not waited for.
-    ///
-    /// Under the loom backend, which has no worker thread, `barrier` itself
-    /// runs the pending callbacks on the calling thread, after a grace
-    /// period.
-    ///
-    /// # Panics
-    ///
-    /// If the calling thread is inside a read section of this domain (the
-    /// callbacks' grace period would wait for that section, i.e. for the
-    /// caller), or is this domain's callback worker (a callback calling
-    /// `barrier` would wait for its own batch).
-    pub fn barrier(&self) {
-        if self.in_read_section() {
-            panic!(
-                "srcu_barrier() called inside an SRCU read section of the same \
-                 domain (the callbacks' grace period would wait for it)"
-            );
-        }
-        #[cfg(not(mmun_loom))]
-        if super::local::is_worker_of(self.inner.id) {
-            panic!(
-                "srcu_barrier() called from an SRCU callback of the same domain \
-                 (it would wait for itself)"
-            );
-        }
-        let inner = &*self.inner;
-        let mut cbs = inner.callbacks.lock();
+    /// [`Srcu::barrier`] on the domain `inner`, once its misuse checks
+    /// passed.
+    pub(super) fn barrier(&self, inner: &Inner) {
+        let mut cbs = self.callbacks.lock();
         let target = cbs.queued;
         while cbs.done < target {
             #[cfg(mmun_loom)]
             if !cbs.busy {
                 // Nothing running but work outstanding: the queue holds it.
-                cbs = inner.run_batch(cbs);
+                cbs = self.run_batch(inner, cbs);
                 continue;
             }
-            cbs = inner.done_cv.wait(cbs);
+            cbs = self.done_cv.wait(cbs);
         }
+        #[cfg(not(mmun_loom))]
+        let _ = inner;
     }
-}
 
-impl Inner {
-    /// Takes the whole queue, waits a grace period, runs it, and records it
-    /// as done. Called with the queue lock held and a non-empty queue; the
-    /// lock is released meanwhile and held again on return.
-    fn run_batch<'a>(&'a self, mut cbs: MutexGuard<'a, Callbacks>) -> MutexGuard<'a, Callbacks> {
+    /// Lets the worker exit once it has run what is queued (the `Srcu`
+    /// handle was dropped).
+    #[cfg(not(mmun_loom))]
+    pub(super) fn shutdown(&self) {
+        let mut cbs = self.callbacks.lock();
+        cbs.shutdown = true;
+        self.work_cv.notify_all();
+    }
+
+    /// Takes the whole queue, waits a grace period of `inner`, runs it, and
+    /// records it as done. Called with the queue lock held and a non-empty
+    /// queue; the lock is released meanwhile and held again on return.
+    fn run_batch<'a>(
+        &'a self,
+        inner: &Inner,
+        mut cbs: MutexGuard<'a, Callbacks>,
+    ) -> MutexGuard<'a, Callbacks> {
         debug_assert!(!cbs.busy && !cbs.queue.is_empty());
         cbs.busy = true;
         let batch = std::mem::take(&mut cbs.queue);
@@ -153,7 +152,7 @@ impl Inner {
         drop(cbs);
         // Every `call` of this batch pushed under the queue lock before we
         // took it, so this grace period starts after all of them.
-        self.synchronize();
+        inner.synchronize();
         for f in batch {
             // A panicking callback must not kill the worker (later barriers
             // would hang); the panic hook has already reported it.
@@ -172,29 +171,15 @@ impl Inner {
 #[cfg(not(mmun_loom))]
 fn worker_main(inner: &Inner) {
     super::local::set_worker_of(inner.id);
-    let mut cbs = inner.callbacks.lock();
+    let deferred = &inner.deferred;
+    let mut cbs = deferred.callbacks.lock();
     loop {
         if !cbs.queue.is_empty() {
-            cbs = inner.run_batch(cbs);
+            cbs = deferred.run_batch(inner, cbs);
         } else if cbs.shutdown {
             return;
         } else {
-            cbs = inner.work_cv.wait(cbs);
-        }
-    }
-}
-
-/// Dropping the handle lets the worker exit once it has run what is queued.
-/// It is not joined: the last handle may be dropped by a callback running on
-/// the worker itself. Under loom, callbacks still queued are dropped unrun
-/// (as in the kernel, a domain must be `srcu_barrier()`ed before cleanup).
-impl Drop for Srcu {
-    fn drop(&mut self) {
-        #[cfg(not(mmun_loom))]
-        {
-            let mut cbs = self.inner.callbacks.lock();
-            cbs.shutdown = true;
-            self.inner.work_cv.notify_all();
+            cbs = deferred.work_cv.wait(cbs);
         }
     }
 }

@@ -39,7 +39,7 @@ pub(crate) struct Held {
 /// Takes the global domain's locks, in the order above.
 pub(crate) fn lock() -> Held {
     let inner = &*global().inner;
-    let callbacks = inner.callbacks.lock();
+    let callbacks = inner.deferred.callbacks.lock();
     let gp_running = inner.gp_running.lock();
     let slots = inner.slots.lock();
     Held {

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
-use super::deferred::Callbacks;
+use super::deferred::Deferred;
 use super::{local, membarrier};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use crate::sync::{Arc, Condvar, Mutex};
@@ -111,13 +111,8 @@ pub(super) struct Inner {
     pub(super) gp_running: Mutex<bool>,
     /// Wakes updaters waiting for the `gp_running` turn.
     gp_done: Condvar,
-    /// Deferred callbacks queued by `call` (see `deferred.rs`).
-    pub(super) callbacks: Mutex<Callbacks>,
-    /// Wakes the worker when callbacks are queued or the domain is dropped.
-    #[cfg_attr(mmun_loom, allow(dead_code, reason = "no worker under loom"))]
-    pub(super) work_cv: Condvar,
-    /// Wakes `barrier` callers when a batch of callbacks has finished.
-    pub(super) done_cv: Condvar,
+    /// The queue and worker of `call` and `barrier` (see `deferred.rs`).
+    pub(super) deferred: Deferred,
     /// Identity of the domain for the per-thread bookkeeping; never reused.
     pub(super) id: u64,
 }
@@ -217,9 +212,7 @@ impl Srcu {
                 is_global,
                 gp_running: Mutex::new(false),
                 gp_done: Condvar::new(),
-                callbacks: Mutex::new(Callbacks::default()),
-                work_cv: Condvar::new(),
-                done_cv: Condvar::new(),
+                deferred: Deferred::new(),
                 // Relaxed: only uniqueness matters, which the RMW gives;
                 // pairs with nothing.
                 id: NEXT_DOMAIN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -328,6 +321,52 @@ impl Srcu {
     #[must_use]
     pub fn in_read_section(&self) -> bool {
         local::depth(&self.inner) > 0
+    }
+    /// Queues `f` to run after a full grace period that starts after this
+    /// call (`call_srcu()`): every read section that began before `call` has
+    /// ended by the time `f` runs.
+    ///
+    /// `f` runs on the domain's worker thread, never on the caller's thread,
+    /// and `call` never waits for a grace period, so it may be invoked from
+    /// inside a read section (of this or any domain) or from a callback.
+    /// A panic in `f` is reported by the panic hook and otherwise ignored.
+    ///
+    /// # Panics
+    ///
+    /// If the worker thread has to be spawned and cannot be.
+    pub fn call(&self, f: Box<dyn FnOnce() + Send + 'static>) {
+        self.inner.deferred.call(&self.inner, f);
+    }
+
+    /// Waits until every callback queued by [`Srcu::call`] before this call
+    /// began has finished running (`srcu_barrier()`). Callbacks queued
+    /// concurrently or later are not waited for.
+    ///
+    /// Under the loom backend, which has no worker thread, `barrier` itself
+    /// runs the pending callbacks on the calling thread, after a grace
+    /// period.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread is inside a read section of this domain (the
+    /// callbacks' grace period would wait for that section, i.e. for the
+    /// caller), or is this domain's callback worker (a callback calling
+    /// `barrier` would wait for its own batch).
+    pub fn barrier(&self) {
+        if self.in_read_section() {
+            panic!(
+                "srcu_barrier() called inside an SRCU read section of the same \
+                 domain (the callbacks' grace period would wait for it)"
+            );
+        }
+        #[cfg(not(mmun_loom))]
+        if local::is_worker_of(self.inner.id) {
+            panic!(
+                "srcu_barrier() called from an SRCU callback of the same domain \
+                 (it would wait for itself)"
+            );
+        }
+        self.inner.deferred.barrier(&self.inner);
     }
 }
 
@@ -646,6 +685,17 @@ impl Drop for GpTurn<'_> {
     fn drop(&mut self) {
         *self.0.gp_running.lock() = false;
         self.0.gp_done.notify_all();
+    }
+}
+
+/// Dropping the handle lets the worker exit once it has run what is queued.
+/// It is not joined: the last handle may be dropped by a callback running on
+/// the worker itself. Under loom, callbacks still queued are dropped unrun
+/// (as in the kernel, a domain must be `srcu_barrier()`ed before cleanup).
+impl Drop for Srcu {
+    fn drop(&mut self) {
+        #[cfg(not(mmun_loom))]
+        self.inner.deferred.shutdown();
     }
 }
 

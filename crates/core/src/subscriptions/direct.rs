@@ -19,9 +19,9 @@
 
 use std::ptr::NonNull;
 
+use super::subscription::{ErasedSubscription, Subscription};
 use crate::Range;
 use crate::error::WouldBlock;
-use crate::notifier::{ErasedSubscription, Subscription};
 use crate::ops::{NotifierOps, StartFn};
 use crate::sync::Arc;
 

@@ -26,8 +26,8 @@ use super::seq_arena::SeqHandle;
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
 use crate::interval_btree::Key;
-use crate::interval_notifier::{IntervalSub, TreeState};
 use crate::lockdep;
+use crate::seq_word::IntervalSub;
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 use crate::warn::Warning;
@@ -450,6 +450,32 @@ fn apply_deferred(locked: &mut Locked) {
             }
             Some(TreeState::Cancelled) => locked.ids.free(key.id),
             Some(TreeState::InTree) | None => {}
+        }
+    }
+}
+
+/// Tree membership of a subscription, one byte per id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeState {
+    /// Queued to be linked when the running epoch closes.
+    PendingInsert = 1,
+    /// Linked into the tree.
+    InTree = 2,
+    /// Linked, queued to be taken out when the running epoch closes.
+    PendingRemove = 3,
+    /// Removed before its deferred insert happened; its id is freed at
+    /// epoch end.
+    Cancelled = 4,
+}
+
+impl TreeState {
+    fn from_tag(tag: u8) -> Option<TreeState> {
+        match tag {
+            1 => Some(TreeState::PendingInsert),
+            2 => Some(TreeState::InTree),
+            3 => Some(TreeState::PendingRemove),
+            4 => Some(TreeState::Cancelled),
+            _ => None,
         }
     }
 }

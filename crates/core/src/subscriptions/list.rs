@@ -11,9 +11,9 @@
 
 use super::Subscriptions;
 use super::direct::DirectSubscription;
+use super::subscription::{ErasedSubscription, Subscription, caps};
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
-use crate::notifier::{ErasedSubscription, Subscription, caps};
 use crate::ops::PteValue;
 use crate::rcu;
 use crate::sync::Arc;

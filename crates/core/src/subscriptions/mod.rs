@@ -32,6 +32,7 @@ pub(crate) mod list;
 pub(crate) mod ops_ptr;
 pub(crate) mod seq_arena;
 mod snapshot;
+pub(crate) mod subscription;
 
 use crate::error::WouldBlock;
 use crate::interval_btree::IntervalBTree;
@@ -159,7 +160,7 @@ impl Subscriptions {
     }
 
     /// The id of a seq word of these subscriptions.
-    pub(crate) fn seq_word_id(&self, word: &crate::IntervalSub) -> Option<u32> {
+    pub(crate) fn seq_word_id(&self, word: &crate::seq_word::IntervalSub) -> Option<u32> {
         self.seq_words.id_of(word)
     }
 

@@ -24,7 +24,7 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 use crate::Mm;
-use crate::interval_notifier::IntervalSub;
+use crate::seq_word::IntervalSub;
 use crate::sync::Arc;
 
 #[cfg(not(mmun_loom))]
