@@ -4,6 +4,8 @@
 //! locks held (free of large blocks, heap trimming, thread exit) and a
 //! munmap under 1000 overlapping interval notifiers.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -70,17 +72,7 @@ fn hooks_never_allocate() {
 
     // 1000 overlapping interval notifiers over one 16-page range.
     let len = 16 * 4096;
-    // SAFETY: a fresh mapping, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    } as u64;
+    let p = common::anon(len / common::PAGE, 0) as u64;
     let subs: Vec<_> = (0..1000)
         .map(|i| {
             IntervalNotifier::insert(mm, p + (i % 16) * 4096, 4096 * (16 - i % 16), Count).unwrap()

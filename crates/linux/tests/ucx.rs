@@ -12,6 +12,8 @@
 //! Skips (with a message) where `libucs.so.0` is not installed (`.ci/run`
 //! installs `libucx0`).
 
+mod common;
+
 use std::ffi::{CStr, c_void};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,17 +183,7 @@ fn mmun_first_cooperates() -> Result<(), String> {
         return Err("UCX patched over our hook in reloc mode".into());
     }
     let len = 16 * 4096;
-    // SAFETY: a fresh private mapping, populated.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    } as u64;
+    let p = common::anon(len / common::PAGE, 0) as u64;
     let sub = IntervalNotifier::insert(mmun_linux::process_mm(), p, len as u64, Unmaps::default())
         .map_err(|e| format!("insert: {e}"))?;
     let ucm_before = UCM_EVENTS.load(Ordering::SeqCst);

@@ -5,6 +5,8 @@
 //! reaches the notifier late. Skips (with a message) where userfaultfd is
 //! unavailable.
 
+mod common;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,19 +50,7 @@ fn net() -> Option<&'static mmun_linux::uffd::UffdNet> {
 }
 
 fn populated() -> u64 {
-    // SAFETY: a fresh private mapping.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    p as u64
+    common::anon(LEN / common::PAGE, 0) as u64
 }
 
 fn armed_over(net: &mmun_linux::uffd::UffdNet, p: u64) -> bool {

@@ -3,6 +3,8 @@
 //! reaches the notifier late, marked `LATE`. Skips (with a message) where
 //! userfaultfd is unavailable.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,17 +39,7 @@ fn a_raw_munmap_reaches_an_interval_notifier_through_the_net() {
         }
     };
     let len = 16 * 4096;
-    // SAFETY: a fresh mapping.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    } as u64;
+    let p = common::anon(len / common::PAGE, 0) as u64;
     let sub =
         IntervalNotifier::insert(mmun_linux::process_mm(), p, len as u64, Late::default()).unwrap();
     assert!(
