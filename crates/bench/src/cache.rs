@@ -88,10 +88,10 @@ pub fn hits(rounds: usize, ucx: Option<UcxCache>) -> Section {
     if let Err(e) = cache.get(hot, BUF as u64) {
         return skipped(HITS, format!("the first get failed: {e}"));
     }
-    let (mut s_hit, mut r_hit) = (|| {}, || drop(cache.get(hot, BUF as u64).expect("hit")));
+    let (mut s_hit, mut r_hit) = (|| {}, || drop(cache.acquire(hot, BUF as u64).expect("hit")));
     let (mut s_miss, mut r_miss) = (
         || remap(cold),
-        || drop(cache.get(cold, BUF as u64).expect("miss")),
+        || drop(cache.acquire(cold, BUF as u64).expect("miss")),
     );
     let m = interleaved(
         &mut [
@@ -114,7 +114,7 @@ pub fn hits(rounds: usize, ucx: Option<UcxCache>) -> Section {
     Section::Rows(vec![
         Row {
             group: HITS,
-            ours: "hit: get + put, no-op registrar".into(),
+            ours: "hit: acquire + put, no-op registrar".into(),
             ours_ns: m[0],
             reference: "ucs_rcache hit".into(),
             reference_ns: ucx_ref(|u| u.hit_ns),
@@ -122,7 +122,7 @@ pub fn hits(rounds: usize, ucx: Option<UcxCache>) -> Section {
         },
         Row {
             group: HITS,
-            ours: "miss: register + get + put, no-op registrar".into(),
+            ours: "miss: acquire + put, no-op registrar".into(),
             ours_ns: m[1],
             reference: "ucs_rcache miss".into(),
             reference_ns: ucx_ref(|u| u.miss_ns),
@@ -241,7 +241,7 @@ pub fn reads(rounds: usize) -> Vec<Section> {
     );
     let (mut s2, mut r2) = (
         || {},
-        || drop(reads.cache.get(reads.buf, IO as u64).expect("hit")),
+        || drop(reads.cache.acquire(reads.buf, IO as u64).expect("hit")),
     );
     let hits = interleaved(
         &mut [
@@ -252,7 +252,7 @@ pub fn reads(rounds: usize) -> Vec<Section> {
                 batch: HIT_BATCH,
             },
             Variant {
-                name: "get",
+                name: "acquire",
                 setup: &mut s2,
                 run: &mut r2,
                 batch: HIT_BATCH,
@@ -305,7 +305,7 @@ pub fn reads(rounds: usize) -> Vec<Section> {
     vec![
         Section::Rows(vec![
             hit("io_uring slots hit: with_fixed (the I/O path)", hits[0]),
-            hit("io_uring slots hit: get + put", hits[1]),
+            hit("io_uring slots hit: acquire + put", hits[1]),
         ]),
         Section::Rows(vec![
             read("buffer registered once", io[0], Target::RatioAtMost(1.05)),

@@ -244,6 +244,45 @@ int mmun_interval_set_seq(mmun_interval *sub, uint64_t cur_seq);
 /* First byte and length of the interval; -EINVAL for a handle that is not live. */
 int mmun_interval_range(mmun_interval *sub, uint64_t *start, uint64_t *length);
 
+/*
+ * read_begin and read_retry inline, for a fault path that runs them
+ * millions of times a second: mmun_interval_seq_get fills `s` once, after
+ * insert, and the two functions below read the interval's words with
+ * atomic loads instead of calling into the library (the same loads the
+ * library makes; read_begin still calls it when it has to wait).
+ *
+ * They give up the checked handle: `s` must not be used after
+ * mmun_interval_remove(s->sub) (its word may then belong to a later
+ * interval), as freed memory must not be.  The checked functions above
+ * keep returning -EINVAL for a removed handle.  A fork child must not use
+ * the parent's `s` (nor its handles).
+ */
+struct mmun_interval_seq {
+	const uint64_t *interval;     /* the interval's sequence word */
+	const uint64_t *invalidating; /* the sequence of the running invalidation */
+	mmun_interval *sub;           /* for read_begin's slow path */
+};
+
+/* Fills *s for `sub`.  Returns 0, or -EINVAL (not a live handle, s NULL). */
+int mmun_interval_seq_get(mmun_interval *sub, struct mmun_interval_seq *s);
+
+/* mmun_interval_read_begin through `s`: the same results. */
+static inline int mmun_interval_read_begin_inline(const struct mmun_interval_seq *s, uint64_t *seq)
+{
+	uint64_t v = __atomic_load_n(s->interval, __ATOMIC_ACQUIRE);
+
+	if (v == __atomic_load_n(s->invalidating, __ATOMIC_ACQUIRE))
+		return mmun_interval_read_begin(s->sub, seq); /* a covering invalidation runs: wait */
+	*seq = v;
+	return 0;
+}
+
+/* mmun_interval_read_retry through `s`, under the driver lock: 1 to retry, 0 if not. */
+static inline int mmun_interval_read_retry_inline(const struct mmun_interval_seq *s, uint64_t seq)
+{
+	return __atomic_load_n(s->interval, __ATOMIC_RELAXED) != seq;
+}
+
 /* --- list notifiers ------------------------------------------------------ */
 
 /*

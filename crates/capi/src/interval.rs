@@ -163,6 +163,48 @@ pub unsafe extern "C" fn mmun_interval_read_begin(sub: *mut MmunInterval, seq: *
     })
 }
 
+/// `struct mmun_interval_seq`: the words the header's inline `read_begin`
+/// and `read_retry` read (`mmun_core::SeqWords`), and the handle for the
+/// slow path.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MmunIntervalSeq {
+    /// The interval's sequence word.
+    pub interval: *const u64,
+    /// The sequence of the running invalidation.
+    pub invalidating: *const u64,
+    /// The handle, for `read_begin`'s slow path.
+    pub sub: *mut MmunInterval,
+}
+
+/// Fills the inline functions' words for `sub`; see `mmun.h`.
+///
+/// # Safety
+///
+/// `out` is null or points to writable storage for the struct.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmun_interval_seq_get(
+    sub: *mut MmunInterval,
+    out: *mut MmunIntervalSeq,
+) -> c_int {
+    guarded(|| {
+        code((|| {
+            if out.is_null() {
+                return Err(-libc::EINVAL);
+            }
+            let words = live(sub)?.seq_words();
+            let filled = MmunIntervalSeq {
+                interval: words.interval,
+                invalidating: words.invalidating,
+                sub,
+            };
+            // SAFETY: non-null, and writable by the caller's contract.
+            unsafe { out.write(filled) };
+            Ok(())
+        })())
+    })
+}
+
 /// `mmu_interval_read_retry`; see `mmun.h`.
 #[unsafe(no_mangle)]
 pub extern "C" fn mmun_interval_read_retry(sub: *mut MmunInterval, seq: u64) -> c_int {

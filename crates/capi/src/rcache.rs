@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use mmun_secondary::rcache::{Callbacks, InUse, Rcache, RcacheConfig, RegHandle};
+use mmun_secondary::rcache::{Callbacks, InUse, Rcache, RcacheConfig};
 use mmun_uring::{Process, UringError};
 use parking_lot::Mutex;
 
@@ -102,11 +102,10 @@ impl std::fmt::Debug for CCache {
 pub(crate) static RCACHES: Registry<CCache> = Registry::new();
 
 /// `struct mmun_region`: a registration in use by the C caller.
-///
-/// Fields drop in order: the use before the handle it borrows.
 pub struct Region {
+    /// Borrows the cache, which outlives every held region (destroy
+    /// refuses while one is held).
     in_use: Option<InUse<'static, Process, Registrar>>,
-    handle: Option<RegHandle<'static, Process, Registrar>>,
     /// `HELD` between `get` and `put`, `FREE` otherwise.
     state: AtomicU32,
     /// The cache that handed it out.
@@ -304,7 +303,6 @@ fn spare_or_new(c: &'static CCache) -> *mut Region {
     }
     let region = Box::into_raw(Box::new(Region {
         in_use: None,
-        handle: None,
         state: AtomicU32::new(FREE),
         cache: c,
         start: 0,
@@ -318,35 +316,20 @@ fn spare_or_new(c: &'static CCache) -> *mut Region {
 /// Fills `r` with a use of a registration covering the range.
 #[inline]
 fn hold(c: &'static CCache, r: &mut Region, addr: u64, length: u64) -> Result<(), c_int> {
-    loop {
-        let handle = match c.cache.lookup(addr, length) {
-            Some(hit) => hit,
-            None => {
-                // The miss path inserts a notifier and registers: not from
-                // inside a callback.
-                refuse_inside_callback()?;
-                c.cache.get(addr, length).map_err(|e| errno(&e))?
-            }
-        };
-        r.in_use = None;
-        let handle = r.handle.insert(handle);
-        // SAFETY: the handle lives in the region's box, which does not move
-        // and outlives the use (`in_use` is cleared first on put and drops
-        // first); the cache it borrows outlives every held region (destroy
-        // refuses while one is held).
-        let handle: &'static RegHandle<'static, Process, Registrar> =
-            unsafe { &*std::ptr::from_ref(handle) };
-        if let Some(in_use) = handle.enter() {
-            let memh = *in_use.registration();
-            r.start = in_use.start();
-            r.length = in_use.end() - in_use.start();
-            r.memh = memh.value;
-            r.in_use = Some(in_use);
-            return Ok(());
+    let in_use = match c.cache.acquire_hit(addr, length) {
+        Some(hit) => hit,
+        None => {
+            // The miss path inserts a notifier and registers: not from
+            // inside a callback.
+            refuse_inside_callback()?;
+            c.cache.acquire(addr, length).map_err(|e| errno(&e))?
         }
-        // Invalidated between the lookup and the use: look again.
-        r.handle = None;
-    }
+    };
+    r.start = in_use.start();
+    r.length = in_use.end() - in_use.start();
+    r.memh = in_use.registration().value;
+    r.in_use = Some(in_use);
+    Ok(())
 }
 
 /// Releases a region `get` returned; see `mmun.h`.
@@ -379,7 +362,6 @@ pub unsafe extern "C" fn mmun_rcache_put(region: *mut Region) -> c_int {
                 return Err(-libc::EINVAL); // put twice
             }
             r.in_use = None;
-            r.handle = None;
             r.state.store(FREE, Ordering::Release);
             park(c, region);
             Ok(())

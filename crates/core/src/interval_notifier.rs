@@ -57,6 +57,31 @@ pub struct IntervalNotifier<O: IntervalNotifierOps> {
     ops: Option<OpsBox<O>>,
 }
 
+/// Where an interval's retry protocol lives, for code that inlines the
+/// fast paths of `read_begin` and `read_retry` outside Rust:
+///
+/// * `read_begin`: `s` = `*interval` (acquire); if `s == *invalidating`
+///   (acquire), an invalidation covering the interval is running: call
+///   the real `read_begin` (which waits); otherwise `s` is the sequence.
+/// * `read_retry(s)`, under the driver lock: `*interval != s` (relaxed:
+///   the lock orders it after the callback's `set_seq`).
+///
+/// Only ever read the words, with atomic loads. Both stay at their
+/// addresses while the address space lives (the interval's word is one of
+/// its subscriptions' arena, which never moves); after the interval is
+/// removed its word may be reused by a later interval, so reading it then
+/// is the caller's bug, as using a removed notifier is.
+#[cfg(not(mmun_loom))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqWords {
+    /// The interval's sequence word (`mmu_interval_notifier.invalidate_seq`).
+    pub interval: *const u64,
+    /// The address space's running invalidation's sequence
+    /// (`mmu_notifier_subscriptions.invalidate_seq`), as the lock-free
+    /// `read_begin` reads it.
+    pub invalidating: *const u64,
+}
+
 impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     /// `mmu_interval_notifier_insert`: subscribes `[start, start + length)`.
     /// Takes the mmap write lock the first time the address space gets an
@@ -128,6 +153,19 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     pub fn read_begin(&self) -> Seq {
         let subscriptions = self.mm().subscriptions().expect("inserted, so present");
         subscriptions.itree_read_begin(&self.seq)
+    }
+
+    /// The two words [`IntervalNotifier::read_begin`]'s lock-free path and
+    /// [`IntervalSub::read_retry`] read, for a caller that inlines them in
+    /// another language (the C API's `mmun_interval_seq`).
+    #[cfg(not(mmun_loom))]
+    #[must_use]
+    pub fn seq_words(&self) -> SeqWords {
+        let subscriptions = self.mm().subscriptions().expect("inserted, so present");
+        SeqWords {
+            interval: self.seq.word_ptr(),
+            invalidating: subscriptions.published_seq.as_ptr(),
+        }
     }
 
     /// [`IntervalNotifier::read_begin`] that returns `None` where that one

@@ -45,6 +45,8 @@ pub use context::{in_non_block, might_sleep};
 pub use driver_lock::{DriverLock, FaultGuard, InvalidateGuard, Retry};
 pub use error::{Error, Result, WouldBlock};
 pub use event::Event;
+#[cfg(not(mmun_loom))]
+pub use interval_notifier::SeqWords;
 pub use interval_notifier::{IntervalNotifier, IntervalSub};
 pub use invalidation::Invalidation;
 pub use mm::{HeldMmLock, Mm, MmapReadGuard, MmapWriteGuard, RmapGuard};

@@ -74,6 +74,13 @@ impl IntervalSub {
         self.invalidate_seq.store(seq, Ordering::Release);
     }
 
+    /// The word itself, for a foreign caller that inlines `read_retry`
+    /// (see [`crate::SeqWords`]).
+    #[cfg(not(mmun_loom))]
+    pub(crate) fn word_ptr(&self) -> *const u64 {
+        self.invalidate_seq.as_ptr()
+    }
+
     /// The seq as `read_begin` reads it, under the subscriptions lock.
     pub(crate) fn load_seq(&self) -> u64 {
         // Pairs with the Release store in `set_seq`.

@@ -101,6 +101,7 @@ mod bugs;
 mod callbacks;
 mod config;
 mod handle;
+mod in_use;
 mod index;
 mod protocol;
 mod rebuild;
@@ -108,6 +109,7 @@ mod registration;
 mod snapshot;
 mod soft;
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -117,15 +119,17 @@ use arc_swap::ArcSwap;
 use mmun_core::driver_lock::{DriverLock, FaultGuard, Retry};
 use mmun_core::lockdep::LockClass;
 use mmun_core::{IntervalNotifier, IntervalSub, Range, Seq};
+use thread_local::ThreadLocal;
 
 pub use backend::{Primary, Registrar, Step};
 pub use callbacks::Callbacks;
 pub use config::{RcacheConfig, RcacheStats};
 use config::{Stats, bump};
 use handle::Held;
-pub use handle::{InUse, RegHandle};
+pub use handle::RegHandle;
+pub use in_use::InUse;
 use rebuild::{Locked, Old, Rebuild, Retired};
-pub use snapshot::Snapshot;
+use snapshot::Snapshot;
 pub use soft::{Pins, RegistrationCache, SoftHandle, SoftPrimary, UseGuard, UseHook};
 
 #[cfg(doc)]
@@ -165,6 +169,13 @@ pub struct Shared<P: Primary, R: Registrar<P>> {
     /// The cache lock: the driver lock of the retry protocol.
     locked: DriverLock<Locked<P, R>>,
     stats: Stats,
+    /// Each thread's copy of the index snapshot, for [`Rcache::acquire`]:
+    /// revalidated with one load of `generation`, so a hit costs no
+    /// read-modify-write beyond the use count. A thread's slot is touched
+    /// only by that thread (and dropped with the cache); a stale one keeps
+    /// replaced registrations' memory, never their registrations, until
+    /// the thread's next `acquire`.
+    snapshots: ThreadLocal<RefCell<Option<Snapshot<P, R>>>>,
 }
 
 impl<P: Primary, R: Registrar<P>> Shared<P, R> {
@@ -245,6 +256,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
             next_id: AtomicU64::new(1),
             locked: DriverLock::new(&CACHE_LOCK, Locked::default()),
             stats: Stats::default(),
+            snapshots: ThreadLocal::new(),
         };
         Rcache {
             shared: Arc::new(shared),
@@ -293,30 +305,58 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
         })
     }
 
-    /// The hit path with the use taken, for a caller that keeps a
-    /// [`Snapshot`] per thread: revalidates `slot` (one load when the index
-    /// did not change), finds a live registration covering `[addr, addr +
-    /// len)`, enters a use and runs `f` with it. `None` on a miss (then
-    /// [`Rcache::get`]). Two read-modify-writes (the use count in and
-    /// out), against four for [`Rcache::get`] + [`RegHandle::enter`].
+    /// A use of a registration covering `[addr, addr + len)`: [`Rcache::get`]
+    /// and [`RegHandle::enter`] in one step, as UCX's `ucs_rcache_get`
+    /// returns a region with its reference taken; dropping the [`InUse`] is
+    /// the `put`. The hit path looks in this thread's copy of the index
+    /// snapshot (one load revalidates it) and takes only the use count,
+    /// against four read-modify-writes for `get` + `enter` + drop.
+    ///
+    /// Unlike [`Rcache::get`]'s, the hit path hands out live registrations
+    /// only, whatever bug is injected: a use keeps its registration alive
+    /// because every teardown drains the uses of a registration it killed,
+    /// which a use entered on a dead one escapes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Rcache::get`]'s.
     #[inline(always)]
-    pub fn with_use<T>(
-        &self,
-        slot: &mut Option<Snapshot<P, R>>,
-        addr: u64,
-        len: u64,
-        f: impl FnOnce(&InUse<'_, P, R>) -> T,
-    ) -> Option<T> {
+    pub fn acquire(&self, addr: u64, len: u64) -> Result<InUse<'_, P, R>, P::Error> {
+        match self.acquire_hit(addr, len) {
+            Some(in_use) => Ok(in_use),
+            None => self.acquire_slow(addr, len),
+        }
+    }
+
+    /// The hit path of [`Rcache::acquire`] alone: `None` on a miss (or, to
+    /// be safe against re-entry, while this thread's snapshot slot is
+    /// borrowed, which no path of the cache does across a call out).
+    #[inline(always)]
+    pub fn acquire_hit(&self, addr: u64, len: u64) -> Option<InUse<'_, P, R>> {
         let shared = &*self.shared;
         let end = addr.checked_add(len.max(1))?;
-        let reg = self.refresh(slot).find(addr, end)?;
+        let mut slot = shared.snapshots.get_or_default().try_borrow_mut().ok()?;
+        let reg = self.refresh(&mut slot).find(addr, end)?;
         let acks = reg.acks();
-        let issued = reg.state();
-        if !shared.protocol.hands_out(issued) || !reg.enter(issued as u8) {
+        if reg.state() != State::Live || !reg.enter(State::Live as u8) {
             return None;
         }
         reg.touch(shared.now());
-        Some(f(&InUse::new(reg, acks)))
+        Some(InUse::new(reg, acks))
+    }
+
+    #[cold]
+    fn acquire_slow(&self, addr: u64, len: u64) -> Result<InUse<'_, P, R>, P::Error> {
+        loop {
+            let handle = self.get(addr, len)?;
+            if handle.issued != State::Live as usize {
+                continue; // an injected bug handed out a dead one
+            }
+            if let Some(in_use) = handle.enter() {
+                // The use, not the handle, keeps the registration alive.
+                return Ok(in_use.rebind());
+            }
+        }
     }
 
     /// Finishes the deferred work: drops invalidated registrations from the

@@ -134,33 +134,93 @@ fn mem_reg_errors_reach_the_caller_and_nothing_is_cached() {
     assert!(log.lock().unwrap().deregistered.is_empty());
 }
 
-/// `with_use` through a caller-kept snapshot: refreshed after each
-/// publication, and a registration invalidated since (no publication: the
-/// snapshot stays current) is refused.
+/// `acquire` (get + enter in one step, through the cache's per-thread
+/// snapshot): a hit calls no `mem_reg`, and a registration invalidated
+/// since the thread's snapshot was taken (no publication, so the snapshot
+/// still counts as current) is never handed out: the next `acquire`
+/// registers again.
 #[test]
-fn with_use_refreshes_a_stale_snapshot_and_refuses_dead_registrations() {
+fn acquire_hits_and_never_hands_out_an_invalidated_registration() {
     let space = space(4);
     let log = Arc::new(Mutex::new(Log::default()));
     let cache = cache(&space, &log, u64::MAX);
-    let mut slot = None;
+    let first = cache.acquire(A + 10, 100).expect("miss");
+    assert_eq!(first.registration().key, 1);
+    assert_eq!((first.start(), first.end()), (A, A + PAGE_SIZE));
+    drop(first);
+    for _ in 0..3 {
+        let hit = cache.acquire(A, PAGE_SIZE).expect("hit");
+        assert_eq!(hit.registration().key, 1);
+    }
     assert_eq!(
-        cache.with_use(&mut slot, A, 1, |u| u.registration().key),
-        None
-    );
-    cache.get(A, 1).expect("register A");
-    let key = cache.with_use(&mut slot, A + 10, 1, |u| u.registration().key);
-    assert_eq!(
-        key,
-        Some(1),
-        "the snapshot was refreshed after the publication"
+        log.lock().unwrap().registered.len(),
+        1,
+        "hits register nothing"
     );
     space.munmap(A, PAGE_SIZE).unwrap();
-    assert_eq!(
-        cache.with_use(&mut slot, A, 1, |u| u.registration().key),
-        None,
-        "invalidated"
-    );
-    cache.get(A + 2 * PAGE_SIZE, 1).expect("register C");
-    let key = cache.with_use(&mut slot, A + 2 * PAGE_SIZE, 1, |u| u.registration().key);
-    assert_eq!(key, Some(2));
+    assert_eq!(log.lock().unwrap().deregistered, vec![(1, true)]);
+    assert!(cache.acquire_hit(A + PAGE_SIZE, 1).is_none(), "not cached");
+    space.mmap(anon_fixed(A, 1)).unwrap();
+    let again = cache.acquire(A, 1).expect("registered again");
+    assert_eq!(again.registration().key, 2, "not the invalidated one");
+}
+
+/// An acquired use holds off a blockable invalidation until it ends, and
+/// may end on another thread; the cache's teardown of a registration
+/// (here a purge) waits for it too: the use keeps the registration alive
+/// without a handle.
+#[test]
+fn an_acquired_use_holds_off_invalidation_and_teardown_until_it_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let space = space(2);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let cache = cache(&space, &log, u64::MAX);
+    let in_use = cache.acquire(A, PAGE_SIZE).expect("miss");
+    let unmapped = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            space.munmap(A, PAGE_SIZE).unwrap();
+            unmapped.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !unmapped.load(Ordering::SeqCst),
+            "munmap went ahead of a use"
+        );
+        assert!(log.lock().unwrap().deregistered.is_empty());
+        // Ended on another thread.
+        s.spawn(move || drop(in_use)).join().unwrap();
+    });
+    assert!(unmapped.load(Ordering::SeqCst));
+    assert_eq!(log.lock().unwrap().deregistered, vec![(1, true)]);
+
+    let in_use = cache.acquire(A + PAGE_SIZE, 1).expect("miss");
+    let purged = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            cache.purge();
+            purged.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!purged.load(Ordering::SeqCst), "purge tore down a use");
+        assert_eq!(in_use.registration().key, 2);
+        drop(in_use);
+    });
+    assert!(purged.load(Ordering::SeqCst));
+    assert_eq!(log.lock().unwrap().deregistered.len(), 2);
+}
+
+fn anon_fixed(addr: u64, pages: u64) -> MapRequest {
+    let mut req = MapRequest {
+        addr,
+        len: pages * PAGE_SIZE,
+        fixed: true,
+        populate: true,
+        ..MapRequest::default()
+    };
+    req.prot.read = true;
+    req.prot.write = true;
+    req
 }

@@ -1,7 +1,6 @@
 //! [`UringCache`]: the generic registration cache on the calling process,
 //! with io_uring fixed-buffer slots as its registrations.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::mem::ManuallyDrop;
@@ -10,7 +9,7 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 use mmun_secondary::Bug;
-use mmun_secondary::rcache::{InUse, Rcache, RcacheConfig, RcacheStats, RegHandle, Snapshot};
+use mmun_secondary::rcache::{InUse, Rcache, RcacheConfig, RcacheStats, RegHandle};
 
 use crate::error::UringError;
 use crate::pagemap::Pagemap;
@@ -26,14 +25,6 @@ pub type FixedBuf<'c> = RegHandle<'c, Process, FixedSlots>;
 /// A use in flight: the slot stays registered, with the pages the process
 /// maps, until it is dropped. Hold it from submission to completion.
 pub type FixedUse<'h> = InUse<'h, Process, FixedSlots>;
-
-thread_local! {
-    /// This thread's copy of the last index snapshot it looked in (of
-    /// whichever cache it used last), for [`UringCache::with_fixed`]'s hit
-    /// path. Keeps a replaced snapshot's memory until the thread's next
-    /// use or its exit.
-    static SNAPSHOT: RefCell<Option<Snapshot<Process, FixedSlots>>> = const { RefCell::new(None) };
-}
 
 /// How a [`UringCache`] is sized and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +130,40 @@ impl UringCache {
         Ok(buf)
     }
 
+    /// A use of a registration covering `[addr, addr + len)`, as
+    /// [`UringCache::get`] + [`FixedBuf::enter`] in one step (UCX's
+    /// `get`; dropping the use is the `put`): the hit path takes only the
+    /// use count (see [`Rcache::acquire`]). Name
+    /// [`FixedUse::registration`]'s slot in the I/O and hold the use until
+    /// its completion is reaped.
+    ///
+    /// # Errors
+    ///
+    /// As [`UringCache::get`]'s.
+    #[inline(always)]
+    pub fn acquire(&self, addr: u64, len: u64) -> Result<FixedUse<'_>, UringError> {
+        if !self.cache.shared().primary().is_current() {
+            return forked();
+        }
+        if self.check_pfn {
+            return self.acquire_checked(addr, len);
+        }
+        self.cache.acquire(addr, len)
+    }
+
+    /// [`UringCache::acquire`] with the PFN check.
+    #[cold]
+    fn acquire_checked(&self, addr: u64, len: u64) -> Result<FixedUse<'_>, UringError> {
+        let in_use = self.cache.acquire(addr, len)?;
+        self.check_use(&in_use)?;
+        Ok(in_use)
+    }
+
     /// Runs `f` inside a use of a registration covering `[addr, addr +
     /// len)` (the slot stays registered on the pages the process maps
     /// until `f` returns: submit and reap the I/O inside). The hit path
     /// revalidates this thread's copy of the index snapshot with one load
-    /// and takes only the use count (see [`Rcache::with_use`]); a miss
+    /// and takes only the use count (see [`Rcache::acquire`]); a miss
     /// registers as [`UringCache::get`] does.
     ///
     /// `f` must not unmap, remap or free the buffer: the invalidation
@@ -163,21 +183,12 @@ impl UringCache {
         if !self.cache.shared().primary().is_current() {
             return forked();
         }
-        let mut f = Some(f);
-        if !self.check_pfn {
-            // Unavailable while the thread's locals are torn down, busy if
-            // `f` itself calls back in: then the slow path.
-            let hit = SNAPSHOT.try_with(|slot| {
-                let mut slot = slot.try_borrow_mut().ok()?;
-                self.cache.with_use(&mut slot, addr, len, |in_use| {
-                    (f.take().expect("called once"))(in_use)
-                })
-            });
-            if let Ok(Some(done)) = hit {
-                return Ok(done);
-            }
+        if !self.check_pfn
+            && let Some(in_use) = self.cache.acquire_hit(addr, len)
+        {
+            return Ok(f(&in_use));
         }
-        self.with_fixed_slow(addr, len, f.take().expect("not called yet"))
+        self.with_fixed_slow(addr, len, f)
     }
 
     #[cold]
@@ -200,10 +211,16 @@ impl UringCache {
     /// registration holds.
     #[cold]
     fn check_frames(&self, buf: &FixedBuf<'_>) -> Result<(), UringError> {
-        let Some(in_use) = buf.enter() else {
+        match buf.enter() {
+            Some(in_use) => self.check_use(&in_use),
             // Already invalidated: the caller's own use fails too.
-            return Ok(());
-        };
+            None => Ok(()),
+        }
+    }
+
+    /// The PFN check of a use's frames.
+    #[cold]
+    fn check_use(&self, in_use: &FixedUse<'_>) -> Result<(), UringError> {
         let slots = self.cache.shared().registrar();
         let (Some(pagemap), Some(frames)) = (slots.pagemap(), in_use.registration().frames())
         else {

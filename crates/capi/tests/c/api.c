@@ -123,6 +123,7 @@ static void interval_misuse(void)
 	struct counted c = { 0 };
 	mmun_interval *sub = NULL;
 	uint64_t seq = 0, start = 0, len = 0;
+	struct mmun_interval_seq words;
 	char *p = fresh(4 * PAGE);
 
 	CHECK_EQ(mmun_interval_insert((uintptr_t)p, 4 * PAGE, counting, &c, NULL), -EINVAL);
@@ -140,6 +141,7 @@ static void interval_misuse(void)
 		CHECK_EQ(mmun_interval_check_retry(bogus[i], seq), -EINVAL);
 		CHECK_EQ(mmun_interval_set_seq(bogus[i], 1), -EINVAL);
 		CHECK_EQ(mmun_interval_range(bogus[i], &start, &len), -EINVAL);
+		CHECK_EQ(mmun_interval_seq_get(bogus[i], &words), -EINVAL);
 	}
 
 	CHECK_EQ(mmun_interval_insert((uintptr_t)p, 4 * PAGE, counting, &c, &sub), 0);
@@ -150,6 +152,9 @@ static void interval_misuse(void)
 	CHECK_EQ(mmun_interval_range(sub, NULL, &len), -EINVAL);
 	CHECK_EQ(mmun_interval_range(sub, &start, NULL), -EINVAL);
 	CHECK_EQ(mmun_interval_read_begin(sub, NULL), -EINVAL);
+	CHECK_EQ(mmun_interval_seq_get(sub, NULL), -EINVAL);
+	CHECK_EQ(mmun_interval_seq_get(sub, &words), 0);
+	CHECK(words.sub == sub);
 	/* set_seq outside the interval's own callback */
 	CHECK_EQ(mmun_interval_read_begin(sub, &seq), 0);
 	CHECK_EQ(mmun_interval_set_seq(sub, seq), -EINVAL);
@@ -159,6 +164,7 @@ static void interval_misuse(void)
 	CHECK_EQ(mmun_interval_read_begin(sub, &seq), -EINVAL);
 	CHECK_EQ(mmun_interval_read_retry(sub, seq), -EINVAL);
 	CHECK_EQ(mmun_interval_range(sub, &start, &len), -EINVAL);
+	CHECK_EQ(mmun_interval_seq_get(sub, &words), -EINVAL);
 
 	/* the slot is reused by the next insert; the old handle still fails */
 	mmun_interval *again = NULL;
@@ -205,6 +211,33 @@ static void retry_protocol(void)
 	printf("retry protocol ok\n");
 }
 
+/* The same protocol through the header's inline functions: the same
+ * answers as the checked calls, before and after a change. */
+static void retry_protocol_inline(void)
+{
+	struct counted c = { 0 };
+	struct mmun_interval_seq s;
+	mmun_interval *sub;
+	uint64_t seq, seq2, checked;
+	char *p = fresh(8 * PAGE);
+	CHECK_EQ(mmun_interval_insert((uintptr_t)p, 8 * PAGE, counting, &c, &sub), 0);
+	CHECK_EQ(mmun_interval_seq_get(sub, &s), 0);
+	CHECK_EQ(mmun_interval_read_begin_inline(&s, &seq), 0);
+	CHECK_EQ(mmun_interval_read_begin(sub, &checked), 0);
+	CHECK_EQ(seq, checked);
+	CHECK_EQ(mmun_interval_read_retry_inline(&s, seq), 0);
+	CHECK_EQ(madvise(p + PAGE, PAGE, MADV_DONTNEED), 0);
+	CHECK(c.calls >= 1);
+	CHECK_EQ(mmun_interval_read_retry_inline(&s, seq), 1);
+	CHECK_EQ(mmun_interval_read_begin_inline(&s, &seq2), 0);
+	CHECK(seq2 != seq);
+	CHECK_EQ(mmun_interval_read_retry(sub, seq2), 0);
+	CHECK_EQ(mmun_interval_read_retry_inline(&s, seq2), 0);
+	CHECK_EQ(mmun_interval_remove(sub), 0);
+	munmap(p, 8 * PAGE);
+	printf("retry protocol inline ok\n");
+}
+
 /* --- inside a callback: what would wait for itself is -EDEADLK ------------ */
 
 static struct inside {
@@ -215,6 +248,8 @@ static struct inside {
 	int read_begin_before_set_seq, set_seq_wrong, set_seq_other, set_seq, read_begin_after_set_seq;
 	int insert, remove_self, remove_other, reg, unreg, net, read_retry;
 	int list_calls, list_read_begin;
+	struct mmun_interval_seq self_words;
+	int inline_before_set_seq, inline_after_set_seq, inline_retry;
 } in;
 
 static int nothing(mmun_interval *sub, const struct mmun_range *r, uint64_t s, void *a)
@@ -237,11 +272,15 @@ static int misbehaving(mmun_interval *sub, const struct mmun_range *range, uint6
 	in.calls++;
 	/* Not yet covered by this callback's set_seq: read_begin does not wait. */
 	in.read_begin_before_set_seq = mmun_interval_read_begin(sub, &seq);
+	in.inline_before_set_seq = mmun_interval_read_begin_inline(&in.self_words, &seq);
 	in.set_seq_wrong = mmun_interval_set_seq(sub, cur_seq + 2);
 	in.set_seq_other = mmun_interval_set_seq(in.other, cur_seq);
 	in.set_seq = mmun_interval_set_seq(sub, cur_seq);
 	in.read_begin_after_set_seq = mmun_interval_read_begin(sub, &seq);
+	/* covered now: the inline one takes the slow path, which refuses */
+	in.inline_after_set_seq = mmun_interval_read_begin_inline(&in.self_words, &seq);
 	in.read_retry = mmun_interval_read_retry(sub, in.outer_seq);
+	in.inline_retry = mmun_interval_read_retry_inline(&in.self_words, in.outer_seq);
 	in.insert = mmun_interval_insert(0x10000, PAGE, nothing, NULL, &made);
 	in.remove_self = mmun_interval_remove(sub);
 	in.remove_other = mmun_interval_remove(in.other);
@@ -272,6 +311,7 @@ static void inside_callbacks(void)
 	CHECK_EQ(mmun_interval_insert((uintptr_t)p, 4 * PAGE, misbehaving, NULL, &in.self), 0);
 	CHECK_EQ(mmun_interval_insert((uintptr_t)o, PAGE, nothing, NULL, &in.other), 0);
 	CHECK_EQ(mmun_notifier_register(list_nothing, list_nothing, NULL, &in.notifier), 0);
+	CHECK_EQ(mmun_interval_seq_get(in.self, &in.self_words), 0);
 	CHECK_EQ(mmun_interval_read_begin(in.self, &in.outer_seq), 0);
 	CHECK_EQ(mprotect(p, PAGE, PROT_READ), 0);
 	CHECK_EQ(in.calls, 1);
@@ -281,6 +321,9 @@ static void inside_callbacks(void)
 	CHECK_EQ(in.set_seq, 0);
 	CHECK_EQ(in.read_begin_after_set_seq, -EDEADLK);
 	CHECK_EQ(in.read_retry, 1);
+	CHECK_EQ(in.inline_before_set_seq, 0);
+	CHECK_EQ(in.inline_after_set_seq, -EDEADLK);
+	CHECK_EQ(in.inline_retry, 1);
 	CHECK_EQ(in.insert, -EDEADLK);
 	CHECK_EQ(in.remove_self, -EDEADLK);
 	CHECK_EQ(in.remove_other, -EDEADLK);
@@ -403,6 +446,7 @@ int main(void)
 	versions_and_install();
 	interval_misuse();
 	retry_protocol();
+	retry_protocol_inline();
 	inside_callbacks();
 	list_misuse();
 	fork_child_starts_fresh();

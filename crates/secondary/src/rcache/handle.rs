@@ -8,6 +8,7 @@ use arc_swap::Guard;
 
 use super::Shared;
 use super::backend::{Primary, Registrar};
+use super::in_use::InUse;
 use super::index::Index;
 use super::registration::{Registration, State};
 
@@ -128,73 +129,5 @@ impl<P: Primary, R: Registrar<P>> fmt::Debug for RegHandle<'_, P, R> {
             .field("end", &format_args!("{:#x}", reg.end))
             .field("valid", &self.is_valid())
             .finish()
-    }
-}
-
-/// A use in flight: while it exists, no invalidation of the registration
-/// completes, so the primary still maps every registered page as it was
-/// registered, and the registrar's handle stays registered.
-///
-/// So the thread holding it must not change those pages itself (unmap,
-/// remap, free them): the invalidation would wait for this use, in the
-/// same thread, for ever.
-pub struct InUse<'h, P: Primary, R: Registrar<P>> {
-    reg: &'h Registration<P, R>,
-    /// The registration's acknowledged callbacks when the handle was
-    /// looked up.
-    acks: u64,
-}
-
-impl<'h, P: Primary, R: Registrar<P>> InUse<'h, P, R> {
-    /// A use of `reg`, entered, looked up when it had `acks`.
-    #[inline(always)]
-    pub(super) fn new(reg: &'h Registration<P, R>, acks: u64) -> Self {
-        InUse { reg, acks }
-    }
-
-    /// What the registrar returned: valid for the device until this use
-    /// is dropped.
-    #[inline]
-    pub fn registration(&self) -> &R::Handle {
-        self.reg
-            .held()
-            .expect("a handed-out registration was registered")
-    }
-
-    /// First byte of the registered range.
-    pub fn start(&self) -> u64 {
-        self.reg.start
-    }
-
-    /// One past the last byte of the registered range.
-    pub fn end(&self) -> u64 {
-        self.reg.end
-    }
-
-    /// Whether an invalidation callback of the registration returned
-    /// since the handle was looked up — which a correct cache never lets
-    /// happen while a use is in flight: the direct check of the "no use
-    /// outlives the callback" rule (see the module docs).
-    pub fn outlived_invalidation(&self) -> bool {
-        self.reg.acks() != self.acks
-    }
-
-    pub(super) fn reg(&self) -> &'h Registration<P, R> {
-        self.reg
-    }
-}
-
-impl<P: Primary, R: Registrar<P>> Drop for InUse<'_, P, R> {
-    #[inline]
-    fn drop(&mut self) {
-        self.reg.leave();
-    }
-}
-
-impl<P: Primary, R: Registrar<P>> fmt::Debug for InUse<'_, P, R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InUse")
-            .field("id", &self.reg.id)
-            .finish_non_exhaustive()
     }
 }

@@ -1,5 +1,5 @@
 //! A thread's own copy of the index snapshot, revalidated with one load:
-//! the hit path of [`Rcache::with_use`](super::Rcache::with_use) without
+//! the hit path of [`Rcache::acquire`](super::Rcache::acquire) without
 //! `arc-swap`'s two read-modify-writes.
 
 use std::fmt;
@@ -11,8 +11,8 @@ use super::index::Index;
 use super::registration::Registration;
 use super::{Rcache, Shared};
 
-/// An index snapshot kept by its user (typically in a thread-local) and
-/// revalidated by [`Rcache::with_use`](super::Rcache::with_use).
+/// An index snapshot kept per thread (`Shared::snapshots`) and
+/// revalidated by [`Rcache::acquire`](super::Rcache::acquire).
 ///
 /// Any snapshot is a correct place to look a registration up: a
 /// registration's state lives in the registration itself, shared by every

@@ -17,8 +17,9 @@ use mmun_softmmu::{AddressSpace, Memory, Translation};
 use super::Rcache;
 use super::backend::{Primary, Registrar, Step};
 use super::config::{RcacheConfig, bump};
-use super::handle::{InUse, RegHandle};
-use super::registration::State;
+use super::handle::RegHandle;
+use super::in_use::InUse;
+use super::registration::{Registration, State};
 use crate::coherence::{CheckError, Coherence, Use};
 use crate::secondary::{Access, Counters, FaultError, Secondary};
 
@@ -219,6 +220,7 @@ impl<'c> SoftHandle<'c> {
         Some(UseGuard {
             primary: &self.cache().primary,
             inner: Some(inner),
+            reg: self.reg(),
             first: Cell::new(None),
             deferred: RefCell::new(Vec::new()),
         })
@@ -243,6 +245,8 @@ pub struct UseGuard<'h> {
     primary: &'h SoftPrimary,
     /// The use reference; taken out (released) first when the guard drops.
     inner: Option<InUse<'h, SoftPrimary, Pins>>,
+    /// The registration, as the handle keeps it (after the use ends too).
+    reg: &'h Registration<SoftPrimary, Pins>,
     /// The first page used, named if the use outlived an invalidation.
     first: Cell<Option<Use>>,
     /// Uses whose check found the primary's page-table lock taken; checked
@@ -308,7 +312,7 @@ impl Drop for UseGuard<'_> {
         {
             primary.coherence.record_outlived(&used);
         }
-        let reg = in_use.reg();
+        let reg = self.reg;
         drop(in_use);
         // A change of the primary under a registration first invalidates
         // it (`State::Live` never comes back), so a primary that differs

@@ -307,19 +307,22 @@ fn read_and_check(
             .filter(|&(i, &b)| b != expected(offset + i as u64))
             .count() as u64
     };
-    // Both ways in: the handle (get, then enter) and this thread's
-    // snapshot (with_fixed).
-    let wrong = if rng.below(2) == 0 {
-        cache
+    // Every way in: the handle (get, then enter), this thread's snapshot
+    // around a closure (with_fixed), and the use alone (acquire).
+    let wrong = match rng.below(3) {
+        0 => cache
             .with_fixed(at, len as u64, |in_use| read(in_use.registration().index()))
-            .expect("with_fixed")
-    } else {
-        loop {
+            .expect("with_fixed"),
+        1 => {
+            let in_use = cache.acquire(at, len as u64).expect("acquire");
+            read(in_use.registration().index())
+        }
+        _ => loop {
             let buf = cache.get(at, len as u64).expect("get");
             if let Some(in_use) = buf.enter() {
                 break read(in_use.registration().index());
             }
-        }
+        },
     };
     (len as u64, wrong)
 }
