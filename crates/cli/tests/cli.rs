@@ -11,7 +11,7 @@ fn mmun(args: &[&str]) -> Output {
 }
 
 fn traces() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../softmmu/tests/kernel-traces")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../replay/tests/kernel-traces")
 }
 
 fn text(out: &[u8]) -> String {

@@ -34,7 +34,7 @@ fn live() -> Option<MutexGuard<'static, ()>> {
 }
 
 fn traces() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../softmmu/tests/kernel-traces")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../replay/tests/kernel-traces")
 }
 
 /// Runs `dir/scripts/NAME.txt` and compares with `dir/expected/NAME.out`;

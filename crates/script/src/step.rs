@@ -1,57 +1,14 @@
 //! The operations of a script.
 
-use std::fmt;
-
 /// Where the oracle puts offset 0 of a script: far from anything else in
 /// the process, aligned to a PGD entry (512 GiB).
 pub const WINDOW_BASE: u64 = 0x3000_0000_0000;
 /// The window's length: 4 GiB.
 pub const WINDOW_SIZE: u64 = 1 << 32;
 
-/// Memory protection: any of read, write, execute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Prot {
-    /// `PROT_READ`.
-    pub read: bool,
-    /// `PROT_WRITE`.
-    pub write: bool,
-    /// `PROT_EXEC`.
-    pub exec: bool,
-}
-
-impl Prot {
-    /// `PROT_NONE`.
-    pub const NONE: Prot = Prot {
-        read: false,
-        write: false,
-        exec: false,
-    };
-    /// `PROT_READ | PROT_WRITE`.
-    pub const RW: Prot = Prot {
-        read: true,
-        write: true,
-        exec: false,
-    };
-
-    /// The `PROT_*` bits.
-    pub fn bits(self) -> u32 {
-        u32::from(self.read) | u32::from(self.write) << 1 | u32::from(self.exec) << 2
-    }
-}
-
-impl fmt::Display for Prot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if *self == Prot::NONE {
-            return f.write_str("none");
-        }
-        for (on, letter) in [(self.read, "r"), (self.write, "w"), (self.exec, "x")] {
-            if on {
-                f.write_str(letter)?;
-            }
-        }
-        Ok(())
-    }
-}
+// The system-call level types belong to the software MMU, which takes
+// them; the script format names them.
+pub use mmun_softmmu::{Advice, Prot};
 
 /// The optional words of an `mmap` step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -64,80 +21,6 @@ pub struct MmapFlags {
     pub populate: bool,
     /// `MAP_FIXED` instead of `MAP_FIXED_NOREPLACE`.
     pub fixed: bool,
-}
-
-/// An `madvise` advice, by the script's name for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
-pub enum Advice {
-    DontNeed,
-    DontNeedLocked,
-    Free,
-    Remove,
-    Cold,
-    PageOut,
-    WillNeed,
-    PopulateRead,
-    PopulateWrite,
-    HugePage,
-    NoHugePage,
-    Collapse,
-    Mergeable,
-    Unmergeable,
-    DontFork,
-    DoFork,
-    WipeOnFork,
-    KeepOnFork,
-}
-
-impl Advice {
-    /// Every advice with its script name and Linux's `MADV_*` value.
-    pub const ALL: [(Advice, &'static str, i32); 18] = [
-        (Advice::DontNeed, "dontneed", 4),
-        (Advice::DontNeedLocked, "dontneed_locked", 24),
-        (Advice::Free, "free", 8),
-        (Advice::Remove, "remove", 9),
-        (Advice::Cold, "cold", 20),
-        (Advice::PageOut, "pageout", 21),
-        (Advice::WillNeed, "willneed", 3),
-        (Advice::PopulateRead, "populate_read", 22),
-        (Advice::PopulateWrite, "populate_write", 23),
-        (Advice::HugePage, "hugepage", 14),
-        (Advice::NoHugePage, "nohugepage", 15),
-        (Advice::Collapse, "collapse", 25),
-        (Advice::Mergeable, "mergeable", 12),
-        (Advice::Unmergeable, "unmergeable", 13),
-        (Advice::DontFork, "dontfork", 10),
-        (Advice::DoFork, "dofork", 11),
-        (Advice::WipeOnFork, "wipeonfork", 18),
-        (Advice::KeepOnFork, "keeponfork", 19),
-    ];
-
-    /// The script's name for it.
-    pub fn name(self) -> &'static str {
-        Advice::ALL
-            .iter()
-            .find(|(a, _, _)| *a == self)
-            .map(|(_, n, _)| *n)
-            .unwrap_or("?")
-    }
-
-    /// Linux's `MADV_*` value.
-    pub fn value(self) -> i32 {
-        Advice::ALL
-            .iter()
-            .find(|(a, _, _)| *a == self)
-            .map(|(_, _, v)| *v)
-            .unwrap_or(-1)
-    }
-
-    /// The advice called `name` in scripts.
-    pub fn from_name(name: &str) -> Option<Advice> {
-        Advice::ALL
-            .iter()
-            .find(|(_, n, _)| *n == name)
-            .map(|(a, _, _)| *a)
-    }
 }
 
 /// One operation of a script. Addresses are offsets from the window base.

@@ -61,7 +61,7 @@ pub struct MapRequest {
     /// Length in bytes (rounded up to pages).
     pub len: u64,
     /// Protection.
-    pub prot: mmun_script::Prot,
+    pub prot: crate::uapi::Prot,
     /// `MAP_SHARED`.
     pub shared: bool,
     /// A shmem object to map (memfd) instead of anonymous memory.

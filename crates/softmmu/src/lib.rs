@@ -7,8 +7,8 @@
 //! point: system calls (`mmap`, `munmap`, `mprotect`, `madvise`, `mremap`,
 //! `mlock`, `fork`, …), faults, and the kernel-internal operations
 //! (migration, KSM, reclaim, device-exclusive, OOM reaping, exit).
-//! [`replay`] runs an address-space script and reports the notifier ranges
-//! exactly as the kernel oracle prints them.
+//! `mmun-replay` runs an address-space script on it and reports the
+//! notifier ranges exactly as the kernel oracle prints them.
 
 #![forbid(unsafe_code)]
 
@@ -32,11 +32,11 @@ pub mod mremap;
 pub mod oom_kill;
 pub mod page_table;
 mod pageout;
-pub mod replay;
 mod rmap;
 pub mod shmem;
 mod split;
 mod task_mmu;
+mod uapi;
 pub mod vma;
 mod zap;
 
@@ -47,4 +47,5 @@ pub use address_space::{
 pub use error::{Errno, SysResult};
 pub use frame::{DEFAULT_MEMORY_BYTES, Memory, Pfn};
 pub use mremap::MremapFlags;
+pub use uapi::{Advice, Prot};
 pub use vma::{VmFlags, Vma};

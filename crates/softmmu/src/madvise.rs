@@ -6,8 +6,8 @@
 //! advices change VMAs (splitting, which may split THPs); the rest change
 //! no page table the notifiers care about.
 
+use crate::uapi::Advice;
 use mmun_core::{Event, HeldMmLock};
-use mmun_script::Advice;
 
 use crate::address_space::{AddressSpace, Ctx};
 use crate::error::{Errno, SysResult};

@@ -24,7 +24,7 @@ const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
 /// `vm_flags` for a new mapping (`calc_vm_prot_bits` + `calc_vm_flag_bits`
 /// + the `VM_MAY*` bits).
-pub(crate) fn prot_flags(prot: mmun_script::Prot) -> VmFlags {
+pub(crate) fn prot_flags(prot: crate::uapi::Prot) -> VmFlags {
     let mut flags = VmFlags::NONE;
     for (on, bit) in [
         (prot.read, VmFlags::READ),

@@ -19,7 +19,7 @@ use crate::vma::{VmFlags, Vma};
 
 impl AddressSpace {
     /// `mprotect(2)`.
-    pub fn mprotect(&self, addr: u64, len: u64, prot: mmun_script::Prot) -> SysResult {
+    pub fn mprotect(&self, addr: u64, len: u64, prot: crate::uapi::Prot) -> SysResult {
         if !is_aligned(addr, PAGE_SIZE) {
             return Err(Errno::Inval);
         }

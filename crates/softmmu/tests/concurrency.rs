@@ -26,9 +26,9 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use mmun_core::{IntervalNotifier, IntervalNotifierOps, IntervalSub, Range, Seq};
-use mmun_script::{Advice, Prot};
 use mmun_softmmu::frame::{FrameKind, Pfn};
 use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory, ThpMode};
+use mmun_softmmu::{Advice, Prot};
 use mmun_testkit::Rng;
 use notify_log::R;
 use parking_lot::Mutex;

@@ -6,7 +6,7 @@
 mod notify_log;
 
 use mmun_core::Notifier;
-use mmun_script::Advice;
+use mmun_softmmu::Advice;
 use mmun_softmmu::layout::TASK_SIZE;
 use mmun_softmmu::{AddressSpace, Errno, MapRequest, MremapFlags, SysResult, VmFlags};
 use notify_log::*;

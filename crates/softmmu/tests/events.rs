@@ -14,7 +14,7 @@ mod notify_log;
 use std::sync::Arc;
 
 use mmun_core::Event;
-use mmun_script::Advice;
+use mmun_softmmu::Advice;
 use mmun_softmmu::shmem::ShmemObject;
 use mmun_softmmu::{AddressSpace, Errno, MapRequest, MremapFlags};
 use notify_log::*;

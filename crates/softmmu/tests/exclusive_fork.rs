@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use mmun_core::Owner;
-use mmun_script::Prot;
+use mmun_softmmu::Prot;
 use mmun_softmmu::page_table::SwapKind;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory};
 

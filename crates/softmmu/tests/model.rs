@@ -27,9 +27,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mmun_core::Notifier;
-use mmun_script::{Advice, Prot};
 use mmun_softmmu::frame::{FrameKind, Pfn};
 use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory, MremapFlags, ThpMode, VmFlags};
+use mmun_softmmu::{Advice, Prot};
 use notify_log::*;
 use proptest::prelude::*;
 

@@ -10,8 +10,8 @@
 mod notify_log;
 
 use mmun_core::Event;
-use mmun_script::{Advice, Prot};
 use mmun_softmmu::MremapFlags;
+use mmun_softmmu::{Advice, Prot};
 use notify_log::*;
 
 const B: u64 = 0x1000_0000_0000;

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use mmun_core::Owner;
-use mmun_script::{Advice, Prot};
 use mmun_softmmu::page_table::SwapKind;
 use mmun_softmmu::shmem::ShmemObject;
 use mmun_softmmu::{AddressSpace, MapRequest, Memory, Pfn};
+use mmun_softmmu::{Advice, Prot};
 
 const B: u64 = 0x1000_0000_0000;
 const P: u64 = 0x1000;

@@ -68,6 +68,6 @@ fn a_caught_bug_comes_with_a_trace_that_replays() {
     assert!(!steps.is_empty() && steps.len() == trace.steps().count());
     assert_eq!(steps[0].text, "mmap 0 0x200000 rw fixed");
     // The steps run on the software MMU as they are.
-    let reports = mmun_softmmu::replay::replay(&steps).expect("the trace replays");
+    let reports = mmun_replay::replay(&steps).expect("the trace replays");
     assert_eq!(reports.len(), steps.len());
 }

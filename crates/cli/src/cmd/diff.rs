@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use mmun_oracle::Options;
+use mmun_replay::replay_report;
 use mmun_script::Report;
-use mmun_softmmu::replay::replay_report;
 
 /// Arguments of `mmun diff`.
 #[derive(Debug, clap::Args)]

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use mmun_replay::{Replayer, StepTrace};
 use mmun_softmmu::Memory;
-use mmun_softmmu::replay::{Replayer, StepTrace};
 
 /// Arguments of `mmun replay`.
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use mmun_core::{Event, IntervalNotifier, Mm, Notifier};
-use mmun_script::Prot;
+use mmun_softmmu::Prot;
 use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory};
 pub use mmun_testkit::{Call as Ev, ListRec, Recorder};
 

@@ -2,8 +2,8 @@
 //! operation with hostile numbers (unaligned, zero, huge, wrapping) run to
 //! the end, and every step reports an RC.
 
+use mmun_replay::{ReplayError, Replayer};
 use mmun_script::parse_script;
-use mmun_softmmu::replay::{ReplayError, Replayer};
 use proptest::prelude::*;
 
 fn number() -> impl Strategy<Value = u64> {

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use mmun_replay::{ReplayError, Replayer, replay_report};
 use mmun_script::{Outcome, parse_script};
 use mmun_softmmu::Memory;
 use mmun_softmmu::frame::FrameKind;
-use mmun_softmmu::replay::{ReplayError, Replayer, replay_report};
 
 const MIB: u64 = 1 << 20;
 

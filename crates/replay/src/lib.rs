@@ -7,6 +7,8 @@
 //! stream (events, flags, owners, ends, every callback) is kept too, for
 //! `--events`.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -16,12 +18,10 @@ use mmun_script::{
 };
 use parking_lot::Mutex;
 
-use crate::address_space::{AddressSpace, MapRequest};
-use crate::error::SysResult;
-use crate::frame::Memory;
-use crate::layout::PAGE_SIZE;
-use crate::mremap::MremapFlags;
-use crate::shmem::ShmemObject;
+use mmun_softmmu::frame::Memory;
+use mmun_softmmu::layout::PAGE_SIZE;
+use mmun_softmmu::shmem::ShmemObject;
+use mmun_softmmu::{AddressSpace, Errno, MapRequest, MremapFlags, SysResult};
 
 /// One notifier callback as the recorder saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +238,7 @@ pub struct Replayer {
 
 impl Replayer {
     /// A fresh process on a machine with the default RAM
-    /// ([`DEFAULT_MEMORY_BYTES`](crate::frame::DEFAULT_MEMORY_BYTES)).
+    /// ([`DEFAULT_MEMORY_BYTES`](mmun_softmmu::DEFAULT_MEMORY_BYTES)).
     pub fn new() -> Replayer {
         Replayer::with_memory(Arc::new(Memory::new()))
     }
@@ -249,7 +249,7 @@ impl Replayer {
         let recorder = Notifier::register(space.mm(), &RECORDER_OPS, Recorder::default())
             .expect("a live address space accepts a notifier");
         let replayer = Replayer { space, recorder };
-        replayer.set_max_map_count(crate::DEFAULT_MAX_MAP_COUNT);
+        replayer.set_max_map_count(mmun_softmmu::DEFAULT_MAX_MAP_COUNT);
         replayer
     }
 
@@ -344,15 +344,15 @@ pub fn replay_report(steps: &[Step]) -> Result<Report, ReplayError> {
 
 /// How an op failed: an errno for the report, or the process killed.
 enum Failure {
-    Errno(crate::Errno),
+    Errno(Errno),
     /// A CPU access at `addr` could not get a page.
     OomKill {
         addr: u64,
     },
 }
 
-impl From<crate::Errno> for Failure {
-    fn from(errno: crate::Errno) -> Failure {
+impl From<Errno> for Failure {
+    fn from(errno: Errno) -> Failure {
         Failure::Errno(errno)
     }
 }
@@ -396,7 +396,7 @@ fn run_op(space: &AddressSpace, op: &Op) -> Result<Outcome, Failure> {
             for page in pages(at(off), len) {
                 let page = page?;
                 match space.access(page, write) {
-                    Err(crate::Errno::NoMem) => return Err(Failure::OomKill { addr: page }),
+                    Err(Errno::NoMem) => return Err(Failure::OomKill { addr: page }),
                     result => result?,
                 }
             }
@@ -457,7 +457,7 @@ fn run_op(space: &AddressSpace, op: &Op) -> Result<Outcome, Failure> {
         Op::OomReap => Ok(Outcome::Rc(if space.oom_reap() {
             0
         } else {
-            -i64::from(crate::Errno::Again.code())
+            -i64::from(Errno::Again.code())
         })),
         Op::Exit => {
             space.exit();
@@ -474,8 +474,7 @@ fn end_of(start: u64, len: u64) -> u64 {
 /// The page addresses a byte-per-page walk of `[start, start + len)` visits;
 /// an address past the top of memory faults, as it would on a CPU.
 fn pages(start: u64, len: u64) -> impl Iterator<Item = SysResult<u64>> {
-    (0..len.div_ceil(PAGE_SIZE))
-        .map(move |i| start.checked_add(i * PAGE_SIZE).ok_or(crate::Errno::Fault))
+    (0..len.div_ceil(PAGE_SIZE)).map(move |i| start.checked_add(i * PAGE_SIZE).ok_or(Errno::Fault))
 }
 
 /// The RC of the software-MMU-only ops that act on many pages: how many.

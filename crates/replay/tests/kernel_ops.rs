@@ -5,8 +5,8 @@
 //! stream: event, range, blockability, owner, and pairing.
 
 use mmun_core::Event;
+use mmun_replay::{Callback, Replayer, device_owner};
 use mmun_script::{WINDOW_BASE, parse_script};
-use mmun_softmmu::replay::{Callback, Replayer, device_owner};
 
 const B: u64 = WINDOW_BASE;
 

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use mmun_replay::{ORACLE_OWN_VMAS, Replayer};
 use mmun_script::{Outcome, parse_script};
-use mmun_softmmu::replay::{ORACLE_OWN_VMAS, Replayer};
 use mmun_softmmu::{AddressSpace, Errno, MapRequest, Memory};
 
 const B: u64 = 0x1000_0000_0000;
@@ -18,7 +18,7 @@ fn map(space: &AddressSpace, addr: u64, pages: u64) -> Result<u64, Errno> {
     space.mmap(MapRequest {
         addr,
         len: pages * P,
-        prot: mmun_script::Prot::RW,
+        prot: mmun_softmmu::Prot::RW,
         noreplace: true,
         ..MapRequest::default()
     })
@@ -74,7 +74,7 @@ fn mmap_refuses_only_over_the_limit_and_splits_at_it() {
     assert_eq!(count(&space), 4);
     let before = count(&space);
     assert_eq!(
-        space.mprotect(B + 41 * P, P, mmun_script::Prot::NONE),
+        space.mprotect(B + 41 * P, P, mmun_softmmu::Prot::NONE),
         Err(Errno::NoMem)
     );
     assert_eq!(
@@ -84,7 +84,7 @@ fn mmap_refuses_only_over_the_limit_and_splits_at_it() {
     );
     space.munmap(B + 4 * P, P).unwrap();
     assert_eq!(
-        space.mprotect(B + 41 * P, P, mmun_script::Prot::NONE),
+        space.mprotect(B + 41 * P, P, mmun_softmmu::Prot::NONE),
         Err(Errno::NoMem)
     );
     assert_eq!(count(&space), 4, "the first split stays");

@@ -5,8 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use mmun_replay::replay_report;
 use mmun_script::{Report, parse_script};
-use mmun_softmmu::replay::replay_report;
 
 struct ScriptResult {
     name: String,
