@@ -219,7 +219,14 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
     // The floor of this harness: building the range from black-boxed
     // arguments, with no invalidation at all. Subtract it from the others.
     group.bench_function("baseline_range_only", |b| {
-        b.iter(|| black_box(Range::new(&mm, Event::Clear, black_box(0), black_box(PAGE))))
+        b.iter(|| {
+            black_box(Range::new(
+                &lock,
+                Event::Clear,
+                black_box(0),
+                black_box(PAGE),
+            ))
+        })
     });
     // The same floor with the range frozen as it was when the targets were
     // set: the unit the targets are expressed in.
@@ -235,8 +242,8 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
     });
     group.bench_function("no_subscriptions", |b| {
         b.iter(|| {
-            let range = Range::new(&mm, Event::Clear, black_box(0), black_box(PAGE));
-            Invalidation::start(&lock, range).end();
+            let range = Range::new(&lock, Event::Clear, black_box(0), black_box(PAGE));
+            Invalidation::start(range).end();
         })
     });
     drop(lock);
@@ -246,8 +253,8 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
     let lock = mm.mmap_read();
     group.bench_function("one_list_notifier_empty_callbacks", |b| {
         b.iter(|| {
-            let range = Range::new(&mm, Event::Clear, black_box(0), black_box(PAGE));
-            Invalidation::start(&lock, range).end();
+            let range = Range::new(&lock, Event::Clear, black_box(0), black_box(PAGE));
+            Invalidation::start(range).end();
         })
     });
     drop(lock);
@@ -262,16 +269,16 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
         group.bench_function(format!("interval_{label}_hit_one"), |b| {
             b.iter(|| {
                 let start = black_box(rng.below(fx.n) as u64 * STRIDE);
-                let range = Range::new(&fx.mm, Event::Clear, start, start + PAGE);
-                Invalidation::start(&lock, range).end();
+                let range = Range::new(&lock, Event::Clear, start, start + PAGE);
+                Invalidation::start(range).end();
             })
         });
         let start = fx.hit_starts[0];
         group.bench_function(format!("interval_{label}_hit_same"), |b| {
             b.iter(|| {
                 let start = black_box(start);
-                let range = Range::new(&fx.mm, Event::Clear, start, start + PAGE);
-                Invalidation::start(&lock, range).end();
+                let range = Range::new(&lock, Event::Clear, start, start + PAGE);
+                Invalidation::start(range).end();
             })
         });
     }

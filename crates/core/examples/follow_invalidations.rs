@@ -119,21 +119,47 @@ struct World {
     retries: usize,
 }
 
+/// What a change of the primary invalidates.
+#[derive(Clone, Copy)]
+struct Change {
+    event: Event,
+    start: u64,
+    end: u64,
+    owner: Option<Owner>,
+}
+
+impl Change {
+    fn with_owner(self, owner: Owner) -> Change {
+        Change {
+            owner: Some(owner),
+            ..self
+        }
+    }
+}
+
 impl World {
     fn frame(&self) -> u64 {
         self.next_frame.fetch_add(1, Relaxed)
     }
 
-    fn range(&self, event: Event, start: u64, end: u64) -> Range<'_> {
-        Range::new(&self.mm, event, start, end)
+    fn range(&self, event: Event, start: u64, end: u64) -> Change {
+        Change {
+            event,
+            start,
+            end,
+            owner: None,
+        }
     }
 
-    /// One change of the primary, bracketed by an invalidation.
-    fn change(&self, what: &str, r: Range<'_>, block: bool, mutate: impl FnOnce(&mut Table)) {
+    /// One change of the primary, bracketed by an invalidation of its range
+    /// (made under the lock, as every invalidation's range is).
+    fn change(&self, what: &str, c: Change, block: bool, mutate: impl FnOnce(&mut Table)) {
         let lock = self.mm.mmap_read();
+        let r = Range::new(&lock, c.event, c.start, c.end);
+        let r = c.owner.map_or(r, |o| r.with_owner(o));
         let inv = match block {
-            true => Ok(Invalidation::start(&lock, r)),
-            false => Invalidation::start_nonblock(&lock, r),
+            true => Ok(Invalidation::start(r)),
+            false => Invalidation::start_nonblock(r),
         };
         let Ok(inv) = inv else {
             return println!("{what:<14} refused: would block");

@@ -61,7 +61,7 @@
 //! assert_eq!(mirror.ops().ptes.lock().len(), 1);
 //!
 //! let lock = mm.mmap_read();
-//! Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();
+//! Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
 //! assert!(mirror.ops().ptes.lock().is_empty());
 //! # Ok::<(), mmun_core::Error>(())
 //! ```

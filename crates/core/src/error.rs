@@ -7,7 +7,6 @@
 //! | [`Error::FallibleStartWithEnd`] | `EINVAL` | registering ops whose `invalidate_range_start` may fail and that also have `invalidate_range_end` |
 //! | [`Error::NoAllocNotifier`] | `EINVAL` | `get` with ops that lack `alloc_notifier` |
 //! | [`Error::Alloc`] | as given | `alloc_notifier` failed; its errno is passed through |
-//! | [`Error::WrongMm`] | `EINVAL` | a lock guard of one address space passed for another |
 //! | [`Error::Disabled`] | `ENOSYS` | any registration in the `disabled` (`!CONFIG_MMU_NOTIFIER`) build |
 //!
 //! A non-blockable invalidation that a notifier refuses is not an error of
@@ -36,9 +35,6 @@ pub enum Error {
     /// `alloc_notifier` failed with this errno.
     #[error("alloc_notifier failed (errno {0})")]
     Alloc(i32),
-    /// A lock guard was shown for a different address space (`EINVAL`).
-    #[error("the lock guard belongs to a different address space (EINVAL)")]
-    WrongMm,
     /// Built without MMU notifiers (`ENOSYS`).
     #[error("built with the `disabled` feature: MMU notifiers are compiled out (ENOSYS)")]
     Disabled,
@@ -50,7 +46,6 @@ impl Error {
         match self {
             Error::Overflow => 75,
             Error::NoUsers | Error::FallibleStartWithEnd | Error::NoAllocNotifier => 22,
-            Error::WrongMm => 22,
             Error::Alloc(errno) => *errno,
             Error::Disabled => 38,
         }

@@ -98,23 +98,22 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         if !enabled {
             mm.assert_not_registering_inside("mmu_interval_notifier_insert()");
             let guard = mm.mmap_write();
-            register_locked(&guard, mm, None)?;
+            register_locked(&guard, None)?;
         }
         Self::insert_enabled(mm, start, last, ops)
     }
 
     /// `mmu_interval_notifier_insert_locked`: the same, with the mmap write
-    /// lock of `mm` already held.
+    /// lock already held; the interval goes on that lock's address space.
     pub fn insert_locked(
         guard: &MmapWriteGuard<'_>,
-        mm: &Arc<Mm>,
         start: u64,
         length: u64,
         ops: O,
     ) -> Result<IntervalNotifier<O>> {
         let last = checked_last(start, length)?;
-        register_locked(guard, mm, None)?;
-        Self::insert_enabled(mm, start, last, ops)
+        register_locked(guard, None)?;
+        Self::insert_enabled(guard.mm_arc(), start, last, ops)
     }
 
     fn insert_enabled(mm: &Arc<Mm>, start: u64, last: u64, ops: O) -> Result<IntervalNotifier<O>> {

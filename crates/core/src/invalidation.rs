@@ -27,6 +27,7 @@ use crate::Range;
 use crate::context::{self, OpenInvalidation};
 use crate::error::WouldBlock;
 use crate::lockdep::MapHeld;
+#[cfg(doc)]
 use crate::mm::HeldMmLock;
 use crate::notify::{PAGE_SIZE, PMD_SIZE, PUD_SIZE, clear_flush_notify};
 use crate::ops::PteValue;
@@ -41,7 +42,7 @@ const ENDED: usize = 2;
 /// use mmun_core::{Event, Invalidation, Mm, Range};
 /// let mm = Mm::new();
 /// let lock = mm.mmap_read();
-/// let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x3000));
+/// let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0x1000, 0x3000));
 /// // ... clear the primary PTEs of [0x1000, 0x3000) ...
 /// inv.end();
 /// ```
@@ -63,16 +64,11 @@ impl<'a> Invalidation<'a> {
     /// `mmu_notifier_invalidate_range_start`: sets the range blockable and
     /// tells every overlapping interval notifier, then every list notifier.
     /// It cannot fail.
-    ///
-    /// # Panics
-    ///
-    /// If `held` is a lock of another address space than the range's.
     #[inline(always)]
-    #[track_caller]
-    pub fn start(held: &'a impl HeldMmLock, mut range: Range<'a>) -> Invalidation<'a> {
+    pub fn start(mut range: Range<'a>) -> Invalidation<'a> {
         context::might_sleep();
         range.set_blockable(true);
-        let mut inv = Self::prepare(held, range);
+        let mut inv = Self::prepare(range);
         if let Some(subscriptions) = inv.subscriptions {
             let _map = MapHeld::acquire();
             // Until the start returns, dropping `inv` (a callback unwinding)
@@ -94,13 +90,9 @@ impl<'a> Invalidation<'a> {
     /// notifiers are not counted any more and list notifiers that have an
     /// end got it. There is nothing to end.
     #[inline]
-    #[track_caller]
-    pub fn start_nonblock(
-        held: &'a impl HeldMmLock,
-        mut range: Range<'a>,
-    ) -> Result<Invalidation<'a>, WouldBlock> {
+    pub fn start_nonblock(mut range: Range<'a>) -> Result<Invalidation<'a>, WouldBlock> {
         range.set_blockable(false);
-        let mut inv = Self::prepare(held, range);
+        let mut inv = Self::prepare(range);
         if let Some(subscriptions) = inv.subscriptions {
             let _map = MapHeld::acquire();
             // As in `start`: an unwinding start ends what it started itself.
@@ -117,12 +109,7 @@ impl<'a> Invalidation<'a> {
     }
 
     #[inline(always)]
-    #[track_caller]
-    fn prepare(held: &'a impl HeldMmLock, range: Range<'a>) -> Invalidation<'a> {
-        assert!(
-            std::ptr::eq(held.mm(), range.mm()),
-            "invalidate_range_start: the lock held belongs to another mm than the range"
-        );
+    fn prepare(range: Range<'a>) -> Invalidation<'a> {
         let subscriptions = range.mm().subscriptions();
         let open = match subscriptions {
             Some(s) => OpenInvalidation::push(s.id(), range.start(), range.end(), range.event()),

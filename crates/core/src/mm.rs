@@ -106,8 +106,10 @@ impl Mm {
         }
     }
 
-    /// Takes the mmap lock for write (`mmap_write_lock`).
-    pub fn mmap_write(&self) -> MmapWriteGuard<'_> {
+    /// Takes the mmap lock for write (`mmap_write_lock`). The guard keeps
+    /// the `Arc` it was taken through: the `*_locked` registrations take
+    /// their address space from it.
+    pub fn mmap_write(self: &Arc<Self>) -> MmapWriteGuard<'_> {
         let scope = self.registration_scope();
         MmapWriteGuard {
             mm: self,
@@ -231,7 +233,7 @@ impl Mm {
     /// only tests get it.
     #[doc(hidden)]
     #[cfg(feature = "test-hooks")]
-    pub fn set_invalidate_seq_for_test(&self, seq: u64) {
+    pub fn set_invalidate_seq_for_test(self: &Arc<Self>, seq: u64) {
         let guard = self.mmap_write();
         self.subscriptions_or_init(&guard).set_seq_for_test(seq);
     }
@@ -248,7 +250,10 @@ impl fmt::Debug for Mm {
 
 /// Proof that the caller holds a lock of this address space that keeps
 /// registration out: the mmap lock (either side) or the rmap stand-in.
-/// Every invalidation shows one and keeps it until its end.
+/// Every invalidation's range is made from one ([`Range::new`](crate::Range::new))
+/// and borrows it until the invalidation ends, so an invalidation under no
+/// lock, or with a range of another address space than the lock's, does
+/// not compile.
 pub trait HeldMmLock: sealed::Sealed {
     /// The address space whose lock is held.
     fn mm(&self) -> &Mm;
@@ -272,7 +277,7 @@ pub struct MmapReadGuard<'a> {
 /// it as evidence.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct MmapWriteGuard<'a> {
-    mm: &'a Mm,
+    mm: &'a Arc<Mm>,
     _guard: RwLockWriteGuard<'a, ()>,
     /// Dropped after the lock (fields drop in order): the observer hears
     /// "left" only once the lock is free.
@@ -308,12 +313,9 @@ held_lock!(MmapWriteGuard);
 held_lock!(RmapGuard);
 
 impl MmapWriteGuard<'_> {
-    /// Checks that this guard is for `mm`.
-    pub(crate) fn check(&self, mm: &Mm) -> crate::Result<()> {
-        if std::ptr::eq(self.mm, mm) {
-            Ok(())
-        } else {
-            Err(crate::Error::WrongMm)
-        }
+    /// The address space whose mmap lock is held, as the registrations
+    /// made under it keep it.
+    pub fn mm_arc(&self) -> &Arc<Mm> {
+        self.mm
     }
 }

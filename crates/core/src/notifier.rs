@@ -48,7 +48,7 @@ use crate::warn::Warning;
 /// let mm = Mm::new();
 /// let notifier = Notifier::register(&mm, &OPS, Counter(AtomicUsize::new(0))).unwrap();
 /// let lock = mm.mmap_read();
-/// mmun_core::Invalidation::start(&lock, Range::new(&mm, mmun_core::Event::Unmap, 0, 4096)).end();
+/// mmun_core::Invalidation::start(Range::new(&lock, mmun_core::Event::Unmap, 0, 4096)).end();
 /// assert_eq!(notifier.0.load(Ordering::Relaxed), 1);
 /// ```
 pub struct Notifier<T: Send + Sync + 'static> {
@@ -70,19 +70,18 @@ impl<T: Send + Sync + 'static> Notifier<T> {
     pub fn register(mm: &Arc<Mm>, ops: &'static NotifierOps<T>, data: T) -> Result<Notifier<T>> {
         mm.assert_not_registering_inside("mmu_notifier_register()");
         let guard = mm.mmap_write();
-        Self::register_locked(&guard, mm, ops, data)
+        Self::register_locked(&guard, ops, data)
     }
 
     /// `__mmu_notifier_register`: the caller already holds the mmap write
-    /// lock of `mm`.
+    /// lock; the notifier goes on that lock's address space.
     pub fn register_locked(
         guard: &MmapWriteGuard<'_>,
-        mm: &Arc<Mm>,
         ops: &'static NotifierOps<T>,
         data: T,
     ) -> Result<Notifier<T>> {
-        let sub = new_subscription(mm, ops, data)?;
-        register_locked(guard, mm, Some(ListEntry::new(sub.clone())))?;
+        let sub = new_subscription(guard.mm_arc(), ops, data)?;
+        register_locked(guard, Some(ListEntry::new(sub.clone())))?;
         Ok(Notifier { sub: Some(sub) })
     }
 
@@ -164,7 +163,7 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
     pub fn get(mm: &Arc<Mm>, ops: &'static NotifierOps<T>) -> Result<SharedNotifier<T>> {
         mm.assert_not_registering_inside("mmu_notifier_get()");
         let guard = mm.mmap_write();
-        Self::get_locked(&guard, mm, ops)
+        Self::get_locked(&guard, ops)
     }
 
     /// `mmu_notifier_get_locked`: the subscription registered on `mm` with
@@ -178,16 +177,15 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
     /// `free_notifier` has already run.
     pub fn get_locked(
         guard: &MmapWriteGuard<'_>,
-        mm: &Arc<Mm>,
         ops: &'static NotifierOps<T>,
     ) -> Result<SharedNotifier<T>> {
         // Everything that refuses without needing the driver state comes
         // first, so a refused get never calls `alloc_notifier` (nor then
-        // `free_notifier`): the disabled build, the wrong lock, bad ops.
+        // `free_notifier`): the disabled build, bad ops.
         if cfg!(feature = "disabled") {
             return Err(Error::Disabled);
         }
-        guard.check(mm)?;
+        let mm = guard.mm_arc();
         if let Some(sub) = find_and_get(mm, ops)? {
             return Ok(SharedNotifier { sub: Some(sub) });
         }
@@ -195,7 +193,7 @@ impl<T: Send + Sync + 'static> SharedNotifier<T> {
         let alloc = ops.alloc_notifier.ok_or(Error::NoAllocNotifier)?;
         let data = alloc(mm)?;
         let sub = new_subscription(mm, ops, data)?;
-        if let Err(e) = register_locked(guard, mm, Some(ListEntry::new(sub.clone()))) {
+        if let Err(e) = register_locked(guard, Some(ListEntry::new(sub.clone()))) {
             free_now(ops, &sub.data);
             return Err(e);
         }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::mm::HeldMmLock;
 use crate::{Event, Mm};
 
 /// Flags of a range: the kernel's [`RangeFlags::BLOCKABLE`], and the mmun
@@ -119,15 +120,47 @@ const VMA_SHIFT: u32 = 40;
 const VMA_KNOWN: u64 = 2;
 
 impl<'mm> Range<'mm> {
-    /// `mmu_notifier_range_init(range, event, 0, mm, start, end)`.
+    /// `mmu_notifier_range_init(range, event, 0, mm, start, end)`, for the
+    /// address space whose lock `held` is: a range borrows the lock it was
+    /// made under, and an [`Invalidation`](crate::Invalidation) keeps it
+    /// until its end, so a range of one address space cannot be
+    /// invalidated under another's lock, nor under none.
     ///
     /// # Panics
     ///
     /// If `end < start`: a range never runs backwards. An empty range
     /// (`start == end`) is allowed; it matches no interval notifier (the
     /// kernel would query `[start, start - 1]`, see `DESIGN.md`).
+    ///
+    /// Without a lock there is no range to invalidate:
+    ///
+    /// ```compile_fail
+    /// use mmun_core::{Event, Invalidation, Mm, Range};
+    /// let mm = Mm::new();
+    /// Invalidation::start(Range::new(&*mm, Event::Clear, 0, 0x1000)).end();
+    /// ```
+    ///
+    /// and the lock stays held until the invalidation ends:
+    ///
+    /// ```compile_fail
+    /// use mmun_core::{Event, Invalidation, Mm, Range};
+    /// let mm = Mm::new();
+    /// let lock = mm.mmap_read();
+    /// let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000));
+    /// drop(lock);
+    /// inv.end();
+    /// ```
     #[inline]
-    pub fn new(mm: &'mm Mm, event: Event, start: u64, end: u64) -> Range<'mm> {
+    #[track_caller]
+    pub fn new(held: &'mm impl HeldMmLock, event: Event, start: u64, end: u64) -> Range<'mm> {
+        Range::of(held.mm(), event, start, end)
+    }
+
+    /// [`Range::new`] from the address space itself, for the core's own
+    /// ranges (exit's teardown range, tests of the range encoding).
+    #[inline]
+    #[track_caller]
+    pub(crate) fn of(mm: &'mm Mm, event: Event, start: u64, end: u64) -> Range<'mm> {
         if end < start {
             backwards_range(start, end);
         }

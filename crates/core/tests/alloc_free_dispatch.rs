@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
 use mmun_core::{
-    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
-    NotifierOps, Range, Seq, StartFn, WouldBlock,
+    Event, HeldMmLock, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm,
+    Notifier, NotifierOps, Range, Seq, StartFn, WouldBlock,
 };
 
 thread_local! {
@@ -307,17 +307,17 @@ impl IntervalNotifierOps for Interval {
     }
 }
 
-fn unmap(mm: &Mm, start: u64, end: u64) -> Range<'_> {
-    Range::new(mm, Event::Unmap, start, end)
+fn unmap(held: &impl HeldMmLock, start: u64, end: u64) -> Range<'_> {
+    Range::new(held, Event::Unmap, start, end)
 }
 
 /// One full round of every dispatcher on `mm`.
 fn every_dispatch(mm: &Mm) {
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, unmap(mm, 0, 1 << 30)).end();
-    Invalidation::start(&lock, Range::new(mm, Event::Clear, 0x1000, 0x2000)).only_end();
+    Invalidation::start(unmap(&lock, 0, 1 << 30)).end();
+    Invalidation::start(Range::new(&lock, Event::Clear, 0x1000, 0x2000)).only_end();
     let rmap = mm.rmap_lock();
-    let clear = Invalidation::start(&rmap, Range::new(mm, Event::Clear, 0, 0x1000));
+    let clear = Invalidation::start(Range::new(&rmap, Event::Clear, 0, 0x1000));
     clear.change_pte(0x0, 0x1234);
     clear.invalidate_range(0, 0x1000);
     mm.invalidate_range(0, 0x1000);
@@ -326,7 +326,7 @@ fn every_dispatch(mm: &Mm) {
     mm.clear_flush_young(0, 0x1000);
     mm.test_young(0);
     drop(rmap);
-    if let Ok(inv) = Invalidation::start_nonblock(&lock, unmap(mm, 0, 0x1000)) {
+    if let Ok(inv) = Invalidation::start_nonblock(unmap(&lock, 0, 0x1000)) {
         inv.end();
     }
 }
@@ -360,7 +360,7 @@ fn a_thousand_overlapping_interval_notifiers() {
     std::thread::spawn(move || {
         assert_allocation_free("1000 hits", || {
             let lock = mm2.mmap_read();
-            Invalidation::start(&lock, unmap(&mm2, 0, 1 << 40)).end();
+            Invalidation::start(unmap(&lock, 0, 1 << 40)).end();
         });
     })
     .join()
@@ -381,12 +381,12 @@ fn nonblock_refusals_by_list_and_interval_notifiers() {
     let sub = std::thread::spawn(move || {
         let lock = mm2.mmap_read();
         let refused = assert_allocation_free("list refusal", || {
-            Invalidation::start_nonblock(&lock, unmap(&mm2, 0, 0x1000)).is_err()
+            Invalidation::start_nonblock(unmap(&lock, 0, 0x1000)).is_err()
         });
         assert!(refused);
         sub.ops().refuse_nonblock.store(true, Ordering::Relaxed);
         let refused = assert_allocation_free("interval refusal", || {
-            Invalidation::start_nonblock(&lock, unmap(&mm2, 0, 0x1000)).is_err()
+            Invalidation::start_nonblock(unmap(&lock, 0, 0x1000)).is_err()
         });
         assert!(refused);
         sub
@@ -428,7 +428,7 @@ fn read_begin_and_read_retry_on_a_brand_new_thread() {
         })
     });
     let lock = mm2.mmap_read();
-    let inv = Invalidation::start(&lock, unmap(&mm2, 0, 0x1000));
+    let inv = Invalidation::start(unmap(&lock, 0, 0x1000));
     barrier.wait();
     std::thread::sleep(std::time::Duration::from_millis(20));
     inv.end();
@@ -447,9 +447,7 @@ fn deferred_inserts_and_removes_applied_at_end() {
     let (tx_done, rx_done) = std::sync::mpsc::channel::<()>();
     let dispatcher = std::thread::spawn(move || {
         let lock = mm2.mmap_read();
-        let inv = assert_allocation_free("start", || {
-            Invalidation::start(&lock, unmap(&mm2, 0, 0x1000))
-        });
+        let inv = assert_allocation_free("start", || Invalidation::start(unmap(&lock, 0, 0x1000)));
         tx_started.send(()).unwrap();
         rx_done.recv().unwrap();
         assert_allocation_free("end applying deferred updates", || inv.end());
@@ -484,7 +482,7 @@ fn contended_dispatch_from_two_threads() {
                     for i in 0..2000u64 {
                         let lock = mm.mmap_read();
                         let start = (i % 8) * 0x1000;
-                        Invalidation::start(&lock, unmap(&mm, start, start + 0x1000)).end();
+                        Invalidation::start(unmap(&lock, start, start + 0x1000)).end();
                     }
                 });
             })

@@ -39,7 +39,7 @@ fn sleeping_in_a_nonblock_list_callback_is_reported() {
         let mm = Mm::new();
         let _n = Notifier::register(&mm, &SLEEPS, ()).unwrap();
         let lock = mm.mmap_read();
-        let _ = Invalidation::start_nonblock(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000));
+        let _ = Invalidation::start_nonblock(Range::new(&lock, Event::Unmap, 0, 0x1000));
     });
     assert!(text.contains("might_sleep()"), "{text}");
 }
@@ -53,7 +53,7 @@ fn sleeping_in_a_blockable_callback_is_fine() {
     let mm = Mm::new();
     let _n = Notifier::register(&mm, &SLEEPS, ()).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();
+    Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
 }
 
 #[test]
@@ -102,9 +102,9 @@ fn driver_lock_held_around_invalidate_range_start_is_a_cycle() {
         let mm = Mm::new();
         let _n = IntervalNotifier::insert(&mm, 0, 0x1000, TakesLock(&LOCK)).unwrap();
         let lock = mm.mmap_read();
-        Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 0x1000)).end();
+        Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000)).end();
         let _held = LOCK.lock();
-        Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x8000, 0x9000)).end();
+        Invalidation::start(Range::new(&lock, Event::Clear, 0x8000, 0x9000)).end();
     });
     assert!(text.contains("possible circular locking"), "{text}");
     assert!(text.contains("driver lock A"), "{text}");
@@ -122,7 +122,7 @@ fn read_begin_under_the_callback_lock_is_a_cycle() {
         let n = IntervalNotifier::insert(&mm, 0, 0x1000, TakesLock(&LOCK)).unwrap();
         {
             let lock = mm.mmap_read();
-            Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 0x1000)).end();
+            Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000)).end();
         }
         let _held = LOCK.lock();
         let _ = n.read_begin();
@@ -140,7 +140,7 @@ fn the_documented_retry_loop_is_not_reported() {
     for _ in 0..3 {
         {
             let lock = mm.mmap_read();
-            Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 0x1000)).end();
+            Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000)).end();
         }
         let seq = n.read_begin();
         let _held = LOCK.lock();
@@ -178,7 +178,7 @@ fn read_begin_from_inside_a_callback_of_the_same_mm_panics_instead_of_hanging() 
         *OTHER.lock().unwrap() = Some(other);
         let _me = IntervalNotifier::insert(&mm, 0x100, 0x1000, ReadsInside).unwrap();
         let lock = mm.mmap_read();
-        Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 0x2000)).end();
+        Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x2000)).end();
     });
     assert!(text.contains("mmu_interval_read_begin()"), "{text}");
     OTHER.lock().unwrap().take();

@@ -29,8 +29,8 @@ fn everything_is_a_no_op_and_registration_is_refused() {
     );
     assert!(!mm.has_notifiers());
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();
-    assert!(Invalidation::start_nonblock(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).is_ok());
+    Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
+    assert!(Invalidation::start_nonblock(Range::new(&lock, Event::Unmap, 0, 0x1000)).is_ok());
     assert!(!mm.clear_flush_young(0, 0x1000) && !mm.clear_young(0, 0x1000) && !mm.test_young(0));
     drop(lock);
     assert!(mm.exit());

@@ -83,7 +83,7 @@ impl Setup {
     /// The primary PTE changes to `frame` inside an invalidation.
     fn change_primary(&self, frame: u64) {
         let lock = self.mm.mmap_read();
-        let inv = Invalidation::start(&lock, Range::new(&self.mm, Event::Clear, 0, PAGE_SIZE));
+        let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0, PAGE_SIZE));
         self.primary.store(frame, SeqCst);
         inv.end();
     }
@@ -171,16 +171,16 @@ fn a_non_blockable_invalidation_is_refused_while_the_driver_lock_is_held() {
     let before = s.sub.read_begin();
     {
         let lock = s.mm.mmap_read();
-        let range = Range::new(&s.mm, Event::Unmap, 0, PAGE_SIZE);
-        assert!(Invalidation::start_nonblock(&lock, range).is_err());
+        let range = Range::new(&lock, Event::Unmap, 0, PAGE_SIZE);
+        assert!(Invalidation::start_nonblock(range).is_err());
     }
     // Refused before set_seq: the fault holding the lock is still current.
     assert!(!s.sub.read_retry(before));
     release_tx.send(()).unwrap();
     holder.join().unwrap();
     let lock = s.mm.mmap_read();
-    let range = Range::new(&s.mm, Event::Unmap, 0, PAGE_SIZE);
-    Invalidation::start_nonblock(&lock, range).unwrap().end();
+    let range = Range::new(&lock, Event::Unmap, 0, PAGE_SIZE);
+    Invalidation::start_nonblock(range).unwrap().end();
     assert!(s.sub.read_retry(before));
 }
 

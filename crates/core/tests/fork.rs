@@ -63,7 +63,7 @@ fn child_uses_srcu() {
     let n = Notifier::register(&mm, &QUIET, ()).unwrap();
     {
         let lock = mm.mmap_read();
-        Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();
+        Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
     }
     n.unregister(); // synchronize_srcu
     SharedNotifier::get(&mm, &FREE_FLAG).unwrap().put(); // call_srcu
@@ -110,7 +110,7 @@ fn fork_while_another_thread_is_inside_a_read_section() {
         let mm = mm.clone();
         move || {
             let lock = mm.mmap_read();
-            Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();
+            Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
         }
     });
     entered.wait(); // the reader is inside the start callback, in a section
@@ -183,8 +183,7 @@ fn forks_during_srcu_churn() {
                         0 => SharedNotifier::get(&mm, &START).unwrap().put(),
                         1 => {
                             let lock = mm.mmap_read();
-                            Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000))
-                                .end();
+                            Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
                         }
                         _ => Notifier::register(&mm, &QUIET_LIST, ())
                             .unwrap()

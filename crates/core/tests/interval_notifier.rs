@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use common::*;
 use mmun_core::{
-    Error, Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
-    Range, Seq, Warning, WouldBlock,
+    Error, Event, HeldMmLock, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm,
+    Notifier, Range, Seq, Warning, WouldBlock,
 };
 
-fn range(mm: &Mm, start: u64, end: u64) -> Range<'_> {
-    Range::new(mm, Event::Clear, start, end)
+fn range(held: &impl HeldMmLock, start: u64, end: u64) -> Range<'_> {
+    Range::new(held, Event::Clear, start, end)
 }
 
 fn seqs(calls: &[Call]) -> Vec<u64> {
@@ -37,7 +37,7 @@ fn only_overlapping_intervals_are_called_in_ascending_start_with_the_whole_range
     let _far = IntervalNotifier::insert(&mm, 0x9000, 0x1000, Recorder::new("far", &log)).unwrap();
     let _b = IntervalNotifier::insert(&mm, 0x1000, 0x3000, Recorder::new("b", &log)).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, range(&mm, 0x1800, 0x3001)).end();
+    Invalidation::start(range(&lock, 0x1800, 0x3001)).end();
     let calls = log.take();
     let who: Vec<_> = calls.iter().map(who_of).collect();
     assert_eq!(
@@ -70,7 +70,7 @@ fn interval_ending_at_the_top_of_the_address_space() {
         .unwrap();
     assert_eq!(top.last(), u64::MAX);
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, range(&mm, u64::MAX - 0x10, u64::MAX)).end();
+    Invalidation::start(range(&lock, u64::MAX - 0x10, u64::MAX)).end();
     assert_eq!(log.take().len(), 1);
 }
 
@@ -100,7 +100,7 @@ fn an_empty_range_hits_no_interval() {
     let log = Log::default();
     let _n = IntervalNotifier::insert(&mm, 0x1000, 0x2000, Recorder::new("n", &log)).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, range(&mm, 0x2000, 0x2000)).end();
+    Invalidation::start(range(&lock, 0x2000, 0x2000)).end();
     assert_eq!(log.len(), 0);
 }
 
@@ -112,7 +112,7 @@ fn itree_runs_before_the_list_at_start_and_at_end() {
     let _list = Notifier::register(&mm, &FULL, ListRec::new("list", &log)).unwrap();
     let before = isub.read_begin();
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, range(&mm, 0, 0x1000));
+    let inv = Invalidation::start(range(&lock, 0, 0x1000));
     assert!(isub.check_retry(before), "set_seq ran during start");
     inv.end();
     let who: Vec<_> = log.take().iter().map(who_of).collect();
@@ -131,12 +131,12 @@ fn read_begin_then_invalidation_forces_retry_and_check_retry_sees_it() {
     assert!(seq.is_odd());
     assert!(!n.read_retry(seq) && !n.check_retry(seq));
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, range(&mm, 0x1000, 0x2000)).end();
+    Invalidation::start(range(&lock, 0x1000, 0x2000)).end();
     assert!(n.read_retry(seq) && n.check_retry(seq));
     let again = n.read_begin();
     assert!(!n.read_retry(again));
     // A range elsewhere does not disturb it.
-    Invalidation::start(&lock, range(&mm, 0x5000, 0x6000)).end();
+    Invalidation::start(range(&lock, 0x5000, 0x6000)).end();
     assert!(!n.read_retry(again));
 }
 
@@ -150,7 +150,7 @@ fn insert_in_each_exclusion_state() {
     let lock = mm.rmap_lock();
 
     // Partially excluded: a range is running but hit nothing (seq even).
-    let miss = Invalidation::start(&lock, range(&mm, 0x8000, 0x9000));
+    let miss = Invalidation::start(range(&lock, 0x8000, 0x9000));
     let partial =
         IntervalNotifier::insert(&mm, 0x4000, 0x1000, Recorder::new("partial", &log)).unwrap();
     // The new interval is treated as covered: read_begin must wait for the end.
@@ -175,11 +175,11 @@ fn insert_in_each_exclusion_state() {
     assert!(!partial.read_retry(s));
 
     // Fully excluded: an invalidation hit `hit`, so the tree is frozen.
-    let full = Invalidation::start(&lock, range(&mm, 0x1000, 0x2000));
+    let full = Invalidation::start(range(&lock, 0x1000, 0x2000));
     let deferred =
         IntervalNotifier::insert(&mm, 0x1000, 0x1000, Recorder::new("deferred", &log)).unwrap();
     log.take();
-    let nested = Invalidation::start(&lock, range(&mm, 0x1000, 0x2000));
+    let nested = Invalidation::start(range(&lock, 0x1000, 0x2000));
     assert_eq!(
         log.take().iter().map(who_of).collect::<Vec<_>>(),
         ["hit"],
@@ -187,7 +187,7 @@ fn insert_in_each_exclusion_state() {
     );
     nested.end();
     full.end();
-    Invalidation::start(&lock, range(&mm, 0x1000, 0x2000)).end();
+    Invalidation::start(range(&lock, 0x1000, 0x2000)).end();
     assert_eq!(
         log.take().iter().map(who_of).collect::<Vec<_>>(),
         ["hit", "deferred"]
@@ -205,8 +205,8 @@ fn read_begin_waits_for_the_last_overlapping_end() {
     let n =
         Arc::new(IntervalNotifier::insert(&mm, 0x1000, 0x1000, Recorder::new("n", &log)).unwrap());
     let lock = mm.rmap_lock();
-    let first = Invalidation::start(&lock, range(&mm, 0x1000, 0x2000));
-    let second = Invalidation::start(&lock, range(&mm, 0x7000, 0x8000));
+    let first = Invalidation::start(range(&lock, 0x1000, 0x2000));
+    let second = Invalidation::start(range(&lock, 0x7000, 0x8000));
     let done = Arc::new(AtomicBool::new(false));
     let (n2, d2) = (Arc::clone(&n), Arc::clone(&done));
     let reader = std::thread::spawn(move || {
@@ -234,7 +234,7 @@ fn read_begin_after_sequence_wrap_around() {
     let lock = mm.mmap_read();
     for _ in 0..3 {
         let s = n.read_begin();
-        Invalidation::start(&lock, range(&mm, 0, 0x1000)).end();
+        Invalidation::start(range(&lock, 0, 0x1000)).end();
         assert!(n.read_retry(s));
         let s2 = n.read_begin();
         assert!(!n.read_retry(s2));
@@ -277,7 +277,7 @@ fn remove_waits_for_the_epoch_in_which_its_callback_runs() {
     let mm2 = Arc::clone(&mm);
     let invalidator = std::thread::spawn(move || {
         let lock = mm2.mmap_read();
-        Invalidation::start(&lock, range(&mm2, 0, 0x1000)).end();
+        Invalidation::start(range(&lock, 0, 0x1000)).end();
     });
     while !entered.load(Ordering::SeqCst) {
         std::thread::yield_now();
@@ -296,12 +296,12 @@ fn remove_of_a_deferred_insert_does_not_wait_and_never_joins_the_tree() {
     let log = Log::default();
     let _hit = IntervalNotifier::insert(&mm, 0, 0x1000, Recorder::new("hit", &log)).unwrap();
     let lock = mm.rmap_lock();
-    let inv = Invalidation::start(&lock, range(&mm, 0, 0x1000));
+    let inv = Invalidation::start(range(&lock, 0, 0x1000));
     let deferred = IntervalNotifier::insert(&mm, 0, 0x1000, Recorder::new("gone", &log)).unwrap();
     within(5, move || deferred.remove());
     inv.end();
     log.take();
-    Invalidation::start(&lock, range(&mm, 0, 0x1000)).end();
+    Invalidation::start(range(&lock, 0, 0x1000)).end();
     assert_eq!(log.take().iter().map(who_of).collect::<Vec<_>>(), ["hit"]);
 }
 
@@ -312,7 +312,7 @@ fn remove_while_idle_is_immediate_and_stops_callbacks() {
     let n = IntervalNotifier::insert(&mm, 0, 0x1000, Recorder::new("n", &log)).unwrap();
     n.remove();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, range(&mm, 0, 0x1000)).end();
+    Invalidation::start(range(&lock, 0, 0x1000)).end();
     assert_eq!(log.len(), 0);
     assert!(mm.warnings().is_empty());
 }
@@ -329,7 +329,7 @@ fn nonblock_refusal_aborts_before_the_list_and_restores_the_count() {
     let _list = Notifier::register(&mm, &FULL, ListRec::new("list", &log)).unwrap();
     let lock = mm.mmap_read();
     let s = polite.read_begin();
-    let result = Invalidation::start_nonblock(&lock, range(&mm, 0, 0x2000));
+    let result = Invalidation::start_nonblock(range(&lock, 0, 0x2000));
     assert_eq!(result.err(), Some(WouldBlock));
     let calls = log.take();
     assert_eq!(
@@ -362,7 +362,7 @@ fn a_refusal_of_a_blockable_range_is_warned_and_ignored() {
     let _rude = IntervalNotifier::insert(&mm, 0, 0x1000, Rude).unwrap();
     let _next = IntervalNotifier::insert(&mm, 0x100, 0x1000, Recorder::new("next", &log)).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, range(&mm, 0, 0x1000)).end();
+    Invalidation::start(range(&lock, 0, 0x1000)).end();
     assert_eq!(log.len(), 1, "the walk continues");
     assert_eq!(mm.warnings(), vec![Warning::IntervalRefusedBlockable]);
 }
@@ -377,7 +377,7 @@ fn list_refusal_after_interval_acceptance_leaves_no_epoch_open() {
     let _b = Notifier::register(&mm, &FALLIBLE, ListRec::new("B", &log)).unwrap();
     {
         let lock = mm.mmap_read();
-        assert!(Invalidation::start_nonblock(&lock, range(&mm, 0, 0x1000)).is_err());
+        assert!(Invalidation::start_nonblock(range(&lock, 0, 0x1000)).is_err());
     }
     let n = Arc::new(n);
     let n2 = Arc::clone(&n);
@@ -398,7 +398,7 @@ fn exit_sends_release_to_intervals_and_keeps_them() {
     mm.exit();
     {
         let lock = mm.mmap_write();
-        Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, u64::MAX)).end();
+        Invalidation::start(Range::new(&lock, Event::Unmap, 0, u64::MAX)).end();
     }
     let calls = log.take();
     assert_eq!(calls.len(), 3, "{calls:?}");
@@ -426,19 +426,27 @@ fn exit_sends_release_to_intervals_and_keeps_them() {
     n.remove();
 }
 
+/// The address space comes from the guard: there is no other to name.
 #[test]
-fn insert_locked_needs_the_write_lock_of_the_same_mm() {
+fn insert_locked_inserts_on_the_guards_address_space() {
     let (mm, other) = (Mm::new(), Mm::new());
     let log = Log::default();
     let guard = other.mmap_write();
-    let err = IntervalNotifier::insert_locked(&guard, &mm, 0, 0x1000, Recorder::new("x", &log));
-    assert_eq!(err.err(), Some(Error::WrongMm));
+    let n = IntervalNotifier::insert_locked(&guard, 0, 0x1000, Recorder::new("x", &log)).unwrap();
     drop(guard);
-    let guard = mm.mmap_write();
-    let ok =
-        IntervalNotifier::insert_locked(&guard, &mm, 0, 0x1000, Recorder::new("x", &log)).unwrap();
-    drop(guard);
-    ok.remove();
+    assert!(Arc::ptr_eq(n.mm(), &other));
+    let lock = mm.mmap_read();
+    Invalidation::start(range(&lock, 0, 0x1000)).end();
+    drop(lock);
+    assert!(
+        log.take().is_empty(),
+        "the other address space's change misses it"
+    );
+    let lock = other.mmap_read();
+    Invalidation::start(range(&lock, 0, 0x1000)).end();
+    drop(lock);
+    assert_eq!(log.take().len(), 1, "a change of the guard's mm reaches it");
+    n.remove();
 }
 
 // ---- panics and misuse ----
@@ -462,7 +470,7 @@ fn a_panicking_callback_leaves_the_subscriptions_consistent() {
     let mm2 = Arc::clone(&mm);
     let outcome = std::thread::spawn(move || {
         let lock = mm2.mmap_read();
-        Invalidation::start(&lock, range(&mm2, 0, 0x2000)).end();
+        Invalidation::start(range(&lock, 0, 0x2000)).end();
     })
     .join();
     assert!(outcome.is_err(), "the panic propagates");
@@ -490,7 +498,7 @@ fn a_panicking_list_start_after_the_tree_counted_leaves_no_epoch_open() {
     let mm2 = Arc::clone(&mm);
     let outcome = std::thread::spawn(move || {
         let lock = mm2.mmap_read();
-        Invalidation::start(&lock, range(&mm2, 0, 0x1000)).end();
+        Invalidation::start(range(&lock, 0, 0x1000)).end();
     })
     .join();
     assert!(outcome.is_err(), "the panic propagates");
@@ -523,7 +531,7 @@ fn remove_from_inside_its_own_callback_panics_naming_the_rule() {
     let message = within(10, move || {
         std::thread::spawn(move || {
             let lock = mm2.mmap_read();
-            Invalidation::start(&lock, range(&mm2, 0, 0x1000)).end();
+            Invalidation::start(range(&lock, 0, 0x1000)).end();
         })
         .join()
         .unwrap_err()
@@ -559,7 +567,7 @@ fn handles_in_every_seq_chunk_see_their_own_invalidations() {
     let lock = mm.mmap_read();
     for i in (0..3000).step_by(7) {
         let start = i as u64 * 0x2000;
-        Invalidation::start(&lock, range(&mm, start, start + 0x1000)).end();
+        Invalidation::start(range(&lock, start, start + 0x1000)).end();
     }
     drop(lock);
     for (i, (sub, seq)) in subs.iter().zip(&before).enumerate() {
@@ -602,7 +610,7 @@ fn equal_starts_are_removed_one_by_one_in_any_order() {
         }
         subs.remove(i).remove();
         let lock = mm.mmap_read();
-        Invalidation::start(&lock, range(&mm, 0x4000, 0x4001)).end();
+        Invalidation::start(range(&lock, 0x4000, 0x4001)).end();
         let called: Vec<_> = log.take().iter().map(who_of).collect();
         assert_eq!(
             called,

@@ -58,7 +58,7 @@ fn check(name: &str, f: impl Fn() + Sync + Send + 'static) {
 /// with nothing done between start and end.
 fn invalidate(mm: &Mm, event: Event, start: u64, end: u64) {
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, Range::new(mm, event, start, end)).end();
+    Invalidation::start(Range::new(&lock, event, start, end)).end();
 }
 
 // ---------------------------------------------------------------------------
@@ -85,7 +85,7 @@ impl IntervalNotifierOps for MirrorOps {
 /// Changes the primary PTE to `value` inside an invalidation of its page.
 fn change_pte(mm: &Mm, pte: &AtomicUsize, value: usize) {
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, Range::new(mm, Event::Clear, 0, PAGE));
+    let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0, PAGE));
     pte.store(value, Relaxed);
     inv.end();
 }
@@ -324,7 +324,7 @@ fn remove_of_deferred_insert_does_not_wait() {
         let isub1 = IntervalNotifier::insert(&mm, 0, PAGE, ops1).unwrap();
 
         let lock = mm.mmap_read();
-        let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 2 * PAGE));
+        let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0, 2 * PAGE));
         assert_eq!(probe1.calls.load(Relaxed), 1);
 
         let (probe2, ops2) = probe();

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use common::*;
 use mmun_core::{
-    Error, Event, Invalidation, Mm, Notifier, NotifierOps, Owner, Range, SharedNotifier, StartFn,
-    Warning, WouldBlock,
+    Error, Event, HeldMmLock, Invalidation, Mm, Notifier, NotifierOps, Owner, Range,
+    SharedNotifier, StartFn, Warning, WouldBlock,
 };
 
-fn unmap<'a>(mm: &'a Mm, start: u64, end: u64) -> Range<'a> {
-    Range::new(mm, Event::Unmap, start, end)
+fn unmap(held: &impl HeldMmLock, start: u64, end: u64) -> Range<'_> {
+    Range::new(held, Event::Unmap, start, end)
 }
 
 #[test]
@@ -25,7 +25,7 @@ fn start_and_end_reach_every_notifier_newest_first() {
     let a = Notifier::register(&mm, &FULL, ListRec::new("a", &log)).unwrap();
     let b = Notifier::register(&mm, &FULL, ListRec::new("b", &log)).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, unmap(&mm, 0x1000, 0x5000)).end();
+    Invalidation::start(unmap(&lock, 0x1000, 0x5000)).end();
     let calls = log.take();
     let order: Vec<_> = calls
         .iter()
@@ -66,7 +66,7 @@ fn only_end_skips_invalidate_range() {
     let log = Log::default();
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 0x1000)).only_end();
+    Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000)).only_end();
     let calls = log.take();
     assert!(
         calls
@@ -84,7 +84,7 @@ fn dropping_an_invalidation_ends_it() {
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let lock = mm.mmap_read();
     {
-        let _inv = Invalidation::start(&lock, unmap(&mm, 0, 0x1000));
+        let _inv = Invalidation::start(unmap(&lock, 0, 0x1000));
     }
     let ends = log
         .take()
@@ -101,11 +101,7 @@ fn owner_and_event_are_passed_through() {
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let owner = Owner::unique();
     let lock = mm.mmap_read();
-    Invalidation::start(
-        &lock,
-        Range::new(&mm, Event::Migrate, 0, 0x1000).with_owner(owner),
-    )
-    .end();
+    Invalidation::start(Range::new(&lock, Event::Migrate, 0, 0x1000).with_owner(owner)).end();
     assert!(matches!(
         log.take()[0],
         Call::Start { event: Event::Migrate, owner: Some(o), .. } if o == owner
@@ -119,7 +115,7 @@ fn callbacks_not_provided_are_not_called_and_do_not_count() {
     let _empty =
         Notifier::register(&mm, &NotifierOps::EMPTY, ListRec::young("empty", &log)).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, unmap(&mm, 0, 0x1000)).end();
+    Invalidation::start(unmap(&lock, 0, 0x1000)).end();
     drop(lock);
     assert!(!mm.clear_flush_young(0, 0x1000));
     assert!(!mm.clear_young(0, 0x1000));
@@ -261,7 +257,7 @@ fn set_pte_at_notify_calls_change_pte_before_the_primary_inside_a_clear_range() 
     let log = Log::default();
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x2000));
+    let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0x1000, 0x2000));
     log.take();
     inv.set_pte_at_notify(0x1000, 0xabc, |pte| {
         assert_eq!(
@@ -285,7 +281,7 @@ fn change_pte_inside_an_invalidation_that_is_not_clear_or_migrate_is_warned() {
     let log = Log::default();
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0x1000, 0x2000));
+    let inv = Invalidation::start(Range::new(&lock, Event::Unmap, 0x1000, 0x2000));
     inv.change_pte(0x1000, 2);
     inv.end();
     assert_eq!(mm.warnings(), vec![Warning::ChangePteNotNested]);
@@ -296,7 +292,7 @@ fn change_pte_inside_an_invalidation_that_is_not_clear_or_migrate_is_warned() {
 fn change_pte_outside_its_invalidations_range_names_the_rule() {
     let mm = Mm::new();
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x2000));
+    let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0x1000, 0x2000));
     inv.change_pte(0x2000, 1);
 }
 
@@ -305,7 +301,7 @@ fn change_pte_outside_its_invalidations_range_names_the_rule() {
 fn a_nested_huge_flush_must_fit_the_invalidation() {
     let mm = Mm::new();
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x2000));
+    let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0x1000, 0x2000));
     inv.pmdp_huge_clear_flush_notify(0x1000, || ());
 }
 
@@ -315,7 +311,7 @@ fn a_nested_flush_calls_invalidate_range_over_the_entry_after_the_primary() {
     let log = Log::default();
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0x1000, 0x3000));
+    let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0x1000, 0x3000));
     log.take();
     let old = inv.ptep_clear_flush_notify(0x2345, || {
         assert!(log.take().is_empty(), "the primary first");
@@ -381,7 +377,7 @@ fn nonblock_failure_calls_every_start_then_ends_of_the_others() {
     let _b = Notifier::register(&mm, &FALLIBLE, ListRec::new("B", &log)).unwrap();
     let _a = Notifier::register(&mm, &FULL, ListRec::new("A", &log)).unwrap();
     let lock = mm.mmap_read();
-    let refused = Invalidation::start_nonblock(&lock, unmap(&mm, 0, 0x1000)).unwrap_err();
+    let refused = Invalidation::start_nonblock(unmap(&lock, 0, 0x1000)).unwrap_err();
     assert_eq!(refused, WouldBlock);
     let calls: Vec<_> = log
         .take()
@@ -411,7 +407,7 @@ fn a_start_that_fails_while_blockable_is_warned() {
     let mm = Mm::new();
     let _n = Notifier::register(&mm, &ALWAYS_FAILS, ()).unwrap();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, unmap(&mm, 0, 0x1000)).end();
+    Invalidation::start(unmap(&lock, 0, 0x1000)).end();
     assert_eq!(mm.warnings(), vec![Warning::StartFailedBlockable]);
 }
 
@@ -421,7 +417,7 @@ fn nonblock_start_that_nobody_refuses_is_not_blockable_and_needs_an_end() {
     let log = Log::default();
     let _n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let lock = mm.mmap_read();
-    let inv = Invalidation::start_nonblock(&lock, unmap(&mm, 0, 0x1000)).unwrap();
+    let inv = Invalidation::start_nonblock(unmap(&lock, 0, 0x1000)).unwrap();
     assert!(!inv.range().is_blockable());
     inv.end();
     assert!(matches!(
@@ -445,7 +441,7 @@ fn unregister_calls_release_once_and_stops_callbacks() {
     n.unregister();
     assert_eq!(log.take(), vec![Call::Release { who: "n" }]);
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, unmap(&mm, 0, 0x1000)).end();
+    Invalidation::start(unmap(&lock, 0, 0x1000)).end();
     assert_eq!(log.len(), 0);
     assert!(mm.has_notifiers(), "has_notifiers stays true, as in Linux");
 }
@@ -461,7 +457,7 @@ fn exit_releases_and_a_later_unregister_is_only_a_synchronize() {
     assert!(!mm.exit(), "exit happens once");
     assert_eq!(log.take(), vec![Call::Release { who: "n" }]);
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, unmap(&mm, 0, u64::MAX)).end();
+    Invalidation::start(unmap(&lock, 0, u64::MAX)).end();
     drop(lock);
     n.unregister();
     assert_eq!(
@@ -481,12 +477,24 @@ fn registration_after_exit_fails_with_einval() {
     assert_eq!((err.errno(), err), (22, Error::NoUsers));
 }
 
+/// The address space comes from the guard: there is no other to name.
 #[test]
-fn lock_guard_of_another_mm_is_refused() {
+fn register_locked_registers_on_the_guards_address_space() {
     let (mm, other) = (Mm::new(), Mm::new());
+    let log = Log::default();
     let guard = other.mmap_write();
-    let err = Notifier::register_locked(&guard, &mm, &FULL, ListRec::new("n", &Log::default()));
-    assert_eq!(err.err(), Some(Error::WrongMm));
+    let n = Notifier::register_locked(&guard, &FULL, ListRec::new("n", &log)).unwrap();
+    drop(guard);
+    assert!(Arc::ptr_eq(n.mm(), &other));
+    assert!(!mm.has_notifiers());
+    let lock = other.mmap_read();
+    Invalidation::start(unmap(&lock, 0, 0x1000)).end();
+    drop(lock);
+    assert!(
+        !log.take().is_empty(),
+        "a change of the guard's mm reaches it"
+    );
+    n.unregister();
 }
 
 /// §5 #3/#4: unregister racing exit, at many interleavings: no crash, the
@@ -535,7 +543,7 @@ fn unregister_waits_for_a_sleeping_callback() {
     let mm2 = Arc::clone(&mm);
     let invalidator = std::thread::spawn(move || {
         let lock = mm2.mmap_read();
-        Invalidation::start(&lock, Range::new(&mm2, Event::Clear, 0, 0x1000)).end();
+        Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000)).end();
     });
     while !SLEEPY_ENTERED.load(Ordering::SeqCst) {
         std::thread::yield_now();
@@ -555,7 +563,7 @@ fn unregister_inside_an_open_range_gets_no_end() {
     let log = Log::default();
     let n = Notifier::register(&mm, &FULL, ListRec::new("n", &log)).unwrap();
     let lock = mm.rmap_lock();
-    let inv = Invalidation::start(&lock, unmap(&mm, 0, 0x1000));
+    let inv = Invalidation::start(unmap(&lock, 0, 0x1000));
     let mm2 = Arc::clone(&mm);
     within(10, move || {
         let _ = &mm2;
@@ -578,7 +586,7 @@ fn register_waits_for_an_open_range() {
     let log = Log::default();
     let registered = Arc::new(AtomicBool::new(false));
     let lock = mm.rmap_lock();
-    let inv = Invalidation::start(&lock, unmap(&mm, 0, 0x1000));
+    let inv = Invalidation::start(unmap(&lock, 0, 0x1000));
     let (mm2, log2, reg2) = (Arc::clone(&mm), log.clone(), Arc::clone(&registered));
     let registrar = std::thread::spawn(move || {
         let n = Notifier::register(&mm2, &FULL, ListRec::new("late", &log2)).unwrap();
@@ -644,7 +652,7 @@ fn get_returns_the_same_subscription_and_put_frees_after_the_last_user() {
         "put never calls release"
     );
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, unmap(&mm, 0, 0x1000)).end();
+    Invalidation::start(unmap(&lock, 0, 0x1000)).end();
     assert_eq!(log.take(), vec![]);
 }
 

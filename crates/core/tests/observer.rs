@@ -106,7 +106,7 @@ fn dispatch_never_calls_the_observer() {
     let before = log.max_depth.load(Ordering::SeqCst);
     log.max_depth.store(0, Ordering::SeqCst);
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();
+    Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
     assert_eq!(log.max_depth.load(Ordering::SeqCst), 0);
     assert!(before >= 1);
 }
@@ -125,10 +125,10 @@ fn late_survives_the_entry_points_and_reaches_callbacks() {
     let mm = Mm::new();
     let sub = IntervalNotifier::insert(&mm, 0, 0x1000, SeesLate(AtomicI32::new(-1))).unwrap();
     let lock = mm.mmap_read();
-    let late = Range::new(&mm, Event::Unmap, 0, 0x1000).with_flags(RangeFlags::LATE);
-    Invalidation::start(&lock, late).end();
+    let late = Range::new(&lock, Event::Unmap, 0, 0x1000).with_flags(RangeFlags::LATE);
+    Invalidation::start(late).end();
     assert_eq!(sub.ops().0.load(Ordering::SeqCst), 1);
-    Invalidation::start(&lock, Range::new(&mm, Event::Unmap, 0, 0x1000)).end();
+    Invalidation::start(Range::new(&lock, Event::Unmap, 0, 0x1000)).end();
     assert_eq!(sub.ops().0.load(Ordering::SeqCst), 0);
     assert_eq!(
         format!("{:?}", RangeFlags::LATE.union(RangeFlags::BLOCKABLE)),

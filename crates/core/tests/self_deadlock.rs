@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use common::within;
 use mmun_core::{
-    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
-    NotifierOps, Range, Seq, StartFn,
+    Event, HeldMmLock, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm,
+    Notifier, NotifierOps, Range, Seq, StartFn,
 };
 
-fn clear(mm: &Mm, start: u64, end: u64) -> Range<'_> {
-    Range::new(mm, Event::Clear, start, end)
+fn clear(held: &impl HeldMmLock, start: u64, end: u64) -> Range<'_> {
+    Range::new(held, Event::Clear, start, end)
 }
 
 /// Runs `f` on its own thread (fresh per-thread state) and returns the
@@ -45,7 +45,7 @@ fn read_begin_between_start_and_end_on_the_same_thread_panics() {
         let mm = Mm::new();
         let sub = IntervalNotifier::insert(&mm, 0, 0x1000, SetsSeq).unwrap();
         let lock = mm.mmap_read();
-        let inv = Invalidation::start(&lock, clear(&mm, 0, 0x1000));
+        let inv = Invalidation::start(clear(&lock, 0, 0x1000));
         let _ = sub.read_begin();
         inv.end();
     });
@@ -62,7 +62,7 @@ fn try_read_begin_between_start_and_end_refuses_instead_of_panicking() {
         let sub = IntervalNotifier::insert(&mm, 0, 0x1000, SetsSeq).unwrap();
         assert!(sub.try_read_begin().is_some(), "nothing open: reads");
         let lock = mm.mmap_read();
-        let inv = Invalidation::start(&lock, clear(&mm, 0, 0x1000));
+        let inv = Invalidation::start(clear(&lock, 0, 0x1000));
         assert_eq!(sub.try_read_begin(), None, "would wait on itself");
         inv.end();
         drop(lock);
@@ -88,7 +88,7 @@ fn read_begin_from_a_list_callback_of_a_covering_invalidation_panics() {
         *READER.lock().unwrap() = Some(IntervalNotifier::insert(&mm, 0, 0x1000, SetsSeq).unwrap());
         let _n = Notifier::register(&mm, &READS, ()).unwrap();
         let lock = mm.mmap_read();
-        Invalidation::start(&lock, clear(&mm, 0, 0x1000)).end();
+        Invalidation::start(clear(&lock, 0, 0x1000)).end();
     });
     READER.lock().unwrap_or_else(|e| e.into_inner()).take();
     assert!(text.contains("mmu_interval_read_begin()"), "{text}");
@@ -100,7 +100,7 @@ fn remove_between_start_and_end_of_a_covering_range_panics() {
         let mm = Mm::new();
         let sub = IntervalNotifier::insert(&mm, 0, 0x1000, SetsSeq).unwrap();
         let lock = mm.mmap_read();
-        let _inv = Invalidation::start(&lock, clear(&mm, 0, 0x1000));
+        let _inv = Invalidation::start(clear(&lock, 0, 0x1000));
         sub.remove();
     });
     assert!(text.contains("mmu_interval_notifier_remove()"), "{text}");
@@ -124,7 +124,7 @@ fn registering_from_a_callback_panics_instead_of_deadlocking() {
         let _n = Notifier::register(&mm, &OPS, ()).unwrap();
         *REGISTERS.lock().unwrap() = Some(Arc::clone(&mm));
         let lock = mm.mmap_read();
-        Invalidation::start(&lock, clear(&mm, 0, 0x1000)).end();
+        Invalidation::start(clear(&lock, 0, 0x1000)).end();
     });
     REGISTERS.lock().unwrap_or_else(|e| e.into_inner()).take();
     assert!(text.contains("mmu_notifier_register()"), "{text}");
@@ -141,7 +141,7 @@ fn synchronize_from_a_list_callback_panics() {
         let mm = Mm::new();
         let _n = Notifier::register(&mm, &OPS, ()).unwrap();
         let lock = mm.mmap_read();
-        Invalidation::start(&lock, clear(&mm, 0, 0x1000)).end();
+        Invalidation::start(clear(&lock, 0, 0x1000)).end();
     });
     assert!(text.contains("SRCU read section"), "{text}");
 }
@@ -155,7 +155,7 @@ fn an_open_invalidation_of_another_mm_does_not_trip_the_check() {
     let _o = IntervalNotifier::insert(&other, 0, 0x1000, SetsSeq).unwrap();
     let sub = IntervalNotifier::insert(&mm, 0, 0x1000, SetsSeq).unwrap();
     let lock = other.mmap_read();
-    let inv = Invalidation::start(&lock, clear(&other, 0, 0x1000));
+    let inv = Invalidation::start(clear(&lock, 0, 0x1000));
     let seq = sub.read_begin();
     assert!(!sub.read_retry(seq));
     let _n = Notifier::register(&mm, &NotifierOps::<()>::EMPTY, ()).unwrap();

@@ -25,7 +25,7 @@ fn short_lived_dispatching_threads_reuse_their_slots() {
         let mm = mm.clone();
         std::thread::spawn(move || {
             let lock = mm.mmap_read();
-            Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 0x1000)).end();
+            Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000)).end();
         })
         .join()
         .unwrap();

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use common::*;
 use mmun_core::{
-    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
-    NotifierOps, Range, Seq, StartFn,
+    Event, HeldMmLock, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm,
+    Notifier, NotifierOps, Range, Seq, StartFn,
 };
 
-fn clear(mm: &Mm, start: u64, end: u64) -> Range<'_> {
-    Range::new(mm, Event::Clear, start, end)
+fn clear(held: &impl HeldMmLock, start: u64, end: u64) -> Range<'_> {
+    Range::new(held, Event::Clear, start, end)
 }
 
 fn log_end(r: &ListRec, range: &Range<'_>) {
@@ -64,7 +64,7 @@ fn invalidate_and_unwind(mm: &Arc<Mm>) {
     let outcome = within(10, move || {
         std::thread::spawn(move || {
             let lock = mm.mmap_read();
-            Invalidation::start(&lock, clear(&mm, 0, 0x1000)).end();
+            Invalidation::start(clear(&lock, 0, 0x1000)).end();
         })
         .join()
     });
@@ -150,6 +150,6 @@ fn nonblock_refusal_still_ends_every_notifier_with_an_end() {
     let _b = Notifier::register(&mm, &FALLIBLE, ListRec::new("b", &log)).unwrap();
     let _c = Notifier::register(&mm, &END_ONLY, ListRec::new("c", &log)).unwrap();
     let lock = mm.mmap_read();
-    assert!(Invalidation::start_nonblock(&lock, clear(&mm, 0, 0x1000)).is_err());
+    assert!(Invalidation::start_nonblock(clear(&lock, 0, 0x1000)).is_err());
     assert_eq!(ends_of(&log.take()), ["c", "a"]);
 }

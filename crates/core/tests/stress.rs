@@ -244,7 +244,7 @@ fn invalidate_random(mm: &Mm, primary: &Primary, stats: &Stats, rng: &mut Rng) {
     let first = rng.below(PAGES);
     let end = (first + 1 + rng.below(8)).min(PAGES);
     let event = EVENTS[rng.below(EVENTS.len())];
-    let range = Range::new(mm, event, first as u64 * PAGE, end as u64 * PAGE);
+    let (start, stop) = (first as u64 * PAGE, end as u64 * PAGE);
     let change = |inv: Invalidation<'_>, rng: &mut Rng| {
         for page in first..end {
             primary.replace(page, rng.next() & 0xf_ffff);
@@ -263,10 +263,16 @@ fn invalidate_random(mm: &Mm, primary: &Primary, stats: &Stats, rng: &mut Rng) {
     };
     if rng.below(2) == 0 {
         let lock = mm.mmap_read();
-        change(Invalidation::start(&lock, range), rng);
+        change(
+            Invalidation::start(Range::new(&lock, event, start, stop)),
+            rng,
+        );
     } else {
         let lock = mm.rmap_lock();
-        change(Invalidation::start(&lock, range), rng);
+        change(
+            Invalidation::start(Range::new(&lock, event, start, stop)),
+            rng,
+        );
     }
     stats.invalidations.fetch_add(1, Ordering::Relaxed);
 }

@@ -151,10 +151,9 @@ fn synchronous(mm: &Mm, call: Call, changes: &[Change], syscall: impl FnOnce() -
     let lock = mm.mmap_read();
     let mut open: [Option<Invalidation<'_>>; MAX_RANGES] = [const { None }; MAX_RANGES];
     for (slot, c) in open.iter_mut().zip(changes) {
-        *slot = Some(Invalidation::start(
-            &lock,
-            Range::new(mm, c.event, c.start, c.end),
-        ));
+        *slot = Some(Invalidation::start(Range::new(
+            &lock, c.event, c.start, c.end,
+        )));
         emit(c, call, Source::Hook, Phase::Start);
     }
     let ret = syscall();
@@ -199,8 +198,9 @@ pub fn deliver_late(change: &Change, call: Call, source: Source) {
     let _signals = crate::signals::hold();
     let _dispatching = thread::dispatching();
     let lock = mm.mmap_read();
-    let range = Range::new(mm, change.event, change.start, change.end).with_flags(RangeFlags::LATE);
-    let inv = Invalidation::start(&lock, range);
+    let range =
+        Range::new(&lock, change.event, change.start, change.end).with_flags(RangeFlags::LATE);
+    let inv = Invalidation::start(range);
     emit(change, call, source, Phase::Start);
     inv.end();
     emit(change, call, source, Phase::End);

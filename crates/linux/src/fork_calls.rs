@@ -118,10 +118,9 @@ fn copy_address_space(call: Call, a: Args, syscall: impl FnOnce(Args) -> Ret) ->
     let mut open: [Option<Invalidation<'_>>; crate::dispatch::MAX_RANGES] =
         [const { None }; crate::dispatch::MAX_RANGES];
     for (slot, c) in open.iter_mut().zip(changes.as_slice()) {
-        *slot = Some(Invalidation::start(
-            &lock,
-            Range::new(mm, c.event, c.start, c.end),
-        ));
+        *slot = Some(Invalidation::start(Range::new(
+            &lock, c.event, c.start, c.end,
+        )));
         emit(c, call, Source::Hook, Phase::Start);
     }
     // After our own dispatching, as the atfork path orders it.

@@ -104,7 +104,7 @@ fn start_fork_invalidations() {
     // deferred, not a second read lock behind a waiting writer.
     thread::enter();
     for c in ranges {
-        let inv = Invalidation::start(held, Range::new(mm, c.event, c.start, c.end));
+        let inv = Invalidation::start(Range::new(held, c.event, c.start, c.end));
         dispatch::emit(&c, Call::Fork, Source::Hook, Phase::Start);
         open.push((inv, c));
     }
@@ -191,7 +191,7 @@ pub fn release_now() {
     }
     let _scope = thread::dispatching();
     let lock = mm.mmap_read();
-    Invalidation::start(&lock, Range::new(mm, Event::Unmap, 0, u64::MAX)).end();
+    Invalidation::start(Range::new(&lock, Event::Unmap, 0, u64::MAX)).end();
 }
 
 /// Registers the fork and exit handlers (once per process).

@@ -85,7 +85,7 @@ fn children_forked_amid_srcu_activity_complete_their_own() {
         let mm = mm.clone();
         move || {
             let lock = mm.mmap_read();
-            Invalidation::start(&lock, Range::new(&mm, Event::Clear, 0, 0x1000)).end();
+            Invalidation::start(Range::new(&lock, Event::Clear, 0, 0x1000)).end();
         }
     });
     ENTERED.wait(); // the reader is inside the start callback

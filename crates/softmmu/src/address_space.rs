@@ -147,7 +147,7 @@ pub(crate) struct Ctx<'a, L: HeldMmLock> {
 impl<'a, L: HeldMmLock> Ctx<'a, L> {
     /// `mmu_notifier_invalidate_range_start` of a plain (owner-less) range.
     pub(crate) fn start(&self, event: Event, start: u64, end: u64) -> Invalidation<'a> {
-        Invalidation::start(self.lock, Range::new(self.mm, event, start, end))
+        Invalidation::start(Range::new(self.lock, event, start, end))
     }
 
     /// Lets other threads take the page-table lock once, handing it to a
@@ -168,12 +168,12 @@ impl<'a, L: HeldMmLock> Ctx<'a, L> {
         end: u64,
         owner: Option<Owner>,
     ) -> Invalidation<'a> {
-        let range = Range::new(self.mm, event, start, end);
+        let range = Range::new(self.lock, event, start, end);
         let range = match owner {
             Some(o) => range.with_owner(o),
             None => range,
         };
-        Invalidation::start(self.lock, range)
+        Invalidation::start(range)
     }
 }
 

@@ -26,8 +26,8 @@ impl AddressSpace {
                 .iter()
                 .filter(|v| v.is_anonymous() || !v.flags.contains(VmFlags::SHARED))
             {
-                let range = Range::new(ctx.mm, Event::Unmap, vma.start, vma.end);
-                match Invalidation::start_nonblock(ctx.lock, range) {
+                let range = Range::new(ctx.lock, Event::Unmap, vma.start, vma.end);
+                match Invalidation::start_nonblock(range) {
                     Ok(inv) => {
                         zap_vma_range(ctx, vma, vma.start, vma.end);
                         inv.end();

@@ -42,7 +42,7 @@ impl IntervalNotifierOps for MirrorOps {
 /// Changes the primary PTE to `value` inside an invalidation of its page.
 fn change_primary(mm: &Mm, primary: &AtomicUsize, value: usize) {
     let lock = mm.mmap_read();
-    let inv = Invalidation::start(&lock, Range::new(mm, Event::Clear, 0, PAGE_SIZE));
+    let inv = Invalidation::start(Range::new(&lock, Event::Clear, 0, PAGE_SIZE));
     primary.store(value, Relaxed);
     inv.end();
 }

@@ -166,7 +166,7 @@ impl Subscriptions {
 
     /// `mn_itree_release`: `Release` over the whole address space, blockable.
     pub(crate) fn itree_release(&self, mm: &Mm) {
-        let mut range = Range::new(mm, Event::Release, 0, u64::MAX);
+        let mut range = Range::of(mm, Event::Release, 0, u64::MAX);
         range.set_blockable(true);
         let mut hits = Hits::new();
         let (cur_seq, mut more) = self.itree_inv_start_range(&range, &mut hits);

@@ -126,15 +126,11 @@ impl<T: Send + Sync + 'static> ErasedSubscription for Subscription<T> {
 
 /// `__mmu_notifier_register(subscription_or_NULL, mm)`: the caller holds the
 /// mmap write lock. `None` enables the interval tree.
-pub(crate) fn register_locked(
-    guard: &MmapWriteGuard<'_>,
-    mm: &Mm,
-    entry: Option<ListEntry>,
-) -> Result<()> {
+pub(crate) fn register_locked(guard: &MmapWriteGuard<'_>, entry: Option<ListEntry>) -> Result<()> {
     if cfg!(feature = "disabled") {
         return Err(Error::Disabled);
     }
-    guard.check(mm)?;
+    let mm = guard.mm_arc();
     mm.assert_not_registering_inside("mmu_notifier_register()");
     if !mm.is_live() {
         return Err(Error::NoUsers);
