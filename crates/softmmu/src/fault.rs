@@ -2,7 +2,8 @@
 //!
 //! Kernel counterpart: `mm/memory.c` (`handle_mm_fault`,
 //! `do_anonymous_page`, `do_fault`, `do_wp_page`, `wp_page_copy`,
-//! `remove_device_exclusive_entry`). Only replacing an existing entry
+//! `remove_device_exclusive_entry`, `do_swap_page`'s device-private
+//! branch). Only replacing an existing entry
 //! notifies: filling an empty one or upgrading permission never does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,6 +162,11 @@ fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: b
     }
     if pte.swap_kind() == Some(SwapKind::DeviceExclusive) {
         remove_device_exclusive_entry(ctx, vma, addr, pte);
+        return pte_fault(ctx, vma, addr, write);
+    }
+    if pte.is_device_private() {
+        // do_swap_page: the owner's migrate_to_ram, then the access again.
+        crate::device_private::migrate_to_ram(ctx, vma, addr, pte)?;
         return pte_fault(ctx, vma, addr, write);
     }
     if write && !pte.is_write() {

@@ -147,6 +147,8 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
 pub struct Memory {
     inner: Mutex<Frames>,
     huge_zero: std::sync::OnceLock<Pfn>,
+    /// The devices whose memory is device-private, and their ops.
+    pagemaps: crate::device_private::Pagemaps,
 }
 
 /// Locking: everything below is under `Memory::inner`; the vector never
@@ -184,7 +186,34 @@ impl Memory {
                 next_generation: 1,
             }),
             huge_zero: std::sync::OnceLock::new(),
+            pagemaps: crate::device_private::Pagemaps::default(),
         }
+    }
+
+    /// Makes `owner`'s memory device-private (`MEMORY_DEVICE_PRIVATE`):
+    /// migrations to it leave device-private entries the CPU cannot
+    /// reach, and a CPU touch calls `ops` (held weakly: the driver owns
+    /// it) as it migrates the page back. Owners never registered are
+    /// device-coherent. Register before the first migration to the device.
+    pub fn register_device_private(
+        &self,
+        owner: mmun_core::Owner,
+        ops: &std::sync::Arc<dyn crate::device_private::DevicePagemap>,
+    ) {
+        self.pagemaps.register(owner, ops);
+    }
+
+    /// Whether `owner`'s memory is device-private.
+    pub fn is_device_private(&self, owner: mmun_core::Owner) -> bool {
+        self.pagemaps.is_private(owner)
+    }
+
+    /// The ops of a device-private owner whose driver still lives.
+    pub(crate) fn pagemap(
+        &self,
+        owner: mmun_core::Owner,
+    ) -> Option<std::sync::Arc<dyn crate::device_private::DevicePagemap>> {
+        self.pagemaps.ops(owner)
     }
 
     /// The huge zero page (`mm_get_huge_zero_folio`), allocated on first

@@ -223,7 +223,7 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
 pub(crate) fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
     let old = folio.entry;
     if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
-        *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.is_write());
+        *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.grants_write());
     }
     old
 }
@@ -238,7 +238,7 @@ pub(crate) fn finish_migration<L: HeldMmLock>(
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {
         // `remove_migration_pte` rebuilds the entry from the VMA's
         // protection: a PROT_NONE page stays inaccessible.
-        *slot = Pte::new(new_pfn, old.is_write())
+        *slot = Pte::new(new_pfn, old.grants_write())
             .with_young(old.is_young())
             .with_dirty(old.is_dirty())
             .with_protnone(old.is_protnone());
