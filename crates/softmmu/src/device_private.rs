@@ -42,26 +42,35 @@ pub trait DevicePagemap: Send + Sync {
     fn page_to_ram(&self, va: u64, old: Pfn, new: Option<Translation>);
 }
 
-/// The registered device-private owners. Locking: `inner` is a leaf lock,
-/// released before any op is called.
+/// The registered device-private owners, each with the ops of every
+/// driver instance using its memory (test_hmm opens several mirrors on one
+/// device; a page knows its own through `zone_device_data`, here each
+/// instance checks whether it holds the page). Locking: `inner` is a leaf
+/// lock, released before any op is called.
 #[derive(Default)]
 pub(crate) struct Pagemaps {
-    inner: Mutex<HashMap<Owner, Weak<dyn DevicePagemap>>>,
+    inner: Mutex<HashMap<Owner, Vec<Weak<dyn DevicePagemap>>>>,
 }
 
 impl Pagemaps {
     pub(crate) fn register(&self, owner: Owner, ops: &Arc<dyn DevicePagemap>) {
-        self.inner.lock().insert(owner, Arc::downgrade(ops));
+        let mut inner = self.inner.lock();
+        let instances = inner.entry(owner).or_default();
+        instances.retain(|w| w.strong_count() > 0);
+        instances.push(Arc::downgrade(ops));
     }
 
     pub(crate) fn is_private(&self, owner: Owner) -> bool {
         self.inner.lock().contains_key(&owner)
     }
 
-    /// The owner's ops while its driver lives. The memory stays private
-    /// after the driver is gone: its pages still migrate back on a touch.
-    pub(crate) fn ops(&self, owner: Owner) -> Option<Arc<dyn DevicePagemap>> {
-        self.inner.lock().get(&owner)?.upgrade()
+    /// The ops of the owner's live driver instances. The memory stays
+    /// private after they are gone: its pages still migrate back on a
+    /// touch.
+    pub(crate) fn ops(&self, owner: Owner) -> Vec<Arc<dyn DevicePagemap>> {
+        let inner = self.inner.lock();
+        let instances = inner.get(&owner).map(Vec::as_slice).unwrap_or_default();
+        instances.iter().filter_map(Weak::upgrade).collect()
     }
 }
 
@@ -93,8 +102,8 @@ pub(crate) fn migrate_to_ram<L: HeldMmLock>(
         .expect("a device-private entry names a device page");
     let ops = ctx.mem.pagemap(owner);
     let tell = |va: u64, new: Option<Translation>| {
-        if let Some(ops) = &ops {
-            ops.page_to_ram(va, old, new);
+        for instance in &ops {
+            instance.page_to_ram(va, old, new);
         }
     };
     crate::migrate_device::migrate_page_to_system(ctx, vma, addr, owner, tell);

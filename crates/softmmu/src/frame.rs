@@ -194,7 +194,8 @@ impl Memory {
     /// migrations to it leave device-private entries the CPU cannot
     /// reach, and a CPU touch calls `ops` (held weakly: the driver owns
     /// it) as it migrates the page back. Owners never registered are
-    /// device-coherent. Register before the first migration to the device.
+    /// device-coherent. Register before the first migration to the device;
+    /// every driver instance on the device registers (each is told).
     pub fn register_device_private(
         &self,
         owner: mmun_core::Owner,
@@ -208,11 +209,11 @@ impl Memory {
         self.pagemaps.is_private(owner)
     }
 
-    /// The ops of a device-private owner whose driver still lives.
+    /// The ops of a device-private owner's live driver instances.
     pub(crate) fn pagemap(
         &self,
         owner: mmun_core::Owner,
-    ) -> Option<std::sync::Arc<dyn crate::device_private::DevicePagemap>> {
+    ) -> Vec<std::sync::Arc<dyn crate::device_private::DevicePagemap>> {
         self.pagemaps.ops(owner)
     }
 
