@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use mmun_core::Owner;
 use mmun_script::Prot;
-use mmun_secondary::device_mirror::DeviceMirror;
+use mmun_secondary::device_mirror::{DeviceMemory, DeviceMirror};
 use mmun_secondary::{Bug, Coherence};
 use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory, ThpMode};
 
@@ -35,6 +36,8 @@ pub struct Fixture {
     pub space: Arc<AddressSpace>,
     pub coherence: Arc<Coherence>,
     pub mirror: Arc<DeviceMirror>,
+    /// The kind of memory every device of the fixture has.
+    pub variant: DeviceMemory,
 }
 
 impl Fixture {
@@ -45,6 +48,16 @@ impl Fixture {
 
     /// The same with `bug` injected.
     pub fn with_bug(bug: Option<Bug>) -> Fixture {
+        Fixture::build(bug, DeviceMemory::Coherent)
+    }
+
+    /// A correct mirror whose device memory is `variant` (test_hmm's
+    /// `FIXTURE_VARIANT`s: `hmm_device_private`, `hmm_device_coherent`).
+    pub fn in_variant(variant: DeviceMemory) -> Fixture {
+        Fixture::build(None, variant)
+    }
+
+    fn build(bug: Option<Bug>, variant: DeviceMemory) -> Fixture {
         let memory = Arc::new(Memory::new());
         let config = Config {
             thp: ThpMode::Madvise,
@@ -52,23 +65,46 @@ impl Fixture {
         };
         let space = Arc::new(AddressSpace::with_config(Arc::clone(&memory), config));
         let coherence = Arc::new(Coherence::new());
-        let mirror = DeviceMirror::new(Arc::clone(&space), Arc::clone(&coherence), bug);
+        let (sp, co) = (Arc::clone(&space), Arc::clone(&coherence));
+        let mirror = DeviceMirror::with_memory(sp, co, bug, Owner::unique(), variant);
         Fixture {
             memory,
             space,
             coherence,
             mirror,
+            variant,
         }
     }
 
-    /// Another device on the same address space and oracle.
-    pub fn second_mirror(&self) -> Arc<DeviceMirror> {
-        DeviceMirror::new(Arc::clone(&self.space), Arc::clone(&self.coherence), None)
+    /// Whether the fixture's devices have device-private memory.
+    pub fn private(&self) -> bool {
+        self.variant == DeviceMemory::Private
     }
 
-    /// A device on another address space (a fork child), same oracle.
+    /// Another device (test_hmm's second device number) on the same
+    /// address space and oracle, with memory of the same kind.
+    pub fn second_mirror(&self) -> Arc<DeviceMirror> {
+        let (sp, co) = (Arc::clone(&self.space), Arc::clone(&self.coherence));
+        DeviceMirror::with_memory(sp, co, None, Owner::unique(), self.variant)
+    }
+
+    /// A mirror on another address space (a fork child) opened on the
+    /// same device as the fixture's (same owner: `hmm_open(0)`), same
+    /// oracle.
     pub fn mirror_of(&self, space: &Arc<AddressSpace>) -> Arc<DeviceMirror> {
-        DeviceMirror::new(Arc::clone(space), Arc::clone(&self.coherence), None)
+        let (sp, co) = (Arc::clone(space), Arc::clone(&self.coherence));
+        DeviceMirror::with_memory(sp, co, None, self.mirror.owner(), self.variant)
+    }
+
+    /// The frame the primary's entry at `va` names: present (huge ones
+    /// followed) or device-private.
+    pub fn entry_pfn(&self, va: u64) -> u64 {
+        if let Some((pfn, _)) = self.space.mapped_frame(va) {
+            return pfn;
+        }
+        let pte = self.space.pte(va);
+        assert!(pte.maps_frame(), "a page is mapped at {va:#x}: {pte:?}");
+        pte.pfn()
     }
 
     /// `mmap(addr, pages, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)`.
