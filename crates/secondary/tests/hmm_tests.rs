@@ -10,20 +10,32 @@
 //! # Variant
 //!
 //! Each `TEST_F` runs in the C file as `hmm_device_private` and
-//! `hmm_device_coherent`. The software MMU models device-coherent memory
-//! (the CPU keeps mapping the device's pages as ordinary entries; a frame
-//! records whose device memory it is); it has no device-private swap
-//! entries, so only the coherent variant is ported. Where the variants
-//! differ (`migrate_multiple`, `snapshot`, `hmm_cow_in_device`) the
-//! coherent expectations are the ones checked.
+//! `hmm_device_coherent` (`hmm2_*` for the two-device tests), and so does
+//! every port here: `device_private::NAME` and `device_coherent::NAME`
+//! (the `in_both_variants!` list at the end). A device-private device's
+//! pages are mapped by device-private entries the CPU cannot reach, and a
+//! CPU touch migrates them back; a coherent device's pages stay mapped as
+//! ordinary entries. Where the C file's expectations differ — `snapshot`
+//! (`DEV_PRIVATE_LOCAL` and `NONE` against `DEV_COHERENT_LOCAL`/`REMOTE`),
+//! `migrate_multiple` (private: back by CPU faults; coherent: explicitly),
+//! `hmm_cow_in_device`, `migrate_fault`, `double_map` and the THP
+//! migrations' fault-back steps — each variant's own outcome is checked.
+//! One modelling difference: after a fork, a CPU touch of a shared
+//! device-private page gives the touching process its own system copy
+//! (Linux migrates it for every mapper through the rmap, which the
+//! software MMU does not keep across address spaces); `anon_write_child`
+//! observes the same values either way.
 //!
 //! # Data
 //!
-//! Frames carry no bytes. A frame's `generation` is its identity plus a
+//! Frames carry no bytes (yet). A frame's `generation` is its identity plus a
 //! content version (bumped by every write), and migration copies are not
 //! modelled byte by byte, so "the device read the data" is checked as "the
-//! device maps exactly the frame the CPU maps at that address" and "the
-//! device wrote it" as "the CPU's frame there got a new content version".
+//! device maps exactly the frame the primary's entry names at that
+//! address" (the CPU's page, or for device-private memory the page of the
+//! device-private entry) and "the device wrote it" as "the frame there got
+//! a new content version". What a migration copies is not checked at all:
+//! the new frame is a new frame.
 //! That is the same observation as the C test's buffer compare as long as
 //! the frame is the one the data lives in, which the oracle checks on
 //! every device access. test_hmm's `faults == 1` (one `hmm_range_fault`
@@ -31,7 +43,7 @@
 //!
 //! # Every `TEST_F` and where it is
 //!
-//! | `TEST_F` | here |
+//! | `TEST_F` (both variants unless left out) | here |
 //! | --- | --- |
 //! | `hmm.open_close` | [`open_close`] |
 //! | `hmm.anon_read` | [`anon_read`] |
@@ -434,6 +446,31 @@ fn migrate_sparse(v: DeviceMemory) {
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
     assert_on_device(&fx, &fx.mirror, B, N);
     assert_eq!(fx.mirror.stats().skipped, 2, "both ranges were its own");
+    fx.assert_coherent();
+}
+
+/// Not in `hmm-tests.c`: a device fault on a page of its own private
+/// memory is answered by `hmm_range_fault` without faulting (the page
+/// stays in device memory; the CPU still cannot reach it), writable only
+/// with the entry's write bit. After a fork made the entries read-only, a
+/// device write is refused with `EFAULT` (test_hmm's `dmirror_do_fault`
+/// WARNs and fails when `HMM_PFN_WRITE` is missing).
+#[test]
+fn device_private_fault_reports_its_own_pages() {
+    let fx = Fixture::in_variant(DeviceMemory::Private);
+    fx.map(B, 2, Prot::RW);
+    fx.cpu_write(B, 2);
+    assert_eq!(fx.mirror.migrate_to_device(B, B + 2 * P), Ok(2));
+    let on_device = fx.entry_pfn(B);
+    fx.mirror.close();
+    assert_eq!(dmirror_rw(&fx.mirror, B, 2, true), Ok(2));
+    assert_eq!(fx.mirror.entry(B).unwrap().translation.pfn, on_device);
+    assert!(fx.space.pte(B).is_device_private(), "not migrated back");
+    assert_eq!(fx.space.translate(B), None);
+    let child = fx.space.fork();
+    assert_eq!(fx.mirror.fault(B, true), Err(FaultError::Unmapped));
+    assert_eq!(fx.mirror.fault(B, false), Ok(()));
+    child.exit();
     fx.assert_coherent();
 }
 
