@@ -193,9 +193,13 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
                 return Err(Errno::Fault);
             }
             if write && !vma.flags.contains(VmFlags::SHARED) {
-                // do_cow_fault: a private copy of the file page.
+                // do_cow_fault: a private copy of the file page (a page
+                // not in the cache is a hole: zeros).
                 anon_vma_prepare(ctx, vma);
                 let pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
+                if let Some(cached) = file.object.find_page(index) {
+                    ctx.mem.copy_page(cached, pfn);
+                }
                 ctx.mem.map_pte(pfn, ctx.id);
                 Pte::new(pfn, writable)
             } else {
@@ -285,6 +289,7 @@ fn can_reuse_anon<L: HeldMmLock>(ctx: &Ctx<'_, L>, pfn: Pfn) -> bool {
 fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: Pte) -> SysResult {
     let vma = anon_vma_prepare(ctx, vma);
     let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
+    ctx.mem.copy_page(old.pfn(), new_pfn);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
     let slot_old = inv.ptep_clear_flush_notify(addr, || old);

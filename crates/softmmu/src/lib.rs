@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod address_space;
+mod bytes;
 pub mod device_private;
 pub mod error;
 mod exclusive;

@@ -189,6 +189,9 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
         let Some(head) = ctx.mem.alloc_huge(kind) else {
             return false;
         };
+        for i in 0..crate::layout::HPAGE_PMD_NR {
+            ctx.mem.copy_page(folio.entry.pfn() + i, head + i);
+        }
         let inv = ctx.start(Event::Clear, folio.start, folio.end);
         ctx.mem.map_pmd(head, ctx.id);
         let new = Pte::new(head, folio.entry.is_write()).with_young(folio.entry.is_young());
@@ -234,6 +237,8 @@ pub(crate) fn finish_migration<L: HeldMmLock>(
     old: Pte,
     new_pfn: Pfn,
 ) {
+    // migrate_folio: the contents move with the page.
+    ctx.mem.copy_page(old.pfn(), new_pfn);
     ctx.mem.map_pte(new_pfn, ctx.id);
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {
         // `remove_migration_pte` rebuilds the entry from the VMA's
