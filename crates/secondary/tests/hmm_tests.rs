@@ -28,18 +28,17 @@
 //!
 //! # Data
 //!
-//! Frames carry no bytes (yet). A frame's `generation` is its identity plus a
-//! content version (bumped by every write), and migration copies are not
-//! modelled byte by byte, so "the device read the data" is checked as "the
-//! device maps exactly the frame the primary's entry names at that
-//! address" (the CPU's page, or for device-private memory the page of the
-//! device-private entry) and "the device wrote it" as "the frame there got
-//! a new content version". What a migration copies is not checked at all:
-//! the new frame is a new frame.
-//! That is the same observation as the C test's buffer compare as long as
-//! the frame is the one the data lives in, which the oracle checks on
-//! every device access. test_hmm's `faults == 1` (one `hmm_range_fault`
-//! round for the whole command) is checked as "no fault retried".
+//! Frames carry bytes, so every test checks data where the C test does:
+//! the CPU stores the C buffer's pattern (`ptr[i] = i`, `-i`, `i + c`)
+//! through `AddressSpace::write_bytes`, the device reads and writes it
+//! through its own table (`dmirror_read`/`dmirror_write`: a fault per page,
+//! then `DeviceMirror::read_bytes`/`write_bytes`, each use checked by the
+//! oracle), and the CPU reads it back with `read_bytes` — across
+//! copy-on-write, migration to either kind of device memory and back, THP
+//! splits and `mremap`. `pwrite`/`pread` of the tmpfs file are the shmem
+//! object's page cache. test_hmm's `faults == 1` (one `hmm_range_fault`
+//! round for the whole command) is checked as "no fault retried" where no
+//! invalidation can come in between.
 //!
 //! # Every `TEST_F` and where it is
 //!
@@ -88,7 +87,10 @@ mod mirror_common;
 use std::sync::Arc;
 
 use mirror_common::race::{self, Racer};
-use mirror_common::{B, Fixture, M2, P, R, dmirror_rw, filled_object, map_object, with_watchdog};
+use mirror_common::{
+    B, Fixture, M2, P, R, assert_bytes, dmirror_read, dmirror_rw, dmirror_write, filled_object,
+    map_object, pattern, pread, with_watchdog, zeros,
+};
 use mmun_script::{Advice, Prot};
 use mmun_secondary::device_mirror::{DeviceMemory, DeviceMirror, SnapshotProt};
 use mmun_secondary::{Access, Bug, FaultError, Secondary};
@@ -120,12 +122,16 @@ fn open_close(v: DeviceMemory) {
 fn anon_read(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B + 2 * P, N - 2);
+    // ptr[i] = i, but the first two pages left zero.
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B + 2 * P, &data[2 * P as usize..]);
     fx.space.mprotect(B, N * P, R).unwrap();
-    fx.space.access(B + P, false).unwrap();
+    assert_bytes(&fx.cpu_read(B + P, 4), &zeros(4), "the CPU reads a zero");
     assert_eq!(fx.cpu_pfn(B + P), ZERO_PFN, "the zero page is mapped");
     assert!(fx.space.translate(B).is_none(), "pte_none");
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, false), Ok(N));
+    let read = dmirror_read(&fx.mirror, B, N).unwrap();
+    assert_bytes(&read[..2 * P as usize], &zeros(2 * P), "pages 0-1");
+    assert_bytes(&read[2 * P as usize..], &data[2 * P as usize..], "the rest");
     for i in 0..N {
         let va = B + i * P;
         let pte = fx.mirror.entry(va).unwrap();
@@ -144,7 +150,8 @@ fn anon_read(v: DeviceMemory) {
 fn anon_read_prot(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let before: Vec<_> = (0..N)
         .map(|i| fx.space.translate_frame(B + i * P))
         .collect();
@@ -154,6 +161,7 @@ fn anon_read_prot(v: DeviceMemory) {
     assert_eq!(read.unwrap_err().errno(), -14, "EFAULT");
     assert!(fx.mirror.entries(B, B + N * P).is_empty());
     fx.space.mprotect(B, N * P, R).unwrap();
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "the CPU's data");
     for (i, was) in (0..N).zip(before) {
         let now = fx.space.translate_frame(B + i * P).unwrap();
         let was = was.unwrap();
@@ -167,19 +175,18 @@ fn anon_read_prot(v: DeviceMemory) {
 }
 
 /// `hmm.anon_write`: device writes land in the frames the CPU maps, in one
-/// fault round.
+/// fault round: the CPU reads what the device wrote.
 fn anon_write(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
+    let data = pattern(N, |i| i as i32);
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(N));
     for i in 0..N {
         let va = B + i * P;
-        fx.mirror.fault(va, true).unwrap();
         let pfn = fx.mirror.entry(va).unwrap().translation.pfn;
-        let before = fx.memory.frame(pfn).generation;
-        assert_eq!(fx.mirror.access(va, true), Access::Hit);
         assert_eq!(fx.cpu_pfn(va), pfn, "the CPU sees the device's page");
-        assert!(fx.memory.frame(pfn).generation > before, "written");
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "what the device wrote");
     let counters = fx.mirror.counters();
     assert_eq!((counters.faults, counters.retries), (N, 0));
     fx.assert_coherent();
@@ -192,9 +199,11 @@ fn anon_write(v: DeviceMemory) {
 fn anon_write_prot(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, N, R);
-    assert_eq!(dmirror_rw(&fx.mirror, B, 1, false), Ok(1));
+    let read = dmirror_read(&fx.mirror, B, 1).unwrap();
+    assert_bytes(&read, &zeros(P), "a zero page");
     assert_eq!(fx.mirror.entry(B).unwrap().translation.pfn, ZERO_PFN);
-    let write = dmirror_rw(&fx.mirror, B, N, true);
+    let data = pattern(N, |i| i as i32);
+    let write = dmirror_write(&fx.mirror, B, &data);
     assert_eq!(write, Err(FaultError::Denied));
     assert_eq!(write.unwrap_err().errno(), -1, "EPERM");
     assert_eq!(fx.mirror.access(B, true), Access::Miss);
@@ -206,10 +215,11 @@ fn anon_write_prot(v: DeviceMemory) {
             "page {i}: {cpu:?}"
         );
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &zeros(N * P), "nothing written");
     fx.space.mprotect(B, N * P, Prot::RW).unwrap();
     assert!(fx.mirror.entry(B).is_none(), "mprotect zapped it");
     let faults = fx.mirror.counters().faults;
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, true), Ok(N));
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(N));
     assert_eq!(
         fx.mirror.counters().faults,
         faults + N,
@@ -221,6 +231,7 @@ fn anon_write_prot(v: DeviceMemory) {
         assert!(pte.translation.writable);
         assert_eq!(fx.cpu_pfn(B + i * P), pte.translation.pfn);
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "what the device wrote");
     assert!(fx.mirror.stats().zapped >= 1);
     fx.assert_coherent();
 }
@@ -236,7 +247,8 @@ fn anon_write_child_case(v: DeviceMemory, migrate: bool, thp: bool) {
     if thp {
         fx.space.madvise(B, M2, Advice::HugePage).unwrap();
     }
-    fx.cpu_write(B, pages);
+    let data = pattern(pages, |i| i as i32);
+    fx.cpu_fill(B, &data);
     if thp {
         let head = fx.cpu_pfn(B);
         assert_eq!(fx.memory.frame(head).order, 9, "THP-backed");
@@ -255,9 +267,11 @@ fn anon_write_child_case(v: DeviceMemory, migrate: bool, thp: bool) {
     let child = Arc::new(fx.space.fork());
     // The child reads the parent's values: the same frames, shared; a
     // device-private page first comes back to system memory.
+    let mut seen = zeros(pages * P);
+    child.read_bytes(B, &mut seen).unwrap();
+    assert_bytes(&seen, &data, "the child sees the parent's values");
     for i in 0..pages {
         let va = B + i * P;
-        child.access(va, false).unwrap();
         let (pfn, _) = child.translate(va).unwrap();
         if fx.private() && migrate {
             assert_ne!(pfn, parent[i as usize], "page {i}: migrated back");
@@ -267,7 +281,13 @@ fn anon_write_child_case(v: DeviceMemory, migrate: bool, thp: bool) {
         }
     }
     let child_mirror = fx.mirror_of(&child);
-    assert_eq!(dmirror_rw(&child_mirror, B, pages, true), Ok(pages));
+    let negated = pattern(pages, |i| -i as i32);
+    assert_eq!(dmirror_write(&child_mirror, B, &negated), Ok(pages));
+    if !migrate {
+        let mut wrote = zeros(pages * P);
+        child.read_bytes(B, &mut wrote).unwrap();
+        assert_bytes(&wrote, &negated, "what the child's device wrote");
+    }
     // One completed fault per page; a copy-on-write fault collides with
     // its own invalidation and retries, as hmm_range_fault's -EBUSY loop
     // does inside test_hmm's single command.
@@ -286,6 +306,8 @@ fn anon_write_child_case(v: DeviceMemory, migrate: bool, thp: bool) {
         assert_eq!(fx.memory.frame(now).generation, generations[i as usize]);
     }
     child.exit();
+    let what = format!("the parent's buffer (migrate {migrate}, thp {thp})");
+    assert_bytes(&fx.cpu_read(B, pages * P), &data, &what);
     fx.assert_coherent();
 }
 
@@ -303,23 +325,22 @@ fn anon_write_child(v: DeviceMemory) {
 fn anon_write_child_shared(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map_shared(B, N);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let child = Arc::new(fx.space.fork());
+    let mut seen = zeros(N * P);
+    child.read_bytes(B, &mut seen).unwrap();
+    assert_bytes(&seen, &data, "the child sees the parent's values");
     let child_mirror = fx.mirror_of(&child);
-    let before: Vec<_> = (0..N)
-        .map(|i| fx.memory.frame(fx.cpu_pfn(B + i * P)).generation)
-        .collect();
-    assert_eq!(dmirror_rw(&child_mirror, B, N, true), Ok(N));
+    let negated = pattern(N, |i| -i as i32);
+    assert_eq!(dmirror_write(&child_mirror, B, &negated), Ok(N));
     for i in 0..N {
         let va = B + i * P;
         let pfn = fx.cpu_pfn(va);
         assert_eq!(child_mirror.entry(va).unwrap().translation.pfn, pfn);
-        assert!(
-            fx.memory.frame(pfn).generation > before[i as usize],
-            "parent sees it"
-        );
     }
     child.exit();
+    assert_bytes(&fx.cpu_read(B, N * P), &negated, "the parent sees it");
     fx.assert_coherent();
 }
 
@@ -330,7 +351,8 @@ fn anon_write_huge(v: DeviceMemory) {
     fx.map(B, 2 * M2 / P, Prot::RW);
     fx.space.madvise(B, M2, Advice::HugePage).unwrap();
     let pages = M2 / P;
-    assert_eq!(dmirror_rw(&fx.mirror, B, pages, true), Ok(pages));
+    let data = pattern(pages, |i| i as i32);
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(pages));
     let head = fx.mirror.entry(B).unwrap().translation.pfn;
     assert_eq!(fx.memory.frame(head).order, 9, "a huge folio backs it");
     for i in 0..pages {
@@ -338,6 +360,7 @@ fn anon_write_huge(v: DeviceMemory) {
         assert_eq!(pte.translation.pfn, head + i);
     }
     assert_eq!(fx.mirror.counters().retries, 0);
+    assert_bytes(&fx.cpu_read(B, M2), &data, "what the device wrote");
     fx.assert_coherent();
 }
 
@@ -346,9 +369,11 @@ fn anon_write_huge(v: DeviceMemory) {
 /// file written with `pwrite`).
 fn file_read(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
-    let file = filled_object(&fx.memory, N);
+    let data = pattern(N, |i| i as i32);
+    let file = filled_object(&fx.memory, &data);
     map_object(&fx.space, B, N, R, &file);
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, false), Ok(N));
+    let read = dmirror_read(&fx.mirror, B, N).unwrap();
+    assert_bytes(&read, &data, "what the device read");
     assert_eq!(fx.mirror.counters().retries, 0, "one fault round");
     for i in 0..N {
         let pte = fx.mirror.entry(B + i * P).unwrap();
@@ -367,16 +392,17 @@ fn file_write(v: DeviceMemory) {
         N * P,
     ));
     map_object(&fx.space, B, N, Prot::RW, &file);
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, true), Ok(N));
+    let data = pattern(N, |i| i as i32);
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(N));
     assert_eq!(fx.mirror.counters().retries, 0, "one fault round");
     for i in 0..N {
         let va = B + i * P;
         let pfn = fx.mirror.entry(va).unwrap().translation.pfn;
         assert_eq!(fx.cpu_pfn(va), pfn, "the CPU mapping sees it");
         assert_eq!(file.find_page(i), Some(pfn), "the file sees it");
-        let frame = fx.memory.frame(pfn);
-        assert!(frame.generation > frame.serial, "written after allocation");
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "the CPU mapping");
+    assert_bytes(&pread(&file), &data, "pread of the file");
     fx.assert_coherent();
 }
 
@@ -417,14 +443,18 @@ fn assert_in_system(fx: &Fixture, start: u64, pages: u64) {
 
 /// `hmm.migrate`: anonymous memory moves to the device (its own `Migrate`
 /// range skipped), every page counted, each in a new frame of the
-/// device's memory that the CPU keeps mapping (device-coherent).
+/// device's memory (mapped by the CPU if coherent, by device-private
+/// entries if private), holding the data the device then reads.
 fn migrate(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let old: Vec<_> = (0..N).map(|i| fx.cpu_pfn(B + i * P)).collect();
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
     assert_on_device(&fx, &fx.mirror, B, N);
+    let read = dmirror_read(&fx.mirror, B, N).unwrap();
+    assert_bytes(&read, &data, "what the device read");
     for i in 0..N {
         assert_ne!(fx.entry_pfn(B + i * P), old[i as usize], "page {i} moved");
     }
@@ -482,12 +512,15 @@ fn device_private_fault_reports_its_own_pages() {
 fn migrate_fault(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
+    assert_bytes(&dmirror_read(&fx.mirror, B, N).unwrap(), &data, "device");
     let on_device: Vec<_> = (0..N).map(|i| fx.entry_pfn(B + i * P)).collect();
+    let half = (N / 2 * P) as usize;
+    assert_bytes(&fx.cpu_read(B, N / 2 * P), &data[..half], "CPU, half");
     for i in 0..N / 2 {
         let va = B + i * P;
-        fx.space.access(va, false).unwrap();
         let now = fx.cpu_pfn(va);
         if fx.private() {
             assert_ne!(now, on_device[i as usize], "page {i} faulted back");
@@ -504,6 +537,7 @@ fn migrate_fault(v: DeviceMemory) {
         let faulted_back = fx.private() && i < N / 2;
         assert_eq!(stayed, !faulted_back, "page {i}");
     }
+    assert_bytes(&dmirror_read(&fx.mirror, B, N).unwrap(), &data, "device");
     fx.assert_coherent();
 }
 
@@ -514,13 +548,14 @@ fn migrate_fault(v: DeviceMemory) {
 fn migrate_release(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
+    assert_bytes(&dmirror_read(&fx.mirror, B, N).unwrap(), &data, "device");
     assert_eq!(fx.mirror.migrate_to_system(B, B + N * P), Ok(N as usize));
     assert!(fx.mirror.entries(B, B + N * P).is_empty(), "evicted");
-    for i in 0..N / 2 {
-        fx.space.access(B + i * P, false).unwrap();
-    }
+    let half = (N / 2 * P) as usize;
+    assert_bytes(&fx.cpu_read(B, N / 2 * P), &data[..half], "CPU, half");
     assert_in_system(&fx, B, N);
     fx.assert_coherent();
 }
@@ -596,16 +631,18 @@ fn migrate_multiple(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     for round in 0..10 {
         fx.map(B, N, Prot::RW);
-        fx.cpu_write(B, N);
+        let data = pattern(N, |i| i as i32);
+        fx.cpu_fill(B, &data);
         assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
         assert_on_device(&fx, &fx.mirror, B, N);
+        let read = dmirror_read(&fx.mirror, B, N).unwrap();
+        assert_bytes(&read, &data, &format!("device, round {round}"));
         if !fx.private() {
             let back = fx.mirror.migrate_to_system(B, B + N * P);
             assert_eq!(back, Ok(N as usize), "round {round}");
         }
-        for i in 0..N {
-            fx.space.access(B + i * P, false).unwrap();
-        }
+        let read = fx.cpu_read(B, N * P);
+        assert_bytes(&read, &data, &format!("CPU, round {round}"));
         assert_in_system(&fx, B, N);
         assert!(fx.mirror.entries(B, B + N * P).is_empty(), "round {round}");
         fx.space.munmap(B, N * P).unwrap();
@@ -677,10 +714,11 @@ fn double_map(v: DeviceMemory) {
     let dev0 = &fx.mirror;
     let dev1 = fx.second_mirror();
     fx.map(B, 6, Prot::RW);
-    fx.cpu_write(B, 6);
+    let data = pattern(6, |i| i as i32);
+    fx.cpu_fill(B, &data);
     fx.space.mprotect(B, 6 * P, R).unwrap();
-    assert_eq!(dmirror_rw(dev0, B, 6, false), Ok(6));
-    assert_eq!(dmirror_rw(&dev1, B, 6, false), Ok(6));
+    assert_bytes(&dmirror_read(dev0, B, 6).unwrap(), &data, "device 0");
+    assert_bytes(&dmirror_read(&dev1, B, 6).unwrap(), &data, "device 1");
     for i in 0..6 {
         assert_eq!(dev0.entry(B + i * P), dev1.entry(B + i * P));
     }
@@ -688,7 +726,8 @@ fn double_map(v: DeviceMemory) {
     assert!(dev0.entries(B, B + 6 * P).is_empty(), "foreign Migrate");
     assert_on_device(&fx, &dev1, B, 6);
     let (faults, retries) = (dev0.counters().faults, dev0.counters().retries);
-    assert_eq!(dmirror_rw(dev0, B, 6, false), Ok(6));
+    let read = dmirror_read(dev0, B, 6).unwrap();
+    assert_bytes(&read, &data, "device 0 after the migration");
     assert_eq!(dev0.counters().faults, faults + 6, "one fault per page");
     if !fx.private() {
         // Coherent pages need no migration: nothing invalidates the walk.
@@ -716,10 +755,11 @@ fn double_map(v: DeviceMemory) {
 fn hmm_cow_in_device(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.mirror.migrate_to_device(B, B + 4 * P), Ok(4));
     let child = fx.space.fork();
-    fx.cpu_write(B, 4);
+    fx.cpu_fill(B, &data);
     child.exit();
     let seen = fx.mirror.snapshot(B, B + 4 * P).unwrap();
     assert_eq!(seen, vec![SnapshotProt::WRITE; 4]);
@@ -741,14 +781,8 @@ fn migrate_anon_huge_empty(v: DeviceMemory) {
     let pages = M2 / P;
     assert_eq!(fx.mirror.migrate_to_device(B, B + M2), Ok(pages as usize));
     assert_on_device(&fx, &fx.mirror, B, pages);
-    for i in 0..pages {
-        let pfn = fx.entry_pfn(B + i * P);
-        let frame = fx.memory.frame(pfn);
-        assert_eq!(
-            frame.generation, frame.serial,
-            "page {i}: fresh, never written"
-        );
-    }
+    let read = dmirror_read(&fx.mirror, B, pages).unwrap();
+    assert_bytes(&read, &zeros(M2), "fresh device pages");
     fx.assert_coherent();
 }
 
@@ -763,8 +797,10 @@ fn migrate_anon_huge_zero(v: DeviceMemory) {
     let pages = M2 / P;
     assert_eq!(fx.mirror.migrate_to_device(B, B + M2), Ok(pages as usize));
     assert_on_device(&fx, &fx.mirror, B, pages);
+    let read = dmirror_read(&fx.mirror, B, pages).unwrap();
+    assert_bytes(&read, &zeros(M2), "what the device read");
+    assert_bytes(&fx.cpu_read(B, M2), &zeros(M2), "what the CPU reads");
     for i in 0..pages {
-        fx.space.access(B + i * P, false).unwrap();
         assert_ne!(fx.cpu_pfn(B + i * P), ZERO_PFN);
     }
     fx.assert_coherent();
@@ -775,13 +811,16 @@ fn migrate_anon_huge_zero(v: DeviceMemory) {
 fn migrate_anon_huge_free(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     huge_buffer(&fx, Prot::RW);
-    fx.cpu_write(B, M2 / P);
+    let data = pattern(M2 / P, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.memory.frame(fx.cpu_pfn(B)).order, 9, "THP-backed");
     assert_eq!(
         fx.mirror.migrate_to_device(B, B + M2),
         Ok((M2 / P) as usize)
     );
     assert_on_device(&fx, &fx.mirror, B, M2 / P);
+    let read = dmirror_read(&fx.mirror, B, M2 / P).unwrap();
+    assert_bytes(&read, &data, "what the device read");
     assert_eq!(fx.space.madvise(B, M2, Advice::Free), Ok(()));
     if fx.private() {
         // MADV_FREE passes over device-private entries (its range still
@@ -798,15 +837,18 @@ fn migrate_anon_huge_free(v: DeviceMemory) {
 fn migrate_anon_huge_fault(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     huge_buffer(&fx, Prot::RW);
-    fx.cpu_write(B, M2 / P);
+    let data = pattern(M2 / P, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(
         fx.mirror.migrate_to_device(B, B + M2),
         Ok((M2 / P) as usize)
     );
+    let read = dmirror_read(&fx.mirror, B, M2 / P).unwrap();
+    assert_bytes(&read, &data, "what the device read");
     let on_device: Vec<_> = (0..M2 / P).map(|i| fx.entry_pfn(B + i * P)).collect();
+    assert_bytes(&fx.cpu_read(B, M2), &data, "what the CPU reads back");
     for i in 0..M2 / P {
         let va = B + i * P;
-        fx.space.access(va, false).unwrap();
         let now = fx.cpu_pfn(va);
         // Private: faulted back to a system page; coherent: read in place.
         assert_eq!(now == on_device[i as usize], !fx.private(), "page {i}");
@@ -830,8 +872,11 @@ fn migrate_partial_unmap_fault(v: DeviceMemory) {
                 Advice::NoHugePage
             };
             fx.space.madvise(B, M2, advice).unwrap();
-            fx.cpu_write(B, pages);
+            let data = pattern(pages, |i| i as i32);
+            fx.cpu_fill(B, &data);
             assert_eq!(fx.mirror.migrate_to_device(B, B + M2), Ok(pages as usize));
+            let read = dmirror_read(&fx.mirror, B, pages).unwrap();
+            assert_bytes(&read, &data, "what the device read");
             fx.space.munmap(B + offset, M2 / 2).unwrap();
             let gone = fx.mirror.entries(B + offset, B + offset + M2 / 2);
             assert!(gone.is_empty(), "thp {thp} offset {offset:#x}: {gone:?}");
@@ -840,7 +885,9 @@ fn migrate_partial_unmap_fault(v: DeviceMemory) {
                 if (offset..offset + M2 / 2).contains(&(i * P)) {
                     continue;
                 }
-                fx.space.access(va, false).unwrap();
+                let page = &data[(i * P) as usize..((i + 1) * P) as usize];
+                let what = format!("thp {thp} offset {offset:#x} page {i}");
+                assert_bytes(&fx.cpu_read(va, P), page, &what);
                 let cpu = fx.space.translate_frame(va).unwrap();
                 // Private: the read faulted it back to system memory.
                 let device = (!fx.private()).then(|| fx.mirror.owner());
@@ -879,7 +926,8 @@ fn migrate_remap_fault(v: DeviceMemory) {
                     };
                     fx.space.madvise(B, M2, advice).unwrap();
                     fx.space.munmap(B + M2, 2 * M2).unwrap();
-                    fx.cpu_write(B, pages);
+                    let data = pattern(pages, |i| i as i32);
+                    fx.cpu_fill(B, &data);
                     let to = B + M2 + offset;
                     let flags = MremapFlags {
                         fixed: Some(to),
@@ -892,18 +940,19 @@ fn migrate_remap_fault(v: DeviceMemory) {
                         at = to;
                     }
                     let moved = fx.mirror.migrate_to_device(at, at + M2);
-                    assert_eq!(
-                        moved,
-                        Ok(pages as usize),
+                    let case = format!(
                         "before {before} dont_unmap {dont_unmap} thp {thp} offset {offset:#x}"
                     );
+                    assert_eq!(moved, Ok(pages as usize), "{case}");
+                    let read = dmirror_read(&fx.mirror, at, pages).unwrap();
+                    assert_bytes(&read, &data, &format!("device: {case}"));
                     if !before {
                         assert_eq!(fx.space.mremap(B, M2, M2, flags), Ok(to));
                         at = to;
                     }
+                    assert_bytes(&fx.cpu_read(at, M2), &data, &format!("CPU: {case}"));
                     for i in 0..pages {
                         let va = at + i * P;
-                        fx.space.access(va, false).unwrap();
                         if let Some(pte) = fx.mirror.entry(va) {
                             assert_eq!(Some(pte.translation), fx.space.translate_frame(va));
                         }
@@ -980,7 +1029,8 @@ fn anon_teardown(v: DeviceMemory) {
         let fx = Fixture::in_variant(v);
         for round in 0..ROUNDS {
             fx.map(B, PAGES, Prot::RW);
-            fx.cpu_write(B, PAGES);
+            let data = pattern(PAGES, |i| (i + round as i64) as i32);
+            fx.cpu_fill(B, &data);
             let (tx, rx) = std::sync::mpsc::channel();
             let failed = std::thread::scope(|s| {
                 let space = &fx.space;
@@ -996,9 +1046,13 @@ fn anon_teardown(v: DeviceMemory) {
                     }
                     let fault = fx.mirror.fault(B + i * P, false);
                     // The munmap may zap the page between fault and use.
-                    let used = fault.map(|()| fx.mirror.access(B + i * P, false));
+                    let mut page = zeros(P);
+                    let used = fault.map(|()| fx.mirror.read_bytes(B + i * P, &mut page));
                     match used {
-                        Ok(Access::Hit) => {}
+                        Ok(Access::Hit) => {
+                            let want = &data[(i * P) as usize..((i + 1) * P) as usize];
+                            assert_bytes(&page, want, &format!("round {round} page {i}"));
+                        }
                         Ok(Access::Miss) | Err(FaultError::Unmapped) => {
                             assert!(i >= PAGES / 2, "page {i} is never unmapped");
                             failed += 1;
@@ -1024,11 +1078,10 @@ fn anon_read_multiple(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     for cycle in 0..10 {
         fx.map(B, 8, Prot::RW);
-        fx.cpu_write(B, 8);
-        for i in 0..8 {
-            fx.mirror.fault(B + i * P, false).unwrap();
-            assert_eq!(fx.mirror.access(B + i * P, false), Access::Hit);
-        }
+        let data = pattern(8, |i| (i + cycle) as i32);
+        fx.cpu_fill(B, &data);
+        let read = dmirror_read(&fx.mirror, B, 8).unwrap();
+        assert_bytes(&read, &data, &format!("cycle {cycle}"));
         fx.space.munmap(B, 8 * P).unwrap();
         assert!(fx.mirror.entries(B, B + 8 * P).is_empty(), "cycle {cycle}");
     }
@@ -1043,8 +1096,10 @@ fn anon_read_multiple(v: DeviceMemory) {
 fn exclusive(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let frames: Vec<u64> = (0..4).map(|i| fx.cpu_pfn(B + i * P)).collect();
+    let mut read = zeros(4 * P);
     for i in 0..4 {
         let va = B + i * P;
         fx.mirror.make_exclusive(va).unwrap();
@@ -1053,10 +1108,16 @@ fn exclusive(v: DeviceMemory) {
         assert_eq!(pte.translation.pfn, frames[i as usize]);
         assert_eq!(fx.space.translate(va), None, "the CPU cannot reach it");
         assert_eq!(fx.mirror.access(va, true), Access::Hit);
-        assert_eq!(fx.mirror.access(va, false), Access::Hit);
+        let page = &mut read[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(fx.mirror.read_bytes(va, page), Access::Hit);
     }
+    assert_bytes(&read, &data, "what the device read");
     assert!(fx.mirror.stats().skipped >= 4, "own Exclusive ranges");
-    fx.cpu_write(B, 4);
+    // ptr[i]++: the CPU takes the pages back, reading and writing them.
+    assert_bytes(&fx.cpu_read(B, 4 * P), &data, "the CPU reads them back");
+    let plus_one = pattern(4, |i| i as i32 + 1);
+    fx.cpu_fill(B, &plus_one);
+    assert_bytes(&fx.cpu_read(B, 4 * P), &plus_one, "and wrote them");
     let exclusive = fx.mirror.entries(B, B + 4 * P);
     assert!(exclusive.is_empty(), "CHECK_EXCLUSIVE: {exclusive:?}");
     for i in 0..4 {
@@ -1098,10 +1159,16 @@ fn exclusive_entry_counts_only_for_its_device() {
 fn exclusive_mprotect(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
+    let mut read = zeros(4 * P);
     for i in 0..4 {
-        fx.mirror.make_exclusive(B + i * P).unwrap();
+        let va = B + i * P;
+        fx.mirror.make_exclusive(va).unwrap();
+        let page = &mut read[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(fx.mirror.read_bytes(va, page), Access::Hit);
     }
+    assert_bytes(&read, &data, "what the device read");
     fx.space.mprotect(B, 4 * P, R).unwrap();
     assert!(fx.mirror.entries(B, B + 4 * P).is_empty());
     for i in 0..4 {
@@ -1120,17 +1187,26 @@ fn exclusive_mprotect(v: DeviceMemory) {
 fn exclusive_cow(v: DeviceMemory) {
     let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let frames: Vec<u64> = (0..4).map(|i| fx.cpu_pfn(B + i * P)).collect();
     for i in 0..4 {
         fx.mirror.make_exclusive(B + i * P).unwrap();
     }
     let child = fx.space.fork();
     assert!(fx.mirror.entries(B, B + 4 * P).is_empty(), "fork zapped");
+    // Both processes run ptr[i]++ over the buffer, the parent first.
+    let plus_one = pattern(4, |i| i as i32 + 1);
+    for (who, space) in [("parent", &*fx.space), ("child", &child)] {
+        let mut seen = zeros(4 * P);
+        space.read_bytes(B, &mut seen).unwrap();
+        assert_bytes(&seen, &data, who);
+        space.write_bytes(B, &plus_one).unwrap();
+        space.read_bytes(B, &mut seen).unwrap();
+        assert_bytes(&seen, &plus_one, who);
+    }
     for i in 0..4 {
         let va = B + i * P;
-        fx.space.access(va, true).unwrap();
-        child.access(va, true).unwrap();
         // Fork made the entries present and shared them copy-on-write
         // (6.18 `copy_nonpresent_pte`): the first writer copies, the last
         // one has the page to itself and reuses it.

@@ -31,7 +31,8 @@ impl AddressSpace {
             let chunk = &bytes[range];
             self.read_op(|ctx| {
                 let pfn = fault_in(ctx, at, true)?;
-                ctx.mem.write(pfn, page_offset(at), chunk);
+                let written = ctx.mem.write(pfn, page_offset(at), chunk);
+                debug_assert!(written, "a CPU store reached a free or zero frame");
                 Ok(())
             })?;
         }

@@ -399,27 +399,32 @@ impl Memory {
     }
 
     /// Writes `bytes` at offset `offset` of frame `pfn` (its content
-    /// version changes, as with [`Memory::touch_write`]).
+    /// version changes, as with [`Memory::touch_write`]). Returns false,
+    /// writing nothing, for a free frame or the zero page: only a stale
+    /// translation (a secondary MMU's bug, which its coherence check
+    /// reports) can reach those, and the model keeps freed frames zeroed
+    /// and the zero page zero.
     ///
     /// # Panics
     ///
-    /// If the bytes cross the end of the page, or the frame is free or
-    /// the zero page (nothing may write those).
-    pub fn write(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
+    /// If the bytes cross the end of the page.
+    pub fn write(&self, pfn: Pfn, offset: usize, bytes: &[u8]) -> bool {
         let end = offset + bytes.len();
         assert!(end <= PAGE_SIZE as usize, "write past the page");
         let mut f = self.inner.lock();
-        let kind = f.frames[pfn as usize].kind;
-        assert!(
-            !matches!(kind, FrameKind::Free | FrameKind::Zero),
-            "write to a {kind:?} frame {pfn:#x}"
-        );
+        if matches!(
+            f.frames[pfn as usize].kind,
+            FrameKind::Free | FrameKind::Zero
+        ) {
+            return false;
+        }
         let page = f
             .contents
             .entry(pfn)
             .or_insert_with(|| Box::new([0; PAGE_SIZE as usize]));
         page[offset..end].copy_from_slice(bytes);
         f.bump_generation(pfn);
+        true
     }
 
     /// `copy_highpage`: frame `to` gets the contents of frame `from` (a

@@ -53,7 +53,10 @@ fn untouched_memory_reads_zeros_and_stores_read_back_across_pages() {
     let data = bytes(7, 2 * P as usize + 100);
     space.write_bytes(B + P - 50, &data).unwrap();
     assert_eq!(read(&space, B + P - 50, data.len()), data);
-    assert_eq!(read(&space, B, (P - 50) as usize), vec![0; (P - 50) as usize]);
+    assert_eq!(
+        read(&space, B, (P - 50) as usize),
+        vec![0; (P - 50) as usize]
+    );
     assert_eq!(space.memory().pages_with_contents(), 4, "pages 0 to 3");
 }
 

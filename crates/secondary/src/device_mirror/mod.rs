@@ -341,9 +341,53 @@ impl DeviceMirror {
     /// The device uses `va` through its own table, for writing if `write`;
     /// the use is checked by the oracle under the device lock.
     pub fn access(&self, va: u64, write: bool) -> Access {
+        self.access_with(va, write, &mut |_| {})
+    }
+
+    /// The device reads `buf.len()` bytes from `va` through its own table
+    /// (test_hmm's `dmirror_do_read` copying from the pages it maps), page
+    /// by page, each use checked as [`DeviceMirror::access`] checks it.
+    /// `Miss` at the first page it does not map (the bytes before it are
+    /// read).
+    pub fn read_bytes(&self, va: u64, buf: &mut [u8]) -> Access {
+        let memory = Arc::clone(self.space.memory());
+        for (at, range) in page_pieces(va, buf.len()) {
+            let piece = &mut buf[range];
+            let offset = (at % PAGE_SIZE) as usize;
+            let used = self.access_with(at, false, &mut |pfn| memory.read(pfn, offset, piece));
+            if used == Access::Miss {
+                return Access::Miss;
+            }
+        }
+        Access::Hit
+    }
+
+    /// The device writes `bytes` at `va` through its own table
+    /// (`dmirror_do_write`), page by page; `Miss` at the first page it
+    /// does not map writable.
+    pub fn write_bytes(&self, va: u64, bytes: &[u8]) -> Access {
+        let memory = Arc::clone(self.space.memory());
+        for (at, range) in page_pieces(va, bytes.len()) {
+            let piece = &bytes[range];
+            let offset = (at % PAGE_SIZE) as usize;
+            // A stale translation may name a freed frame: the store is
+            // lost there (the oracle has reported the use).
+            let used = self.access_with(at, true, &mut |pfn| {
+                memory.write(pfn, offset, piece);
+            });
+            if used == Access::Miss {
+                return Access::Miss;
+            }
+        }
+        Access::Hit
+    }
+
+    /// [`DeviceMirror::access`] that hands the frame to `use_page` while
+    /// the use is still covered by the device lock.
+    fn access_with(&self, va: u64, write: bool, use_page: &mut dyn FnMut(u64)) -> Access {
         let page = align_down(va, PAGE_SIZE);
         for _ in 0..MAX_BUSY_BACKOFFS {
-            if let Some(access) = self.try_access(page, write) {
+            if let Some(access) = self.try_access(page, write, use_page) {
                 return access;
             }
             bump(&self.device.counts.busy);
@@ -355,7 +399,7 @@ impl DeviceMirror {
 
     /// One access attempt; `None` if the primary was busy (the device lock
     /// is dropped on return so the invalidation holding it can proceed).
-    fn try_access(&self, page: u64, write: bool) -> Option<Access> {
+    fn try_access(&self, page: u64, write: bool, use_page: &mut dyn FnMut(u64)) -> Option<Access> {
         let table = self.device.table.lock();
         let usable = table
             .ptes
@@ -380,6 +424,7 @@ impl DeviceMirror {
             // the same.
             Ok(()) | Err(CheckError::Stale(_)) => {}
         }
+        use_page(pte.translation.pfn);
         drop(table);
         bump(&self.device.counts.hits);
         Some(Access::Hit)
@@ -497,6 +542,20 @@ impl DeviceMirror {
             Err(_) => Err(FaultError::Unmapped),
         }
     }
+}
+
+/// `[va, va + len)` cut at page boundaries: each piece's address and its
+/// range in the caller's buffer.
+fn page_pieces(va: u64, len: usize) -> Vec<(u64, std::ops::Range<usize>)> {
+    let end = va.saturating_add(len as u64);
+    let mut pieces = Vec::new();
+    let mut at = va;
+    while at < end {
+        let next = (align_down(at, PAGE_SIZE) + PAGE_SIZE).min(end);
+        pieces.push((at, (at - va) as usize..(next - va) as usize));
+        at = next;
+    }
+    pieces
 }
 
 impl Secondary for DeviceMirror {

@@ -195,9 +195,10 @@ pub fn dmirror_rw(
     Ok(pages)
 }
 
-/// A shmem object of `pages` pages with every page in its page cache (the
-/// tmpfs file `hmm_create_file` makes and `pwrite` fills).
-pub fn filled_object(memory: &Arc<Memory>, pages: u64) -> Arc<mmun_softmmu::shmem::ShmemObject> {
+/// A shmem object holding `data` (whole pages), every page in its page
+/// cache: the tmpfs file `hmm_create_file` makes and `pwrite` fills.
+pub fn filled_object(memory: &Arc<Memory>, data: &[u8]) -> Arc<mmun_softmmu::shmem::ShmemObject> {
+    let pages = data.len() as u64 / P;
     let object = Arc::new(mmun_softmmu::shmem::ShmemObject::new(
         Arc::clone(memory),
         pages * P,
@@ -206,11 +207,26 @@ pub fn filled_object(memory: &Arc<Memory>, pages: u64) -> Arc<mmun_softmmu::shme
         let pfn = object
             .get_page(memory, index)
             .expect("the test machine has free pages");
-        memory.touch_write(pfn);
+        let page = &data[(index * P) as usize..((index + 1) * P) as usize];
+        assert!(memory.write(pfn, 0, page), "a cache page takes writes");
         // `get_page` took a reference for a mapping; `pwrite` maps nothing.
         memory.put(pfn);
     }
     object
+}
+
+/// `pread` of the whole object: its page cache, zeros where a page is
+/// not cached.
+pub fn pread(object: &mmun_softmmu::shmem::ShmemObject) -> Vec<u8> {
+    let pages = object.size() / P;
+    let mut buf = vec![0; (pages * P) as usize];
+    for index in 0..pages {
+        if let Some(pfn) = object.find_page(index) {
+            let page = &mut buf[(index * P) as usize..((index + 1) * P) as usize];
+            object.memory().read(pfn, 0, page);
+        }
+    }
+    buf
 }
 
 /// `mmap(addr, pages, prot, MAP_SHARED | MAP_FIXED, fd)` of `object`.
@@ -231,4 +247,85 @@ pub fn map_object(
         ..MapRequest::default()
     };
     assert_eq!(space.mmap(req), Ok(addr));
+}
+
+/// The C tests' buffer contents: `pages` pages whose `i`-th `int` is
+/// `value(i)` (`ptr[i] = i`, `-i`, `i + c`, ...), as bytes.
+pub fn pattern(pages: u64, value: impl Fn(i64) -> i32) -> Vec<u8> {
+    let words = (pages * P / 4) as i64;
+    (0..words).flat_map(|i| value(i).to_le_bytes()).collect()
+}
+
+/// `len` zero bytes (a buffer of untouched memory).
+pub fn zeros(len: u64) -> Vec<u8> {
+    vec![0; len as usize]
+}
+
+/// Compares two buffers, naming the first `int` that differs (the C
+/// tests' `ASSERT_EQ(ptr[i], ...)` loop) instead of printing them whole.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(at) = got.iter().zip(want).position(|(g, w)| g != w) {
+        let word = |b: &[u8]| {
+            let i = at / 4 * 4;
+            i32::from_le_bytes(b[i..i + 4].try_into().unwrap())
+        };
+        panic!(
+            "{what}: int {} is {}, expected {}",
+            at / 4,
+            word(got),
+            word(want)
+        );
+    }
+}
+
+impl Fixture {
+    /// CPU stores of `data` from `start`.
+    pub fn cpu_fill(&self, start: u64, data: &[u8]) {
+        self.space.write_bytes(start, data).expect("CPU store");
+    }
+
+    /// CPU loads of `len` bytes from `start`.
+    pub fn cpu_read(&self, start: u64, len: u64) -> Vec<u8> {
+        let mut buf = vec![0; len as usize];
+        self.space.read_bytes(start, &mut buf).expect("CPU load");
+        buf
+    }
+}
+
+/// test_hmm's `HMM_DMIRROR_READ` with its data: [`dmirror_rw`], then the
+/// device reads every page through its own table (`buffer->mirror`).
+pub fn dmirror_read(
+    mirror: &DeviceMirror,
+    start: u64,
+    pages: u64,
+) -> Result<Vec<u8>, mmun_secondary::FaultError> {
+    use mmun_secondary::Access;
+    let mut buf = vec![0; (pages * P) as usize];
+    for i in 0..pages {
+        let va = start + i * P;
+        mirror.fault(va, false)?;
+        let piece = &mut buf[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(mirror.read_bytes(va, piece), Access::Hit, "page {i}");
+    }
+    Ok(buf)
+}
+
+/// test_hmm's `HMM_DMIRROR_WRITE` of `data` from `start`: each page is
+/// faulted for writing, then written through the device table.
+pub fn dmirror_write(
+    mirror: &DeviceMirror,
+    start: u64,
+    data: &[u8],
+) -> Result<u64, mmun_secondary::FaultError> {
+    use mmun_secondary::Access;
+    let pages = data.len() as u64 / P;
+    for i in 0..pages {
+        let va = start + i * P;
+        mirror.fault(va, true)?;
+        let piece = &data[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(mirror.write_bytes(va, piece), Access::Hit, "page {i}");
+    }
+    Ok(pages)
 }
