@@ -431,6 +431,10 @@ impl Memory {
     /// frame never written copies as zeros, allocating nothing).
     pub fn copy_page(&self, from: Pfn, to: Pfn) {
         let mut f = self.inner.lock();
+        if f.contents.is_empty() {
+            // Nothing was ever written: both read as zeros already.
+            return;
+        }
         match f.contents.get(&from).cloned() {
             Some(page) => {
                 f.contents.insert(to, page);
@@ -572,8 +576,12 @@ impl Frames {
         let order = self.frames[head as usize].order;
         for pfn in head..head + (1 << order) {
             self.frames[pfn as usize] = Frame::FREE;
+        }
+        if !self.contents.is_empty() {
             // Freed pages are zeroed: the next owner reads zeros.
-            self.contents.remove(&pfn);
+            for pfn in head..head + (1 << order) {
+                self.contents.remove(&pfn);
+            }
         }
         if order == 0 {
             self.free_small.push(head);
