@@ -488,6 +488,8 @@ fn migrate_sparse(v: DeviceMemory) {
 #[test]
 fn device_private_fault_reports_its_own_pages() {
     let fx = Fixture::in_variant(DeviceMemory::Private);
+    assert_eq!(fx.mirror.memory_kind(), DeviceMemory::Private);
+    assert_eq!(Fixture::new().mirror.memory_kind(), DeviceMemory::Coherent);
     fx.map(B, 2, Prot::RW);
     fx.cpu_write(B, 2);
     assert_eq!(fx.mirror.migrate_to_device(B, B + 2 * P), Ok(2));
