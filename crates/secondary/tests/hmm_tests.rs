@@ -10,28 +10,39 @@
 //! # Variant
 //!
 //! Each `TEST_F` runs in the C file as `hmm_device_private` and
-//! `hmm_device_coherent`. The software MMU models device-coherent memory
-//! (the CPU keeps mapping the device's pages as ordinary entries; a frame
-//! records whose device memory it is); it has no device-private swap
-//! entries, so only the coherent variant is ported. Where the variants
-//! differ (`migrate_multiple`, `snapshot`, `hmm_cow_in_device`) the
-//! coherent expectations are the ones checked.
+//! `hmm_device_coherent` (`hmm2_*` for the two-device tests), and so does
+//! every port here: `device_private::NAME` and `device_coherent::NAME`
+//! (the `in_both_variants!` list at the end). A device-private device's
+//! pages are mapped by device-private entries the CPU cannot reach, and a
+//! CPU touch migrates them back; a coherent device's pages stay mapped as
+//! ordinary entries. Where the C file's expectations differ — `snapshot`
+//! (`DEV_PRIVATE_LOCAL` and `NONE` against `DEV_COHERENT_LOCAL`/`REMOTE`),
+//! `migrate_multiple` (private: back by CPU faults; coherent: explicitly),
+//! `hmm_cow_in_device`, `migrate_fault`, `double_map` and the THP
+//! migrations' fault-back steps — each variant's own outcome is checked.
+//! One modelling difference: after a fork, a CPU touch of a shared
+//! device-private page gives the touching process its own system copy
+//! (Linux migrates it for every mapper through the rmap, which the
+//! software MMU does not keep across address spaces); `anon_write_child`
+//! observes the same values either way.
 //!
 //! # Data
 //!
-//! Frames carry no bytes. A frame's `generation` is its identity plus a
-//! content version (bumped by every write), and migration copies are not
-//! modelled byte by byte, so "the device read the data" is checked as "the
-//! device maps exactly the frame the CPU maps at that address" and "the
-//! device wrote it" as "the CPU's frame there got a new content version".
-//! That is the same observation as the C test's buffer compare as long as
-//! the frame is the one the data lives in, which the oracle checks on
-//! every device access. test_hmm's `faults == 1` (one `hmm_range_fault`
-//! round for the whole command) is checked as "no fault retried".
+//! Frames carry bytes, so every test checks data where the C test does:
+//! the CPU stores the C buffer's pattern (`ptr[i] = i`, `-i`, `i + c`)
+//! through `AddressSpace::write_bytes`, the device reads and writes it
+//! through its own table (`dmirror_read`/`dmirror_write`: a fault per page,
+//! then `DeviceMirror::read_bytes`/`write_bytes`, each use checked by the
+//! oracle), and the CPU reads it back with `read_bytes` — across
+//! copy-on-write, migration to either kind of device memory and back, THP
+//! splits and `mremap`. `pwrite`/`pread` of the tmpfs file are the shmem
+//! object's page cache. test_hmm's `faults == 1` (one `hmm_range_fault`
+//! round for the whole command) is checked as "no fault retried" where no
+//! invalidation can come in between.
 //!
 //! # Every `TEST_F` and where it is
 //!
-//! | `TEST_F` | here |
+//! | `TEST_F` (both variants unless left out) | here |
 //! | --- | --- |
 //! | `hmm.open_close` | [`open_close`] |
 //! | `hmm.anon_read` | [`anon_read`] |
@@ -76,9 +87,12 @@ mod mirror_common;
 use std::sync::Arc;
 
 use mirror_common::race::{self, Racer};
-use mirror_common::{B, Fixture, M2, P, R, dmirror_rw, filled_object, map_object, with_watchdog};
+use mirror_common::{
+    B, Fixture, M2, P, R, assert_bytes, dmirror_read, dmirror_rw, dmirror_write, filled_object,
+    map_object, pattern, pread, with_watchdog, zeros,
+};
 use mmun_script::{Advice, Prot};
-use mmun_secondary::device_mirror::{DeviceMirror, SnapshotProt};
+use mmun_secondary::device_mirror::{DeviceMemory, DeviceMirror, SnapshotProt};
 use mmun_secondary::{Access, Bug, FaultError, Secondary};
 use mmun_softmmu::MremapFlags;
 use mmun_softmmu::frame::ZERO_PFN;
@@ -89,9 +103,8 @@ const N: u64 = 16;
 
 /// `hmm.open_close`: opening subscribes an interval, closing removes it;
 /// afterwards invalidations no longer reach the device.
-#[test]
-fn open_close() {
-    let fx = Fixture::new();
+fn open_close(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
     fx.mirror.mirror_range(B, 4 * P).unwrap();
     assert_eq!(fx.mirror.subscriptions(), vec![(B, B + 4 * P)]);
@@ -106,16 +119,19 @@ fn open_close() {
 /// `hmm.anon_read`: device reads of read-only anonymous memory whose
 /// first page was never touched (`pte_none`), whose second the CPU read
 /// (the zero page already mapped), and the rest written by the CPU.
-#[test]
-fn anon_read() {
-    let fx = Fixture::new();
+fn anon_read(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B + 2 * P, N - 2);
+    // ptr[i] = i, but the first two pages left zero.
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B + 2 * P, &data[2 * P as usize..]);
     fx.space.mprotect(B, N * P, R).unwrap();
-    fx.space.access(B + P, false).unwrap();
+    assert_bytes(&fx.cpu_read(B + P, 4), &zeros(4), "the CPU reads a zero");
     assert_eq!(fx.cpu_pfn(B + P), ZERO_PFN, "the zero page is mapped");
     assert!(fx.space.translate(B).is_none(), "pte_none");
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, false), Ok(N));
+    let read = dmirror_read(&fx.mirror, B, N).unwrap();
+    assert_bytes(&read[..2 * P as usize], &zeros(2 * P), "pages 0-1");
+    assert_bytes(&read[2 * P as usize..], &data[2 * P as usize..], "the rest");
     for i in 0..N {
         let va = B + i * P;
         let pte = fx.mirror.entry(va).unwrap();
@@ -131,11 +147,11 @@ fn anon_read() {
 /// `hmm.anon_read_prot`: after `mprotect(PROT_NONE)` the device read fails
 /// with `EFAULT` and maps nothing; once readable again the CPU finds its
 /// data untouched.
-#[test]
-fn anon_read_prot() {
-    let fx = Fixture::new();
+fn anon_read_prot(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let before: Vec<_> = (0..N)
         .map(|i| fx.space.translate_frame(B + i * P))
         .collect();
@@ -145,6 +161,7 @@ fn anon_read_prot() {
     assert_eq!(read.unwrap_err().errno(), -14, "EFAULT");
     assert!(fx.mirror.entries(B, B + N * P).is_empty());
     fx.space.mprotect(B, N * P, R).unwrap();
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "the CPU's data");
     for (i, was) in (0..N).zip(before) {
         let now = fx.space.translate_frame(B + i * P).unwrap();
         let was = was.unwrap();
@@ -158,20 +175,18 @@ fn anon_read_prot() {
 }
 
 /// `hmm.anon_write`: device writes land in the frames the CPU maps, in one
-/// fault round.
-#[test]
-fn anon_write() {
-    let fx = Fixture::new();
+/// fault round: the CPU reads what the device wrote.
+fn anon_write(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
+    let data = pattern(N, |i| i as i32);
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(N));
     for i in 0..N {
         let va = B + i * P;
-        fx.mirror.fault(va, true).unwrap();
         let pfn = fx.mirror.entry(va).unwrap().translation.pfn;
-        let before = fx.memory.frame(pfn).generation;
-        assert_eq!(fx.mirror.access(va, true), Access::Hit);
         assert_eq!(fx.cpu_pfn(va), pfn, "the CPU sees the device's page");
-        assert!(fx.memory.frame(pfn).generation > before, "written");
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "what the device wrote");
     let counters = fx.mirror.counters();
     assert_eq!((counters.faults, counters.retries), (N, 0));
     fx.assert_coherent();
@@ -181,13 +196,14 @@ fn anon_write() {
 /// zero page; a device write fails with `EPERM` and the CPU still reads
 /// zeros; after mprotect(RW) the write succeeds and the zero page is
 /// replaced.
-#[test]
-fn anon_write_prot() {
-    let fx = Fixture::new();
+fn anon_write_prot(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, R);
-    assert_eq!(dmirror_rw(&fx.mirror, B, 1, false), Ok(1));
+    let read = dmirror_read(&fx.mirror, B, 1).unwrap();
+    assert_bytes(&read, &zeros(P), "a zero page");
     assert_eq!(fx.mirror.entry(B).unwrap().translation.pfn, ZERO_PFN);
-    let write = dmirror_rw(&fx.mirror, B, N, true);
+    let data = pattern(N, |i| i as i32);
+    let write = dmirror_write(&fx.mirror, B, &data);
     assert_eq!(write, Err(FaultError::Denied));
     assert_eq!(write.unwrap_err().errno(), -1, "EPERM");
     assert_eq!(fx.mirror.access(B, true), Access::Miss);
@@ -199,10 +215,11 @@ fn anon_write_prot() {
             "page {i}: {cpu:?}"
         );
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &zeros(N * P), "nothing written");
     fx.space.mprotect(B, N * P, Prot::RW).unwrap();
     assert!(fx.mirror.entry(B).is_none(), "mprotect zapped it");
     let faults = fx.mirror.counters().faults;
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, true), Ok(N));
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(N));
     assert_eq!(
         fx.mirror.counters().faults,
         faults + N,
@@ -214,6 +231,7 @@ fn anon_write_prot() {
         assert!(pte.translation.writable);
         assert_eq!(fx.cpu_pfn(B + i * P), pte.translation.pfn);
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "what the device wrote");
     assert!(fx.mirror.stats().zapped >= 1);
     fx.assert_coherent();
 }
@@ -222,14 +240,15 @@ fn anon_write_prot() {
 /// (THP-backed if `thp`), optionally migrates it to its device, forks; the
 /// child's own device writes the child's copy; the parent's pages keep
 /// their contents.
-fn anon_write_child_case(migrate: bool, thp: bool) {
-    let fx = Fixture::new();
+fn anon_write_child_case(v: DeviceMemory, migrate: bool, thp: bool) {
+    let fx = Fixture::in_variant(v);
     let pages = if thp { M2 / P } else { N };
     fx.map(B, 2 * pages, Prot::RW);
     if thp {
         fx.space.madvise(B, M2, Advice::HugePage).unwrap();
     }
-    fx.cpu_write(B, pages);
+    let data = pattern(pages, |i| i as i32);
+    fx.cpu_fill(B, &data);
     if thp {
         let head = fx.cpu_pfn(B);
         assert_eq!(fx.memory.frame(head).order, 9, "THP-backed");
@@ -240,23 +259,35 @@ fn anon_write_child_case(migrate: bool, thp: bool) {
             Ok(pages as usize)
         );
     }
-    let parent: Vec<_> = (0..pages)
-        .map(|i| fx.space.translate_frame(B + i * P).unwrap())
-        .collect();
+    let parent: Vec<_> = (0..pages).map(|i| fx.entry_pfn(B + i * P)).collect();
     let generations: Vec<_> = parent
         .iter()
-        .map(|t| fx.memory.frame(t.pfn).generation)
+        .map(|&pfn| fx.memory.frame(pfn).generation)
         .collect();
     let child = Arc::new(fx.space.fork());
-    // The child sees the parent's values: the same frames, shared.
+    // The child reads the parent's values: the same frames, shared; a
+    // device-private page first comes back to system memory.
+    let mut seen = zeros(pages * P);
+    child.read_bytes(B, &mut seen).unwrap();
+    assert_bytes(&seen, &data, "the child sees the parent's values");
     for i in 0..pages {
-        assert_eq!(
-            child.translate(B + i * P).unwrap().0,
-            parent[i as usize].pfn
-        );
+        let va = B + i * P;
+        let (pfn, _) = child.translate(va).unwrap();
+        if fx.private() && migrate {
+            assert_ne!(pfn, parent[i as usize], "page {i}: migrated back");
+            assert_eq!(fx.memory.frame(pfn).device, None);
+        } else {
+            assert_eq!(pfn, parent[i as usize], "page {i}: shared");
+        }
     }
     let child_mirror = fx.mirror_of(&child);
-    assert_eq!(dmirror_rw(&child_mirror, B, pages, true), Ok(pages));
+    let negated = pattern(pages, |i| -i as i32);
+    assert_eq!(dmirror_write(&child_mirror, B, &negated), Ok(pages));
+    if !migrate {
+        let mut wrote = zeros(pages * P);
+        child.read_bytes(B, &mut wrote).unwrap();
+        assert_bytes(&wrote, &negated, "what the child's device wrote");
+    }
     // One completed fault per page; a copy-on-write fault collides with
     // its own invalidation and retries, as hmm_range_fault's -EBUSY loop
     // does inside test_hmm's single command.
@@ -264,68 +295,64 @@ fn anon_write_child_case(migrate: bool, thp: bool) {
     for i in 0..pages {
         let va = B + i * P;
         let child_pfn = child_mirror.entry(va).unwrap().translation.pfn;
-        assert_ne!(child_pfn, parent[i as usize].pfn, "copied on write");
+        assert_ne!(child_pfn, parent[i as usize], "copied on write");
         assert_eq!(
             child.translate(va).unwrap().0,
             child_pfn,
             "the child sees it"
         );
-        let now = fx.space.translate_frame(va).unwrap();
-        assert_eq!(
-            now.pfn, parent[i as usize].pfn,
-            "page {i}: parent unchanged"
-        );
-        assert_eq!(fx.memory.frame(now.pfn).generation, generations[i as usize]);
+        let now = fx.entry_pfn(va);
+        assert_eq!(now, parent[i as usize], "page {i}: parent unchanged");
+        assert_eq!(fx.memory.frame(now).generation, generations[i as usize]);
     }
     child.exit();
+    let what = format!("the parent's buffer (migrate {migrate}, thp {thp})");
+    assert_bytes(&fx.cpu_read(B, pages * P), &data, &what);
     fx.assert_coherent();
 }
 
 /// `hmm.anon_write_child`, all four runs of its two loops.
-#[test]
-fn anon_write_child() {
+fn anon_write_child(v: DeviceMemory) {
     for migrate in [false, true] {
         for thp in [false, true] {
-            anon_write_child_case(migrate, thp);
+            anon_write_child_case(v, migrate, thp);
         }
     }
 }
 
 /// `hmm.anon_write_child_shared`: with `MAP_SHARED` the child's device
 /// writes the parent's pages.
-#[test]
-fn anon_write_child_shared() {
-    let fx = Fixture::new();
+fn anon_write_child_shared(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map_shared(B, N);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let child = Arc::new(fx.space.fork());
+    let mut seen = zeros(N * P);
+    child.read_bytes(B, &mut seen).unwrap();
+    assert_bytes(&seen, &data, "the child sees the parent's values");
     let child_mirror = fx.mirror_of(&child);
-    let before: Vec<_> = (0..N)
-        .map(|i| fx.memory.frame(fx.cpu_pfn(B + i * P)).generation)
-        .collect();
-    assert_eq!(dmirror_rw(&child_mirror, B, N, true), Ok(N));
+    let negated = pattern(N, |i| -i as i32);
+    assert_eq!(dmirror_write(&child_mirror, B, &negated), Ok(N));
     for i in 0..N {
         let va = B + i * P;
         let pfn = fx.cpu_pfn(va);
         assert_eq!(child_mirror.entry(va).unwrap().translation.pfn, pfn);
-        assert!(
-            fx.memory.frame(pfn).generation > before[i as usize],
-            "parent sees it"
-        );
     }
     child.exit();
+    assert_bytes(&fx.cpu_read(B, N * P), &negated, "the parent sees it");
     fx.assert_coherent();
 }
 
 /// `hmm.anon_write_huge`: a THP-backed 2 MiB range is mirrored as 512 base
 /// pages of one huge folio, in one fault round.
-#[test]
-fn anon_write_huge() {
-    let fx = Fixture::new();
+fn anon_write_huge(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, 2 * M2 / P, Prot::RW);
     fx.space.madvise(B, M2, Advice::HugePage).unwrap();
     let pages = M2 / P;
-    assert_eq!(dmirror_rw(&fx.mirror, B, pages, true), Ok(pages));
+    let data = pattern(pages, |i| i as i32);
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(pages));
     let head = fx.mirror.entry(B).unwrap().translation.pfn;
     assert_eq!(fx.memory.frame(head).order, 9, "a huge folio backs it");
     for i in 0..pages {
@@ -333,18 +360,20 @@ fn anon_write_huge() {
         assert_eq!(pte.translation.pfn, head + i);
     }
     assert_eq!(fx.mirror.counters().retries, 0);
+    assert_bytes(&fx.cpu_read(B, M2), &data, "what the device wrote");
     fx.assert_coherent();
 }
 
 /// `hmm.file_read`: a device reads a read-only shared file mapping and
 /// finds the file's pages (a filled shmem object stands for the tmpfs
 /// file written with `pwrite`).
-#[test]
-fn file_read() {
-    let fx = Fixture::new();
-    let file = filled_object(&fx.memory, N);
+fn file_read(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
+    let data = pattern(N, |i| i as i32);
+    let file = filled_object(&fx.memory, &data);
     map_object(&fx.space, B, N, R, &file);
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, false), Ok(N));
+    let read = dmirror_read(&fx.mirror, B, N).unwrap();
+    assert_bytes(&read, &data, "what the device read");
     assert_eq!(fx.mirror.counters().retries, 0, "one fault round");
     for i in 0..N {
         let pte = fx.mirror.entry(B + i * P).unwrap();
@@ -356,24 +385,24 @@ fn file_read() {
 
 /// `hmm.file_write`: a device writes a shared file mapping; the CPU's
 /// mapping and the file itself (`pread`: its page cache) see the writes.
-#[test]
-fn file_write() {
-    let fx = Fixture::new();
+fn file_write(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     let file = Arc::new(mmun_softmmu::shmem::ShmemObject::new(
         Arc::clone(&fx.memory),
         N * P,
     ));
     map_object(&fx.space, B, N, Prot::RW, &file);
-    assert_eq!(dmirror_rw(&fx.mirror, B, N, true), Ok(N));
+    let data = pattern(N, |i| i as i32);
+    assert_eq!(dmirror_write(&fx.mirror, B, &data), Ok(N));
     assert_eq!(fx.mirror.counters().retries, 0, "one fault round");
     for i in 0..N {
         let va = B + i * P;
         let pfn = fx.mirror.entry(va).unwrap().translation.pfn;
         assert_eq!(fx.cpu_pfn(va), pfn, "the CPU mapping sees it");
         assert_eq!(file.find_page(i), Some(pfn), "the file sees it");
-        let frame = fx.memory.frame(pfn);
-        assert!(frame.generation > frame.serial, "written after allocation");
     }
+    assert_bytes(&fx.cpu_read(B, N * P), &data, "the CPU mapping");
+    assert_bytes(&pread(&file), &data, "pread of the file");
     fx.assert_coherent();
 }
 
@@ -385,9 +414,13 @@ fn assert_on_device(fx: &Fixture, mirror: &DeviceMirror, start: u64, pages: u64)
         let pte = mirror
             .entry(va)
             .unwrap_or_else(|| panic!("page {i} not on the device"));
+        let view = fx.space.device_view(va, Some(mirror.owner())).unwrap();
+        assert_eq!(pte.translation, view.translation, "page {i}");
+        // Device-private: the CPU cannot reach it; coherent: it can.
+        assert_eq!(view.device_private, fx.private(), "page {i}");
         assert_eq!(
-            Some(pte.translation),
-            fx.space.translate_frame(va),
+            fx.space.translate_frame(va).is_none(),
+            fx.private(),
             "page {i}"
         );
         let frame = fx.memory.frame(pte.translation.pfn);
@@ -410,17 +443,20 @@ fn assert_in_system(fx: &Fixture, start: u64, pages: u64) {
 
 /// `hmm.migrate`: anonymous memory moves to the device (its own `Migrate`
 /// range skipped), every page counted, each in a new frame of the
-/// device's memory that the CPU keeps mapping (device-coherent).
-#[test]
-fn migrate() {
-    let fx = Fixture::new();
+/// device's memory (mapped by the CPU if coherent, by device-private
+/// entries if private), holding the data the device then reads.
+fn migrate(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let old: Vec<_> = (0..N).map(|i| fx.cpu_pfn(B + i * P)).collect();
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
     assert_on_device(&fx, &fx.mirror, B, N);
+    let read = dmirror_read(&fx.mirror, B, N).unwrap();
+    assert_bytes(&read, &data, "what the device read");
     for i in 0..N {
-        assert_ne!(fx.cpu_pfn(B + i * P), old[i as usize], "page {i} moved");
+        assert_ne!(fx.entry_pfn(B + i * P), old[i as usize], "page {i} moved");
     }
     let stats = fx.mirror.stats();
     assert_eq!((stats.skipped, stats.migrated), (1, N));
@@ -431,9 +467,8 @@ fn migrate() {
 /// touched) migrates whole; the fresh pages are inserted under a second
 /// `Migrate` range that carries the device's owner, so the device keeps
 /// the pages it mapped in the first pass.
-#[test]
-fn migrate_sparse() {
-    let fx = Fixture::new();
+fn migrate_sparse(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
     for i in (1..N).step_by(2) {
         fx.cpu_write(B + i * P, 1);
@@ -444,34 +479,67 @@ fn migrate_sparse() {
     fx.assert_coherent();
 }
 
-/// `hmm.migrate_fault`: migrate, the CPU reads half the pages back (with
-/// coherent memory that is a plain access, no fault), then migrating the
-/// mix again succeeds with every page counted: those already in the
-/// device's memory stay where they are.
+/// Not in `hmm-tests.c`: a device fault on a page of its own private
+/// memory is answered by `hmm_range_fault` without faulting (the page
+/// stays in device memory; the CPU still cannot reach it), writable only
+/// with the entry's write bit. After a fork made the entries read-only, a
+/// device write is refused with `EFAULT` (test_hmm's `dmirror_do_fault`
+/// WARNs and fails when `HMM_PFN_WRITE` is missing).
 #[test]
-fn migrate_fault() {
-    let fx = Fixture::new();
+fn device_private_fault_reports_its_own_pages() {
+    let fx = Fixture::in_variant(DeviceMemory::Private);
+    assert_eq!(fx.mirror.memory_kind(), DeviceMemory::Private);
+    assert_eq!(Fixture::new().mirror.memory_kind(), DeviceMemory::Coherent);
+    fx.map(B, 2, Prot::RW);
+    fx.cpu_write(B, 2);
+    assert_eq!(fx.mirror.migrate_to_device(B, B + 2 * P), Ok(2));
+    let on_device = fx.entry_pfn(B);
+    fx.mirror.close();
+    assert_eq!(dmirror_rw(&fx.mirror, B, 2, true), Ok(2));
+    assert_eq!(fx.mirror.entry(B).unwrap().translation.pfn, on_device);
+    assert!(fx.space.pte(B).is_device_private(), "not migrated back");
+    assert_eq!(fx.space.translate(B), None);
+    let child = fx.space.fork();
+    assert_eq!(fx.mirror.fault(B, true), Err(FaultError::Unmapped));
+    assert_eq!(fx.mirror.fault(B, false), Ok(()));
+    child.exit();
+    fx.assert_coherent();
+}
+
+/// `hmm.migrate_fault`: migrate, the CPU reads half the pages back
+/// (device-private: each read migrates its page to system memory and the
+/// device loses it; coherent: a plain access, no fault), then migrating
+/// the mix again succeeds with every page counted: those still in the
+/// device's memory stay where they are, the others move again.
+fn migrate_fault(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
-    let on_device: Vec<_> = (0..N).map(|i| fx.cpu_pfn(B + i * P)).collect();
+    assert_bytes(&dmirror_read(&fx.mirror, B, N).unwrap(), &data, "device");
+    let on_device: Vec<_> = (0..N).map(|i| fx.entry_pfn(B + i * P)).collect();
+    let half = (N / 2 * P) as usize;
+    assert_bytes(&fx.cpu_read(B, N / 2 * P), &data[..half], "CPU, half");
     for i in 0..N / 2 {
-        fx.space.access(B + i * P, false).unwrap();
-        assert_eq!(
-            fx.cpu_pfn(B + i * P),
-            on_device[i as usize],
-            "no fault back"
-        );
+        let va = B + i * P;
+        let now = fx.cpu_pfn(va);
+        if fx.private() {
+            assert_ne!(now, on_device[i as usize], "page {i} faulted back");
+            assert_eq!(fx.memory.frame(now).device, None);
+            assert_eq!(fx.mirror.entry(va), None, "the device lost it");
+        } else {
+            assert_eq!(now, on_device[i as usize], "no fault back");
+        }
     }
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
     assert_on_device(&fx, &fx.mirror, B, N);
     for i in 0..N {
-        assert_eq!(
-            fx.cpu_pfn(B + i * P),
-            on_device[i as usize],
-            "page {i} stayed"
-        );
+        let stayed = fx.entry_pfn(B + i * P) == on_device[i as usize];
+        let faulted_back = fx.private() && i < N / 2;
+        assert_eq!(stayed, !faulted_back, "page {i}");
     }
+    assert_bytes(&dmirror_read(&fx.mirror, B, N).unwrap(), &data, "device");
     fx.assert_coherent();
 }
 
@@ -479,26 +547,25 @@ fn migrate_fault() {
 /// (test_hmm evicts every chunk back to system memory: here the range, by
 /// `migrate_to_system`); the CPU then reads system pages and the device
 /// holds none of them.
-#[test]
-fn migrate_release() {
-    let fx = Fixture::new();
+fn migrate_release(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, N, Prot::RW);
-    fx.cpu_write(B, N);
+    let data = pattern(N, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
+    assert_bytes(&dmirror_read(&fx.mirror, B, N).unwrap(), &data, "device");
     assert_eq!(fx.mirror.migrate_to_system(B, B + N * P), Ok(N as usize));
     assert!(fx.mirror.entries(B, B + N * P).is_empty(), "evicted");
-    for i in 0..N / 2 {
-        fx.space.access(B + i * P, false).unwrap();
-    }
+    let half = (N / 2 * P) as usize;
+    assert_bytes(&fx.cpu_read(B, N / 2 * P), &data[..half], "CPU, half");
     assert_in_system(&fx, B, N);
     fx.assert_coherent();
 }
 
 /// `hmm.migrate_shared`: shared anonymous memory is not migrated;
 /// test_hmm's read-back then fails with `ENOENT`.
-#[test]
-fn migrate_shared() {
-    let fx = Fixture::new();
+fn migrate_shared(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map_shared(B, N);
     let result = fx.mirror.migrate_to_device(B, B + N * P);
     assert_eq!(result, Err(FaultError::NotFound));
@@ -522,9 +589,8 @@ fn migrate_shared() {
 /// 2–5 (a zero page, a read-only page, two read-write pages) all move to
 /// device 1; page 5 then cannot move to device 0 (`ENOENT`: it is device
 /// 1's).
-#[test]
-fn migrate_mixed() {
-    let fx = Fixture::new();
+fn migrate_mixed(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     let dev0 = &fx.mirror;
     let dev1 = fx.second_mirror();
     fx.map(B, 6, Prot::NONE);
@@ -548,29 +614,39 @@ fn migrate_mixed() {
     assert_eq!(dev1.migrate_to_device(B + 2 * P, B + 6 * P), Ok(4));
     assert_on_device(&fx, &dev1, B + 2 * P, 4);
     for i in 2..4 {
-        let writable = fx.space.translate(B + i * P).unwrap().1;
+        let view = fx.space.device_view(B + i * P, Some(dev1.owner()));
+        let writable = view.unwrap().translation.writable;
         assert!(!writable, "page {i} stays read-only in device memory");
     }
-    let page5 = fx.cpu_pfn(B + 5 * P);
+    let page5 = fx.entry_pfn(B + 5 * P);
     let result = dev0.migrate_to_device(B + 5 * P, B + 6 * P);
     assert_eq!(result, Err(FaultError::NotFound));
-    assert_eq!(fx.cpu_pfn(B + 5 * P), page5, "left in device 1's memory");
+    assert_eq!(fx.entry_pfn(B + 5 * P), page5, "left in device 1's memory");
     fx.assert_coherent();
 }
 
-/// `hmm.migrate_multiple`: ten rounds of migrating to the device and, as
-/// coherent memory needs, explicitly back to system memory.
-#[test]
-fn migrate_multiple() {
-    let fx = Fixture::new();
+/// `hmm.migrate_multiple`: ten rounds of migrating to the device and back:
+/// device-private pages come back by CPU reads (each a fault that
+/// migrates its page), coherent ones must be migrated back explicitly
+/// (the CPU reaches them without a fault).
+fn migrate_multiple(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     for round in 0..10 {
         fx.map(B, N, Prot::RW);
-        fx.cpu_write(B, N);
+        let data = pattern(N, |i| i as i32);
+        fx.cpu_fill(B, &data);
         assert_eq!(fx.mirror.migrate_to_device(B, B + N * P), Ok(N as usize));
         assert_on_device(&fx, &fx.mirror, B, N);
-        let back = fx.mirror.migrate_to_system(B, B + N * P);
-        assert_eq!(back, Ok(N as usize), "round {round}");
+        let read = dmirror_read(&fx.mirror, B, N).unwrap();
+        assert_bytes(&read, &data, &format!("device, round {round}"));
+        if !fx.private() {
+            let back = fx.mirror.migrate_to_system(B, B + N * P);
+            assert_eq!(back, Ok(N as usize), "round {round}");
+        }
+        let read = fx.cpu_read(B, N * P);
+        assert_bytes(&read, &data, &format!("CPU, round {round}"));
         assert_in_system(&fx, B, N);
+        assert!(fx.mirror.entries(B, B + N * P).is_empty(), "round {round}");
         fx.space.munmap(B, N * P).unwrap();
     }
     fx.assert_coherent();
@@ -578,11 +654,11 @@ fn migrate_multiple() {
 
 /// `hmm2.snapshot`: a non-faulting walk of seven pages — `PROT_NONE`, a
 /// hole, the zero page, a read-only page, a read-write page, a page in
-/// device 0's memory and one in device 1's — as device 0 sees them
-/// (coherent variant).
-#[test]
-fn snapshot() {
-    let fx = Fixture::new();
+/// device 0's memory and one in device 1's — as device 0 sees them. A
+/// page in device 1's private memory is `NONE` to device 0: the walk does
+/// not look into another owner's device-private entry without faulting.
+fn snapshot(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     let dev0 = &fx.mirror;
     let dev1 = fx.second_mirror();
     fx.map(B, 7, Prot::NONE);
@@ -599,15 +675,15 @@ fn snapshot() {
     let faults = dev0.counters().faults;
     let seen = dev0.snapshot(B, B + 7 * P).unwrap();
     use SnapshotProt as S;
-    let expected = vec![
-        S::ERROR,
-        S::ERROR,
-        S::ZERO | S::READ,
-        S::READ,
-        S::WRITE,
-        S::DEV_COHERENT_LOCAL | S::WRITE,
-        S::DEV_COHERENT_REMOTE | S::WRITE,
-    ];
+    let mut expected = vec![S::ERROR, S::ERROR, S::ZERO | S::READ, S::READ, S::WRITE];
+    if fx.private() {
+        expected.extend([S::DEV_PRIVATE_LOCAL | S::WRITE, S::NONE]);
+    } else {
+        expected.extend([
+            S::DEV_COHERENT_LOCAL | S::WRITE,
+            S::DEV_COHERENT_REMOTE | S::WRITE,
+        ]);
+    }
     assert_eq!(seen, expected);
     assert_eq!(dev0.counters().faults, faults, "nothing faulted");
     fx.assert_coherent();
@@ -632,45 +708,60 @@ fn snapshot_reports_pmd_and_faults_nothing() {
 
 /// `hmm2.double_map`: two devices read the same read-only pages; device 1
 /// migrates them to itself (device 0, a foreign owner, is zapped); device
-/// 0 reads again and finds the new, read-only frames.
-#[test]
-fn double_map() {
-    let fx = Fixture::new();
+/// 0 reads again, read-only: coherent, it finds device 1's new frames;
+/// private, its fault migrates them back to system memory (device 1
+/// loses them) and it maps those.
+fn double_map(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     let dev0 = &fx.mirror;
     let dev1 = fx.second_mirror();
     fx.map(B, 6, Prot::RW);
-    fx.cpu_write(B, 6);
+    let data = pattern(6, |i| i as i32);
+    fx.cpu_fill(B, &data);
     fx.space.mprotect(B, 6 * P, R).unwrap();
-    assert_eq!(dmirror_rw(dev0, B, 6, false), Ok(6));
-    assert_eq!(dmirror_rw(&dev1, B, 6, false), Ok(6));
+    assert_bytes(&dmirror_read(dev0, B, 6).unwrap(), &data, "device 0");
+    assert_bytes(&dmirror_read(&dev1, B, 6).unwrap(), &data, "device 1");
     for i in 0..6 {
         assert_eq!(dev0.entry(B + i * P), dev1.entry(B + i * P));
     }
     assert_eq!(dev1.migrate_to_device(B, B + 6 * P), Ok(6));
     assert!(dev0.entries(B, B + 6 * P).is_empty(), "foreign Migrate");
     assert_on_device(&fx, &dev1, B, 6);
-    let retries = dev0.counters().retries;
-    assert_eq!(dmirror_rw(dev0, B, 6, false), Ok(6));
-    assert_eq!(dev0.counters().retries, retries, "one fault round");
+    let (faults, retries) = (dev0.counters().faults, dev0.counters().retries);
+    let read = dmirror_read(dev0, B, 6).unwrap();
+    assert_bytes(&read, &data, "device 0 after the migration");
+    assert_eq!(dev0.counters().faults, faults + 6, "one fault per page");
+    if !fx.private() {
+        // Coherent pages need no migration: nothing invalidates the walk.
+        assert_eq!(dev0.counters().retries, retries, "one fault round");
+    }
     for i in 0..6 {
-        let pte = dev0.entry(B + i * P).unwrap();
-        assert_eq!(Some(pte), dev1.entry(B + i * P));
+        let va = B + i * P;
+        let pte = dev0.entry(va).unwrap();
         assert!(!pte.translation.writable, "still read-only");
+        assert_eq!(Some(pte.translation), fx.space.translate_frame(va));
+        if fx.private() {
+            assert_eq!(fx.memory.frame(pte.translation.pfn).device, None);
+            assert_eq!(dev1.entry(va), None, "device 1 lost page {i}");
+        } else {
+            assert_eq!(Some(pte), dev1.entry(va));
+        }
     }
     fx.assert_coherent();
 }
 
 /// `hmm.hmm_cow_in_device`: pages in device memory, then fork; the
-/// parent's writes copy them (coherent: straight from device memory) into
-/// new system pages, which a snapshot shows as plain writable pages.
-#[test]
-fn hmm_cow_in_device() {
-    let fx = Fixture::new();
+/// parent's writes copy them (coherent: straight from device memory;
+/// private: each write first migrates its page back) into system pages,
+/// which a snapshot shows as plain writable pages.
+fn hmm_cow_in_device(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.mirror.migrate_to_device(B, B + 4 * P), Ok(4));
     let child = fx.space.fork();
-    fx.cpu_write(B, 4);
+    fx.cpu_fill(B, &data);
     child.exit();
     let seen = fx.mirror.snapshot(B, B + 4 * P).unwrap();
     assert_eq!(seen, vec![SnapshotProt::WRITE; 4]);
@@ -686,38 +777,32 @@ fn huge_buffer(fx: &Fixture, prot: Prot) {
 
 /// `hmm.migrate_anon_huge_empty`: an untouched THP-eligible read-only
 /// range migrates whole: 512 fresh device pages.
-#[test]
-fn migrate_anon_huge_empty() {
-    let fx = Fixture::new();
+fn migrate_anon_huge_empty(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     huge_buffer(&fx, R);
     let pages = M2 / P;
     assert_eq!(fx.mirror.migrate_to_device(B, B + M2), Ok(pages as usize));
     assert_on_device(&fx, &fx.mirror, B, pages);
-    for i in 0..pages {
-        let pfn = fx.cpu_pfn(B + i * P);
-        let frame = fx.memory.frame(pfn);
-        assert_eq!(
-            frame.generation, frame.serial,
-            "page {i}: fresh, never written"
-        );
-    }
+    let read = dmirror_read(&fx.mirror, B, pages).unwrap();
+    assert_bytes(&read, &zeros(M2), "fresh device pages");
     fx.assert_coherent();
 }
 
 /// `hmm.migrate_anon_huge_zero`: the huge zero page (a CPU read of the
 /// read-only range) is split and its 512 entries migrate; the CPU then
 /// reads the device's fresh pages.
-#[test]
-fn migrate_anon_huge_zero() {
-    let fx = Fixture::new();
+fn migrate_anon_huge_zero(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     huge_buffer(&fx, R);
     fx.space.access(B, false).unwrap();
     assert!(fx.space.pte(B).is_none(), "a huge (zero) PMD maps it");
     let pages = M2 / P;
     assert_eq!(fx.mirror.migrate_to_device(B, B + M2), Ok(pages as usize));
     assert_on_device(&fx, &fx.mirror, B, pages);
+    let read = dmirror_read(&fx.mirror, B, pages).unwrap();
+    assert_bytes(&read, &zeros(M2), "what the device read");
+    assert_bytes(&fx.cpu_read(B, M2), &zeros(M2), "what the CPU reads");
     for i in 0..pages {
-        fx.space.access(B + i * P, false).unwrap();
         assert_ne!(fx.cpu_pfn(B + i * P), ZERO_PFN);
     }
     fx.assert_coherent();
@@ -725,36 +810,51 @@ fn migrate_anon_huge_zero() {
 
 /// `hmm.migrate_anon_huge_free`: a written THP migrates (split, 512
 /// pages), then `MADV_FREE` of the range succeeds.
-#[test]
-fn migrate_anon_huge_free() {
-    let fx = Fixture::new();
+fn migrate_anon_huge_free(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     huge_buffer(&fx, Prot::RW);
-    fx.cpu_write(B, M2 / P);
+    let data = pattern(M2 / P, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(fx.memory.frame(fx.cpu_pfn(B)).order, 9, "THP-backed");
     assert_eq!(
         fx.mirror.migrate_to_device(B, B + M2),
         Ok((M2 / P) as usize)
     );
     assert_on_device(&fx, &fx.mirror, B, M2 / P);
+    let read = dmirror_read(&fx.mirror, B, M2 / P).unwrap();
+    assert_bytes(&read, &data, "what the device read");
     assert_eq!(fx.space.madvise(B, M2, Advice::Free), Ok(()));
+    if fx.private() {
+        // MADV_FREE passes over device-private entries (its range still
+        // invalidates the device's translations).
+        for i in 0..M2 / P {
+            assert!(fx.space.pte(B + i * P).is_device_private(), "page {i}");
+        }
+    }
     fx.assert_coherent();
 }
 
 /// `hmm.migrate_anon_huge_fault`: a written THP migrates, and the CPU
 /// reads every page back.
-#[test]
-fn migrate_anon_huge_fault() {
-    let fx = Fixture::new();
+fn migrate_anon_huge_fault(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     huge_buffer(&fx, Prot::RW);
-    fx.cpu_write(B, M2 / P);
+    let data = pattern(M2 / P, |i| i as i32);
+    fx.cpu_fill(B, &data);
     assert_eq!(
         fx.mirror.migrate_to_device(B, B + M2),
         Ok((M2 / P) as usize)
     );
-    let on_device: Vec<_> = (0..M2 / P).map(|i| fx.cpu_pfn(B + i * P)).collect();
+    let read = dmirror_read(&fx.mirror, B, M2 / P).unwrap();
+    assert_bytes(&read, &data, "what the device read");
+    let on_device: Vec<_> = (0..M2 / P).map(|i| fx.entry_pfn(B + i * P)).collect();
+    assert_bytes(&fx.cpu_read(B, M2), &data, "what the CPU reads back");
     for i in 0..M2 / P {
-        fx.space.access(B + i * P, false).unwrap();
-        assert_eq!(fx.cpu_pfn(B + i * P), on_device[i as usize]);
+        let va = B + i * P;
+        let now = fx.cpu_pfn(va);
+        // Private: faulted back to a system page; coherent: read in place.
+        assert_eq!(now == on_device[i as usize], !fx.private(), "page {i}");
+        assert_eq!(fx.memory.frame(now).device.is_none(), fx.private());
     }
     fx.assert_coherent();
 }
@@ -762,12 +862,11 @@ fn migrate_anon_huge_fault() {
 /// `hmm.migrate_partial_unmap_fault`: migrate 2 MiB (THP or not), unmap
 /// 1 MiB of it at offset 0, 512 KiB or 1 MiB; the device loses that part
 /// and the CPU reads the rest from device memory.
-#[test]
-fn migrate_partial_unmap_fault() {
+fn migrate_partial_unmap_fault(v: DeviceMemory) {
     let pages = M2 / P;
     for thp in [false, true] {
         for offset in [0, M2 / 4, M2 / 2] {
-            let fx = Fixture::new();
+            let fx = Fixture::in_variant(v);
             fx.map(B, 2 * pages, Prot::RW);
             let advice = if thp {
                 Advice::HugePage
@@ -775,8 +874,11 @@ fn migrate_partial_unmap_fault() {
                 Advice::NoHugePage
             };
             fx.space.madvise(B, M2, advice).unwrap();
-            fx.cpu_write(B, pages);
+            let data = pattern(pages, |i| i as i32);
+            fx.cpu_fill(B, &data);
             assert_eq!(fx.mirror.migrate_to_device(B, B + M2), Ok(pages as usize));
+            let read = dmirror_read(&fx.mirror, B, pages).unwrap();
+            assert_bytes(&read, &data, "what the device read");
             fx.space.munmap(B + offset, M2 / 2).unwrap();
             let gone = fx.mirror.entries(B + offset, B + offset + M2 / 2);
             assert!(gone.is_empty(), "thp {thp} offset {offset:#x}: {gone:?}");
@@ -785,9 +887,13 @@ fn migrate_partial_unmap_fault() {
                 if (offset..offset + M2 / 2).contains(&(i * P)) {
                     continue;
                 }
-                fx.space.access(va, false).unwrap();
+                let page = &data[(i * P) as usize..((i + 1) * P) as usize];
+                let what = format!("thp {thp} offset {offset:#x} page {i}");
+                assert_bytes(&fx.cpu_read(va, P), page, &what);
                 let cpu = fx.space.translate_frame(va).unwrap();
-                assert_eq!(fx.memory.frame(cpu.pfn).device, Some(fx.mirror.owner()));
+                // Private: the read faulted it back to system memory.
+                let device = (!fx.private()).then(|| fx.mirror.owner());
+                assert_eq!(fx.memory.frame(cpu.pfn).device, device);
                 // The VMA split notifies over the whole PMD (Linux's
                 // `__split_huge_pmd` does, huge or not), so the device may
                 // have dropped more than the unmapped part.
@@ -807,14 +913,13 @@ fn migrate_partial_unmap_fault() {
 /// 2 MiB buffer to an offset of 0, 512 KiB or 1 MiB past its end, before
 /// or after migrating it; the CPU reads every page at the new place and
 /// the device never holds an old translation.
-#[test]
-fn migrate_remap_fault() {
+fn migrate_remap_fault(v: DeviceMemory) {
     let pages = M2 / P;
     for before in [false, true] {
         for dont_unmap in [false, true] {
             for thp in [false, true] {
                 for offset in [0, M2 / 4, M2 / 2] {
-                    let fx = Fixture::new();
+                    let fx = Fixture::in_variant(v);
                     fx.map(B, 8 * pages, Prot::RW);
                     let advice = if thp {
                         Advice::HugePage
@@ -823,7 +928,8 @@ fn migrate_remap_fault() {
                     };
                     fx.space.madvise(B, M2, advice).unwrap();
                     fx.space.munmap(B + M2, 2 * M2).unwrap();
-                    fx.cpu_write(B, pages);
+                    let data = pattern(pages, |i| i as i32);
+                    fx.cpu_fill(B, &data);
                     let to = B + M2 + offset;
                     let flags = MremapFlags {
                         fixed: Some(to),
@@ -836,18 +942,19 @@ fn migrate_remap_fault() {
                         at = to;
                     }
                     let moved = fx.mirror.migrate_to_device(at, at + M2);
-                    assert_eq!(
-                        moved,
-                        Ok(pages as usize),
+                    let case = format!(
                         "before {before} dont_unmap {dont_unmap} thp {thp} offset {offset:#x}"
                     );
+                    assert_eq!(moved, Ok(pages as usize), "{case}");
+                    let read = dmirror_read(&fx.mirror, at, pages).unwrap();
+                    assert_bytes(&read, &data, &format!("device: {case}"));
                     if !before {
                         assert_eq!(fx.space.mremap(B, M2, M2, flags), Ok(to));
                         at = to;
                     }
+                    assert_bytes(&fx.cpu_read(at, M2), &data, &format!("CPU: {case}"));
                     for i in 0..pages {
                         let va = at + i * P;
-                        fx.space.access(va, false).unwrap();
                         if let Some(pte) = fx.mirror.entry(va) {
                             assert_eq!(Some(pte.translation), fx.space.translate_frame(va));
                         }
@@ -917,15 +1024,15 @@ fn munmap_zaps_the_mirror() {
 /// `hmm.anon_teardown`: device reads race a thread that unmaps half the
 /// buffer; every read either succeeds on the live mapping or fails
 /// cleanly, and nothing stale is ever used.
-#[test]
-fn anon_teardown() {
+fn anon_teardown(v: DeviceMemory) {
     const PAGES: u64 = 64;
     const ROUNDS: u64 = 20;
-    with_watchdog(|| {
-        let fx = Fixture::new();
+    with_watchdog(move || {
+        let fx = Fixture::in_variant(v);
         for round in 0..ROUNDS {
             fx.map(B, PAGES, Prot::RW);
-            fx.cpu_write(B, PAGES);
+            let data = pattern(PAGES, |i| (i + round as i64) as i32);
+            fx.cpu_fill(B, &data);
             let (tx, rx) = std::sync::mpsc::channel();
             let failed = std::thread::scope(|s| {
                 let space = &fx.space;
@@ -941,9 +1048,13 @@ fn anon_teardown() {
                     }
                     let fault = fx.mirror.fault(B + i * P, false);
                     // The munmap may zap the page between fault and use.
-                    let used = fault.map(|()| fx.mirror.access(B + i * P, false));
+                    let mut page = zeros(P);
+                    let used = fault.map(|()| fx.mirror.read_bytes(B + i * P, &mut page));
                     match used {
-                        Ok(Access::Hit) => {}
+                        Ok(Access::Hit) => {
+                            let want = &data[(i * P) as usize..((i + 1) * P) as usize];
+                            assert_bytes(&page, want, &format!("round {round} page {i}"));
+                        }
                         Ok(Access::Miss) | Err(FaultError::Unmapped) => {
                             assert!(i >= PAGES / 2, "page {i} is never unmapped");
                             failed += 1;
@@ -965,16 +1076,14 @@ fn anon_teardown() {
 
 /// `hmm.anon_read_multiple`: mmap, read, munmap cycles, each in one fault
 /// round.
-#[test]
-fn anon_read_multiple() {
-    let fx = Fixture::new();
+fn anon_read_multiple(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     for cycle in 0..10 {
         fx.map(B, 8, Prot::RW);
-        fx.cpu_write(B, 8);
-        for i in 0..8 {
-            fx.mirror.fault(B + i * P, false).unwrap();
-            assert_eq!(fx.mirror.access(B + i * P, false), Access::Hit);
-        }
+        let data = pattern(8, |i| (i + cycle) as i32);
+        fx.cpu_fill(B, &data);
+        let read = dmirror_read(&fx.mirror, B, 8).unwrap();
+        assert_bytes(&read, &data, &format!("cycle {cycle}"));
         fx.space.munmap(B, 8 * P).unwrap();
         assert!(fx.mirror.entries(B, B + 8 * P).is_empty(), "cycle {cycle}");
     }
@@ -986,12 +1095,13 @@ fn anon_read_multiple() {
 /// `hmm.exclusive`: the device takes pages exclusively (its own `Exclusive`
 /// ranges skipped), uses them while the CPU cannot reach them, and a CPU
 /// access takes each back under a `Clear` that zaps the device's entry.
-#[test]
-fn exclusive() {
-    let fx = Fixture::new();
+fn exclusive(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let frames: Vec<u64> = (0..4).map(|i| fx.cpu_pfn(B + i * P)).collect();
+    let mut read = zeros(4 * P);
     for i in 0..4 {
         let va = B + i * P;
         fx.mirror.make_exclusive(va).unwrap();
@@ -1000,10 +1110,16 @@ fn exclusive() {
         assert_eq!(pte.translation.pfn, frames[i as usize]);
         assert_eq!(fx.space.translate(va), None, "the CPU cannot reach it");
         assert_eq!(fx.mirror.access(va, true), Access::Hit);
-        assert_eq!(fx.mirror.access(va, false), Access::Hit);
+        let page = &mut read[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(fx.mirror.read_bytes(va, page), Access::Hit);
     }
+    assert_bytes(&read, &data, "what the device read");
     assert!(fx.mirror.stats().skipped >= 4, "own Exclusive ranges");
-    fx.cpu_write(B, 4);
+    // ptr[i]++: the CPU takes the pages back, reading and writing them.
+    assert_bytes(&fx.cpu_read(B, 4 * P), &data, "the CPU reads them back");
+    let plus_one = pattern(4, |i| i as i32 + 1);
+    fx.cpu_fill(B, &plus_one);
+    assert_bytes(&fx.cpu_read(B, 4 * P), &plus_one, "and wrote them");
     let exclusive = fx.mirror.entries(B, B + 4 * P);
     assert!(exclusive.is_empty(), "CHECK_EXCLUSIVE: {exclusive:?}");
     for i in 0..4 {
@@ -1042,14 +1158,19 @@ fn exclusive_entry_counts_only_for_its_device() {
 
 /// `hmm.exclusive_mprotect`: mprotect(PROT_READ) removes the exclusive
 /// mapping; a device write then fails.
-#[test]
-fn exclusive_mprotect() {
-    let fx = Fixture::new();
+fn exclusive_mprotect(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
+    let mut read = zeros(4 * P);
     for i in 0..4 {
-        fx.mirror.make_exclusive(B + i * P).unwrap();
+        let va = B + i * P;
+        fx.mirror.make_exclusive(va).unwrap();
+        let page = &mut read[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(fx.mirror.read_bytes(va, page), Access::Hit);
     }
+    assert_bytes(&read, &data, "what the device read");
     fx.space.mprotect(B, 4 * P, R).unwrap();
     assert!(fx.mirror.entries(B, B + 4 * P).is_empty());
     for i in 0..4 {
@@ -1065,21 +1186,29 @@ fn exclusive_mprotect() {
 
 /// `hmm.exclusive_cow`: fork of exclusively held pages zaps the device, and
 /// CPU writes in both processes then work on their own pages.
-#[test]
-fn exclusive_cow() {
-    let fx = Fixture::new();
+fn exclusive_cow(v: DeviceMemory) {
+    let fx = Fixture::in_variant(v);
     fx.map(B, 4, Prot::RW);
-    fx.cpu_write(B, 4);
+    let data = pattern(4, |i| i as i32);
+    fx.cpu_fill(B, &data);
     let frames: Vec<u64> = (0..4).map(|i| fx.cpu_pfn(B + i * P)).collect();
     for i in 0..4 {
         fx.mirror.make_exclusive(B + i * P).unwrap();
     }
     let child = fx.space.fork();
     assert!(fx.mirror.entries(B, B + 4 * P).is_empty(), "fork zapped");
+    // Both processes run ptr[i]++ over the buffer, the parent first.
+    let plus_one = pattern(4, |i| i as i32 + 1);
+    for (who, space) in [("parent", &*fx.space), ("child", &child)] {
+        let mut seen = zeros(4 * P);
+        space.read_bytes(B, &mut seen).unwrap();
+        assert_bytes(&seen, &data, who);
+        space.write_bytes(B, &plus_one).unwrap();
+        space.read_bytes(B, &mut seen).unwrap();
+        assert_bytes(&seen, &plus_one, who);
+    }
     for i in 0..4 {
         let va = B + i * P;
-        fx.space.access(va, true).unwrap();
-        child.access(va, true).unwrap();
         // Fork made the entries present and shared them copy-on-write
         // (6.18 `copy_nonpresent_pte`): the first writer copies, the last
         // one has the page to itself and reuses it.
@@ -1220,3 +1349,57 @@ fn correct_mirror_survives_own_migration_races() {
 fn correct_mirror_survives_foreign_exclusive_races() {
     assert_clean(Racer::ForeignExclusive);
 }
+
+/// Every `TEST_F` above in both of test_hmm's `FIXTURE_VARIANT`s.
+macro_rules! in_both_variants {
+    ($($name:ident),* $(,)?) => {
+        mod device_private {
+            use mmun_secondary::device_mirror::DeviceMemory;
+            $(#[test]
+            fn $name() {
+                super::$name(DeviceMemory::Private)
+            })*
+        }
+        mod device_coherent {
+            use mmun_secondary::device_mirror::DeviceMemory;
+            $(#[test]
+            fn $name() {
+                super::$name(DeviceMemory::Coherent)
+            })*
+        }
+    };
+}
+
+in_both_variants!(
+    open_close,
+    anon_read,
+    anon_read_prot,
+    anon_write,
+    anon_write_prot,
+    anon_write_child,
+    anon_write_child_shared,
+    anon_write_huge,
+    file_read,
+    file_write,
+    migrate,
+    migrate_sparse,
+    migrate_fault,
+    migrate_release,
+    migrate_shared,
+    migrate_mixed,
+    migrate_multiple,
+    snapshot,
+    double_map,
+    hmm_cow_in_device,
+    migrate_anon_huge_empty,
+    migrate_anon_huge_zero,
+    migrate_anon_huge_free,
+    migrate_anon_huge_fault,
+    migrate_partial_unmap_fault,
+    migrate_remap_fault,
+    anon_teardown,
+    anon_read_multiple,
+    exclusive,
+    exclusive_mprotect,
+    exclusive_cow,
+);

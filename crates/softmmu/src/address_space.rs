@@ -107,6 +107,10 @@ pub struct DeviceView {
     /// Whether the device reaches it through its own device-exclusive entry
     /// (the CPU cannot reach it until a CPU access takes it back).
     pub exclusive: bool,
+    /// Whether the device reaches it through a device-private entry of its
+    /// own memory (the CPU cannot address the page at all: a CPU access
+    /// migrates it back to system memory).
+    pub device_private: bool,
 }
 
 /// The page-table lock was busy; see [`AddressSpace::try_device_view`].
@@ -268,9 +272,10 @@ impl AddressSpace {
 
     /// What the device `device` may use at `addr`: what a CPU access would
     /// reach ([`AddressSpace::translate_frame`]), or else the frame of a
-    /// device-exclusive entry that `device` made (writable only while the
+    /// device-exclusive entry that `device` made or of a device-private
+    /// entry naming a page of `device`'s memory (writable only while the
     /// entry and the VMA both allow writes). `None` otherwise, e.g. for an
-    /// exclusive entry another device holds.
+    /// exclusive or device-private entry of another device.
     pub fn device_view(&self, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
         self.view_locked(&self.inner.state.lock(), addr, device)
     }
@@ -293,18 +298,28 @@ impl AddressSpace {
             Some((pfn, writable)) => Some(DeviceView {
                 translation: self.frame_life(pfn, writable),
                 exclusive: false,
+                device_private: false,
             }),
             None => self.exclusive_view_locked(st, addr, device?),
         }
     }
 
-    /// The device-exclusive entry at `addr`, if `device` made it.
+    /// The device-exclusive entry at `addr` if `device` made it, or the
+    /// device-private entry if the page is in `device`'s memory.
     fn exclusive_view_locked(&self, st: &State, addr: u64, device: Owner) -> Option<DeviceView> {
         let pte = st.pt.pte(addr);
-        if pte.swap_kind() != Some(crate::page_table::SwapKind::DeviceExclusive) {
-            return None;
-        }
-        if self.inner.memory.frame(pte.pfn()).exclusive_owner != Some(device) {
+        let frame = self.inner.memory.frame(pte.pfn());
+        let device_private = match pte.swap_kind() {
+            Some(crate::page_table::SwapKind::DeviceExclusive) => false,
+            Some(crate::page_table::SwapKind::DevicePrivate) => true,
+            _ => return None,
+        };
+        let holder = if device_private {
+            frame.device
+        } else {
+            frame.exclusive_owner
+        };
+        if holder != Some(device) {
             return None;
         }
         let vma_writable = st
@@ -314,7 +329,8 @@ impl AddressSpace {
         let writable = pte.swap_was_writable() && vma_writable;
         Some(DeviceView {
             translation: self.frame_life(pte.pfn(), writable),
-            exclusive: true,
+            exclusive: !device_private,
+            device_private,
         })
     }
 

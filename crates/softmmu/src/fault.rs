@@ -2,7 +2,8 @@
 //!
 //! Kernel counterpart: `mm/memory.c` (`handle_mm_fault`,
 //! `do_anonymous_page`, `do_fault`, `do_wp_page`, `wp_page_copy`,
-//! `remove_device_exclusive_entry`). Only replacing an existing entry
+//! `remove_device_exclusive_entry`, `do_swap_page`'s device-private
+//! branch). Only replacing an existing entry
 //! notifies: filling an empty one or upgrading permission never does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,6 +164,11 @@ fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: b
         remove_device_exclusive_entry(ctx, vma, addr, pte);
         return pte_fault(ctx, vma, addr, write);
     }
+    if pte.is_device_private() {
+        // do_swap_page: the owner's migrate_to_ram, then the access again.
+        crate::device_private::migrate_to_ram(ctx, vma, addr, pte)?;
+        return pte_fault(ctx, vma, addr, write);
+    }
     if write && !pte.is_write() {
         return do_wp_page(ctx, vma, addr, pte);
     }
@@ -187,9 +193,13 @@ fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: 
                 return Err(Errno::Fault);
             }
             if write && !vma.flags.contains(VmFlags::SHARED) {
-                // do_cow_fault: a private copy of the file page.
+                // do_cow_fault: a private copy of the file page (a page
+                // not in the cache is a hole: zeros).
                 anon_vma_prepare(ctx, vma);
                 let pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
+                if let Some(cached) = file.object.find_page(index) {
+                    ctx.mem.copy_page(cached, pfn);
+                }
                 ctx.mem.map_pte(pfn, ctx.id);
                 Pte::new(pfn, writable)
             } else {
@@ -279,6 +289,7 @@ fn can_reuse_anon<L: HeldMmLock>(ctx: &Ctx<'_, L>, pfn: Pfn) -> bool {
 fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: Pte) -> SysResult {
     let vma = anon_vma_prepare(ctx, vma);
     let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
+    ctx.mem.copy_page(old.pfn(), new_pfn);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
     let slot_old = inv.ptep_clear_flush_notify(addr, || old);

@@ -11,7 +11,7 @@ use mmun_core::{Event, HeldMmLock};
 use crate::address_space::{AddressSpace, Ctx};
 use crate::fault::new_anon_vma;
 use crate::layout::{PAGE_SIZE, PMD_SIZE, block_end};
-use crate::page_table::{PageTable, PmdEntry, Pte};
+use crate::page_table::{PageTable, PmdEntry, Pte, SwapKind};
 use crate::vma::{VmFlags, Vma};
 
 impl AddressSpace {
@@ -93,6 +93,21 @@ fn restore_exclusive_entries<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, sta
     }
 }
 
+/// `copy_nonpresent_pte` for a device-private entry: both processes map
+/// the device page (one more reference and mapping, no longer
+/// exclusive); in a COW mapping a writable entry becomes readable in the
+/// parent too, so that either side's write faults it back and copies.
+/// Inside the fork's `ProtectionPage` range, with no range of its own.
+fn copy_device_private(mem: &crate::frame::Memory, pte: &mut Pte, cow: bool, child_id: u64) -> Pte {
+    mem.get(pte.pfn());
+    mem.map_pte(pte.pfn(), child_id);
+    mem.update(pte.pfn(), |f| f.anon_exclusive = false);
+    if cow && pte.swap_was_writable() {
+        *pte = Pte::swap(SwapKind::DevicePrivate, pte.pfn(), false);
+    }
+    *pte
+}
+
 fn share_huge<L: HeldMmLock>(ctx: &Ctx<'_, L>, huge: Pte, cow: bool, child_id: u64) -> Pte {
     if !huge.is_special() {
         ctx.mem.get(huge.pfn());
@@ -115,6 +130,10 @@ fn copy_ptes<L: HeldMmLock>(
     let mem = ctx.mem;
     let mut copied: Vec<(u64, Pte)> = Vec::new();
     ctx.st.pt.for_each_pte_mut(start, end, |a, pte| {
+        if pte.is_device_private() {
+            copied.push((a, copy_device_private(mem, pte, cow, child_id)));
+            return;
+        }
         if !pte.is_present() {
             return;
         }

@@ -1,5 +1,8 @@
 //! Physical memory: page frames with a reference count and a map count,
-//! the shared zero page, and PMD-sized compound frames (THP folios).
+//! the shared zero page, PMD-sized compound frames (THP folios), and the
+//! bytes the frames hold (4 KiB per frame ever written, allocated on the
+//! first write; every other frame reads as zeros, and a freed frame is
+//! zeroed).
 //!
 //! Kernel counterpart: `struct page`/`struct folio` bookkeeping
 //! (`folio_get`/`folio_put`, `folio_add_*_rmap`/`folio_remove_rmap_*`).
@@ -10,7 +13,12 @@ use std::fmt;
 
 use parking_lot::Mutex;
 
-use crate::layout::HPAGE_PMD_NR;
+use std::collections::HashMap;
+
+use crate::layout::{HPAGE_PMD_NR, PAGE_SIZE};
+
+/// The bytes of one base page.
+type Page = [u8; PAGE_SIZE as usize];
 
 /// A page frame number.
 pub type Pfn = u64;
@@ -147,6 +155,8 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
 pub struct Memory {
     inner: Mutex<Frames>,
     huge_zero: std::sync::OnceLock<Pfn>,
+    /// The devices whose memory is device-private, and their ops.
+    pagemaps: crate::device_private::Pagemaps,
 }
 
 /// Locking: everything below is under `Memory::inner`; the vector never
@@ -154,6 +164,10 @@ pub struct Memory {
 /// RAM it models.
 struct Frames {
     frames: Vec<Frame>,
+    /// The contents of the frames ever written, by pfn: 4 KiB each,
+    /// allocated on the first write and dropped when the frame is freed.
+    /// A frame without one reads as zeros (the zero page never has one).
+    contents: HashMap<Pfn, Box<Page>>,
     /// The machine's RAM in frames (the zero page included).
     limit: u64,
     free_small: Vec<Pfn>,
@@ -178,13 +192,42 @@ impl Memory {
         Memory {
             inner: Mutex::new(Frames {
                 frames: vec![zero],
+                contents: HashMap::new(),
                 limit,
                 free_small: Vec::new(),
                 free_huge: Vec::new(),
                 next_generation: 1,
             }),
             huge_zero: std::sync::OnceLock::new(),
+            pagemaps: crate::device_private::Pagemaps::default(),
         }
+    }
+
+    /// Makes `owner`'s memory device-private (`MEMORY_DEVICE_PRIVATE`):
+    /// migrations to it leave device-private entries the CPU cannot
+    /// reach, and a CPU touch calls `ops` (held weakly: the driver owns
+    /// it) as it migrates the page back. Owners never registered are
+    /// device-coherent. Register before the first migration to the device;
+    /// every driver instance on the device registers (each is told).
+    pub fn register_device_private(
+        &self,
+        owner: mmun_core::Owner,
+        ops: &std::sync::Arc<dyn crate::device_private::DevicePagemap>,
+    ) {
+        self.pagemaps.register(owner, ops);
+    }
+
+    /// Whether `owner`'s memory is device-private.
+    pub fn is_device_private(&self, owner: mmun_core::Owner) -> bool {
+        self.pagemaps.is_private(owner)
+    }
+
+    /// The ops of a device-private owner's live driver instances.
+    pub(crate) fn pagemap(
+        &self,
+        owner: mmun_core::Owner,
+    ) -> Vec<std::sync::Arc<dyn crate::device_private::DevicePagemap>> {
+        self.pagemaps.ops(owner)
     }
 
     /// The huge zero page (`mm_get_huge_zero_folio`), allocated on first
@@ -337,10 +380,87 @@ impl Memory {
 
     /// Marks a write to the frame: its content version changes.
     pub fn touch_write(&self, pfn: Pfn) {
+        self.inner.lock().bump_generation(pfn);
+    }
+
+    /// Copies `buf.len()` bytes from offset `offset` of frame `pfn`; a
+    /// frame never written reads as zeros.
+    ///
+    /// # Panics
+    ///
+    /// If the bytes cross the end of the page.
+    pub fn read(&self, pfn: Pfn, offset: usize, buf: &mut [u8]) {
+        let end = offset + buf.len();
+        assert!(end <= PAGE_SIZE as usize, "read past the page");
+        match self.inner.lock().contents.get(&pfn) {
+            Some(page) => buf.copy_from_slice(&page[offset..end]),
+            None => buf.fill(0),
+        }
+    }
+
+    /// Writes `bytes` at offset `offset` of frame `pfn` (its content
+    /// version changes, as with [`Memory::touch_write`]). Returns false,
+    /// writing nothing, for a free frame or the zero page: only a stale
+    /// translation (a secondary MMU's bug, which its coherence check
+    /// reports) can reach those, and the model keeps freed frames zeroed
+    /// and the zero page zero.
+    ///
+    /// # Panics
+    ///
+    /// If the bytes cross the end of the page.
+    pub fn write(&self, pfn: Pfn, offset: usize, bytes: &[u8]) -> bool {
+        let end = offset + bytes.len();
+        assert!(end <= PAGE_SIZE as usize, "write past the page");
         let mut f = self.inner.lock();
-        let generation = f.next_generation;
-        f.next_generation += 1;
-        f.frames[pfn as usize].generation = generation;
+        if matches!(
+            f.frames[pfn as usize].kind,
+            FrameKind::Free | FrameKind::Zero
+        ) {
+            return false;
+        }
+        let page = f
+            .contents
+            .entry(pfn)
+            .or_insert_with(|| Box::new([0; PAGE_SIZE as usize]));
+        page[offset..end].copy_from_slice(bytes);
+        f.bump_generation(pfn);
+        true
+    }
+
+    /// `copy_highpage`: frame `to` gets the contents of frame `from` (a
+    /// frame never written copies as zeros, allocating nothing).
+    pub fn copy_page(&self, from: Pfn, to: Pfn) {
+        let mut f = self.inner.lock();
+        if f.contents.is_empty() {
+            // Nothing was ever written: both read as zeros already.
+            return;
+        }
+        match f.contents.get(&from).cloned() {
+            Some(page) => {
+                f.contents.insert(to, page);
+            }
+            None => {
+                f.contents.remove(&to);
+            }
+        }
+    }
+
+    /// Whether two frames hold the same bytes (`pages_identical`, as KSM
+    /// compares them).
+    pub fn same_contents(&self, a: Pfn, b: Pfn) -> bool {
+        let f = self.inner.lock();
+        let zeros = |p: &Page| p.iter().all(|&byte| byte == 0);
+        match (f.contents.get(&a), f.contents.get(&b)) {
+            (Some(x), Some(y)) => x == y,
+            (Some(x), None) | (None, Some(x)) => zeros(x),
+            (None, None) => true,
+        }
+    }
+
+    /// How many frames hold contents of their own (every other frame reads
+    /// as zeros): what the byte contents cost, in pages.
+    pub fn pages_with_contents(&self) -> usize {
+        self.inner.lock().contents.len()
     }
 
     /// How many frames are allocated (the zero page included).
@@ -368,6 +488,12 @@ impl fmt::Debug for Memory {
 }
 
 impl Frames {
+    fn bump_generation(&mut self, pfn: Pfn) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.frames[pfn as usize].generation = generation;
+    }
+
     /// Takes `pages` never-used frames (aligned to `pages` when more than
     /// one), or `None` if the machine has no more.
     fn grow(&mut self, pages: u64) -> Option<Pfn> {
@@ -450,6 +576,12 @@ impl Frames {
         let order = self.frames[head as usize].order;
         for pfn in head..head + (1 << order) {
             self.frames[pfn as usize] = Frame::FREE;
+        }
+        if !self.contents.is_empty() {
+            // Freed pages are zeroed: the next owner reads zeros.
+            for pfn in head..head + (1 << order) {
+                self.contents.remove(&pfn);
+            }
         }
         if order == 0 {
             self.free_small.push(head);

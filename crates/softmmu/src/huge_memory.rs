@@ -272,7 +272,13 @@ pub(crate) fn collapse<L: HeldMmLock>(
     inv.end();
     if let PmdEntry::Table(table) = old {
         for i in 0..crate::layout::HPAGE_PMD_NR {
-            release_pte(ctx.mem, ctx.id, table.get(haddr + i * PAGE_SIZE));
+            // __collapse_huge_page_copy: each page's bytes (an empty or
+            // zero-page entry leaves zeros) go to its place in the huge one.
+            let pte = table.get(haddr + i * PAGE_SIZE);
+            if pte.is_present() && !pte.is_special() {
+                ctx.mem.copy_page(pte.pfn(), head + i);
+            }
+            release_pte(ctx.mem, ctx.id, pte);
         }
     }
     ctx.mem.map_pmd(head, ctx.id);

@@ -268,6 +268,9 @@ fn collapse_file(object: &ShmemObject, first: u64) -> CollapseResult {
         if i > 0 {
             memory.get(head); // one cache reference per page
         }
+        if let Some(old) = object.find_page(index) {
+            memory.copy_page(old, pfn);
+        }
         if let Some(old) = object.replace_page(index, pfn) {
             memory.put(old);
         }

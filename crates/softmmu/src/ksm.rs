@@ -16,12 +16,14 @@ use crate::rmap::mapped_folios;
 use crate::zap::release_pte;
 
 impl AddressSpace {
-    /// What ksmd does to the small anonymous pages of `[start, end)` if
-    /// their contents are equal: one KSM page, mapped read-only everywhere.
-    /// Returns how many pages now share it.
+    /// What ksmd does to the small anonymous pages of `[start, end)`: pages
+    /// with the same contents (`pages_identical`) become one KSM page (the
+    /// first of them, in address order), mapped read-only everywhere; a
+    /// page no other page of the range equals is left alone (it would stay
+    /// in the unstable tree). Returns how many pages now share a KSM page.
     pub fn ksm_merge(&self, start: u64, end: u64) -> usize {
         self.read_op(|ctx| {
-            let pages: Vec<u64> = mapped_folios(ctx, start, end)
+            let pages: Vec<(u64, u64)> = mapped_folios(ctx, start, end)
                 .into_iter()
                 .filter(|f| {
                     !f.huge
@@ -30,24 +32,67 @@ impl AddressSpace {
                             FrameKind::Anon | FrameKind::Ksm
                         )
                 })
-                .map(|f| f.start)
+                .map(|f| (f.start, f.entry.pfn()))
                 .collect();
-            let Some((&first, rest)) = pages.split_first() else {
-                return 0;
-            };
-            write_protect_page(ctx, first);
-            let kpfn = ctx.st.pt.pte(first).pfn();
-            ctx.mem.update(kpfn, |f| {
-                f.kind = FrameKind::Ksm;
-                f.anon_exclusive = false;
-            });
-            for &addr in rest {
-                write_protect_page(ctx, addr);
-                replace_page(ctx, addr, kpfn);
+            let groups = identical_groups(ctx.mem, &pages);
+            let mut merged = 0;
+            for (i, &(addr, _)) in pages.iter().enumerate() {
+                let group = &groups[i];
+                if group.members < 2 {
+                    continue;
+                }
+                merged += 1;
+                if group.first == i {
+                    write_protect_page(ctx, addr);
+                    let kpfn = ctx.st.pt.pte(addr).pfn();
+                    ctx.mem.update(kpfn, |f| {
+                        f.kind = FrameKind::Ksm;
+                        f.anon_exclusive = false;
+                    });
+                } else {
+                    write_protect_page(ctx, addr);
+                    let kpfn = ctx.st.pt.pte(pages[group.first].0).pfn();
+                    replace_page(ctx, addr, kpfn);
+                }
             }
-            pages.len()
+            merged
         })
     }
+}
+
+/// Which pages of a merge hold the same bytes: for each page, the index of
+/// the first page with its contents and how many pages have them.
+#[derive(Clone, Copy)]
+struct Group {
+    first: usize,
+    members: usize,
+}
+
+fn identical_groups(mem: &crate::frame::Memory, pages: &[(u64, u64)]) -> Vec<Group> {
+    let mut firsts: Vec<usize> = Vec::new();
+    let mut of_page = Vec::with_capacity(pages.len());
+    for (i, &(_, pfn)) in pages.iter().enumerate() {
+        let same = firsts
+            .iter()
+            .copied()
+            .find(|&f| mem.same_contents(pages[f].1, pfn));
+        let first = same.unwrap_or_else(|| {
+            firsts.push(i);
+            i
+        });
+        of_page.push(first);
+    }
+    let mut members = vec![0; pages.len()];
+    for &first in &of_page {
+        members[first] += 1;
+    }
+    of_page
+        .iter()
+        .map(|&first| Group {
+            first,
+            members: members[first],
+        })
+        .collect()
 }
 
 /// `write_protect_page`: `Clear` of the page; if the PTE was writable or
@@ -69,6 +114,8 @@ fn write_protect_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
 
 /// `replace_page`: `Clear` of the page while its PTE moves to the KSM page.
 fn replace_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, kpfn: u64) {
+    // The first page of a merge may start mid-page (an unaligned range).
+    let addr = align_down(addr, PAGE_SIZE);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let old = inv.ptep_clear_flush_notify(addr, || ctx.st.pt.pte(addr));
     let new = Pte::new(kpfn, false).with_dirty(false);

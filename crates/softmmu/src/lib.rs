@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 
 mod address_space;
+mod bytes;
+pub mod device_private;
 pub mod error;
 mod exclusive;
 mod fault;
@@ -44,6 +46,7 @@ pub use address_space::{
     AddressSpace, Config, DEFAULT_MAX_MAP_COUNT, DeviceView, MapRequest, PageTableBusy, ThpMode,
     Translation,
 };
+pub use device_private::DevicePagemap;
 pub use error::{Errno, SysResult};
 pub use frame::{DEFAULT_MEMORY_BYTES, Memory, Pfn};
 pub use mremap::MremapFlags;

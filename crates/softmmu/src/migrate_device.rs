@@ -3,10 +3,13 @@
 //! `finalize_and_map` → `migrate_vma_finalize`.
 //!
 //! Kernel counterpart: `mm/migrate_device.c` (6.18) as `lib/test_hmm.c`'s
-//! `dmirror_migrate_to_device` / `dmirror_migrate_to_system` call it, for
-//! `MEMORY_DEVICE_COHERENT` memory: the device's pages stay mapped by the
-//! CPU as ordinary present entries (the software MMU has no
-//! device-private swap entries). Linux's rules kept here:
+//! `dmirror_migrate_to_device` / `dmirror_migrate_to_system` call it.
+//! A device's memory is `MEMORY_DEVICE_COHERENT` (its pages stay mapped
+//! by the CPU as ordinary present entries) unless the device registered
+//! as device-private ([`Memory::register_device_private`]): then its pages
+//! are mapped by device-private entries the CPU cannot reach, and a CPU
+//! touch migrates them back ([`crate::device_private`]). Linux's rules
+//! kept here:
 //!
 //! * The driver walks the request VMA by VMA under the mmap read lock, in
 //!   chunks of at most [`MIGRATE_CHUNK_PAGES`]; a page with no VMA, or a
@@ -20,7 +23,11 @@
 //!   under a second `Migrate` range, `migrate_vma_insert_page`); shared
 //!   memory, KSM pages, swap-type entries and pages already in some
 //!   device's memory stay (`MIGRATE_VMA_SELECT_SYSTEM` only).
-//! * To system: only the pages in this owner's device memory move.
+//! * To system: only the pages in this owner's device memory move: its
+//!   present pages (coherent) or its device-private entries
+//!   (`MIGRATE_VMA_SELECT_DEVICE_PRIVATE`), never ordinary pages.
+//!
+//! [`Memory::register_device_private`]: crate::Memory::register_device_private
 
 use mmun_core::{Event, HeldMmLock, Owner};
 
@@ -31,7 +38,7 @@ use crate::fault::anon_vma_prepare;
 use crate::frame::{FrameKind, ZERO_PFN};
 use crate::huge_memory::split_huge_pmd;
 use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, block_end};
-use crate::page_table::{PmdEntry, Pte};
+use crate::page_table::{PmdEntry, Pte, SwapKind};
 use crate::rmap::{Mapped, finish_migration, install_migration_entry};
 use crate::vma::{VmFlags, Vma};
 
@@ -189,7 +196,7 @@ fn migrate_chunk<L: HeldMmLock>(
             if let Some(slot) = ctx.st.pt.pte_mut(addr) {
                 *slot = old;
             }
-            map(addr, cpu_view(ctx, addr));
+            map(addr, device_side_view(ctx, addr));
             continue;
         };
         finish_migration(ctx, addr, old, new_pfn);
@@ -197,7 +204,10 @@ fn migrate_chunk<L: HeldMmLock>(
         let device = (chunk.direction == Direction::ToDevice).then_some(chunk.owner);
         let new = ctx.st.pt.pte(addr).pfn();
         ctx.mem.update(new, |f| f.device = device);
-        map(addr, cpu_view(ctx, addr));
+        if device.is_some() {
+            make_device_private_if(ctx, addr, chunk.owner);
+        }
+        map(addr, device_side_view(ctx, addr));
     }
     if let Some(&first) = holes.first() {
         // `migrate_vma_pages` notifies once more before inserting pages
@@ -207,7 +217,7 @@ fn migrate_chunk<L: HeldMmLock>(
             if insert_page(ctx, chunk, addr) {
                 moved += 1;
             }
-            map(addr, cpu_view(ctx, addr));
+            map(addr, device_side_view(ctx, addr));
         }
         inv.end();
     }
@@ -240,6 +250,21 @@ fn collect<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) ->
     let to_device = chunk.direction == Direction::ToDevice;
     if pte.is_none() || (pte.is_present() && pte.is_special() && pte.pfn() == ZERO_PFN) {
         return (to_device && private_anon).then_some(Collected::Hole);
+    }
+    if pte.is_device_private() {
+        // MIGRATE_VMA_SELECT_DEVICE_PRIVATE with this owner, only back to
+        // system memory.
+        let ours = ctx.mem.frame(pte.pfn()).device == Some(chunk.owner);
+        if to_device || !ours {
+            return None;
+        }
+        let folio = Mapped {
+            start: addr,
+            end: addr + PAGE_SIZE,
+            entry: pte,
+            huge: false,
+        };
+        return Some(Collected::Page(install_migration_entry(ctx, &folio)));
     }
     if !pte.is_present() || pte.is_special() || pte.is_protnone() {
         return None;
@@ -274,12 +299,57 @@ fn insert_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64
     let writable = chunk.vma.flags.contains(VmFlags::WRITE);
     // The zero page needs no release: it is never counted.
     *ctx.st.pt.pte_alloc(addr) = Pte::new(pfn, writable);
+    make_device_private_if(ctx, addr, chunk.owner);
     true
 }
 
-/// What the CPU reaches at `addr` now, with the frame's life.
-fn cpu_view<L: HeldMmLock>(ctx: &Ctx<'_, L>, addr: u64) -> Option<Translation> {
-    crate::fault::translate(&ctx.st.pt, addr).map(|(pfn, writable)| Translation {
+/// A page just placed in `owner`'s memory at `addr`: if that memory is
+/// device-private, the CPU's present entry becomes a device-private entry
+/// with the same write permission (`make_{writable,readable}_device_private_entry`
+/// in `migrate_vma_insert_page` and `remove_migration_pte`). The map count
+/// stays: a device-private entry still maps the page.
+fn make_device_private_if<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, owner: Owner) {
+    if !ctx.mem.is_device_private(owner) {
+        return;
+    }
+    if let Some(slot) = ctx.st.pt.pte_mut(addr) {
+        *slot = Pte::swap(SwapKind::DevicePrivate, slot.pfn(), slot.is_write());
+    }
+}
+
+/// `dev_pagemap_ops::migrate_to_ram` as test_hmm's `dmirror_devmem_fault`
+/// runs it: `migrate_vma_setup` … `finalize` over the one page at `addr`,
+/// selecting `owner`'s device-private entry, inside the caller's fault
+/// (which holds the mmap lock). `tell(addr, new)` is the driver's step,
+/// called with the new entry in place.
+pub(crate) fn migrate_page_to_system<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+    owner: Owner,
+    mut tell: impl FnMut(u64, Option<Translation>),
+) -> usize {
+    let chunk = Chunk {
+        vma,
+        start: addr,
+        end: addr + PAGE_SIZE,
+        owner,
+        direction: Direction::ToSystem,
+    };
+    migrate_chunk(ctx, &chunk, &mut tell)
+}
+
+/// What the device driving the migration may use at `addr` now, with the
+/// frame's life: what the CPU reaches, or the page of a device-private
+/// entry (the migrating device's own, since only it put one there).
+fn device_side_view<L: HeldMmLock>(ctx: &Ctx<'_, L>, addr: u64) -> Option<Translation> {
+    let pte = ctx.st.pt.pte(addr);
+    let reached = if pte.is_device_private() {
+        Some((pte.pfn(), pte.grants_write()))
+    } else {
+        crate::fault::translate(&ctx.st.pt, addr)
+    };
+    reached.map(|(pfn, writable)| Translation {
         pfn,
         serial: ctx.mem.frame(pfn).serial,
         writable,

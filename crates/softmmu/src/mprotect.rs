@@ -13,7 +13,7 @@ use crate::layout::{
     PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, align_down, align_up, block_end, is_aligned,
 };
 use crate::mmap::{populate, prot_flags};
-use crate::page_table::{PmdEntry, Pte};
+use crate::page_table::{PmdEntry, Pte, SwapKind};
 use crate::split::vma_modify;
 use crate::vma::{VmFlags, Vma};
 
@@ -207,6 +207,11 @@ fn change_pte_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, 
     ctx.st.pt.for_each_pte_mut(start, end, |a, pte| {
         if pte.is_present() {
             updates.push((a, *pte));
+        } else if pte.is_device_private() && pte.swap_was_writable() {
+            // change_pte_range: a writable device-private entry becomes
+            // readable whatever the new protection (the next device or CPU
+            // write faults and looks at the VMA again).
+            *pte = Pte::swap(SwapKind::DevicePrivate, pte.pfn(), false);
         }
     });
     for (a, old) in updates {

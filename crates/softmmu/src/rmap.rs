@@ -189,6 +189,9 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
         let Some(head) = ctx.mem.alloc_huge(kind) else {
             return false;
         };
+        for i in 0..crate::layout::HPAGE_PMD_NR {
+            ctx.mem.copy_page(folio.entry.pfn() + i, head + i);
+        }
         let inv = ctx.start(Event::Clear, folio.start, folio.end);
         ctx.mem.map_pmd(head, ctx.id);
         let new = Pte::new(head, folio.entry.is_write()).with_young(folio.entry.is_young());
@@ -223,7 +226,7 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
 pub(crate) fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
     let old = folio.entry;
     if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
-        *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.is_write());
+        *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.grants_write());
     }
     old
 }
@@ -234,11 +237,13 @@ pub(crate) fn finish_migration<L: HeldMmLock>(
     old: Pte,
     new_pfn: Pfn,
 ) {
+    // migrate_folio: the contents move with the page.
+    ctx.mem.copy_page(old.pfn(), new_pfn);
     ctx.mem.map_pte(new_pfn, ctx.id);
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {
         // `remove_migration_pte` rebuilds the entry from the VMA's
         // protection: a PROT_NONE page stays inaccessible.
-        *slot = Pte::new(new_pfn, old.is_write())
+        *slot = Pte::new(new_pfn, old.grants_write())
             .with_young(old.is_young())
             .with_dirty(old.is_dirty())
             .with_protnone(old.is_protnone());

@@ -62,7 +62,9 @@ pub(crate) fn release_pte(mem: &Memory, mm: u64, pte: Pte) {
     if pfn == ZERO_PFN {
         return;
     }
-    if pte.is_present() {
+    // `zap_nonpresent_ptes` drops a device-private entry's rmap as a
+    // present one's: the device page is freed with its last reference.
+    if pte.maps_frame() {
         mem.unmap_pte(pfn, mm);
     }
     mem.put(pfn);

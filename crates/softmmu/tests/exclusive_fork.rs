@@ -85,3 +85,17 @@ fn a_cpu_access_after_mprotect_read_restores_the_entry_read_only() {
     space.mprotect(B, 2 * P, Prot::RW).unwrap();
     assert_eq!(space.translate(B + P), Some((pfn, true)));
 }
+
+/// A zapped device-exclusive entry gives its page back: the reference the
+/// entry held is dropped and the page freed (a writable entry's write bit
+/// used to read as "special" and leak it).
+#[test]
+fn munmap_of_a_writable_exclusive_entry_frees_the_page() {
+    let (space, pfn) = space_with_exclusive_page();
+    assert!(space.pte(B + P).swap_was_writable());
+    space.munmap(B + P, P).unwrap();
+    assert_eq!(
+        space.memory().frame(pfn).kind,
+        mmun_softmmu::frame::FrameKind::Free
+    );
+}

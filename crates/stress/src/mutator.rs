@@ -51,6 +51,11 @@ pub(crate) struct Mutator<'r, 'a> {
     /// Another device, whose migrations and exclusive accesses the
     /// device mirror must not skip.
     pub(crate) stranger: Owner,
+    /// A device with device-private memory (and no translations of its
+    /// own): the pages it takes are reachable only through device-private
+    /// entries, which every CPU touch, secondary fault, fork, `mprotect`,
+    /// zap and exit of the run then meets.
+    pub(crate) private_stranger: Owner,
     /// Whether this mutator runs racing walks (one mutator per round may).
     race: bool,
     /// Percent of operations that race a walk.
@@ -76,6 +81,7 @@ pub(crate) fn run(round: &Round<'_>, rng: Rng, out: Out, quota: u64, plan: &Plan
         out,
         children: Vec::new(),
         stranger: Owner::unique(),
+        private_stranger: private_device(round),
         race_percent: plan.race_percent,
     };
     for _ in 0..quota {
@@ -91,6 +97,21 @@ pub(crate) fn run(round: &Round<'_>, rng: Rng, out: Out, quota: u64, plan: &Plan
     }
     m.out.publish(round.run);
     m.out
+}
+
+/// A fresh owner whose memory is device-private in the round's machine.
+/// Its driver keeps no translations, so it has nothing to drop when the
+/// CPU takes a page back: its ops are a no-op, and the memory stays
+/// private once they are gone.
+fn private_device(round: &Round<'_>) -> Owner {
+    struct NoTranslations;
+    impl mmun_softmmu::DevicePagemap for NoTranslations {
+        fn page_to_ram(&self, _: u64, _: mmun_softmmu::Pfn, _: Option<mmun_softmmu::Translation>) {}
+    }
+    let owner = Owner::unique();
+    let ops: std::sync::Arc<dyn mmun_softmmu::DevicePagemap> = std::sync::Arc::new(NoTranslations);
+    round.space.memory().register_device_private(owner, &ops);
+    owner
 }
 
 impl Mutator<'_, '_> {

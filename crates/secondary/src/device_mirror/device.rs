@@ -147,6 +147,27 @@ impl Device {
     }
 }
 
+impl mmun_softmmu::DevicePagemap for Device {
+    /// `dmirror_devmem_fault_alloc_and_copy`'s erase: the CPU touched a
+    /// page of our private memory and it moved to system memory (under
+    /// our own `Migrate` range, which we skipped). Drops our translation
+    /// of it, unless the migration failed and the page is still ours.
+    fn page_to_ram(&self, va: u64, old: mmun_softmmu::Pfn, new: Option<Translation>) {
+        if new.is_some_and(|t| t.pfn == old) {
+            return;
+        }
+        let mut table = self.table.lock();
+        if table
+            .ptes
+            .get(&va)
+            .is_some_and(|p| p.translation.pfn == old)
+        {
+            table.generation += 1;
+            table.ptes.remove(&va);
+        }
+    }
+}
+
 /// A `Migrate` or `Exclusive` range, whoever started it.
 pub(super) fn is_migration(range: &Range<'_>) -> bool {
     matches!(range.event(), Event::Migrate | Event::Exclusive)

@@ -1,8 +1,10 @@
 //! test_hmm's migration commands: `HMM_DMIRROR_MIGRATE_TO_DEV`
 //! (`dmirror_migrate_to_device`) and `HMM_DMIRROR_MIGRATE_TO_SYS`
 //! (`dmirror_migrate_to_system`), over the software MMU's
-//! `migrate_vma_*` (device-coherent memory: the CPU keeps mapping the
-//! device's pages).
+//! `migrate_vma_*`. With device-coherent memory the CPU keeps mapping the
+//! device's pages; with device-private memory it maps them by
+//! device-private entries, and a CPU touch brings a page back through the
+//! device's `DevicePagemap::page_to_ram` (in `device.rs`).
 
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 

@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use mmun_core::{Error, IntervalNotifier, Owner};
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
-use mmun_softmmu::{AddressSpace, DeviceView, Translation, VmFlags};
+use mmun_softmmu::{AddressSpace, DevicePagemap, DeviceView, Translation, VmFlags};
 use parking_lot::{Mutex, RwLock};
 
 use self::device::{Device, MirrorOps};
@@ -74,6 +74,16 @@ pub const MAX_FAULT_ATTEMPTS: usize = 10_000;
 /// Times an access backs off from a busy primary before it reports a miss.
 const MAX_BUSY_BACKOFFS: usize = 1_000_000;
 
+/// What the device's memory is, as test_hmm's two kinds of device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceMemory {
+    /// `MEMORY_DEVICE_COHERENT`: the CPU maps the device's pages as any.
+    Coherent,
+    /// `MEMORY_DEVICE_PRIVATE`: the CPU cannot address them; it maps them
+    /// by device-private entries and a touch migrates them back.
+    Private,
+}
+
 /// The name in reports and violations.
 const NAME: &str = "device-mirror";
 
@@ -95,6 +105,8 @@ pub struct DeviceMirror {
     space: Arc<AddressSpace>,
     coherence: Arc<Coherence>,
     device: Arc<Device>,
+    /// The device-private memory's ops, which the memory holds weakly.
+    _pagemap: Option<Arc<dyn DevicePagemap>>,
     /// Taken only outside the primary's and the device's locks, so it may
     /// be held across an insert.
     subs: Mutex<Vec<Arc<Subscription>>>,
@@ -113,20 +125,50 @@ impl DeviceMirror {
     }
 
     /// The same with a given owner (the `pgmap_owner` its migrations and
-    /// exclusive conversions carry).
+    /// exclusive conversions carry), device-coherent memory.
     pub fn with_owner(
         space: Arc<AddressSpace>,
         coherence: Arc<Coherence>,
         bug: Option<Bug>,
         owner: Owner,
     ) -> Arc<DeviceMirror> {
+        DeviceMirror::with_memory(space, coherence, bug, owner, DeviceMemory::Coherent)
+    }
+
+    /// A mirror whose device memory is of the given kind (test_hmm's
+    /// `hmm_device_private` and `hmm_device_coherent` devices). A
+    /// device-private one registers its `migrate_to_ram` step with the
+    /// address space's memory, for as long as the mirror lives.
+    pub fn with_memory(
+        space: Arc<AddressSpace>,
+        coherence: Arc<Coherence>,
+        bug: Option<Bug>,
+        owner: Owner,
+        memory: DeviceMemory,
+    ) -> Arc<DeviceMirror> {
+        let device = Arc::new(Device::new(owner, bug));
+        let pagemap = (memory == DeviceMemory::Private).then(|| {
+            let ops: Arc<dyn DevicePagemap> = Arc::clone(&device) as Arc<dyn DevicePagemap>;
+            space.memory().register_device_private(owner, &ops);
+            ops
+        });
         Arc::new(DeviceMirror {
             space,
             coherence,
-            device: Arc::new(Device::new(owner, bug)),
+            device,
+            _pagemap: pagemap,
             subs: Mutex::new(Vec::new()),
             walk_hook: RwLock::new(None),
         })
+    }
+
+    /// The kind of its device memory.
+    pub fn memory_kind(&self) -> DeviceMemory {
+        if self.space.memory().is_device_private(self.device.owner) {
+            DeviceMemory::Private
+        } else {
+            DeviceMemory::Coherent
+        }
     }
 
     /// The owner its own `Migrate`/`Exclusive` ranges carry.
@@ -299,9 +341,53 @@ impl DeviceMirror {
     /// The device uses `va` through its own table, for writing if `write`;
     /// the use is checked by the oracle under the device lock.
     pub fn access(&self, va: u64, write: bool) -> Access {
+        self.access_with(va, write, &mut |_| {})
+    }
+
+    /// The device reads `buf.len()` bytes from `va` through its own table
+    /// (test_hmm's `dmirror_do_read` copying from the pages it maps), page
+    /// by page, each use checked as [`DeviceMirror::access`] checks it.
+    /// `Miss` at the first page it does not map (the bytes before it are
+    /// read).
+    pub fn read_bytes(&self, va: u64, buf: &mut [u8]) -> Access {
+        let memory = Arc::clone(self.space.memory());
+        for (at, range) in page_pieces(va, buf.len()) {
+            let piece = &mut buf[range];
+            let offset = (at % PAGE_SIZE) as usize;
+            let used = self.access_with(at, false, &mut |pfn| memory.read(pfn, offset, piece));
+            if used == Access::Miss {
+                return Access::Miss;
+            }
+        }
+        Access::Hit
+    }
+
+    /// The device writes `bytes` at `va` through its own table
+    /// (`dmirror_do_write`), page by page; `Miss` at the first page it
+    /// does not map writable.
+    pub fn write_bytes(&self, va: u64, bytes: &[u8]) -> Access {
+        let memory = Arc::clone(self.space.memory());
+        for (at, range) in page_pieces(va, bytes.len()) {
+            let piece = &bytes[range];
+            let offset = (at % PAGE_SIZE) as usize;
+            // A stale translation may name a freed frame: the store is
+            // lost there (the oracle has reported the use).
+            let used = self.access_with(at, true, &mut |pfn| {
+                memory.write(pfn, offset, piece);
+            });
+            if used == Access::Miss {
+                return Access::Miss;
+            }
+        }
+        Access::Hit
+    }
+
+    /// [`DeviceMirror::access`] that hands the frame to `use_page` while
+    /// the use is still covered by the device lock.
+    fn access_with(&self, va: u64, write: bool, use_page: &mut dyn FnMut(u64)) -> Access {
         let page = align_down(va, PAGE_SIZE);
         for _ in 0..MAX_BUSY_BACKOFFS {
-            if let Some(access) = self.try_access(page, write) {
+            if let Some(access) = self.try_access(page, write, use_page) {
                 return access;
             }
             bump(&self.device.counts.busy);
@@ -313,7 +399,7 @@ impl DeviceMirror {
 
     /// One access attempt; `None` if the primary was busy (the device lock
     /// is dropped on return so the invalidation holding it can proceed).
-    fn try_access(&self, page: u64, write: bool) -> Option<Access> {
+    fn try_access(&self, page: u64, write: bool, use_page: &mut dyn FnMut(u64)) -> Option<Access> {
         let table = self.device.table.lock();
         let usable = table
             .ptes
@@ -338,6 +424,7 @@ impl DeviceMirror {
             // the same.
             Ok(()) | Err(CheckError::Stale(_)) => {}
         }
+        use_page(pte.translation.pfn);
         drop(table);
         bump(&self.device.counts.hits);
         Some(Access::Hit)
@@ -347,11 +434,27 @@ impl DeviceMirror {
     /// read the translation. `Ok(None)` if the page changed in between so
     /// that it no longer serves this access: the caller retries.
     fn walk(&self, page: u64, write: bool) -> Result<Option<Translation>, FaultError> {
+        if let Some(own) = self.own_device_private(page) {
+            // hmm_range_fault reports a device-private page of our own
+            // memory without faulting it, writable only with its write
+            // bit; dmirror_do_fault refuses a write to it otherwise.
+            if write && !own.writable {
+                return Err(FaultError::Unmapped);
+            }
+            return Ok(Some(own));
+        }
         if self.space.access(page, write).is_err() {
             return Err(self.refusal(page, write));
         }
         let now = self.space.translate_frame(page);
         Ok(now.filter(|t| !write || t.writable))
+    }
+
+    /// The page of our own device-private memory the primary maps at
+    /// `page`, if it maps one.
+    fn own_device_private(&self, page: u64) -> Option<Translation> {
+        let view = self.space.device_view(page, Some(self.device.owner))?;
+        view.device_private.then_some(view.translation)
     }
 
     /// Our writable exclusive entry at `page`, converting the page first
@@ -439,6 +542,20 @@ impl DeviceMirror {
             Err(_) => Err(FaultError::Unmapped),
         }
     }
+}
+
+/// `[va, va + len)` cut at page boundaries: each piece's address and its
+/// range in the caller's buffer.
+fn page_pieces(va: u64, len: usize) -> Vec<(u64, std::ops::Range<usize>)> {
+    let end = va.saturating_add(len as u64);
+    let mut pieces = Vec::new();
+    let mut at = va;
+    while at < end {
+        let next = (align_down(at, PAGE_SIZE) + PAGE_SIZE).min(end);
+        pieces.push((at, (at - va) as usize..(next - va) as usize));
+        at = next;
+    }
+    pieces
 }
 
 impl Secondary for DeviceMirror {

@@ -30,6 +30,12 @@ impl SnapshotProt {
     pub const PMD: SnapshotProt = SnapshotProt(0x04);
     /// The shared zero page.
     pub const ZERO: SnapshotProt = SnapshotProt(0x10);
+    /// In this device's private memory (its own device-private entry).
+    pub const DEV_PRIVATE_LOCAL: SnapshotProt = SnapshotProt(0x20);
+    /// In another device's private memory. test_hmm's snapshot never
+    /// reports it: `hmm_range_fault` does not look into another owner's
+    /// device-private entry without faulting, so such a page is `NONE`.
+    pub const DEV_PRIVATE_REMOTE: SnapshotProt = SnapshotProt(0x30);
     /// In this device's (coherent) memory.
     pub const DEV_COHERENT_LOCAL: SnapshotProt = SnapshotProt(0x40);
     /// In another device's (coherent) memory.
@@ -85,6 +91,14 @@ impl DeviceMirror {
         let vma = vmas.iter().find(|v| v.start <= page && page < v.end);
         if vma.filter(readable).is_none() {
             return SnapshotProt::ERROR;
+        }
+        if let Some(own) = self.own_device_private(page) {
+            let access = if own.writable {
+                SnapshotProt::WRITE
+            } else {
+                SnapshotProt::READ
+            };
+            return access | SnapshotProt::DEV_PRIVATE_LOCAL;
         }
         let Some((pfn, writable)) = self.space.translate(page) else {
             return SnapshotProt::NONE;

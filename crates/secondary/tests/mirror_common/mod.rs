@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use mmun_core::Owner;
 use mmun_script::Prot;
-use mmun_secondary::device_mirror::DeviceMirror;
+use mmun_secondary::device_mirror::{DeviceMemory, DeviceMirror};
 use mmun_secondary::{Bug, Coherence};
 use mmun_softmmu::{AddressSpace, Config, MapRequest, Memory, ThpMode};
 
@@ -35,6 +36,8 @@ pub struct Fixture {
     pub space: Arc<AddressSpace>,
     pub coherence: Arc<Coherence>,
     pub mirror: Arc<DeviceMirror>,
+    /// The kind of memory every device of the fixture has.
+    pub variant: DeviceMemory,
 }
 
 impl Fixture {
@@ -45,6 +48,16 @@ impl Fixture {
 
     /// The same with `bug` injected.
     pub fn with_bug(bug: Option<Bug>) -> Fixture {
+        Fixture::build(bug, DeviceMemory::Coherent)
+    }
+
+    /// A correct mirror whose device memory is `variant` (test_hmm's
+    /// `FIXTURE_VARIANT`s: `hmm_device_private`, `hmm_device_coherent`).
+    pub fn in_variant(variant: DeviceMemory) -> Fixture {
+        Fixture::build(None, variant)
+    }
+
+    fn build(bug: Option<Bug>, variant: DeviceMemory) -> Fixture {
         let memory = Arc::new(Memory::new());
         let config = Config {
             thp: ThpMode::Madvise,
@@ -52,23 +65,46 @@ impl Fixture {
         };
         let space = Arc::new(AddressSpace::with_config(Arc::clone(&memory), config));
         let coherence = Arc::new(Coherence::new());
-        let mirror = DeviceMirror::new(Arc::clone(&space), Arc::clone(&coherence), bug);
+        let (sp, co) = (Arc::clone(&space), Arc::clone(&coherence));
+        let mirror = DeviceMirror::with_memory(sp, co, bug, Owner::unique(), variant);
         Fixture {
             memory,
             space,
             coherence,
             mirror,
+            variant,
         }
     }
 
-    /// Another device on the same address space and oracle.
-    pub fn second_mirror(&self) -> Arc<DeviceMirror> {
-        DeviceMirror::new(Arc::clone(&self.space), Arc::clone(&self.coherence), None)
+    /// Whether the fixture's devices have device-private memory.
+    pub fn private(&self) -> bool {
+        self.variant == DeviceMemory::Private
     }
 
-    /// A device on another address space (a fork child), same oracle.
+    /// Another device (test_hmm's second device number) on the same
+    /// address space and oracle, with memory of the same kind.
+    pub fn second_mirror(&self) -> Arc<DeviceMirror> {
+        let (sp, co) = (Arc::clone(&self.space), Arc::clone(&self.coherence));
+        DeviceMirror::with_memory(sp, co, None, Owner::unique(), self.variant)
+    }
+
+    /// A mirror on another address space (a fork child) opened on the
+    /// same device as the fixture's (same owner: `hmm_open(0)`), same
+    /// oracle.
     pub fn mirror_of(&self, space: &Arc<AddressSpace>) -> Arc<DeviceMirror> {
-        DeviceMirror::new(Arc::clone(space), Arc::clone(&self.coherence), None)
+        let (sp, co) = (Arc::clone(space), Arc::clone(&self.coherence));
+        DeviceMirror::with_memory(sp, co, None, self.mirror.owner(), self.variant)
+    }
+
+    /// The frame the primary's entry at `va` names: present (huge ones
+    /// followed) or device-private.
+    pub fn entry_pfn(&self, va: u64) -> u64 {
+        if let Some((pfn, _)) = self.space.mapped_frame(va) {
+            return pfn;
+        }
+        let pte = self.space.pte(va);
+        assert!(pte.maps_frame(), "a page is mapped at {va:#x}: {pte:?}");
+        pte.pfn()
     }
 
     /// `mmap(addr, pages, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)`.
@@ -159,9 +195,10 @@ pub fn dmirror_rw(
     Ok(pages)
 }
 
-/// A shmem object of `pages` pages with every page in its page cache (the
-/// tmpfs file `hmm_create_file` makes and `pwrite` fills).
-pub fn filled_object(memory: &Arc<Memory>, pages: u64) -> Arc<mmun_softmmu::shmem::ShmemObject> {
+/// A shmem object holding `data` (whole pages), every page in its page
+/// cache: the tmpfs file `hmm_create_file` makes and `pwrite` fills.
+pub fn filled_object(memory: &Arc<Memory>, data: &[u8]) -> Arc<mmun_softmmu::shmem::ShmemObject> {
+    let pages = data.len() as u64 / P;
     let object = Arc::new(mmun_softmmu::shmem::ShmemObject::new(
         Arc::clone(memory),
         pages * P,
@@ -170,11 +207,26 @@ pub fn filled_object(memory: &Arc<Memory>, pages: u64) -> Arc<mmun_softmmu::shme
         let pfn = object
             .get_page(memory, index)
             .expect("the test machine has free pages");
-        memory.touch_write(pfn);
+        let page = &data[(index * P) as usize..((index + 1) * P) as usize];
+        assert!(memory.write(pfn, 0, page), "a cache page takes writes");
         // `get_page` took a reference for a mapping; `pwrite` maps nothing.
         memory.put(pfn);
     }
     object
+}
+
+/// `pread` of the whole object: its page cache, zeros where a page is
+/// not cached.
+pub fn pread(object: &mmun_softmmu::shmem::ShmemObject) -> Vec<u8> {
+    let pages = object.size() / P;
+    let mut buf = vec![0; (pages * P) as usize];
+    for index in 0..pages {
+        if let Some(pfn) = object.find_page(index) {
+            let page = &mut buf[(index * P) as usize..((index + 1) * P) as usize];
+            object.memory().read(pfn, 0, page);
+        }
+    }
+    buf
 }
 
 /// `mmap(addr, pages, prot, MAP_SHARED | MAP_FIXED, fd)` of `object`.
@@ -195,4 +247,85 @@ pub fn map_object(
         ..MapRequest::default()
     };
     assert_eq!(space.mmap(req), Ok(addr));
+}
+
+/// The C tests' buffer contents: `pages` pages whose `i`-th `int` is
+/// `value(i)` (`ptr[i] = i`, `-i`, `i + c`, ...), as bytes.
+pub fn pattern(pages: u64, value: impl Fn(i64) -> i32) -> Vec<u8> {
+    let words = (pages * P / 4) as i64;
+    (0..words).flat_map(|i| value(i).to_le_bytes()).collect()
+}
+
+/// `len` zero bytes (a buffer of untouched memory).
+pub fn zeros(len: u64) -> Vec<u8> {
+    vec![0; len as usize]
+}
+
+/// Compares two buffers, naming the first `int` that differs (the C
+/// tests' `ASSERT_EQ(ptr[i], ...)` loop) instead of printing them whole.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(at) = got.iter().zip(want).position(|(g, w)| g != w) {
+        let word = |b: &[u8]| {
+            let i = at / 4 * 4;
+            i32::from_le_bytes(b[i..i + 4].try_into().unwrap())
+        };
+        panic!(
+            "{what}: int {} is {}, expected {}",
+            at / 4,
+            word(got),
+            word(want)
+        );
+    }
+}
+
+impl Fixture {
+    /// CPU stores of `data` from `start`.
+    pub fn cpu_fill(&self, start: u64, data: &[u8]) {
+        self.space.write_bytes(start, data).expect("CPU store");
+    }
+
+    /// CPU loads of `len` bytes from `start`.
+    pub fn cpu_read(&self, start: u64, len: u64) -> Vec<u8> {
+        let mut buf = vec![0; len as usize];
+        self.space.read_bytes(start, &mut buf).expect("CPU load");
+        buf
+    }
+}
+
+/// test_hmm's `HMM_DMIRROR_READ` with its data: [`dmirror_rw`], then the
+/// device reads every page through its own table (`buffer->mirror`).
+pub fn dmirror_read(
+    mirror: &DeviceMirror,
+    start: u64,
+    pages: u64,
+) -> Result<Vec<u8>, mmun_secondary::FaultError> {
+    use mmun_secondary::Access;
+    let mut buf = vec![0; (pages * P) as usize];
+    for i in 0..pages {
+        let va = start + i * P;
+        mirror.fault(va, false)?;
+        let piece = &mut buf[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(mirror.read_bytes(va, piece), Access::Hit, "page {i}");
+    }
+    Ok(buf)
+}
+
+/// test_hmm's `HMM_DMIRROR_WRITE` of `data` from `start`: each page is
+/// faulted for writing, then written through the device table.
+pub fn dmirror_write(
+    mirror: &DeviceMirror,
+    start: u64,
+    data: &[u8],
+) -> Result<u64, mmun_secondary::FaultError> {
+    use mmun_secondary::Access;
+    let pages = data.len() as u64 / P;
+    for i in 0..pages {
+        let va = start + i * P;
+        mirror.fault(va, true)?;
+        let piece = &data[(i * P) as usize..((i + 1) * P) as usize];
+        assert_eq!(mirror.write_bytes(va, piece), Access::Hit, "page {i}");
+    }
+    Ok(pages)
 }

@@ -29,6 +29,11 @@ pub enum SwapKind {
     DeviceExclusive,
     /// A migration entry: the page is being migrated.
     Migration,
+    /// A device-private entry (`SWP_DEVICE_READ`/`SWP_DEVICE_WRITE`): the
+    /// page is in a device's `MEMORY_DEVICE_PRIVATE` memory, which the CPU
+    /// cannot address; a CPU access migrates it back first. Unlike the
+    /// other kinds it keeps the page mapped (it counts in the map count).
+    DevicePrivate,
 }
 
 impl Pte {
@@ -54,6 +59,7 @@ impl Pte {
         let code = match kind {
             SwapKind::DeviceExclusive => 1,
             SwapKind::Migration => 2,
+            SwapKind::DevicePrivate => 3,
         };
         let w = if write { WRITE << 8 } else { 0 };
         Pte((code << KIND_SHIFT) | (pfn << PFN_SHIFT) & PFN_MASK | w)
@@ -82,6 +88,7 @@ impl Pte {
         match (self.0 & KIND_MASK) >> KIND_SHIFT {
             1 => Some(SwapKind::DeviceExclusive),
             2 => Some(SwapKind::Migration),
+            3 => Some(SwapKind::DevicePrivate),
             _ => None,
         }
     }
@@ -89,6 +96,24 @@ impl Pte {
     /// Whether the non-present entry was writable before.
     pub fn swap_was_writable(self) -> bool {
         self.0 & (WRITE << 8) != 0
+    }
+
+    /// `is_device_private_entry`.
+    pub fn is_device_private(self) -> bool {
+        self.swap_kind() == Some(SwapKind::DevicePrivate)
+    }
+
+    /// Whether the entry holds a mapping of its frame in the rmap's sense
+    /// (`folio_mapcount`): a present entry, or a device-private one.
+    pub fn maps_frame(self) -> bool {
+        self.is_present() || self.is_device_private()
+    }
+
+    /// Whether the entry lets its holder write: `pte_write` for a present
+    /// entry, the write bit of a device-private one
+    /// (`is_writable_device_private_entry`).
+    pub fn grants_write(self) -> bool {
+        self.is_write() || (self.is_device_private() && self.swap_was_writable())
     }
 
     /// The frame the entry maps or remembers.
@@ -111,9 +136,10 @@ impl Pte {
         self.0 & DIRTY != 0
     }
 
-    /// `pte_special`: the zero page.
+    /// `pte_special`: the zero page. Only a present entry can be special:
+    /// a typed entry keeps its write bit where `SPECIAL` would be.
     pub fn is_special(self) -> bool {
-        self.0 & SPECIAL != 0
+        self.is_present() && self.0 & SPECIAL != 0
     }
 
     /// `pte_protnone`.

@@ -257,7 +257,8 @@ impl Mutator<'_, '_> {
         });
     }
 
-    /// Migration to a device: the mirror's own, or another one.
+    /// Migration to a device: the mirror's own, or another one (half the
+    /// time one with device-private memory).
     pub(super) fn migrate_device(&mut self, t: Target) {
         let Target { start, len, .. } = t;
         let op = Op::MigrateDevice {
@@ -267,7 +268,11 @@ impl Mutator<'_, '_> {
         if self.rng.chance(50) {
             self.migrate_own_device(start, len);
         } else {
-            let stranger = self.stranger;
+            let stranger = if self.rng.chance(50) {
+                self.private_stranger
+            } else {
+                self.stranger
+            };
             self.step(OpKind::MigrateDevice, op, |space| {
                 space.migrate_device(start, start + len, stranger);
                 Ok(())
