@@ -125,7 +125,7 @@ impl<'a> Invalidation<'a> {
             subscriptions.id(),
             range.start(),
             range.end(),
-            range.event(),
+            range.event_code(),
         )
     }
 
