@@ -160,9 +160,7 @@ impl Subscriptions {
             let mut result = Ok(());
             for (index, entry) in list.iter().enumerate() {
                 unwind.started = index;
-                if !entry.has(caps::START) {
-                    continue;
-                }
+                // `start` is `None` without a start callback: no caps test.
                 let outcome = {
                     let _non_block = NonBlock::enter(!range.is_blockable());
                     entry.start(range)
@@ -196,7 +194,16 @@ impl Subscriptions {
     /// then `invalidate_range_end`, per notifier.
     #[inline]
     pub(crate) fn list_invalidate_range_end(&self, range: &Range<'_>, only_end: bool) {
-        self.with_list(|list| end_each(list, range, only_end, list.len()));
+        if !self.list_may_be_nonempty() {
+            return;
+        }
+        self.list.with(|list| {
+            if only_end {
+                end_all(list, range, true);
+            } else {
+                end_all(list, range, false);
+            }
+        });
     }
 
     /// The end of a start that unwound before the list was reached: only
@@ -272,6 +279,21 @@ impl Subscriptions {
         if released.is_some() {
             rcu::global().synchronize();
         }
+    }
+}
+
+/// Ends `range` on every entry of `list` (every start is done), in a loop
+/// of its own for each `only_end`: the end every page-table change takes.
+#[inline(always)]
+fn end_all(list: &[ListEntry], range: &Range<'_>, only_end: bool) {
+    for entry in list {
+        if !only_end && entry.has(caps::INVALIDATE_RANGE) {
+            let _atomic = NonBlock::enter(true);
+            entry.invalidate_range(range.mm(), range.start(), range.end());
+        }
+        // `end` does nothing without an end callback: no caps test.
+        let _non_block = NonBlock::enter(!range.is_blockable());
+        entry.end(range);
     }
 }
 
