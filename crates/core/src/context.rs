@@ -114,12 +114,7 @@ impl OpenInvalidation {
     }
 
     #[inline]
-    pub(crate) fn push(
-        subscriptions: usize,
-        start: u64,
-        end: u64,
-        event: Event,
-    ) -> OpenInvalidation {
+    pub(crate) fn push(subscriptions: usize, start: u64, end: u64, event: u8) -> OpenInvalidation {
         #[cfg(not(mmun_loom))]
         {
             OpenInvalidation {
@@ -210,7 +205,7 @@ pub(crate) fn change_pte_is_nested(subscriptions: usize, address: u64) -> bool {
         open::overflowed()
             || open::any(|x| {
                 x.subscriptions == subscriptions
-                    && matches!(x.event, Event::Clear | Event::Migrate)
+                    && (x.event == Event::Clear as u8 || x.event == Event::Migrate as u8)
                     && x.start <= address
                     && address < x.end
             })
@@ -225,37 +220,48 @@ pub(crate) fn change_pte_is_nested(subscriptions: usize, address: u64) -> bool {
 /// The per-thread stack of open invalidations: a fixed array in a
 /// thread-local without a destructor, so that no access ever allocates or
 /// registers a thread-exit hook.
+///
+/// A record's id is its position plus one, so a push is a few stores and the
+/// usual pop (the top record, ends nested in their starts) one compare and
+/// one store. A record ended out of order is marked dead (`subscriptions`
+/// 0, which matches no address space) and stays until the records above it
+/// are gone; popping the top also drops the dead ones right below it. A
+/// position is thus reused only once its record is popped or dead, so a
+/// live record's id never names another record.
 #[cfg(not(mmun_loom))]
 pub(crate) mod open {
     use std::cell::Cell;
 
-    use crate::Event;
-
     /// How many nested open invalidations one thread records.
     pub(crate) const DEPTH: usize = 16;
 
+    /// The fields are not in the range's order on purpose: with `start`
+    /// and `end` side by side, as in `Range`, the compiler copied both with
+    /// one 16-byte load from the range the caller had just stored as two
+    /// 8-byte words, a load that store forwarding cannot serve: it stalled
+    /// until the stores retired, a quarter of a list-notifier start+end.
     #[derive(Clone, Copy)]
+    #[repr(C)]
     pub(crate) struct Open {
-        pub(crate) subscriptions: usize,
         pub(crate) start: u64,
+        /// The address space's id; 0 once the record is dead.
+        pub(crate) subscriptions: usize,
         pub(crate) end: u64,
-        pub(crate) event: Event,
+        /// The `Event`'s discriminant: stored as the range holds it.
+        pub(crate) event: u8,
     }
 
     const EMPTY: Open = Open {
-        subscriptions: 0,
         start: 0,
+        subscriptions: 0,
         end: 0,
-        event: Event::Unmap,
+        event: 0,
     };
 
     struct Stack {
         len: Cell<usize>,
         /// Pushes that found the stack full and were not recorded.
         overflow: Cell<usize>,
-        next_id: Cell<u64>,
-        /// The records' ids apart, so that `pop` reads one word each.
-        ids: [Cell<u64>; DEPTH],
         entries: [Cell<Open>; DEPTH],
     }
 
@@ -264,8 +270,6 @@ pub(crate) mod open {
             Stack {
                 len: Cell::new(0),
                 overflow: Cell::new(0),
-                next_id: Cell::new(1),
-                ids: [const { Cell::new(0) }; DEPTH],
                 entries: [const { Cell::new(EMPTY) }; DEPTH],
             }
         };
@@ -283,12 +287,9 @@ pub(crate) mod open {
                 stack.overflow.set(stack.overflow.get() + 1);
                 return UNRECORDED;
             }
-            let id = stack.next_id.get();
-            stack.next_id.set(id + 1);
-            stack.ids[len].set(id);
             stack.entries[len].set(open);
             stack.len.set(len + 1);
-            id
+            len as u64 + 1
         })
     }
 
@@ -297,13 +298,22 @@ pub(crate) mod open {
     #[inline(always)]
     pub(crate) fn pop(id: u64) {
         STACK.with(|stack| {
-            let len = stack.len.get();
-            if len > 0 && stack.ids[len - 1].get() == id {
-                stack.len.set(len - 1);
+            if stack.len.get() as u64 == id {
+                pop_top(stack);
             } else {
                 pop_slow(stack, id);
             }
         });
+    }
+
+    /// Drops the top record and the dead ones right below it.
+    #[inline(always)]
+    fn pop_top(stack: &Stack) {
+        let mut len = stack.len.get() - 1;
+        while len > 0 && stack.entries[len - 1].get().subscriptions == 0 {
+            len -= 1;
+        }
+        stack.len.set(len);
     }
 
     #[cold]
@@ -312,24 +322,95 @@ pub(crate) mod open {
             stack.overflow.set(stack.overflow.get() - 1);
             return;
         }
-        let len = stack.len.get();
-        let Some(at) = (0..len).rev().find(|&i| stack.ids[i].get() == id) else {
-            return;
-        };
-        for i in at..len - 1 {
-            stack.ids[i].set(stack.ids[i + 1].get());
-            stack.entries[i].set(stack.entries[i + 1].get());
+        // Below the top (the top is `pop`'s case): mark it dead.
+        let at = id as usize - 1;
+        debug_assert!(at < stack.len.get(), "an open record outlived its position");
+        if let Some(entry) = stack.entries.get(at) {
+            entry.set(EMPTY);
         }
-        stack.len.set(len - 1);
     }
 
-    /// Whether a recorded open invalidation satisfies `f`.
+    /// Whether a recorded open invalidation satisfies `f` (dead records
+    /// never do: no address space has id 0).
     pub(crate) fn any(f: impl Fn(&Open) -> bool) -> bool {
-        STACK.with(|stack| (0..stack.len.get()).any(|i| f(&stack.entries[i].get())))
+        STACK.with(|stack| {
+            (0..stack.len.get()).any(|i| {
+                let open = stack.entries[i].get();
+                open.subscriptions != 0 && f(&open)
+            })
+        })
     }
 
     /// Whether some open invalidation of this thread went unrecorded.
     pub(crate) fn overflowed() -> bool {
         STACK.with(|stack| stack.overflow.get() > 0)
+    }
+
+    /// How many records the stack holds, dead ones included.
+    #[cfg(test)]
+    pub(super) fn len() -> usize {
+        STACK.with(|stack| stack.len.get())
+    }
+}
+
+#[cfg(all(test, not(mmun_loom)))]
+mod tests {
+    use super::open::{self, Open};
+    use crate::Event;
+
+    fn rec(subscriptions: usize) -> Open {
+        Open {
+            subscriptions,
+            start: 0,
+            end: 0x1000,
+            event: Event::Clear as u8,
+        }
+    }
+
+    fn open_on(subscriptions: usize) -> bool {
+        open::any(|x| x.subscriptions == subscriptions)
+    }
+
+    #[test]
+    fn an_end_out_of_order_forgets_its_record_and_keeps_the_others() {
+        let a = open::push(rec(0xa0));
+        let b = open::push(rec(0xb0));
+        open::pop(a);
+        assert!(!open_on(0xa0), "an ended invalidation still counts as open");
+        assert!(open_on(0xb0), "ending another invalidation lost this one");
+        let c = open::push(rec(0xc0));
+        open::pop(b);
+        assert!(!open_on(0xb0));
+        assert!(open_on(0xc0));
+        open::pop(c);
+        assert_eq!(
+            open::len(),
+            0,
+            "dead records below the top were not dropped"
+        );
+    }
+
+    #[test]
+    fn nested_ends_in_order_empty_the_stack() {
+        let ids: Vec<u64> = (1..=5).map(|i| open::push(rec(i * 0x10))).collect();
+        for (n, &id) in ids.iter().enumerate().rev() {
+            open::pop(id);
+            assert_eq!(open::len(), n);
+        }
+    }
+
+    #[test]
+    fn pushes_past_the_depth_go_unrecorded_until_popped() {
+        let ids: Vec<u64> = (0..open::DEPTH + 1)
+            .map(|i| open::push(rec(0x100 + i)))
+            .collect();
+        assert!(open::overflowed());
+        assert!(!open_on(0x100 + open::DEPTH), "the extra push was recorded");
+        open::pop(ids[open::DEPTH]);
+        assert!(!open::overflowed());
+        for &id in ids[..open::DEPTH].iter().rev() {
+            open::pop(id);
+        }
+        assert_eq!(open::len(), 0);
     }
 }

@@ -21,7 +21,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
 
 use crate::Range;
 use crate::context::{self, OpenInvalidation};
@@ -68,20 +67,17 @@ impl<'a> Invalidation<'a> {
     pub fn start(mut range: Range<'a>) -> Invalidation<'a> {
         context::might_sleep();
         range.set_blockable(true);
-        let mut inv = Self::prepare(range);
-        if let Some(subscriptions) = inv.subscriptions {
-            let _map = MapHeld::acquire();
-            // Until the start returns, dropping `inv` (a callback unwinding)
-            // must end nothing: the start ends what it started itself.
-            inv.state = ENDED;
-            // Blockable: subscribers may not refuse (a refusal was WARNed
-            // and already unwound, the tree included). Linux ignores it too.
-            let counted = subscriptions
-                .invalidate_range_start(&inv.range)
-                .unwrap_or(false);
-            inv.state = if counted { COUNTED } else { 0 };
-        }
-        inv
+        let Some(subscriptions) = range.mm().subscriptions() else {
+            return Self::unsubscribed(range);
+        };
+        let open = Self::record(subscriptions, &range);
+        let _map = MapHeld::acquire();
+        // Blockable: subscribers may not refuse (a refusal was WARNed and
+        // already unwound, the tree included). Linux ignores it too.
+        let counted = subscriptions
+            .invalidate_range_start(&range)
+            .unwrap_or(false);
+        Self::started(range, subscriptions, counted, open)
     }
 
     /// `mmu_notifier_invalidate_range_start_nonblock`: the same with the
@@ -92,33 +88,60 @@ impl<'a> Invalidation<'a> {
     #[inline]
     pub fn start_nonblock(mut range: Range<'a>) -> Result<Invalidation<'a>, WouldBlock> {
         range.set_blockable(false);
-        let mut inv = Self::prepare(range);
-        if let Some(subscriptions) = inv.subscriptions {
-            let _map = MapHeld::acquire();
-            // As in `start`: an unwinding start ends what it started itself.
-            inv.state = ENDED;
-            match subscriptions.invalidate_range_start(&inv.range) {
-                Ok(counted) => inv.state = if counted { COUNTED } else { 0 },
-                Err(refused) => {
-                    inv.state = ENDED;
-                    return Err(refused);
-                }
-            }
-        }
-        Ok(inv)
+        let Some(subscriptions) = range.mm().subscriptions() else {
+            return Ok(Self::unsubscribed(range));
+        };
+        let open = Self::record(subscriptions, &range);
+        let _map = MapHeld::acquire();
+        let counted = subscriptions.invalidate_range_start(&range)?;
+        Ok(Self::started(range, subscriptions, counted, open))
     }
 
+    // The start runs on the caller's `range`, and the `Invalidation` is built
+    // only once it returned: had the subscribers been handed the range inside
+    // it, its address would have escaped, and `end` (which takes it by value)
+    // would have copied all 64 bytes of it on every end. If a start callback
+    // unwinds there is no `Invalidation` yet; the start ended what it started
+    // itself, and dropping `open` removes the record.
+
+    /// An invalidation of an address space without subscriptions: nothing
+    /// to tell, nothing to end.
     #[inline(always)]
-    fn prepare(range: Range<'a>) -> Invalidation<'a> {
-        let subscriptions = range.mm().subscriptions();
-        let open = match subscriptions {
-            Some(s) => OpenInvalidation::push(s.id(), range.start(), range.end(), range.event()),
-            None => OpenInvalidation::none(),
-        };
+    fn unsubscribed(range: Range<'a>) -> Invalidation<'a> {
         Invalidation {
             range,
-            subscriptions,
+            subscriptions: None,
             state: 0,
+            open: OpenInvalidation::none(),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Records `range` as open on this thread until its end (the
+    /// self-deadlock checks read the record).
+    #[inline(always)]
+    fn record(subscriptions: &Subscriptions, range: &Range<'a>) -> OpenInvalidation {
+        OpenInvalidation::push(
+            subscriptions.id(),
+            range.start(),
+            range.end(),
+            range.event_code(),
+        )
+    }
+
+    /// The invalidation whose start returned; `counted` if the tree
+    /// counted it (its end then closes the epoch).
+    #[inline(always)]
+    fn started(
+        range: Range<'a>,
+        subscriptions: &'a Subscriptions,
+        counted: bool,
+        open: OpenInvalidation,
+    ) -> Invalidation<'a> {
+        Invalidation {
+            range,
+            subscriptions: Some(subscriptions),
+            state: if counted { COUNTED } else { 0 },
             open,
             _not_send: PhantomData,
         }
@@ -134,47 +157,52 @@ impl<'a> Invalidation<'a> {
     /// calls every list notifier's `invalidate_range` and
     /// `invalidate_range_end`.
     #[inline(always)]
-    pub fn end(self) {
-        // Ended here, so the drop glue (which would only find it ended and
-        // pop an already popped record) is skipped: `finish` leaves nothing
-        // that needs dropping (the record is popped, the range is `Copy`).
-        let mut this = ManuallyDrop::new(self);
-        this.finish(false);
+    pub fn end(mut self) {
+        self.finish(false);
+        // Ended: the drop glue would only find that out. Forgetting `self`
+        // (rather than moving it into a `ManuallyDrop` before the end) keeps
+        // it where it is: the move was a 64-byte copy on every end. Nothing
+        // is leaked: the record is popped and the range is `Copy`.
+        std::mem::forget(self);
     }
 
     /// `mmu_notifier_invalidate_range_only_end`: as [`Invalidation::end`]
     /// but without `invalidate_range`, for callers that already flushed
     /// secondary TLBs under the page-table lock (`*_clear_flush_notify`).
     #[inline]
-    pub fn only_end(self) {
-        let mut this = ManuallyDrop::new(self);
-        this.finish(true);
+    pub fn only_end(mut self) {
+        self.finish(true);
+        std::mem::forget(self);
     }
 
+    /// Ends the invalidation unless it is ended. Marks it ended before any
+    /// end callback runs, so that one unwinding does not end it twice.
     #[inline(always)]
     fn finish(&mut self, only_end: bool) {
         let Some(subscriptions) = self.subscriptions else {
             return;
         };
-        self.finish_slow(subscriptions, only_end);
-    }
-
-    #[inline(never)]
-    fn finish_slow(&mut self, subscriptions: &'a Subscriptions, only_end: bool) {
         if self.state & ENDED != 0 {
             return;
         }
         let counted = self.state & COUNTED != 0;
         self.state = ENDED;
-        if self.range.is_blockable() {
-            context::might_sleep();
-        }
         // End callbacks may wait for interval epochs again (the tree's end
         // runs first), so this range no longer counts as open.
         self.open.pop();
-        let _map = MapHeld::acquire();
-        subscriptions.invalidate_range_end(&self.range, only_end, counted);
+        end_slow(subscriptions, &self.range, only_end, counted);
     }
+}
+
+/// The end's dispatch, out of line: inlined, its frame would be set up on
+/// the no-subscriber path too.
+#[inline(never)]
+fn end_slow(subscriptions: &Subscriptions, range: &Range<'_>, only_end: bool, counted: bool) {
+    if range.is_blockable() {
+        context::might_sleep();
+    }
+    let _map = MapHeld::acquire();
+    subscriptions.invalidate_range_end(range, only_end, counted);
 }
 
 impl Invalidation<'_> {

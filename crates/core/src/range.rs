@@ -233,8 +233,14 @@ impl<'mm> Range<'mm> {
     /// Why the range is invalidated.
     #[inline]
     pub fn event(&self) -> Event {
-        let value = (self.meta >> EVENT_SHIFT) as u8;
-        Event::ALL[usize::from(value)]
+        Event::ALL[usize::from(self.event_code())]
+    }
+
+    /// The event as its `u8` discriminant, without the decoding (the
+    /// per-thread open record keeps it so, on every start).
+    #[inline]
+    pub(crate) fn event_code(&self) -> u8 {
+        (self.meta >> EVENT_SHIFT) as u8
     }
 
     /// Who caused a [`Event::Migrate`] or [`Event::Exclusive`]; `None` for

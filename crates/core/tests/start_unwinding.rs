@@ -153,3 +153,89 @@ fn nonblock_refusal_still_ends_every_notifier_with_an_end() {
     assert!(Invalidation::start_nonblock(clear(&lock, 0, 0x1000)).is_err());
     assert_eq!(ends_of(&log.take()), ["c", "a"]);
 }
+
+static REFUSES: NotifierOps<()> = NotifierOps {
+    invalidate_range_start: Some(StartFn::Fallible(|_, _| Err(mmun_core::WouldBlock))),
+    ..NotifierOps::EMPTY
+};
+
+static NOTHING: NotifierOps<()> = NotifierOps::EMPTY;
+
+/// Registers on the calling thread, which panics naming the rule if this
+/// thread still has an invalidation of `mm` recorded as open.
+fn register_here(mm: &Arc<Mm>) {
+    Notifier::register(mm, &NOTHING, ()).unwrap().unregister();
+}
+
+/// A start that unwinds (caught on its thread) leaves no invalidation
+/// recorded as open there: the thread may register afterwards. (The
+/// `Invalidation` is built only once the start returned, so the record is
+/// dropped on its own while unwinding.)
+#[test]
+fn a_start_that_unwinds_leaves_nothing_open_on_its_thread() {
+    let mm = Mm::new();
+    let log = Log::default();
+    let panics = Notifier::register(&mm, &START_PANICS, ListRec::new("panics", &log)).unwrap();
+    let mm2 = Arc::clone(&mm);
+    within(10, move || {
+        std::thread::spawn(move || {
+            let lock = mm2.mmap_read();
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Invalidation::start(clear(&lock, 0, 0x1000)).end();
+            }));
+            assert!(unwound.is_err(), "the callback's panic reaches the caller");
+            drop(lock);
+            drop(panics);
+            register_here(&mm2);
+        })
+        .join()
+        .expect("registering after an unwound start");
+    });
+}
+
+/// A refused non-blockable start leaves no invalidation recorded as open.
+#[test]
+fn a_refused_nonblocking_start_leaves_nothing_open_on_its_thread() {
+    let mm = Mm::new();
+    let refuses = Notifier::register(&mm, &REFUSES, ()).unwrap();
+    let lock = mm.mmap_read();
+    assert!(Invalidation::start_nonblock(clear(&lock, 0, 0x1000)).is_err());
+    drop(lock);
+    drop(refuses);
+    register_here(&mm);
+}
+
+/// Counts its end calls and panics in the first one.
+static ENDS_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+static END_PANICS_ONCE: NotifierOps<()> = NotifierOps {
+    invalidate_range_end: Some(|_, _| {
+        if ENDS_SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            panic!("driver bug in an end callback");
+        }
+    }),
+    ..NotifierOps::EMPTY
+};
+
+/// An end callback that unwinds ends nothing a second time: the
+/// invalidation counts as ended before its end callbacks run, so the drop
+/// glue that runs while unwinding finds nothing to do.
+#[test]
+fn an_end_that_unwinds_is_not_repeated() {
+    let mm = Mm::new();
+    let notifier = Notifier::register(&mm, &END_PANICS_ONCE, ()).unwrap();
+    let mm2 = Arc::clone(&mm);
+    let outcome = within(10, move || {
+        std::thread::spawn(move || {
+            let lock = mm2.mmap_read();
+            Invalidation::start(clear(&lock, 0, 0x1000)).end();
+        })
+        .join()
+    });
+    assert!(
+        outcome.is_err(),
+        "the end callback's panic reaches the caller"
+    );
+    assert_eq!(ENDS_SEEN.load(std::sync::atomic::Ordering::SeqCst), 1);
+    notifier.unregister();
+}

@@ -135,26 +135,32 @@ impl Subscriptions {
     /// with an end gets it. If a start unwinds, the tree's count is closed
     /// and the notifiers whose start returned, or that have none, get their
     /// end; the one that unwound and those after it do not.
-    #[inline]
+    ///
+    /// `tree` is the interval tree's count when the address space has
+    /// interval notifiers; without, there is nothing to close, and the
+    /// list-only path (every page-table change of an address space with only
+    /// list notifiers) is this function with `None` folded in.
+    #[inline(always)]
     pub(crate) fn list_invalidate_range_start(
         &self,
         range: &Range<'_>,
-        tree: &mut super::ItreeCount<'_>,
+        tree: Option<&mut super::ItreeCount<'_>>,
     ) -> Result<(), WouldBlock> {
-        self.with_list(|list| {
+        if !self.list_may_be_nonempty() {
+            return Ok(());
+        }
+        self.list.with(|list| {
             let mut unwind = StartUnwind {
                 range,
                 list,
-                tree: &mut *tree,
+                tree,
                 started: 0,
                 armed: true,
             };
             let mut result = Ok(());
             for (index, entry) in list.iter().enumerate() {
                 unwind.started = index;
-                if !entry.has(caps::START) {
-                    continue;
-                }
+                // `start` is `None` without a start callback: no caps test.
                 let outcome = {
                     let _non_block = NonBlock::enter(!range.is_blockable());
                     entry.start(range)
@@ -166,14 +172,10 @@ impl Subscriptions {
             }
             unwind.armed = false;
             if result.is_err() {
-                unwind.tree.close();
-                for entry in list.iter().filter(|e| e.has(caps::END)) {
-                    entry.end(range);
-                }
+                refused_start(unwind.tree.as_deref_mut(), list, range);
             }
             result
         })
-        .unwrap_or(Ok(()))
     }
 
     /// The WARNs of a failed start. (Linux also `pr_info`s every failure;
@@ -192,7 +194,16 @@ impl Subscriptions {
     /// then `invalidate_range_end`, per notifier.
     #[inline]
     pub(crate) fn list_invalidate_range_end(&self, range: &Range<'_>, only_end: bool) {
-        self.with_list(|list| end_each(list, range, only_end, list.len()));
+        if !self.list_may_be_nonempty() {
+            return;
+        }
+        self.list.with(|list| {
+            if only_end {
+                end_all(list, range, true);
+            } else {
+                end_all(list, range, false);
+            }
+        });
     }
 
     /// The end of a start that unwound before the list was reached: only
@@ -271,6 +282,21 @@ impl Subscriptions {
     }
 }
 
+/// Ends `range` on every entry of `list` (every start is done), in a loop
+/// of its own for each `only_end`: the end every page-table change takes.
+#[inline(always)]
+fn end_all(list: &[ListEntry], range: &Range<'_>, only_end: bool) {
+    for entry in list {
+        if !only_end && entry.has(caps::INVALIDATE_RANGE) {
+            let _atomic = NonBlock::enter(true);
+            entry.invalidate_range(range.mm(), range.start(), range.end());
+        }
+        // `end` does nothing without an end callback: no caps test.
+        let _non_block = NonBlock::enter(!range.is_blockable());
+        entry.end(range);
+    }
+}
+
 /// Ends `range` on every entry of `list` whose start is done: the first
 /// `started` entries, and any entry without a start callback.
 #[inline(always)]
@@ -290,13 +316,25 @@ fn end_each(list: &[ListEntry], range: &Range<'_>, only_end: bool, started: usiz
     }
 }
 
+/// A start refused: the tree's count (if any) is closed and every entry
+/// with an end gets it.
+#[cold]
+fn refused_start(tree: Option<&mut super::ItreeCount<'_>>, list: &[ListEntry], range: &Range<'_>) {
+    if let Some(tree) = tree {
+        tree.close();
+    }
+    for entry in list.iter().filter(|e| e.has(caps::END)) {
+        entry.end(range);
+    }
+}
+
 /// Unwinding out of the list's starts: closes the tree's count, then ends
 /// the entries whose start is done, in the same SRCU section and snapshot
 /// as the starts (so positions mean the same entries).
 struct StartUnwind<'a, 'r, 't> {
     range: &'a Range<'r>,
     list: &'a [ListEntry],
-    tree: &'a mut super::ItreeCount<'t>,
+    tree: Option<&'a mut super::ItreeCount<'t>>,
     /// Entries before this one have finished their start.
     started: usize,
     armed: bool,
@@ -305,7 +343,9 @@ struct StartUnwind<'a, 'r, 't> {
 impl Drop for StartUnwind<'_, '_, '_> {
     fn drop(&mut self) {
         if self.armed {
-            self.tree.close();
+            if let Some(tree) = self.tree.as_deref_mut() {
+                tree.close();
+            }
             end_each(self.list, self.range, false, self.started);
         }
     }

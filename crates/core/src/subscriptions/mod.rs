@@ -186,11 +186,7 @@ impl Subscriptions {
             return self.invalidate_range_start_with_itree(range);
         }
         // No tree: nothing to count or close, whatever the list does.
-        let mut tree = ItreeCount {
-            subscriptions: self,
-            armed: false,
-        };
-        self.list_invalidate_range_start(range, &mut tree)?;
+        self.list_invalidate_range_start(range, None)?;
         Ok(false)
     }
 
@@ -218,7 +214,7 @@ impl Subscriptions {
         unstarted.armed = false;
         outcome?;
         tree.armed = true;
-        self.list_invalidate_range_start(range, &mut tree)?;
+        self.list_invalidate_range_start(range, Some(&mut tree))?;
         let counted = tree.armed;
         tree.armed = false;
         Ok(counted)
