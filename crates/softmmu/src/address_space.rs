@@ -146,23 +146,21 @@ pub(crate) struct Ctx<'a, L: HeldMmLock> {
 
 impl<'a, L: HeldMmLock> Ctx<'a, L> {
     /// `mmu_notifier_invalidate_range_start` of a plain (owner-less) range.
-    pub(crate) fn start(&self, event: Event, start: u64, end: u64) -> Invalidation<'a> {
-        Invalidation::start(self.lock, Range::new(self.mm, event, start, end))
-    }
-
-    /// Lets other threads take the page-table lock once, handing it to a
-    /// waiter if there is one. Linux calls `invalidate_range_start` before
-    /// it takes the PTL for the update, so a concurrent walker
-    /// (`hmm_range_fault`, GUP) can still read the old entry after the
-    /// secondaries were told; this opens that window here. Whatever was
-    /// read from the page tables before must be checked again after.
-    pub(crate) fn page_table_lock_window(&mut self) {
-        MutexGuard::unlocked_fair(&mut self.st, || {});
+    ///
+    /// Linux calls the start before it takes the page-table lock for the
+    /// update, so the callbacks run here with `st` dropped and taken again
+    /// after they return. Meanwhile walkers (`translate`, `device_view`,
+    /// the secondaries' faults) and operations that hold the mmap lock for
+    /// read, or only the rmap stand-in, may read or change the page
+    /// tables: whatever the caller read from `st` before the start must be
+    /// read again after it.
+    pub(crate) fn start(&mut self, event: Event, start: u64, end: u64) -> Invalidation<'a> {
+        self.start_owner(event, start, end, None)
     }
 
     /// The same with an owner (`range_init_owner`).
     pub(crate) fn start_owner(
-        &self,
+        &mut self,
         event: Event,
         start: u64,
         end: u64,
@@ -173,7 +171,33 @@ impl<'a, L: HeldMmLock> Ctx<'a, L> {
             Some(o) => range.with_owner(o),
             None => range,
         };
-        Invalidation::start(self.lock, range)
+        let lock = self.lock;
+        MutexGuard::unlocked(&mut self.st, || Invalidation::start(lock, range))
+    }
+
+    /// `mmu_notifier_invalidate_range_start_nonblock` (the OOM reaper),
+    /// outside the page-table lock as [`Ctx::start`].
+    pub(crate) fn start_nonblock(
+        &mut self,
+        event: Event,
+        start: u64,
+        end: u64,
+    ) -> Result<Invalidation<'a>, mmun_core::WouldBlock> {
+        let range = Range::new(self.mm, event, start, end);
+        let lock = self.lock;
+        MutexGuard::unlocked(&mut self.st, || Invalidation::start_nonblock(lock, range))
+    }
+
+    /// `mmu_notifier_invalidate_range_end`, run after the page-table lock
+    /// is dropped (Linux ends once `pte_unmap_unlock` is done); `st` is
+    /// taken again for whatever the operation does next.
+    pub(crate) fn end(&mut self, inv: Invalidation<'_>) {
+        MutexGuard::unlocked(&mut self.st, || inv.end());
+    }
+
+    /// `mmu_notifier_invalidate_range_only_end`, likewise outside the lock.
+    pub(crate) fn only_end(&mut self, inv: Invalidation<'_>) {
+        MutexGuard::unlocked(&mut self.st, || inv.only_end());
     }
 }
 

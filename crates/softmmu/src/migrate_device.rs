@@ -179,6 +179,9 @@ fn migrate_chunk<L: HeldMmLock>(
             None => {}
         }
     }
+    // Ended under the page-table lock, unlike every other range: the
+    // migration entries installed above are replaced before the lock is
+    // dropped, since the faults and zaps here do not wait for one.
     inv.end();
     let mut moved = 0;
     for &(addr, old) in &pages {
@@ -209,7 +212,7 @@ fn migrate_chunk<L: HeldMmLock>(
             }
             map(addr, cpu_view(ctx, addr));
         }
-        inv.end();
+        ctx.end(inv);
     }
     moved
 }
@@ -265,6 +268,16 @@ fn collect<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) ->
 /// there was none or the zero page, writable if the VMA is. False when
 /// the machine has no free page (the entry stays as it was).
 fn insert_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) -> bool {
+    // The lock was dropped for the start: a fault beside this call may
+    // have filled the hole, or mapped a huge page over it (Linux checks
+    // the PMD and `pte_none` under the PTL too).
+    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_))) {
+        return false;
+    }
+    let now = ctx.st.pt.pte(addr);
+    if !(now.is_none() || (now.is_present() && now.is_special() && now.pfn() == ZERO_PFN)) {
+        return false;
+    }
     anon_vma_prepare(ctx, chunk.vma);
     let Some(pfn) = ctx.mem.alloc(FrameKind::Anon) else {
         return false;
