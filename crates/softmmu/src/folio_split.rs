@@ -42,7 +42,16 @@ pub(crate) fn split_folio<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, head: 
     if !splittable(ctx, head) {
         return false;
     }
-    for mapping in folio_mappings(ctx, vma, head) {
+    // The caller's copy of the VMA may predate its anon_vma: a fault
+    // beside a walk under the mmap lock for read gives it one (and maps
+    // the folio) while the walk's lock is dropped for a start.
+    let vma = ctx
+        .st
+        .vmas
+        .lookup(vma.start)
+        .cloned()
+        .unwrap_or_else(|| vma.clone());
+    for mapping in folio_mappings(ctx, &vma, head) {
         let inv = ctx.start(Event::Clear, mapping.start, mapping.end);
         if matches!(ctx.st.pt.pmd(mapping.start), Some(PmdEntry::Huge(h)) if h.pfn() == head) {
             huge_memory::split_huge_pmd_locked(ctx, &inv, mapping.start);
@@ -53,7 +62,8 @@ pub(crate) fn split_folio<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, head: 
     // this call (`MADV_DONTNEED` holds the mmap lock for read too) may
     // have freed the folio or mapped it elsewhere: Linux holds it by a
     // reference and its lock; here it is checked again, in the same life.
-    if ctx.mem.frame(head).serial != frame.serial || !splittable(ctx, head) {
+    let now = ctx.mem.frame(head);
+    if now.serial != frame.serial || now.pmd_mapcount != 0 || !splittable(ctx, head) {
         return false;
     }
     let cached = matches!(frame.kind, FrameKind::File { .. });

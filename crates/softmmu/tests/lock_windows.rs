@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use mmun_core::{Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Range, Seq};
 use mmun_script::{Advice, Prot};
-use mmun_softmmu::{AddressSpace, Memory, Translation};
+use mmun_softmmu::{AddressSpace, Config, Memory, ThpMode, Translation};
 use parking_lot::Mutex;
 
 const B: u64 = 0x1000_0000_0000;
@@ -316,4 +316,46 @@ fn a_copy_on_write_fault_finds_its_entry_again_after_the_start() {
     );
     let now = space.translate_frame(B).expect("faulted again");
     assert!(now.writable && now.pfn != shared.pfn, "{now:?}");
+}
+
+/// A walk under the mmap lock for read works from its own copy of the
+/// VMA, which a fault beside it may change while the walk's lock is dropped
+/// for a start: here `MADV_FREE` of part of an untouched THP-enabled VMA
+/// parks in its `Clear` while a write fault gives the VMA its anon_vma and
+/// a huge page; the free then splits that folio, finding its mappings
+/// through the VMA as it is now (with the copy's missing anon_vma it found
+/// none and split a folio still mapped by its PMD).
+#[test]
+fn madv_free_splits_a_huge_page_faulted_in_beside_it() {
+    const M2: u64 = 0x20_0000;
+    let space = Arc::new(AddressSpace::with_config(
+        Arc::new(Memory::new()),
+        Config {
+            thp: ThpMode::Always,
+            thp_zero_page: true,
+        },
+    ));
+    notify_log::map(&space, B, M2, Prot::RW);
+    let seen = while_parked(
+        &space,
+        B,
+        B + M2,
+        |s| s.madvise(B, 4 * P, Advice::Free).expect("madvise"),
+        |s| s.access(B + 8 * P, true),
+    );
+    // The free's `Clear` (parked while the fault ran), then the split's.
+    assert_eq!(
+        seen,
+        [
+            (Event::Clear, Answer::Got(Ok(()))),
+            (Event::Clear, Answer::NotParked)
+        ]
+    );
+    let head = space.translate_frame(B + 8 * P).expect("faulted").pfn - 8;
+    let frame = space.memory().frame(head);
+    assert_eq!(
+        (frame.order, frame.pmd_mapcount),
+        (0, 0),
+        "split: {frame:?}"
+    );
 }
