@@ -31,6 +31,7 @@ mod mprotect;
 pub mod mremap;
 pub mod oom_kill;
 pub mod page_table;
+mod page_table_lock;
 mod pageout;
 pub mod replay;
 mod rmap;

@@ -8,7 +8,8 @@
 //! CPU as ordinary present entries (the software MMU has no
 //! device-private swap entries). Linux's rules kept here:
 //!
-//! * The driver walks the request VMA by VMA under the mmap read lock, in
+//! * The driver walks the request VMA by VMA under the mmap read lock (the
+//!   write lock here: see `migrate_vmas`), in
 //!   chunks of at most [`MIGRATE_CHUNK_PAGES`]; a page with no VMA, or a
 //!   VMA without `VM_READ`, ends the request with `EINVAL` (chunks before
 //!   it stay migrated).
@@ -111,8 +112,15 @@ impl AddressSpace {
         self.migrate_vmas(start, end, owner, Direction::ToSystem, unmap)
     }
 
-    /// The driver's loop: VMA by VMA, chunk by chunk, under the mmap read
-    /// lock.
+    /// The driver's loop: VMA by VMA, chunk by chunk. Under the mmap lock
+    /// for write, where test_hmm takes it for read: the driver's map step
+    /// (`dmirror_migrate_finalize_and_map`) programs the device with no
+    /// `read_retry`, so a zap under the read lock whose start came before
+    /// the map and whose clear comes after (`MADV_DONTNEED`, the OOM
+    /// reaper) would leave the device a page the CPU no longer maps — a race
+    /// test_hmm has on Linux, which `mmun stress` found here once callbacks
+    /// left the page-table lock. The write lock keeps such zaps out until
+    /// the mirror's migration follows the retry protocol.
     fn migrate_vmas(
         &self,
         start: u64,
@@ -128,7 +136,7 @@ impl AddressSpace {
         if end < start {
             return Err(Errno::Inval);
         }
-        self.read_op(|ctx| {
+        self.write_op(|ctx| {
             let mut moved = 0;
             let mut addr = start;
             while addr < end {

@@ -359,3 +359,39 @@ fn madv_free_splits_a_huge_page_faulted_in_beside_it() {
         "split: {frame:?}"
     );
 }
+
+/// The lock order, checked by the core's lockdep in debug builds: a driver
+/// may walk the primary (take the page-table lock) while holding the lock
+/// its invalidation callback takes, because no start or end runs under the
+/// page-table lock. Were one to (`page-table lock → start map`), the walk
+/// would close the cycle `page-table lock → map → driver lock → page-table
+/// lock` and lockdep would panic.
+#[cfg(debug_assertions)]
+#[test]
+fn a_walk_under_the_driver_lock_its_callbacks_take_is_in_order() {
+    use mmun_core::lockdep::{LockClass, Mutex as DriverMutex};
+    static DRIVER: LockClass = LockClass::new("lock_windows driver->lock");
+    struct Driver(Arc<DriverMutex<u64>>);
+    impl IntervalNotifierOps for Driver {
+        fn invalidate(&self, sub: &IntervalSub, _: &Range<'_>, cur_seq: Seq) -> bool {
+            let mut zapped = self.0.lock();
+            sub.set_seq(cur_seq);
+            *zapped += 1;
+            true
+        }
+    }
+    let space = fresh();
+    anon(&space, B, 2);
+    let lock = Arc::new(DriverMutex::new(&DRIVER, 0));
+    let sub = IntervalNotifier::insert(space.mm(), B, 2 * P, Driver(Arc::clone(&lock)))
+        .expect("interval notifier");
+    {
+        let _held = lock.lock();
+        assert!(space.translate_frame(B).is_some());
+    }
+    space.madvise(B, P, Advice::DontNeed).expect("madvise");
+    space.mprotect(B, 2 * P, Prot::NONE).expect("mprotect");
+    space.munmap(B, 2 * P).expect("munmap");
+    assert_eq!(*lock.lock(), 3);
+    sub.remove();
+}
