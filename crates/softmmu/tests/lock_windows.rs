@@ -44,6 +44,7 @@ enum Answer<T> {
 /// An interval notifier whose first callback reports its range to the test
 /// thread and waits for the test thread's answer before it returns.
 struct Parking<T: Send + 'static> {
+    patience: Duration,
     parked_once: AtomicBool,
     parked: Mutex<Sender<(Event, u64, u64)>>,
     answers: Mutex<Receiver<T>>,
@@ -61,7 +62,7 @@ impl<T: Send + 'static> IntervalNotifierOps for Parking<T> {
             .parked
             .lock()
             .send((range.event(), range.start(), range.end()));
-        let answer = match self.answers.lock().recv_timeout(PATIENCE) {
+        let answer = match self.answers.lock().recv_timeout(self.patience) {
             Ok(v) => Answer::Got(v),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Answer::Blocked,
         };
@@ -78,6 +79,18 @@ fn while_parked<T: Send + Clone + 'static>(
     start: u64,
     end: u64,
     op: impl FnOnce(&AddressSpace) + Send + 'static,
+    other: impl FnMut(&AddressSpace) -> T,
+) -> Vec<(Event, Answer<T>)> {
+    while_parked_for(PATIENCE, space, start, end, op, other)
+}
+
+/// [`while_parked`] with the callback waiting at most `patience`.
+fn while_parked_for<T: Send + Clone + 'static>(
+    patience: Duration,
+    space: &Arc<AddressSpace>,
+    start: u64,
+    end: u64,
+    op: impl FnOnce(&AddressSpace) + Send + 'static,
     mut other: impl FnMut(&AddressSpace) -> T,
 ) -> Vec<(Event, Answer<T>)> {
     let (parked_tx, parked_rx) = channel();
@@ -87,6 +100,7 @@ fn while_parked<T: Send + Clone + 'static>(
         start,
         end - start,
         Parking {
+            patience,
             parked_once: AtomicBool::new(false),
             parked: Mutex::new(parked_tx),
             answers: Mutex::new(answer_rx),
@@ -394,4 +408,43 @@ fn a_walk_under_the_driver_lock_its_callbacks_take_is_in_order() {
     space.munmap(B, 2 * P).expect("munmap");
     assert_eq!(*lock.lock(), 3);
     sub.remove();
+}
+
+/// Device migration keeps out of a zap's window (it takes the mmap lock
+/// for write here; test_hmm takes it for read): its map step hands the
+/// device the new frames with no `read_retry`, so a migration that ran
+/// while `MADV_DONTNEED` was inside its callback would hand the device
+/// frames the zap then took away. What the map step handed over must be
+/// what the primary maps once both are done. (The callback gives up
+/// waiting after a second: the migration is meant to wait for it.)
+#[test]
+fn device_migration_does_not_run_inside_a_zaps_window() {
+    let space = fresh();
+    anon(&space, B, 4);
+    let owner = mmun_core::Owner::unique();
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let seen = {
+        let handed = Arc::clone(&handed);
+        while_parked_for(
+            Duration::from_secs(1),
+            &space,
+            B,
+            B + 4 * P,
+            |s| s.madvise(B, 4 * P, Advice::DontNeed).expect("madvise"),
+            move |s| {
+                let record = |va, t| handed.lock().push((va, t));
+                s.migrate_device_and_map(B, B + 4 * P, owner, record)
+            },
+        )
+    };
+    assert!(!seen.is_empty(), "no callback");
+    let handed = handed.lock().clone();
+    assert!(!handed.is_empty(), "the migration mapped nothing");
+    for (va, t) in handed {
+        assert_eq!(
+            space.translate_frame(va),
+            t,
+            "the device was handed {t:?} at {va:#x}; {seen:?}"
+        );
+    }
 }
