@@ -23,9 +23,7 @@
 //! the secondaries' faults, which take `state` alone as GUP-fast and the
 //! per-table step of `hmm_range_fault` do) and operations under the read
 //! side can run between a start and the update, and every entry read
-//! before a start is read again after it (`pte_same`). Device migration
-//! is the one exception (`migrate_device.rs`: its first end runs under
-//! `state`, since no path here waits on a migration entry).
+//! before a start is read again after it (`pte_same`).
 //!
 //! Secondary MMUs must still not call back into this address space from
 //! their callbacks (Linux forbids the same: a callback may not take the

@@ -187,10 +187,11 @@ fn migrate_chunk<L: HeldMmLock>(
             None => {}
         }
     }
-    // Ended under the page-table lock, unlike every other range: the
-    // migration entries installed above are replaced before the lock is
-    // dropped, since the faults and zaps here do not wait for one.
-    inv.end();
+    // Ended outside the page-table lock, as every range: the migration
+    // entries installed above are then visible until `finish_migration`,
+    // but only to what runs beside the mmap write lock (walkers, the rmap
+    // walks), which all pass over non-present entries.
+    ctx.end(inv);
     let mut moved = 0;
     for &(addr, old) in &pages {
         let kind = ctx.mem.frame(old.pfn()).kind;
