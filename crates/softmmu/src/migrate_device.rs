@@ -187,11 +187,6 @@ fn migrate_chunk<L: HeldMmLock>(
             None => {}
         }
     }
-    // Ended outside the page-table lock, as every range: the migration
-    // entries installed above are then visible until `finish_migration`,
-    // but only to what runs beside the mmap write lock (walkers, the rmap
-    // walks), which all pass over non-present entries.
-    ctx.end(inv);
     let mut moved = 0;
     for &(addr, old) in &pages {
         let kind = ctx.mem.frame(old.pfn()).kind;
@@ -211,6 +206,13 @@ fn migrate_chunk<L: HeldMmLock>(
         ctx.mem.update(new, |f| f.device = device);
         map(addr, cpu_view(ctx, addr));
     }
+    // Ended outside the page-table lock, as every range, and only once the
+    // migration entries are replaced and the driver has mapped the new
+    // pages (Linux ends inside `migrate_vma_setup`, before both): no other
+    // thread — a walker, the coherence check — ever meets a migration
+    // entry here, and the device's table changes under the same hold of
+    // the lock as the primary's. The notifier stream is the same.
+    ctx.end(inv);
     if let Some(&first) = holes.first() {
         // `migrate_vma_pages` notifies once more before inserting pages
         // where there were none.
