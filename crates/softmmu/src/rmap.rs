@@ -137,9 +137,16 @@ fn age_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped, flush: bool) -> 
     let primary = folio.entry.is_young();
     let clear = |pte: Pte| pte.with_young(false);
     if folio.huge {
-        ctx.st
-            .pt
-            .set_pmd(folio.start, PmdEntry::Huge(clear(folio.entry)));
+        // Read again: reclaim unmaps earlier folios of its walk under their
+        // own starts, which drop the lock, so the PMD the walk found may
+        // have been split, zapped or migrated since.
+        match ctx.st.pt.pmd(folio.start) {
+            Some(PmdEntry::Huge(now)) if now.pfn() == folio.entry.pfn() => {
+                let now = *now;
+                ctx.st.pt.set_pmd(folio.start, PmdEntry::Huge(clear(now)));
+            }
+            _ => return false,
+        }
         if flush {
             notify::pmdp_clear_flush_young_notify(mm, folio.start, || primary)
         } else {

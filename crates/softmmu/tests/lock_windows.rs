@@ -448,3 +448,33 @@ fn device_migration_does_not_run_inside_a_zaps_window() {
         );
     }
 }
+
+/// Reclaim finds its folios first and unmaps them one by one, each under
+/// its own start: a huge PMD found before an earlier folio's start is read
+/// again before its accessed bit is cleared, not written back from the
+/// walk's copy (which would map again a huge page `MADV_DONTNEED` freed
+/// meanwhile).
+#[test]
+fn reclaim_ages_the_huge_pmd_as_it_is_after_an_earlier_folios_start() {
+    const M2: u64 = 0x20_0000;
+    let space = Arc::new(AddressSpace::with_config(
+        Arc::new(Memory::new()),
+        Config {
+            thp: ThpMode::Always,
+            thp_zero_page: true,
+        },
+    ));
+    anon(&space, B, 1);
+    space.madvise(B, P, Advice::Free).expect("MADV_FREE");
+    notify_log::map(&space, B + M2, M2, Prot::RW);
+    space.access(B + M2, true).expect("huge write fault");
+    let seen = while_parked(
+        &space,
+        B,
+        B + P,
+        |s| assert_eq!(s.reclaim(B, B + 2 * M2), 1),
+        |s| s.madvise(B + M2, M2, Advice::DontNeed),
+    );
+    assert_eq!(seen, [(Event::Clear, Answer::Got(Ok(())))]);
+    assert_eq!(space.translate_frame(B + M2), None);
+}
