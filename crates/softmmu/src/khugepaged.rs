@@ -196,10 +196,14 @@ impl FileCollapse {
                     Some(PmdEntry::Huge(_)) => {}
                     Some(PmdEntry::Table(_)) => {
                         let inv = ctx.start(Event::Clear, start, start + PMD_SIZE);
-                        // Under the PMD lock again (a fault beside this
-                        // walk may have changed the block meanwhile): the
-                        // table goes only if nothing but file pages is in it.
-                        if only_file_pages(ctx, start) {
+                        // Under the PMD lock again (a fault or a hole punch
+                        // beside this walk may have changed the block
+                        // meanwhile): the table goes only if the folio is
+                        // still cached there and nothing but file pages is
+                        // in it.
+                        let same =
+                            crate::huge_memory::file_folio_for_pmd(ctx, vma, start) == Some(head);
+                        if same && only_file_pages(ctx, start) {
                             i_mmap::zap_file_pages(ctx, start, start + PMD_SIZE);
                             ctx.st.pt.set_pmd(start, PmdEntry::None);
                             crate::huge_memory::map_file_pmd(ctx, vma, start, head);
