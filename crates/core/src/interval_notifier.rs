@@ -123,7 +123,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         let subscriptions = mm.subscriptions().ok_or(Error::Disabled)?;
         let scope = mm.registration_scope();
         let ops = OpsBox::new(ops);
-        let seq = subscriptions.itree_insert(mm, start, last, ops.erased());
+        let seq = subscriptions.itree().insert(mm, start, last, ops.erased());
         drop(scope);
         if let Some(observer) = mm.observer() {
             observer.interval_inserted(start, last);
@@ -151,7 +151,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     #[must_use = "pass the seq to read_retry"]
     pub fn read_begin(&self) -> Seq {
         let subscriptions = self.mm().subscriptions().expect("inserted, so present");
-        subscriptions.itree_read_begin(&self.seq)
+        subscriptions.itree().read_begin(&self.seq)
     }
 
     /// The two words [`IntervalNotifier::read_begin`]'s lock-free path and
@@ -174,7 +174,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     #[must_use = "pass the seq to read_retry"]
     pub fn try_read_begin(&self) -> Option<Seq> {
         let subscriptions = self.mm().subscriptions().expect("inserted, so present");
-        subscriptions.itree_try_read_begin(&self.seq)
+        subscriptions.itree().try_read_begin(&self.seq)
     }
 
     /// `mmu_interval_notifier_remove`: unsubscribes, waiting until no
@@ -199,7 +199,9 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
         // dropped): the tree may still point at it.
         let Some(ops) = self.ops.take() else { return };
         let scope = mm.registration_scope();
-        let unsubscribed = subscriptions.itree_remove(self.start, &self.seq, ops.erased());
+        let unsubscribed = subscriptions
+            .itree()
+            .remove(self.start, &self.seq, ops.erased());
         ops.free(unsubscribed);
         drop(scope);
         if let Some(observer) = mm.observer() {

@@ -190,14 +190,14 @@ impl Mm {
     #[inline]
     pub fn clear_flush_young(&self, start: u64, end: u64) -> bool {
         self.subscriptions()
-            .is_some_and(|s| s.list_clear_young(self, start, end, true))
+            .is_some_and(|s| s.hlist().clear_young(self, start, end, true))
     }
 
     /// `mmu_notifier_clear_young`: as `clear_flush_young`, flush optional.
     #[inline]
     pub fn clear_young(&self, start: u64, end: u64) -> bool {
         self.subscriptions()
-            .is_some_and(|s| s.list_clear_young(self, start, end, false))
+            .is_some_and(|s| s.hlist().clear_young(self, start, end, false))
     }
 
     /// `mmu_notifier_test_young`: whether a notifier saw an access to the
@@ -205,7 +205,7 @@ impl Mm {
     #[inline]
     pub fn test_young(&self, address: u64) -> bool {
         self.subscriptions()
-            .is_some_and(|s| s.list_test_young(self, address))
+            .is_some_and(|s| s.hlist().test_young(self, address))
     }
 
     /// `mmu_notifier_change_pte` (`pte` is a [`PteValue`](crate::PteValue)),
@@ -215,7 +215,7 @@ impl Mm {
     #[inline]
     pub(crate) fn change_pte(&self, address: u64, pte: u64) {
         if let Some(s) = self.subscriptions() {
-            s.list_change_pte(self, address, pte);
+            s.hlist().change_pte(self, address, pte);
         }
     }
 
@@ -224,7 +224,7 @@ impl Mm {
     #[inline]
     pub fn invalidate_range(&self, start: u64, end: u64) {
         if let Some(s) = self.subscriptions() {
-            s.list_invalidate_range(self, start, end);
+            s.hlist().invalidate_range(self, start, end);
         }
     }
 

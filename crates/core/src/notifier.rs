@@ -121,7 +121,7 @@ fn unregister<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
             }
         }
         if let Some(subscriptions) = sub.mm.subscriptions() {
-            subscriptions.list_unlink(&ListEntry::new(sub.clone()));
+            subscriptions.hlist().unlink(&ListEntry::new(sub.clone()));
         }
     }
     // Always: a `release` started by exit may still be running.
@@ -247,7 +247,7 @@ fn find_and_get<T: Send + Sync + 'static>(
         return Ok(None);
     };
     let locked = subscriptions.lock();
-    let Some(entry) = subscriptions.list_find_ops(&locked, ops_id(ops)) else {
+    let Some(entry) = subscriptions.hlist().find_ops(&locked, ops_id(ops)) else {
         return Ok(None);
     };
     let sub = Arc::clone(entry.subscription())
@@ -281,7 +281,9 @@ fn put<T: Send + Sync + 'static>(sub: Arc<Subscription<T>>) {
         // Linux does: otherwise a concurrent `get` could find the dying
         // subscription, revive it from 0 users, and its own `put` would
         // queue a second `free_notifier` (found by tests/loom.rs).
-        subscriptions.list_unlink_locked(&mut locked, &ListEntry::new(sub.clone()));
+        subscriptions
+            .hlist()
+            .unlink_locked(&mut locked, &ListEntry::new(sub.clone()));
     }
     rcu::global().call(Box::new(move || {
         if let Some(free) = sub.ops.free_notifier {

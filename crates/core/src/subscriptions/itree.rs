@@ -53,21 +53,31 @@ pub(crate) struct EpochGuard<'a> {
 impl Drop for EpochGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.subscriptions.itree_inv_end();
+            self.subscriptions.itree().inv_end();
         }
     }
 }
 
-impl Subscriptions {
+/// The interval half of an address space's subscriptions (`mn_itree_*`):
+/// a view of them, from `Subscriptions::itree`.
+#[derive(Clone, Copy)]
+pub(crate) struct Itree<'s>(pub(super) &'s Subscriptions);
+
+impl std::ops::Deref for Itree<'_> {
+    type Target = Subscriptions;
+
+    /// The state both halves share (the lock, the seq words, the list).
+    fn deref(&self) -> &Subscriptions {
+        self.0
+    }
+}
+
+impl<'s> Itree<'s> {
     /// `mn_itree_inv_start_range`: counts the range and, if it hits any
     /// interval, enters full exclusion (`seq |= 1`). Fills `hits` with the
     /// first batch and returns the key to resume after if there may be
     /// more (see [`Subscriptions::itree_next_batch`]).
-    fn itree_inv_start_range<'s>(
-        &'s self,
-        range: &Range<'_>,
-        hits: &mut Hits<'s>,
-    ) -> (Seq, Option<Key>) {
+    fn inv_start_range(self, range: &Range<'_>, hits: &mut Hits<'s>) -> (Seq, Option<Key>) {
         let mut locked = self.lock();
         locked.active += 1;
         let more = self.collect(&locked, range, None, hits);
@@ -82,12 +92,7 @@ impl Subscriptions {
     /// found, so the seq is odd and this range still counted: the tree is
     /// frozen (inserts and removes are deferred), and resuming finds exactly
     /// what one walk would have, in the same order.
-    fn itree_next_batch<'s>(
-        &'s self,
-        range: &Range<'_>,
-        after: Key,
-        hits: &mut Hits<'s>,
-    ) -> Option<Key> {
+    fn next_batch(self, range: &Range<'_>, after: Key, hits: &mut Hits<'s>) -> Option<Key> {
         hits.clear();
         let locked = self.lock();
         self.collect(&locked, range, Some(after), hits)
@@ -95,8 +100,8 @@ impl Subscriptions {
 
     /// Fills `hits` with up to `BATCH` overlaps of `range` after `after`;
     /// returns the last key if the batch is full.
-    fn collect<'s>(
-        &'s self,
+    fn collect(
+        self,
         locked: &Locked,
         range: &Range<'_>,
         after: Option<Key>,
@@ -104,7 +109,7 @@ impl Subscriptions {
     ) -> Option<Key> {
         let last = range.last()?;
         for (key, _, ops) in locked.tree.overlapping_after(range.start(), last, after) {
-            hits.push((*ops, self.seq_words.get(key.id)));
+            hits.push((*ops, self.0.seq_words.get(key.id)));
             if hits.len() == BATCH {
                 return Some(key);
             }
@@ -114,11 +119,11 @@ impl Subscriptions {
 
     /// `mn_itree_invalidate`: calls every overlapping interval notifier. A
     /// refusal of a non-blockable range closes the epoch again and aborts.
-    pub(crate) fn itree_invalidate(&self, range: &Range<'_>) -> Result<(), WouldBlock> {
+    pub(crate) fn invalidate(self, range: &Range<'_>) -> Result<(), WouldBlock> {
         let mut hits = Hits::new();
-        let (cur_seq, mut more) = self.itree_inv_start_range(range, &mut hits);
+        let (cur_seq, mut more) = self.inv_start_range(range, &mut hits);
         let mut epoch = EpochGuard {
-            subscriptions: self,
+            subscriptions: self.0,
             armed: true,
         };
         loop {
@@ -136,7 +141,7 @@ impl Subscriptions {
                 return Err(WouldBlock);
             }
             let Some(after) = more else { break };
-            more = self.itree_next_batch(range, after, &mut hits);
+            more = self.next_batch(range, after, &mut hits);
         }
         epoch.armed = false;
         Ok(())
@@ -144,7 +149,7 @@ impl Subscriptions {
 
     /// `mn_itree_inv_end`: the last running range closes the epoch, applies
     /// the deferred updates and wakes the waiters.
-    pub(crate) fn itree_inv_end(&self) {
+    pub(crate) fn inv_end(self) {
         let mut locked = self.lock();
         locked.active -= 1;
         if locked.active != 0 || locked.invalidate_seq & 1 == 0 {
@@ -165,13 +170,13 @@ impl Subscriptions {
     }
 
     /// `mn_itree_release`: `Release` over the whole address space, blockable.
-    pub(crate) fn itree_release(&self, mm: &Mm) {
+    pub(crate) fn release(self, mm: &Mm) {
         let mut range = Range::of(mm, Event::Release, 0, u64::MAX);
         range.set_blockable(true);
         let mut hits = Hits::new();
-        let (cur_seq, mut more) = self.itree_inv_start_range(&range, &mut hits);
+        let (cur_seq, mut more) = self.inv_start_range(&range, &mut hits);
         let epoch = EpochGuard {
-            subscriptions: self,
+            subscriptions: self.0,
             armed: true,
         };
         loop {
@@ -181,23 +186,17 @@ impl Subscriptions {
                 }
             }
             let Some(after) = more else { break };
-            more = self.itree_next_batch(&range, after, &mut hits);
+            more = self.next_batch(&range, after, &mut hits);
         }
     }
 
     /// `__mmu_interval_notifier_insert`, after the tree was enabled: returns
     /// the subscription's seq word (whose id, with the start, names its
     /// tree entry). `mm` is the address space of these subscriptions.
-    pub(crate) fn itree_insert(
-        &self,
-        mm: &Arc<Mm>,
-        start: u64,
-        last: u64,
-        ops: OpsPtr,
-    ) -> SeqHandle {
+    pub(crate) fn insert(self, mm: &Arc<Mm>, start: u64, last: u64, ops: OpsPtr) -> SeqHandle {
         let mut locked = self.lock();
         let key = locked.ids.alloc(start);
-        let sub = self.seq_words.ensure(key.id);
+        let sub = self.0.seq_words.ensure(key.id);
         let seq = locked.invalidate_seq;
         if locked.active > 0 && seq & 1 == 1 {
             // Fully excluded: the tree is frozen, join it when the epoch ends.
@@ -229,7 +228,7 @@ impl Subscriptions {
     /// `mmu_interval_notifier_remove`: takes the subscription that starts
     /// at `start` and has the seq word `word` out of the tree, waiting for
     /// the epoch to close if a callback may still be running for it.
-    pub(crate) fn itree_remove(&self, start: u64, word: &IntervalSub, ops: OpsPtr) -> Unsubscribed {
+    pub(crate) fn remove(self, start: u64, word: &IntervalSub, ops: OpsPtr) -> Unsubscribed {
         context::might_sleep();
         let id = self
             .seq_words
@@ -249,7 +248,7 @@ impl Subscriptions {
         Unsubscribed::after_waiting_out_callbacks()
     }
 
-    fn unlink_or_defer(&self, start: u64, id: u32, ops: OpsPtr) -> Option<u64> {
+    fn unlink_or_defer(self, start: u64, id: u32, ops: OpsPtr) -> Option<u64> {
         let mut locked = self.lock();
         let state = locked.ids.get(id);
         if locked.invalidate_seq & 1 == 1 {
@@ -294,26 +293,26 @@ impl Subscriptions {
     /// older one that would let a covered reader through without waiting.
     /// (An insert stores the subscription's first seq under the lock after
     /// the seq it compares against, with the same effect.)
-    pub(crate) fn itree_read_begin(&self, sub: &IntervalSub) -> Seq {
+    pub(crate) fn read_begin(self, sub: &IntervalSub) -> Seq {
         let waits_on_self = |id| {
             context::assert_not_waiting_on_self(id, "mmu_interval_read_begin()");
             false
         };
-        self.itree_read_begin_unless(sub, waits_on_self)
+        self.read_begin_unless(sub, waits_on_self)
             .expect("the check panics instead of refusing")
     }
 
     /// [`Self::itree_read_begin`] that returns `None` instead of waiting
     /// for an invalidation this thread has open.
-    pub(crate) fn itree_try_read_begin(&self, sub: &IntervalSub) -> Option<Seq> {
-        self.itree_read_begin_unless(sub, context::would_wait_on_self)
+    pub(crate) fn try_read_begin(self, sub: &IntervalSub) -> Option<Seq> {
+        self.read_begin_unless(sub, context::would_wait_on_self)
     }
 
     /// The body of both: `waits_on_self(id)` is asked only when the call
     /// has to wait, and a `true` answer returns `None` instead.
     #[inline(always)]
-    fn itree_read_begin_unless(
-        &self,
+    fn read_begin_unless(
+        self,
         sub: &IntervalSub,
         waits_on_self: impl FnOnce(usize) -> bool,
     ) -> Option<Seq> {
@@ -335,10 +334,10 @@ impl Subscriptions {
     }
 }
 
-impl Subscriptions {
+impl<'s> Itree<'s> {
     /// Sets `invalidate_seq` (under the lock) and publishes it for the
     /// lock-free `read_begin`.
-    fn set_invalidate_seq(&self, locked: &mut Locked, seq: u64) {
+    fn set_invalidate_seq(self, locked: &mut Locked, seq: u64) {
         locked.invalidate_seq = seq;
         // Release: pairs with the Acquire load in `itree_read_begin`.
         self.published_seq.store(seq, Ordering::Release);
@@ -346,7 +345,7 @@ impl Subscriptions {
 
     /// Sleeps until the interval seq is no longer `seq` (the kernel's
     /// `wait_event(subscriptions->wq, READ_ONCE(invalidate_seq) != seq)`).
-    fn wait_for_seq_change(&self, seq: u64) {
+    fn wait_for_seq_change(self, seq: u64) {
         let mut locked = self.lock();
         while locked.invalidate_seq == seq {
             locked.waiters += 1;

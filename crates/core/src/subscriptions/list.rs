@@ -75,8 +75,22 @@ impl std::ops::Deref for ListEntry {
     }
 }
 
-impl Subscriptions {
-    fn list_may_be_nonempty(&self) -> bool {
+/// The list half of an address space's subscriptions (`mn_hlist_*`): a
+/// view of them, from `Subscriptions::hlist`.
+#[derive(Clone, Copy)]
+pub(crate) struct Hlist<'s>(pub(super) &'s Subscriptions);
+
+impl std::ops::Deref for Hlist<'_> {
+    type Target = Subscriptions;
+
+    /// The state both halves share (the lock, the seq words, the list).
+    fn deref(&self) -> &Subscriptions {
+        self.0
+    }
+}
+
+impl<'s> Hlist<'s> {
+    fn may_be_nonempty(self) -> bool {
         // Pairs with the Release store in `publish_list`.
         self.has_list.load(Ordering::Acquire)
     }
@@ -84,21 +98,21 @@ impl Subscriptions {
     /// Runs `f` over a snapshot of the list inside an SRCU read section.
     #[inline]
     fn with_list<R>(&self, f: impl FnOnce(&[ListEntry]) -> R) -> Option<R> {
-        if !self.list_may_be_nonempty() {
+        if !self.may_be_nonempty() {
             return None;
         }
         Some(self.list.with(|list| f(list)))
     }
 
     /// Replaces the readers' snapshot with the locked list.
-    fn publish_list(&self, locked: &super::Locked) {
+    fn publish_list(self, locked: &super::Locked) {
         self.list.replace(locked.list.clone());
         self.has_list
             .store(!locked.list.is_empty(), Ordering::Release);
     }
 
     /// `hlist_add_head_rcu` under the lock: new notifiers are called first.
-    pub(crate) fn list_add_head(&self, entry: ListEntry) {
+    pub(crate) fn add_head(self, entry: ListEntry) {
         // The list is about to be walked under SRCU on the dispatch path:
         // ready the global domain's slots for new threads now.
         rcu::prepare_global_readers();
@@ -109,14 +123,14 @@ impl Subscriptions {
     }
 
     /// `hlist_del_init_rcu` under the lock; idempotent.
-    pub(crate) fn list_unlink(&self, entry: &ListEntry) {
+    pub(crate) fn unlink(self, entry: &ListEntry) {
         let mut locked = self.lock();
-        self.list_unlink_locked(&mut locked, entry);
+        self.unlink_locked(&mut locked, entry);
     }
 
     /// [`Subscriptions::list_unlink`] with the lock already held (`put`
     /// must drop the last user and unlink in one critical section).
-    pub(crate) fn list_unlink_locked(&self, locked: &mut super::Locked, entry: &ListEntry) {
+    pub(crate) fn unlink_locked(self, locked: &mut super::Locked, entry: &ListEntry) {
         let before = locked.list.len();
         locked.list.retain(|e| !e.same(entry));
         entry.set_hashed(false);
@@ -126,7 +140,7 @@ impl Subscriptions {
     }
 
     /// Finds the entry registered with this ops table (for `get`).
-    pub(crate) fn list_find_ops(&self, locked: &super::Locked, ops: usize) -> Option<ListEntry> {
+    pub(crate) fn find_ops(self, locked: &super::Locked, ops: usize) -> Option<ListEntry> {
         locked.list.iter().find(|e| e.ops_id() == ops).cloned()
     }
 
@@ -141,12 +155,12 @@ impl Subscriptions {
     /// list-only path (every page-table change of an address space with only
     /// list notifiers) is this function with `None` folded in.
     #[inline(always)]
-    pub(crate) fn list_invalidate_range_start(
-        &self,
+    pub(crate) fn invalidate_range_start(
+        self,
         range: &Range<'_>,
         tree: Option<&mut super::ItreeCount<'_>>,
     ) -> Result<(), WouldBlock> {
-        if !self.list_may_be_nonempty() {
+        if !self.may_be_nonempty() {
             return Ok(());
         }
         self.list.with(|list| {
@@ -181,7 +195,7 @@ impl Subscriptions {
     /// The WARNs of a failed start. (Linux also `pr_info`s every failure;
     /// not here: a refusal of a non-blockable range is normal operation on
     /// the hook-safe path, and logging may allocate.)
-    fn warn_failed_start(&self, range: &Range<'_>, entry: &ListEntry) {
+    fn warn_failed_start(self, range: &Range<'_>, entry: &ListEntry) {
         if range.is_blockable() {
             self.warn(Warning::StartFailedBlockable);
         }
@@ -193,8 +207,8 @@ impl Subscriptions {
     /// `mn_hlist_invalidate_end`: `invalidate_range` (unless `only_end`),
     /// then `invalidate_range_end`, per notifier.
     #[inline]
-    pub(crate) fn list_invalidate_range_end(&self, range: &Range<'_>, only_end: bool) {
-        if !self.list_may_be_nonempty() {
+    pub(crate) fn invalidate_range_end(self, range: &Range<'_>, only_end: bool) {
+        if !self.may_be_nonempty() {
             return;
         }
         self.list.with(|list| {
@@ -208,13 +222,13 @@ impl Subscriptions {
 
     /// The end of a start that unwound before the list was reached: only
     /// notifiers with no start callback get it.
-    pub(crate) fn list_invalidate_range_end_started(&self, range: &Range<'_>, started: usize) {
+    pub(crate) fn invalidate_range_end_started(self, range: &Range<'_>, started: usize) {
         self.with_list(|list| end_each(list, range, false, started));
     }
 
     /// `__mmu_notifier_clear_flush_young` / `_clear_young`: the OR of every
     /// notifier's answer, no short cut.
-    pub(crate) fn list_clear_young(&self, mm: &Mm, start: u64, end: u64, flush: bool) -> bool {
+    pub(crate) fn clear_young(self, mm: &Mm, start: u64, end: u64, flush: bool) -> bool {
         self.with_list(|list| {
             let _atomic = NonBlock::enter(true);
             list.iter().fold(false, |young, entry| {
@@ -230,7 +244,7 @@ impl Subscriptions {
     }
 
     /// `__mmu_notifier_test_young`: the first notifier that says young wins.
-    pub(crate) fn list_test_young(&self, mm: &Mm, address: u64) -> bool {
+    pub(crate) fn test_young(self, mm: &Mm, address: u64) -> bool {
         self.with_list(|list| {
             let _atomic = NonBlock::enter(true);
             list.iter().any(|entry| entry.test_young(mm, address))
@@ -239,7 +253,7 @@ impl Subscriptions {
     }
 
     /// `__mmu_notifier_change_pte`.
-    pub(crate) fn list_change_pte(&self, mm: &Mm, address: u64, pte: PteValue) {
+    pub(crate) fn change_pte(self, mm: &Mm, address: u64, pte: PteValue) {
         if !context::change_pte_is_nested(self.id(), address) {
             self.warn(Warning::ChangePteNotNested);
         }
@@ -252,7 +266,7 @@ impl Subscriptions {
     }
 
     /// `__mmu_notifier_invalidate_range` (secondary TLB flush).
-    pub(crate) fn list_invalidate_range(&self, mm: &Mm, start: u64, end: u64) {
+    pub(crate) fn invalidate_range(self, mm: &Mm, start: u64, end: u64) {
         self.with_list(|list| {
             let _atomic = NonBlock::enter(true);
             for entry in list {
@@ -263,7 +277,7 @@ impl Subscriptions {
 
     /// `mn_hlist_release`: call every `release` first, then unlink all, then
     /// wait for concurrent callers (an unregister's `release`) to finish.
-    pub(crate) fn list_release(&self, mm: &Mm) {
+    pub(crate) fn release(self, mm: &Mm) {
         let released = self.with_list(|list| {
             for entry in list.iter().filter(|e| e.has(caps::RELEASE)) {
                 entry.release(mm);

@@ -99,7 +99,7 @@ impl ItreeCount<'_> {
     /// Ends the tree's count now, if it is still armed (idempotent).
     pub(crate) fn close(&mut self) {
         if std::mem::replace(&mut self.armed, false) {
-            self.subscriptions.itree_inv_end();
+            self.subscriptions.itree().inv_end();
         }
     }
 }
@@ -123,12 +123,25 @@ impl Drop for UnstartedListEnds<'_, '_> {
     fn drop(&mut self) {
         if self.armed {
             self.subscriptions
-                .list_invalidate_range_end_started(self.range, 0);
+                .hlist()
+                .invalidate_range_end_started(self.range, 0);
         }
     }
 }
 
 impl Subscriptions {
+    /// The interval half (`itree.rs`).
+    #[inline(always)]
+    pub(crate) fn itree(&self) -> itree::Itree<'_> {
+        itree::Itree(self)
+    }
+
+    /// The list half (`list.rs`).
+    #[inline(always)]
+    pub(crate) fn hlist(&self) -> list::Hlist<'_> {
+        list::Hlist(self)
+    }
+
     pub(crate) fn new() -> Subscriptions {
         Subscriptions {
             has_itree: AtomicBool::new(false),
@@ -186,7 +199,7 @@ impl Subscriptions {
             return self.invalidate_range_start_with_itree(range);
         }
         // No tree: nothing to count or close, whatever the list does.
-        self.list_invalidate_range_start(range, None)?;
+        self.hlist().invalidate_range_start(range, None)?;
         Ok(false)
     }
 
@@ -209,12 +222,13 @@ impl Subscriptions {
             range,
             armed: true,
         };
-        let outcome = self.itree_invalidate(range);
+        let outcome = self.itree().invalidate(range);
         // A refusal calls no list notifier at all, not even an end.
         unstarted.armed = false;
         outcome?;
         tree.armed = true;
-        self.list_invalidate_range_start(range, Some(&mut tree))?;
+        self.hlist()
+            .invalidate_range_start(range, Some(&mut tree))?;
         let counted = tree.armed;
         tree.armed = false;
         Ok(counted)
@@ -224,9 +238,9 @@ impl Subscriptions {
     #[inline]
     pub(crate) fn invalidate_range_end(&self, range: &Range<'_>, only_end: bool, counted: bool) {
         if counted {
-            self.itree_inv_end();
+            self.itree().inv_end();
         }
-        self.list_invalidate_range_end(range, only_end);
+        self.hlist().invalidate_range_end(range, only_end);
     }
 
     /// `__mmu_notifier_release`: interval notifiers get `Release` over the
@@ -234,9 +248,9 @@ impl Subscriptions {
     /// unlinked.
     pub(crate) fn release(&self, mm: &Mm) {
         if self.has_itree() {
-            self.itree_release(mm);
+            self.itree().release(mm);
         }
-        self.list_release(mm);
+        self.hlist().release(mm);
     }
 
     /// Records a kernel `WARN` (and logs the first of each kind through

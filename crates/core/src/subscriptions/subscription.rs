@@ -140,7 +140,7 @@ pub(crate) fn register_locked(guard: &MmapWriteGuard<'_>, entry: Option<ListEntr
     // start and its end: the new subscriber cannot see an unpaired end.
     let _all_locks = mm.take_all_locks(guard);
     match entry {
-        Some(entry) => subscriptions.list_add_head(entry),
+        Some(entry) => subscriptions.hlist().add_head(entry),
         None => subscriptions.mark_has_itree(),
     }
     Ok(())
