@@ -6,7 +6,7 @@
 //! non-blockable `Unmap` of the whole VMA; a subscriber that would have to
 //! sleep refuses it, and that VMA is skipped with no end, to be retried.
 
-use mmun_core::Event;
+use mmun_core::{Event, Invalidation, Range};
 
 use crate::address_space::AddressSpace;
 use crate::vma::{VmFlags, Vma};
@@ -26,10 +26,11 @@ impl AddressSpace {
                 .iter()
                 .filter(|v| v.is_anonymous() || !v.flags.contains(VmFlags::SHARED))
             {
-                match ctx.start_nonblock(Event::Unmap, vma.start, vma.end) {
+                let range = Range::new(ctx.lock, Event::Unmap, vma.start, vma.end);
+                match Invalidation::start_nonblock(range) {
                     Ok(inv) => {
                         zap_vma_range(ctx, vma, vma.start, vma.end);
-                        ctx.end(inv);
+                        inv.end();
                     }
                     Err(_) => all = false,
                 }

@@ -31,7 +31,7 @@ impl AddressSpace {
     pub fn clear_soft_dirty(&self) {
         self.write_op(|ctx| {
             let inv = ctx.start(Event::SoftDirty, 0, u64::MAX);
-            ctx.end(inv);
+            inv.end();
         });
     }
 
@@ -50,7 +50,7 @@ impl AddressSpace {
             for (start, end) in spans {
                 clear_soft_dirty_span(ctx, start, end);
             }
-            ctx.end(inv);
+            inv.end();
         });
     }
 }

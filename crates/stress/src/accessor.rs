@@ -17,12 +17,9 @@ pub(crate) fn run(round: &Round<'_>, rng: &mut Rng, out: &mut Out) {
         let secondary = &**rng.pick(secondaries);
         let va = round.layout.pick_page(rng);
         let write = rng.chance(50);
-        // After a fault the device uses the page again, whether the fault
-        // mapped it or not: after a failed one the use must miss, and a
-        // device that left something in its table there is checked now
-        // rather than whenever the page comes up again.
-        if access(round, out, secondary, va, write) == Access::Miss {
-            fault(round, out, secondary, va, write);
+        if access(round, out, secondary, va, write) == Access::Miss
+            && fault(round, out, secondary, va, write)
+        {
             access(round, out, secondary, va, write);
         }
     }
@@ -51,7 +48,14 @@ fn access(
     outcome
 }
 
-fn fault(round: &Round<'_>, out: &mut Out, secondary: &dyn Secondary, va: u64, write: bool) {
+/// Returns whether the page is now mapped.
+fn fault(
+    round: &Round<'_>,
+    out: &mut Out,
+    secondary: &dyn Secondary,
+    va: u64,
+    write: bool,
+) -> bool {
     let at = round.run.now();
     let result = secondary.fault(va, write);
     let entry = Entry::Fault {
@@ -65,4 +69,5 @@ fn fault(round: &Round<'_>, out: &mut Out, secondary: &dyn Secondary, va: u64, w
         // The round is ending: leave the processor to the thread ending it.
         std::thread::yield_now();
     }
+    result.is_ok()
 }
