@@ -111,6 +111,11 @@ fn rcache_hits(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement:
 
 /// `mmun_bench_inline_loop` of `c/inline_loop.c`: `n` rounds of the
 /// header's inline `read_begin` + `read_retry`.
+///
+/// # Safety
+///
+/// The words must be those `mmun_interval_seq_get` filled for an interval
+/// still inserted.
 type InlineLoop = unsafe extern "C" fn(*const MmunIntervalSeq, u64) -> u64;
 
 /// Compiles `c/inline_loop.c` with `cc -O2` against `include/mmun.h` and

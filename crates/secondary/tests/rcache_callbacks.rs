@@ -24,16 +24,7 @@ struct Log {
 
 fn space(pages: u64) -> Arc<AddressSpace> {
     let space = Arc::new(AddressSpace::new(Arc::new(Memory::new())));
-    let mut req = MapRequest {
-        addr: A,
-        len: pages * PAGE_SIZE,
-        fixed: true,
-        populate: true,
-        ..MapRequest::default()
-    };
-    req.prot.read = true;
-    req.prot.write = true;
-    assert_eq!(space.mmap(req), Ok(A));
+    assert_eq!(space.mmap(anon_fixed(A, pages)), Ok(A));
     space
 }
 
@@ -212,6 +203,7 @@ fn an_acquired_use_holds_off_invalidation_and_teardown_until_it_ends() {
     assert_eq!(log.lock().unwrap().deregistered.len(), 2);
 }
 
+/// A populated private read-write mapping of `pages` pages at `addr`.
 fn anon_fixed(addr: u64, pages: u64) -> MapRequest {
     let mut req = MapRequest {
         addr,
