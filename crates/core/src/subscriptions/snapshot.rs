@@ -20,8 +20,9 @@ use crate::sync::atomic::{AtomicPtr, Ordering};
 pub(crate) struct SrcuPtr<T: Send + Sync + 'static> {
     /// Always the result of `Box::into_raw`; never null.
     ptr: AtomicPtr<T>,
-    /// `rcu::global()`, looked up once: readers then skip its
-    /// initialisation check.
+    /// `rcu::global()`, looked up once (its `OnceLock` test was a cost
+    /// per section): for `call`, and for the read side's cold path (the
+    /// fast path reads the global domain's statics).
     domain: &'static rcu::Srcu,
 }
 
