@@ -74,9 +74,9 @@ impl<'a> Invalidation<'a> {
         let _map = MapHeld::acquire();
         // Blockable: subscribers may not refuse (a refusal was WARNed and
         // already unwound, the tree included). Linux ignores it too.
-        let counted = subscriptions
-            .invalidate_range_start(&range)
-            .unwrap_or(false);
+        // One path out whatever the outcome: with a branch per outcome
+        // each copied the range into the `Invalidation` on its own.
+        let counted = subscriptions.invalidate_range_start(&range) == Ok(true);
         Self::started(range, subscriptions, counted, open)
     }
 
@@ -158,7 +158,7 @@ impl<'a> Invalidation<'a> {
     /// `invalidate_range_end`.
     #[inline(always)]
     pub fn end(mut self) {
-        self.finish(false);
+        self.finish::<false>();
         // Ended: the drop glue would only find that out. Forgetting `self`
         // (rather than moving it into a `ManuallyDrop` before the end) keeps
         // it where it is: the move was a 64-byte copy on every end. Nothing
@@ -171,14 +171,14 @@ impl<'a> Invalidation<'a> {
     /// secondary TLBs under the page-table lock (`*_clear_flush_notify`).
     #[inline]
     pub fn only_end(mut self) {
-        self.finish(true);
+        self.finish::<true>();
         std::mem::forget(self);
     }
 
     /// Ends the invalidation unless it is ended. Marks it ended before any
     /// end callback runs, so that one unwinding does not end it twice.
     #[inline(always)]
-    fn finish(&mut self, only_end: bool) {
+    fn finish<const ONLY_END: bool>(&mut self) {
         let Some(subscriptions) = self.subscriptions else {
             return;
         };
@@ -190,19 +190,22 @@ impl<'a> Invalidation<'a> {
         // End callbacks may wait for interval epochs again (the tree's end
         // runs first), so this range no longer counts as open.
         self.open.pop();
-        end_slow(subscriptions, &self.range, only_end, counted);
+        end_slow::<ONLY_END>(subscriptions, &self.range, counted);
     }
 }
 
-/// The end's dispatch, out of line: inlined, its frame would be set up on
-/// the no-subscriber path too.
-#[inline(never)]
-fn end_slow(subscriptions: &Subscriptions, range: &Range<'_>, only_end: bool, counted: bool) {
+/// The end's dispatch, inline like the start's: out of line, its call
+/// saved and restored six registers per end (a list notifier's start+end
+/// measured 8.5 ns with both walks out of line, 6.4 ns with both inline).
+/// The no-subscriber path passes it by with one test. One copy per
+/// `ONLY_END`, each with the one walk it needs.
+#[inline(always)]
+fn end_slow<const ONLY_END: bool>(subscriptions: &Subscriptions, range: &Range<'_>, counted: bool) {
     if range.is_blockable() {
         context::might_sleep();
     }
     let _map = MapHeld::acquire();
-    subscriptions.invalidate_range_end(range, only_end, counted);
+    subscriptions.invalidate_range_end(range, ONLY_END, counted);
 }
 
 impl Invalidation<'_> {
@@ -295,7 +298,7 @@ impl Invalidation<'_> {
 impl Drop for Invalidation<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        self.finish(false);
+        self.finish::<false>();
     }
 }
 

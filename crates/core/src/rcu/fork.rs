@@ -66,7 +66,7 @@ impl Held {
         if !local::is_worker_of(inner.id) {
             callbacks.forget_parent_work();
         }
-        let (own, depth) = local::global_own_slot();
-        inner.free_dead_readers(&slots, own, own.is_none() && depth > 0);
+        let (own, shared) = local::global_own_slot();
+        inner.free_dead_readers(&slots, own, shared > 0);
     }
 }

@@ -1,6 +1,7 @@
 //! Per-thread reader state: the thread's own counter slot in each domain it
-//! reads, its read-section depth there, and (std backend) whether it is some
-//! domain's callback worker.
+//! reads, its read-section depth there (for the global domain with std: the
+//! slot's own counts, plus its sections in the shared slot), and (std
+//! backend) whether it is some domain's callback worker.
 //!
 //! The global domain ([`super::global`]) has a dedicated thread-local, so
 //! that its read sections, the ones every notifier dispatch takes, cost a
@@ -30,9 +31,10 @@
 //! thread-local destroyed later, or leaked with `mem::forget`) is kept
 //! claimed forever instead: its lock counts may be ahead of its unlocks, and
 //! only the guard that owes the unlock may settle it (through the shared
-//! fallback slot, see `Srcu::read_lock`). A leaked guard thus stalls every
-//! later grace period of its domain, exactly like a leaked
-//! `srcu_read_lock()` in the kernel.
+//! fallback slot, see `Srcu::read_lock`; a dispatch guard of the global
+//! domain keeps its slot's counter and settles it there). A leaked guard
+//! thus stalls every later grace period of its domain, exactly like a
+//! leaked `srcu_read_lock()` in the kernel.
 //!
 //! A read section that cannot reach the thread-locals at all (one taken
 //! from another thread-local's destructor after these were destroyed)
@@ -296,8 +298,22 @@ pub(super) fn is_worker_of(domain: u64) -> bool {
         .unwrap_or(false)
 }
 
+/// This thread's own slot in the global domain, if it has claimed one.
+#[cfg(not(mmun_loom))]
+#[inline(always)]
+pub(super) fn global_slot() -> Option<&'static super::srcu::Slot> {
+    global::slot()
+}
+
+/// A section of the global domain counted in its shared slot ended.
+#[cfg(not(mmun_loom))]
+pub(super) fn global_shared_exit() {
+    global::shared_exit();
+}
+
 /// The global domain's slot this thread counts its sections in, if it has
-/// claimed one, and its read-section depth there (fork protocol).
+/// claimed one, and how many sections it has open in the shared slot
+/// (fork protocol).
 #[cfg(all(unix, not(mmun_loom)))]
 pub(super) fn global_own_slot() -> (Option<*const super::srcu::Slot>, u32) {
     global::own_slot()
@@ -321,11 +337,13 @@ mod global {
     use super::super::srcu::Slot;
 
     struct State {
-        /// The slot this thread counts its sections in, once claimed.
+        /// The slot this thread counts its sections in, once claimed. It
+        /// tells the sections open in it itself (`Slot::open_sections`), so
+        /// the fast path counts no depth.
         slot: Cell<Option<&'static Slot>>,
-        /// Read sections of the global domain this thread has open, in its
-        /// slot or in the shared one.
-        depth: Cell<u32>,
+        /// Read sections of the global domain this thread has open in the
+        /// shared slot (before it could claim one, or after its exit).
+        shared: Cell<u32>,
         /// The thread-exit destructor ran: count any later section in the
         /// shared slot.
         exited: Cell<bool>,
@@ -335,7 +353,7 @@ mod global {
         static STATE: State = const {
             State {
                 slot: Cell::new(None),
-                depth: Cell::new(0),
+                shared: Cell::new(0),
                 exited: Cell::new(false),
             }
         };
@@ -380,29 +398,42 @@ mod global {
 
     /// Runs at thread exit (after the Rust thread-local destructors) for a
     /// thread that claimed a slot: hands it back unless a section is still
-    /// open in it (a leaked guard), which then keeps it for good.
+    /// open in it (a leaked guard, or one a later destructor drops), which
+    /// then keeps it for good: that guard's unlock still goes to it.
     #[cfg_attr(not(unix), allow(dead_code))]
     extern "C" fn release_at_exit(_slot: *mut c_void) {
         STATE.with(|state| {
             state.exited.set(true);
-            if state.depth.get() == 0
-                && let Some(slot) = state.slot.take()
+            if let Some(slot) = state.slot.get()
+                && slot.open_sections() == 0
             {
+                state.slot.set(None);
                 slot.release();
                 crate::rcu::global().inner.note_released();
             }
         });
     }
 
+    /// This thread's own slot, if it has claimed one.
+    #[inline(always)]
+    pub(super) fn slot() -> Option<&'static Slot> {
+        STATE.with(|state| state.slot.get())
+    }
+
+    /// Counts a section's lock in this thread's slot (claiming one if
+    /// needed): `true`; else records a section of the shared slot, which
+    /// the caller counts there: `false`.
     #[inline]
     pub(super) fn enter(idx: usize) -> bool {
         STATE.with(|state| {
-            state.depth.set(state.depth.get() + 1);
             let slot = match state.slot.get() {
                 Some(slot) => slot,
                 None => match claim(state) {
                     Some(slot) => slot,
-                    None => return false,
+                    None => {
+                        state.shared.set(state.shared.get() + 1);
+                        return false;
+                    }
                 },
             };
             slot.owner_lock(idx);
@@ -427,26 +458,40 @@ mod global {
         Some(slot)
     }
 
+    /// Counts the unlock of a section [`enter`] counted in this thread's
+    /// slot (`own`), there: `true`; else forgets a shared section, whose
+    /// unlock the caller counts in the shared slot: `false`.
     #[inline]
     pub(super) fn exit(idx: usize, own: bool) -> bool {
-        STATE.with(|state| {
-            state.depth.set(state.depth.get() - 1);
-            match state.slot.get() {
-                Some(slot) if own => {
-                    slot.owner_unlock(idx);
-                    true
-                }
-                _ => false,
+        STATE.with(|state| match state.slot.get() {
+            Some(slot) if own => {
+                slot.owner_unlock(idx);
+                true
+            }
+            _ => {
+                state.shared.set(state.shared.get() - 1);
+                false
             }
         })
     }
 
-    pub(super) fn depth() -> u32 {
-        STATE.with(|state| state.depth.get())
+    /// A section of the shared slot ended (its unlock is counted there).
+    pub(super) fn shared_exit() {
+        STATE.with(|state| state.shared.set(state.shared.get() - 1));
     }
 
+    /// Read sections of the global domain this thread has open.
+    pub(super) fn depth() -> u32 {
+        STATE.with(|state| {
+            let own = state.slot.get().map_or(0, Slot::open_sections);
+            u32::try_from(own).unwrap_or(u32::MAX) + state.shared.get()
+        })
+    }
+
+    /// This thread's slot, and how many sections it has open in the
+    /// shared slot.
     #[cfg(unix)]
     pub(super) fn own_slot() -> (Option<*const Slot>, u32) {
-        STATE.with(|state| (state.slot.get().map(std::ptr::from_ref), state.depth.get()))
+        STATE.with(|state| (state.slot.get().map(std::ptr::from_ref), state.shared.get()))
     }
 }

@@ -32,7 +32,16 @@
 //! the unlock count of the same index and slot. Nothing a reader does ever
 //! waits, so sections may nest and may sleep for as long as they like. A
 //! thread-local depth per domain backs [`Srcu::in_read_section`], used to
-//! turn self-deadlocks into panics.
+//! turn self-deadlocks into panics; the global domain (std) counts none on
+//! its fast path and reads the depth off the thread's own slot instead (its
+//! locks minus its unlocks: only the thread writes them), plus a count of
+//! the sections it had to put in the shared slot.
+//!
+//! The dispatch path enters the global domain through
+//! `Srcu::read_lock_global`: the flip count and the fence mode are statics
+//! (no load of the domain in front of the lock increment), the lock is one
+//! thread-local load and the increment, and the guard keeps the counter its
+//! unlock increments, so the unlock is the fence and that increment.
 //!
 //! The global domain's readers run on the hook-safe dispatch path, so its
 //! per-thread state differs (std backend): a destructor-less thread-local,

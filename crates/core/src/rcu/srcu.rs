@@ -44,7 +44,7 @@ impl Slot {
     /// thread's own previous store, or the previous owner's last one, which
     /// happens before the slot was handed over (see `register_slot`).
     #[inline(always)]
-    fn bump(counter: &AtomicUsize) {
+    pub(super) fn bump(counter: &AtomicUsize) {
         counter.store(
             counter.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Relaxed,
@@ -61,6 +61,20 @@ impl Slot {
     #[inline(always)]
     pub(super) fn owner_unlock(&self, idx: usize) {
         Self::bump(&self.unlock[idx]);
+    }
+
+    /// How many read sections the owner has open in this slot: its locks
+    /// minus its unlocks. Owner thread only (it wrote every count since it
+    /// claimed the slot, and the previous owner left them balanced).
+    #[cfg(not(mmun_loom))]
+    pub(super) fn open_sections(&self) -> usize {
+        let locks = self.lock[0]
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.lock[1].load(Ordering::Relaxed));
+        let unlocks = self.unlock[0]
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.unlock[1].load(Ordering::Relaxed));
+        locks.wrapping_sub(unlocks)
     }
 
     /// Hands the slot back to its domain for a later thread; called by the
@@ -81,7 +95,9 @@ impl Slot {
 pub(super) struct Inner {
     /// Number of index flips so far; bit 0 is the index new readers use.
     /// Written only by the grace period holding the `gp_running` turn.
-    pub(super) flips: AtomicUsize,
+    /// The global domain (std) uses `GLOBAL_FLIPS` instead: read it
+    /// through [`Inner::flips`].
+    flips: AtomicUsize,
     /// The registry: every slot ever handed to a thread. It only grows
     /// (slots of exited threads are reused, never removed), which is what
     /// lets a scan take it in two goes (see `readers_done`).
@@ -150,16 +166,80 @@ pub struct SrcuReadGuard<'a> {
 
 /// A read section of the global domain ([`Srcu::read_lock_global`]); the
 /// same as [`SrcuReadGuard`] with the per-thread lookup resolved at compile
-/// time, for the dispatch path.
+/// time, for the dispatch path. With std it keeps the very counter its
+/// unlock increments and the domain's fence mode, so that the unlock
+/// touches neither the thread-local nor the domain; two registers, which
+/// the dispatch keeps across the callbacks without spilling.
+#[cfg(not(mmun_loom))]
 #[must_use = "the read section ends when the guard is dropped"]
-pub(crate) struct GlobalReadGuard<'a> {
-    srcu: &'a Srcu,
+pub(crate) struct GlobalReadGuard {
+    /// `unlock[idx]` of the slot the lock was counted in: this thread's
+    /// own, or the domain's shared fallback slot (`SHARED`).
+    unlock: &'static AtomicUsize,
+    /// `SHARED` and `SYMMETRIC` (the domain uses full fences).
+    flags: u8,
+    _not_send: PhantomData<*mut ()>,
+}
+
+/// [`GlobalReadGuard::flags`]: the section is counted in the shared slot.
+#[cfg(not(mmun_loom))]
+const SHARED: u8 = 1;
+/// [`GlobalReadGuard::flags`]: fences B and C are full fences.
+#[cfg(not(mmun_loom))]
+const SYMMETRIC: u8 = 2;
+
+#[cfg(not(mmun_loom))]
+impl Drop for GlobalReadGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // As `SrcuReadGuard::drop`: fence C, then the unlock increment in
+        // the slot the lock went to.
+        reader_fence(self.flags & SYMMETRIC == 0);
+        if self.flags & SHARED == 0 {
+            // Only this thread writes its own slot, and the slot stays
+            // claimed while it has a section open (`Slot::open_sections`).
+            Slot::bump(self.unlock);
+        } else {
+            shared_unlock(self.unlock);
+        }
+    }
+}
+
+/// The unlock of a section counted in the shared fallback slot.
+#[cfg(not(mmun_loom))]
+#[cold]
+fn shared_unlock(unlock: &AtomicUsize) {
+    unlock.fetch_add(1, Ordering::Relaxed);
+    local::global_shared_exit();
+}
+
+/// Fence B or C for a domain whose mode is `asymmetric` (see
+/// `Inner::reader_fence`).
+#[inline(always)]
+fn reader_fence(asymmetric: bool) {
+    #[cfg(not(mmun_loom))]
+    if asymmetric {
+        crate::sync::atomic::compiler_fence(Ordering::SeqCst);
+        return;
+    }
+    let _ = asymmetric;
+    fence(Ordering::SeqCst);
+}
+
+/// A read section of the global domain ([`Srcu::read_lock_global`]); the
+/// same as [`SrcuReadGuard`] with the per-thread lookup resolved at compile
+/// time, for the dispatch path.
+#[cfg(mmun_loom)]
+#[must_use = "the read section ends when the guard is dropped"]
+pub(crate) struct GlobalReadGuard {
+    srcu: &'static Srcu,
     idx: usize,
     own: bool,
     _not_send: PhantomData<*mut ()>,
 }
 
-impl Drop for GlobalReadGuard<'_> {
+#[cfg(mmun_loom)]
+impl Drop for GlobalReadGuard {
     #[inline]
     fn drop(&mut self) {
         // As `SrcuReadGuard::drop`: fence C, then the unlock increment in
@@ -171,6 +251,20 @@ impl Drop for GlobalReadGuard<'_> {
         }
     }
 }
+
+/// The global domain's flip count (std backend; see [`Inner::flips`]). A
+/// static, so that a read section of the global domain loads it directly:
+/// reached through the domain, it was three dependent loads in front of the
+/// lock increment, the longest chain of a list notifier's dispatch.
+#[cfg(not(mmun_loom))]
+static GLOBAL_FLIPS: AtomicUsize = AtomicUsize::new(0);
+
+/// The global domain's `Inner::asymmetric` (std backend), for the same
+/// reason: stored once while `super::global()` initialises the domain,
+/// before any reader can reach it (readers get the domain from that
+/// `OnceLock`, whose initialisation happens before its `get` returns).
+#[cfg(not(mmun_loom))]
+static GLOBAL_ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 
 /// Source of domain identities; 0 means "no domain". std's atomic under
 /// both backends: an identity orders nothing, so loom need not see it (and
@@ -202,6 +296,11 @@ impl Srcu {
     }
 
     fn with(asymmetric: bool, is_global: bool) -> Self {
+        #[cfg(not(mmun_loom))]
+        if is_global {
+            // Relaxed: published with the domain (see `GLOBAL_ASYMMETRIC`).
+            GLOBAL_ASYMMETRIC.store(asymmetric, Ordering::Relaxed);
+        }
         Self {
             inner: Arc::new(Inner {
                 flips: AtomicUsize::new(0),
@@ -252,10 +351,57 @@ impl Srcu {
 
     /// [`Srcu::read_lock`] on the domain of [`super::global()`], known to
     /// be it at compile time: the per-thread state is the global domain's
-    /// own thread-local, without a lookup, in the lock and in the unlock.
+    /// own thread-local, without a lookup. The lock is this thread's slot
+    /// (one thread-local load) and its counter; no depth is counted
+    /// (`Slot::open_sections` tells it), and the guard keeps what its
+    /// unlock needs.
+    #[cfg(not(mmun_loom))]
     #[inline(always)]
-    pub(crate) fn read_lock_global(&self) -> GlobalReadGuard<'_> {
+    pub(crate) fn read_lock_global(&'static self) -> GlobalReadGuard {
         debug_assert!(self.inner.is_global, "read_lock_global on another domain");
+        // Relaxed: as in `enter`.
+        let idx = GLOBAL_FLIPS.load(Ordering::Relaxed) & 1;
+        let (slot, mut flags) = match local::global_slot() {
+            Some(slot) => {
+                slot.owner_lock(idx);
+                (slot, 0)
+            }
+            None => Self::global_lock_cold(&self.inner, idx),
+        };
+        // Relaxed: see `GLOBAL_ASYMMETRIC`.
+        let asymmetric = GLOBAL_ASYMMETRIC.load(Ordering::Relaxed);
+        // Fence B: as in `enter`.
+        reader_fence(asymmetric);
+        if !asymmetric {
+            flags |= SYMMETRIC;
+        }
+        GlobalReadGuard {
+            unlock: &slot.unlock[idx],
+            flags,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The lock of a thread without a slot yet: claims one, else counts
+    /// the section in the shared fallback slot (`SHARED`).
+    #[cfg(not(mmun_loom))]
+    #[cold]
+    fn global_lock_cold(inner: &'static Inner, idx: usize) -> (&'static Slot, u8) {
+        if local::global_enter(inner, idx) {
+            let slot = local::global_slot().expect("global_enter counted in a claimed slot");
+            (slot, 0)
+        } else {
+            // Counted in the shared slot (the thread-local counted it as a
+            // shared section), with an RMW since other threads write it.
+            inner.fallback.lock[idx].fetch_add(1, Ordering::Relaxed);
+            (&inner.fallback, SHARED)
+        }
+    }
+
+    /// [`Srcu::read_lock`] on the domain of [`super::global()`] (loom).
+    #[cfg(mmun_loom)]
+    #[inline(always)]
+    pub(crate) fn read_lock_global(&'static self) -> GlobalReadGuard {
         let (idx, own) = self.enter(local::global_enter);
         GlobalReadGuard {
             srcu: self,
@@ -274,7 +420,7 @@ impl Srcu {
         // picks (see "# Grace periods" in the module docs); the index only
         // steers new readers away from the counters being drained. It pairs
         // with nothing.
-        let idx = inner.flips.load(Ordering::Relaxed) & 1;
+        let idx = inner.flips().load(Ordering::Relaxed) & 1;
         // The lock increment; relaxed, ordered before the section's accesses
         // by fence B below.
         let own = enter(inner, idx);
@@ -371,6 +517,18 @@ impl Srcu {
 }
 
 impl Inner {
+    /// The flip count: `GLOBAL_FLIPS` for the global domain (std), the
+    /// domain's own otherwise. There is one global domain per process
+    /// (`super::global()` creates it once), so the static is its alone.
+    #[inline(always)]
+    pub(super) fn flips(&self) -> &AtomicUsize {
+        #[cfg(not(mmun_loom))]
+        if self.is_global {
+            return &GLOBAL_FLIPS;
+        }
+        &self.flips
+    }
+
     /// Fence B or C: the reader's half of the fence pairs (see "# Fences"
     /// in the module docs). With `membarrier(2)` a compiler fence suffices:
     /// it keeps the compiler from moving the section's accesses across the
@@ -378,12 +536,7 @@ impl Inner {
     /// ordering hold at the moments it matters. Without, a full fence.
     #[inline(always)]
     fn reader_fence(&self) {
-        #[cfg(not(mmun_loom))]
-        if self.asymmetric {
-            crate::sync::atomic::compiler_fence(Ordering::SeqCst);
-            return;
-        }
-        fence(Ordering::SeqCst);
+        reader_fence(self.asymmetric);
     }
 
     /// Fence A: the updater's half, between the two sums of a scan.
@@ -551,7 +704,7 @@ impl Inner {
         // by the `gp_running` turn: the previous grace period's flip precedes
         // its release of the turn under `gp_running`'s lock, which our
         // acquisition of that lock orders before this load.
-        let flips = self.flips.load(Ordering::Relaxed);
+        let flips = self.flips().load(Ordering::Relaxed);
         let cur = flips & 1;
         // Phase 1: drain the index readers are NOT using now. Its only
         // readers are ones that loaded the index before the previous flip and
@@ -562,7 +715,7 @@ impl Inner {
         // reader sees. It is sequenced after phase 1's fence A, so a reader
         // that loads the new index and then runs its fence B also sees
         // everything the caller did before this grace period.
-        self.flips.store(flips.wrapping_add(1), Ordering::Relaxed);
+        self.flips().store(flips.wrapping_add(1), Ordering::Relaxed);
         // Phase 2: drain the index that was current; with the flip done only
         // a bounded number of stragglers (readers that loaded the old index
         // just before the flip) can still add to it, so this terminates.

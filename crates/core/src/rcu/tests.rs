@@ -100,7 +100,7 @@ mod std_tests {
                 }
             });
             entered_rx.recv().unwrap();
-            let flips_before = srcu.inner.flips.load(SeqCst);
+            let flips_before = srcu.inner.flips().load(SeqCst);
             let returned = Arc::new(AtomicBool::new(false));
             let updater = thread::spawn({
                 let (srcu, returned) = (srcu.clone(), returned.clone());
@@ -111,7 +111,7 @@ mod std_tests {
             });
             // Once the index has flipped, the grace period has started and
             // is waiting for A alone.
-            while srcu.inner.flips.load(SeqCst) == flips_before {
+            while srcu.inner.flips().load(SeqCst) == flips_before {
                 thread::sleep(Duration::from_millis(1));
             }
             // This reader began after synchronize(); it stays in its section
@@ -337,6 +337,81 @@ mod std_tests {
             assert!(global().in_read_section());
         }
         global().synchronize();
+    }
+
+    /// The dispatch path's guard counts no depth: the section is found
+    /// from the thread's slot itself (`Slot::open_sections`). It must
+    /// still count as a read section, nested or not, so that a grace period
+    /// asked for inside it panics instead of waiting for itself.
+    #[test]
+    fn global_dispatch_sections_count_as_read_sections() {
+        // Free slots, as registration leaves them: this thread claims one
+        // (without, its sections would go to the shared slot).
+        crate::rcu::prepare_global_readers();
+        assert!(!global().in_read_section());
+        drop(global().read_lock_global());
+        assert!(
+            crate::rcu::local::global_slot().is_some(),
+            "this thread claimed no slot"
+        );
+        let outer = global().read_lock_global();
+        assert!(global().in_read_section());
+        {
+            let _inner = global().read_lock_global();
+            let _generic = global().read_lock();
+            assert!(global().in_read_section());
+        }
+        assert!(global().in_read_section(), "the outer section ended early");
+        drop(outer);
+        assert!(!global().in_read_section());
+        let inside = std::panic::catch_unwind(|| {
+            let _guard = global().read_lock_global();
+            global().synchronize();
+        });
+        assert!(
+            inside.is_err(),
+            "synchronize inside a dispatch section did not panic"
+        );
+        // The unwinding guard ended its section: grace periods finish.
+        assert!(!global().in_read_section());
+        global().synchronize();
+    }
+
+    /// A grace period waits for a dispatch-path section of another thread,
+    /// and ends once it is over.
+    #[test]
+    fn a_grace_period_waits_for_a_dispatch_section() {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        crate::rcu::prepare_global_readers();
+        let reader = thread::spawn(move || {
+            // The first section claims the thread's slot; the second is
+            // the fast path every later dispatch takes.
+            drop(global().read_lock_global());
+            assert!(crate::rcu::local::global_slot().is_some());
+            let guard = global().read_lock_global();
+            entered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            drop(guard);
+        });
+        entered_rx.recv().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let updater = thread::spawn({
+            let done = done.clone();
+            move || {
+                global().synchronize();
+                done.store(true, SeqCst);
+            }
+        });
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            !done.load(SeqCst),
+            "the grace period ignored a dispatch section"
+        );
+        release_tx.send(()).unwrap();
+        reader.join().unwrap();
+        updater.join().unwrap();
+        assert!(done.load(SeqCst));
     }
 
     #[test]

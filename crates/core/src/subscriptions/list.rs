@@ -90,6 +90,7 @@ impl std::ops::Deref for Hlist<'_> {
 }
 
 impl<'s> Hlist<'s> {
+    #[inline(always)]
     fn may_be_nonempty(self) -> bool {
         // Pairs with the Release store in `publish_list`.
         self.has_list.load(Ordering::Acquire)
@@ -195,6 +196,8 @@ impl<'s> Hlist<'s> {
     /// The WARNs of a failed start. (Linux also `pr_info`s every failure;
     /// not here: a refusal of a non-blockable range is normal operation on
     /// the hook-safe path, and logging may allocate.)
+    #[cold]
+    #[inline(never)]
     fn warn_failed_start(self, range: &Range<'_>, entry: &ListEntry) {
         if range.is_blockable() {
             self.warn(Warning::StartFailedBlockable);
@@ -206,7 +209,7 @@ impl<'s> Hlist<'s> {
 
     /// `mn_hlist_invalidate_end`: `invalidate_range` (unless `only_end`),
     /// then `invalidate_range_end`, per notifier.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn invalidate_range_end(self, range: &Range<'_>, only_end: bool) {
         if !self.may_be_nonempty() {
             return;
@@ -302,13 +305,21 @@ impl<'s> Hlist<'s> {
 fn end_all(list: &[ListEntry], range: &Range<'_>, only_end: bool) {
     for entry in list {
         if !only_end && entry.has(caps::INVALIDATE_RANGE) {
-            let _atomic = NonBlock::enter(true);
-            entry.invalidate_range(range.mm(), range.start(), range.end());
+            invalidate_range_in_end(entry, range);
         }
         // `end` does nothing without an end callback: no caps test.
         let _non_block = NonBlock::enter(!range.is_blockable());
         entry.end(range);
     }
+}
+
+/// An entry's `invalidate_range` from the end's walk, out of line: inlined,
+/// the walk loaded the range's fields for it before every end, whether or
+/// not any entry has the callback.
+#[inline(never)]
+fn invalidate_range_in_end(entry: &ListEntry, range: &Range<'_>) {
+    let _atomic = NonBlock::enter(true);
+    entry.invalidate_range(range.mm(), range.start(), range.end());
 }
 
 /// Ends `range` on every entry of `list` whose start is done: the first
@@ -355,12 +366,29 @@ struct StartUnwind<'a, 'r, 't> {
 }
 
 impl Drop for StartUnwind<'_, '_, '_> {
+    // Inline, with the unwinding itself out of line: then the guard's fields
+    // stay in registers on the path that returns (an outlined drop takes
+    // the guard's address, and the start loop stored every field and every
+    // `started` to the stack).
+    #[inline(always)]
     fn drop(&mut self) {
         if self.armed {
-            if let Some(tree) = self.tree.as_deref_mut() {
-                tree.close();
-            }
-            end_each(self.list, self.range, false, self.started);
+            unwind_start(self.tree.take(), self.list, self.range, self.started);
         }
     }
+}
+
+/// What [`StartUnwind`] does when armed.
+#[cold]
+#[inline(never)]
+fn unwind_start(
+    tree: Option<&mut super::ItreeCount<'_>>,
+    list: &[ListEntry],
+    range: &Range<'_>,
+    started: usize,
+) {
+    if let Some(tree) = tree {
+        tree.close();
+    }
+    end_each(list, range, false, started);
 }

@@ -20,20 +20,25 @@ use crate::sync::atomic::{AtomicPtr, Ordering};
 pub(crate) struct SrcuPtr<T: Send + Sync + 'static> {
     /// Always the result of `Box::into_raw`; never null.
     ptr: AtomicPtr<T>,
+    /// `rcu::global()`, looked up once (its `OnceLock` test was a cost
+    /// per section): for `call`, and for the read side's cold path (the
+    /// fast path reads the global domain's statics).
+    domain: &'static rcu::Srcu,
 }
 
 impl<T: Send + Sync + 'static> SrcuPtr<T> {
     pub(crate) fn new(value: T) -> Self {
         SrcuPtr {
             ptr: AtomicPtr::new(Box::into_raw(Box::new(value))),
+            domain: rcu::global(),
         }
     }
 
     /// Runs `f` on the current value inside a read section of the global
     /// SRCU domain; the section lasts until `f` returns.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        let _section = rcu::global().read_lock_global();
+        let _section = self.domain.read_lock_global();
         // Acquire: pairs with the Release half of the swap in `replace`, so
         // the snapshot's contents are visible.
         let ptr = self.ptr.load(Ordering::Acquire);
@@ -56,7 +61,7 @@ impl<T: Send + Sync + 'static> SrcuPtr<T> {
         // Acquire makes the old value's contents ours to drop.
         let old = self.ptr.swap(new, Ordering::AcqRel);
         let old = Retired(old);
-        rcu::global().call(Box::new(move || drop(old)));
+        self.domain.call(Box::new(move || drop(old)));
     }
 }
 
