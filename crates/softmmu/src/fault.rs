@@ -126,8 +126,12 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
         if !write || huge.is_write() {
             return Ok(());
         }
-        if huge.is_special() && huge_memory::huge_zero_wp(ctx, vma, addr) {
-            return Ok(());
+        if huge.is_special() {
+            match huge_memory::huge_zero_wp(ctx, vma, addr) {
+                huge_memory::ZeroWp::Done => return Ok(()),
+                huge_memory::ZeroWp::Retry => return fault_in_vma(ctx, vma, addr, write),
+                huge_memory::ZeroWp::Fallback => {}
+            }
         }
         // wp_huge_pmd: a page-cache PMD is split (write-notify and COW
         // happen on the PTE level).
@@ -291,13 +295,21 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
     let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
     ctx.mem.copy_page(old.pfn(), new_pfn);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
+    // The page-table lock was dropped for the start: `pte_same` under it,
+    // or the fault starts over from what is there now (the CPU retries
+    // the access).
+    if ctx.st.pt.pte(addr) != old {
+        ctx.end(inv);
+        ctx.mem.put(new_pfn);
+        return pte_fault(ctx, &vma, addr, true);
+    }
     let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
     let slot_old = inv.ptep_clear_flush_notify(addr, || old);
     inv.set_pte_at_notify(addr, new.raw(), |_| ());
     ctx.mem.map_pte(new_pfn, ctx.id);
     ctx.mem.touch_write(new_pfn);
     *ctx.st.pt.pte_alloc(addr) = new;
-    inv.only_end();
+    ctx.only_end(inv);
     crate::zap::release_pte(ctx.mem, ctx.id, slot_old);
     Ok(())
 }
@@ -311,10 +323,16 @@ fn remove_device_exclusive_entry<L: HeldMmLock>(
     entry: Pte,
 ) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
+    // Found again under the lock: another CPU access may have restored it
+    // (the caller's fault then goes on with whatever is there).
+    if ctx.st.pt.pte(addr) != entry {
+        ctx.end(inv);
+        return;
+    }
     let restored = restore_exclusive_pte(ctx, vma, entry);
     ctx.mem.map_pte(entry.pfn(), ctx.id);
     *ctx.st.pt.pte_alloc(addr) = restored;
-    inv.end();
+    ctx.end(inv);
 }
 
 /// `restore_exclusive_pte` (6.15+): the present entry is rebuilt from the

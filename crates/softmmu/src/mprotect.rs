@@ -178,7 +178,7 @@ fn change_pud_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, 
         addr = next;
     }
     if let Some(inv) = inv {
-        inv.end();
+        ctx.end(inv);
     }
 }
 
