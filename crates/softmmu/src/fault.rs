@@ -160,6 +160,13 @@ fn reuse_huge<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64, huge: Pte) -> boo
 
 fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: bool) -> SysResult {
     let addr = align_down(addr, PAGE_SIZE);
+    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_))) {
+        // The page-table lock was dropped for a start on the way here (a
+        // PMD split, a COW, a device page coming back) and a huge fault
+        // beside this one filled the PMD: `pte_offset_map_lock` finds no
+        // table, and the fault starts over at the PMD level.
+        return fault_in_vma(ctx, vma, addr, write);
+    }
     let pte = ctx.st.pt.pte(addr);
     if pte.is_none() {
         return fill_empty(ctx, vma, addr, write);

@@ -478,3 +478,105 @@ fn reclaim_ages_the_huge_pmd_as_it_is_after_an_earlier_folios_start() {
     assert_eq!(seen, [(Event::Clear, Answer::Got(Ok(())))]);
     assert_eq!(space.translate_frame(B + M2), None);
 }
+
+/// What [`BESIDE_A_SPLIT`] does beside the fault that splits a huge PMD.
+struct Beside {
+    space: Mutex<Option<Arc<AddressSpace>>>,
+    /// The faulting thread: callbacks of the other thread's own
+    /// invalidations do nothing.
+    faulter: std::thread::ThreadId,
+    /// How many of the faulter's callbacks ran (start, then end).
+    steps: std::sync::atomic::AtomicU32,
+}
+
+impl Beside {
+    fn run_beside(&self, what: impl FnOnce(&AddressSpace) + Send + 'static) {
+        let space = Arc::clone(self.space.lock().as_ref().expect("armed"));
+        std::thread::spawn(move || what(&space))
+            .join()
+            .expect("the operation beside the fault panicked");
+    }
+}
+
+fn beside_start(b: &Beside, range: &Range<'_>) {
+    const M2: u64 = 0x20_0000;
+    if std::thread::current().id() == b.faulter
+        && range.event() == Event::Clear
+        && b.steps.fetch_add(1, Ordering::SeqCst) == 0
+    {
+        // Inside the split's start: the huge page goes (a zap under the
+        // mmap lock for read, as the fault holds it).
+        b.run_beside(|s| s.madvise(B, M2, Advice::DontNeed).expect("madvise"));
+    }
+}
+
+fn beside_end(b: &Beside, range: &Range<'_>) {
+    if std::thread::current().id() == b.faulter
+        && range.event() == Event::Clear
+        && b.steps.fetch_add(1, Ordering::SeqCst) == 1
+    {
+        // Inside the split's end: a fault beside this one fills the empty
+        // PMD with a new huge page.
+        b.run_beside(|s| s.access(B, true).expect("huge fault"));
+    }
+}
+
+static BESIDE_A_SPLIT: mmun_core::NotifierOps<Beside> = mmun_core::NotifierOps {
+    invalidate_range_start: Some(mmun_core::StartFn::Infallible(beside_start)),
+    invalidate_range_end: Some(beside_end),
+    ..mmun_core::NotifierOps::EMPTY
+};
+
+/// A write fault that splits a write-protected huge PMD drops the
+/// page-table lock for the split's start and end; a zap and a huge fault
+/// beside it can leave a new huge PMD where the split left nothing. The
+/// fault must find the PMD again (`pte_offset_map_lock` fails on a huge
+/// PMD and the fault starts over) rather than look for a PTE table there.
+#[test]
+fn a_fault_finds_the_pmd_again_after_a_huge_fault_beside_its_split() {
+    const M2: u64 = 0x20_0000;
+    let space = Arc::new(AddressSpace::with_config(
+        Arc::new(Memory::new()),
+        Config {
+            thp: ThpMode::Always,
+            thp_zero_page: true,
+        },
+    ));
+    notify_log::map(&space, B, M2, Prot::RW);
+    space.access(B, true).expect("huge fault");
+    let child = space.fork();
+    let shared = space.translate_frame(B).expect("mapped");
+    let notifier = mmun_core::Notifier::register(
+        space.mm(),
+        &BESIDE_A_SPLIT,
+        Beside {
+            space: Mutex::new(Some(Arc::clone(&space))),
+            faulter: std::thread::current().id(),
+            steps: std::sync::atomic::AtomicU32::new(0),
+        },
+    )
+    .expect("notifier");
+    space.access(B + P, true).expect("write fault");
+    assert_eq!(
+        notifier.steps.load(Ordering::SeqCst),
+        2,
+        "the split ran both windows"
+    );
+    notifier.space.lock().take();
+    notifier.unregister();
+    let now = space.translate_frame(B + P).expect("mapped");
+    assert!(now.writable && now.pfn != shared.pfn + 1, "{now:?}");
+    let head = space.memory().frame(now.pfn - 1);
+    assert_eq!(
+        (head.order, head.pmd_mapcount),
+        (9, 1),
+        "the huge page faulted beside: {head:?}"
+    );
+    assert_eq!(
+        child.translate_frame(B),
+        Some(Translation {
+            writable: false,
+            ..shared
+        })
+    );
+}
