@@ -366,11 +366,11 @@ impl AddressSpace {
         if holder != Some(device) {
             return None;
         }
-        let vma_writable = st
-            .vmas
-            .lookup(addr)
-            .is_some_and(|v| v.flags.contains(crate::VmFlags::WRITE));
-        let writable = pte.swap_was_writable() && vma_writable;
+        // The entry alone says what the device may do: `mprotect` takes
+        // write away inside its range, after the device was told. (Asking
+        // the VMA instead would revoke it before the notifier ran: the VMA
+        // changes before the start, which drops the page-table lock.)
+        let writable = pte.swap_was_writable();
         Some(DeviceView {
             translation: self.frame_life(pte.pfn(), writable),
             exclusive: !device_private,

@@ -580,3 +580,46 @@ fn a_fault_finds_the_pmd_again_after_a_huge_fault_beside_its_split() {
         })
     );
 }
+
+/// `mprotect(PROT_READ)` changes the VMA before its `ProtectionVma` start,
+/// which drops the page-table lock: a device holding a page exclusively may
+/// write it until it is told, so what the primary grants it (its device
+/// view, which the coherence oracle checks uses against) must change only
+/// inside the range, with the entry, not with the VMA. Afterwards the
+/// device may only read.
+#[test]
+fn an_exclusive_page_stays_writable_for_its_device_until_mprotect_tells_it() {
+    let space = fresh();
+    anon(&space, B, 2);
+    let owner = mmun_core::Owner::unique();
+    space
+        .make_device_exclusive(B + P, owner)
+        .expect("exclusive");
+    let writable_for_device = move |s: &AddressSpace| {
+        s.device_view(B + P, Some(owner))
+            .map(|v| v.translation.writable)
+    };
+    let seen = while_parked(
+        &space,
+        B,
+        B + 2 * P,
+        |s| {
+            s.mprotect(
+                B,
+                2 * P,
+                Prot {
+                    read: true,
+                    ..Prot::NONE
+                },
+            )
+            .expect("mprotect")
+        },
+        writable_for_device,
+    );
+    assert_eq!(
+        seen,
+        [(Event::ProtectionVma, Answer::Got(Some(true)))],
+        "inside the start, before the update"
+    );
+    assert_eq!(writable_for_device(&space), Some(false), "after the update");
+}
