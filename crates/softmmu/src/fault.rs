@@ -183,7 +183,14 @@ fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: b
     if write && !pte.is_write() {
         return do_wp_page(ctx, vma, addr, pte);
     }
-    *ctx.st.pt.pte_alloc(addr) = pte.with_young(true);
+    // The access sets the accessed bit, and a write the dirty bit, as the
+    // CPU's page walk does (a page `MADV_FREE` cleaned is dirty again).
+    let touched = pte.with_young(true);
+    *ctx.st.pt.pte_alloc(addr) = if write {
+        touched.with_dirty(true)
+    } else {
+        touched
+    };
     Ok(())
 }
 

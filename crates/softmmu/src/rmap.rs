@@ -113,8 +113,7 @@ impl AddressSpace {
             let mut reclaimed = 0;
             for folio in &folios {
                 let referenced = age_one(ctx, folio, true);
-                if !referenced && reclaimable(ctx, folio) {
-                    unmap_one(ctx, folio);
+                if !referenced && reclaimable(ctx, folio) && unmap_one(ctx, folio) {
                     reclaimed += 1;
                 }
             }
@@ -175,20 +174,29 @@ fn reclaimable<L: HeldMmLock>(ctx: &Ctx<'_, L>, folio: &Mapped) -> bool {
 
 /// `try_to_unmap_one`: `Clear` over the folio, the entry cleared and the
 /// secondary TLBs flushed per PTE (v6.5 `invalidate_range`), then the
-/// folio is dropped.
-fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
+/// folio is dropped. Returns whether it was (the entry found again).
+fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
     let inv = ctx.start(Event::Clear, folio.start, folio.end);
     // `page_vma_mapped_walk` finds the entry again under the PTL, taken
     // after the start: it is unmapped only if it still maps the folio.
+    // A lazily freed page written since the walk looked (its entry dirty
+    // again) is kept, as `try_to_unmap_one` re-checks the dirty bit under
+    // the PTL.
+    let written_since =
+        |slot: &Pte| slot.is_dirty() && ctx.mem.frame(slot.pfn()).kind == FrameKind::Anon;
     if let Some(slot) = ctx.st.pt.pte_mut(folio.start)
         && slot.is_present()
         && slot.pfn() == folio.entry.pfn()
+        && !written_since(slot)
     {
         let old = std::mem::replace(slot, Pte::NONE);
         inv.invalidate_range(folio.start, folio.start + PAGE_SIZE);
         release_pte(ctx.mem, ctx.id, old);
+        ctx.end(inv);
+        return true;
     }
     ctx.end(inv);
+    false
 }
 
 /// `try_to_migrate_one` + `remove_migration_ptes`. The destination is

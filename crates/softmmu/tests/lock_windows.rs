@@ -623,3 +623,28 @@ fn an_exclusive_page_stays_writable_for_its_device_until_mprotect_tells_it() {
     );
     assert_eq!(writable_for_device(&space), Some(false), "after the update");
 }
+
+/// Reclaim decides from its walk that a page `MADV_FREE` cleaned may be
+/// dropped, then starts its `Clear`, which drops the page-table lock; a
+/// write in that window dirties the page again, and reclaim must find that
+/// under the lock (`try_to_unmap_one` re-checks the dirty bit) and keep it.
+#[test]
+fn reclaim_keeps_a_lazily_freed_page_written_inside_its_window() {
+    let space = fresh();
+    anon(&space, B, 1);
+    space.madvise(B, P, Advice::Free).expect("MADV_FREE");
+    let page = space.translate_frame(B).expect("mapped");
+    let seen = while_parked(
+        &space,
+        B,
+        B + P,
+        |s| assert_eq!(s.reclaim(B, B + P), 0, "nothing reclaimed"),
+        |s| s.access(B, true),
+    );
+    assert_eq!(seen, [(Event::Clear, Answer::Got(Ok(())))]);
+    assert_eq!(
+        space.translate_frame(B),
+        Some(page),
+        "the page written after the walk is kept"
+    );
+}
