@@ -16,13 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mmun_core::{IntervalNotifier, IntervalNotifierOps, IntervalSub, Owner, Range, Seq};
-use mmun_softmmu::{AddressSpace, Advice, Config, Memory, Prot, ThpMode};
+use mmun_softmmu::shmem::ShmemObject;
+use mmun_softmmu::{AddressSpace, Advice, Config, MapRequest, Memory, Prot, ThpMode};
 
 const B: u64 = 0x3000_0000_0000;
 const P: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
 /// Two huge-page blocks.
 const LEN: u64 = 2 * M2;
+/// The memfd's size, in the second block.
+const MEMFD: u64 = 32 * P;
 
 /// Parks the `park_at`-th callback (counting from 1) until the test thread
 /// says go.
@@ -62,6 +65,11 @@ enum Setup {
     HugeForked,
     /// Split huge pages shared with a fork child.
     SplitForked,
+    /// A huge page, then a memfd mapped shared and privately in the second
+    /// block, its pages cached and mapped (the private half read only).
+    Memfd,
+    /// The same, shared with a fork child.
+    MemfdForked,
 }
 
 /// The operation parked in its callback.
@@ -73,6 +81,7 @@ enum Parked {
     Fault(u64, bool),
     Ksm(u64, u64),
     Exclusive(u64),
+    OomReap,
 }
 
 /// What the other thread does meanwhile.
@@ -92,6 +101,7 @@ enum Beside {
     /// only the rmap lock, and after the others.
     UnmapAndMapAgain(u64, u64),
     Fork,
+    OomReap,
 }
 
 fn run_parked(space: &AddressSpace, op: Parked) {
@@ -113,6 +123,10 @@ fn run_parked(space: &AddressSpace, op: Parked) {
         Parked::Exclusive(at) => space
             .make_device_exclusive(B + at, Owner::unique())
             .map(drop),
+        Parked::OomReap => {
+            space.oom_reap_once();
+            Ok(())
+        }
     };
 }
 
@@ -157,6 +171,10 @@ fn run_beside(space: &AddressSpace, child: &Mutex<Option<AddressSpace>>, op: Bes
             notify_log::map(space, B + at, len, Prot::RW);
             Ok(())
         }
+        Beside::OomReap => {
+            space.oom_reap_once();
+            Ok(())
+        }
         Beside::Fork => {
             let forked = space.fork();
             if let Some(old) = child.lock().unwrap().replace(forked) {
@@ -178,9 +196,8 @@ fn set_up(setup: Setup) -> (Arc<Memory>, Arc<AddressSpace>, Option<AddressSpace>
             thp_zero_page: true,
         },
     ));
-    notify_log::map(&space, B, LEN, Prot::RW);
+    notify_log::map(&space, B, M2, Prot::RW);
     space.access(B, true).expect("huge fault");
-    space.access(B + M2, true).expect("huge fault");
     if matches!(setup, Setup::Split | Setup::SplitForked) {
         // A protection change over part of the block splits its PMD; the
         // folio stays whole, mapped by PTEs.
@@ -191,8 +208,40 @@ fn set_up(setup: Setup) -> (Arc<Memory>, Arc<AddressSpace>, Option<AddressSpace>
         space.mprotect(B + 8 * P, P, ro).expect("mprotect");
         space.mprotect(B + 8 * P, P, Prot::RW).expect("mprotect");
     }
-    let child = matches!(setup, Setup::HugeForked | Setup::SplitForked).then(|| space.fork());
+    if matches!(setup, Setup::Memfd | Setup::MemfdForked) {
+        map_memfd(&memory, &space);
+    } else {
+        notify_log::map(&space, B + M2, M2, Prot::RW);
+        space.access(B + M2, true).expect("huge fault");
+    }
+    let forked = matches!(
+        setup,
+        Setup::HugeForked | Setup::SplitForked | Setup::MemfdForked
+    );
+    let child = forked.then(|| space.fork());
     (memory, space, child, baseline)
+}
+
+/// The second block becomes a memfd of 32 pages mapped shared, then the
+/// same pages mapped privately, all touched (shared ones written).
+fn map_memfd(memory: &Arc<Memory>, space: &AddressSpace) {
+    let object = Arc::new(ShmemObject::new(Arc::clone(memory), MEMFD));
+    for (at, shared) in [(B + M2, true), (B + M2 + MEMFD, false)] {
+        space
+            .mmap(MapRequest {
+                addr: at,
+                len: MEMFD,
+                prot: Prot::RW,
+                shared,
+                object: Some(Arc::clone(&object)),
+                fixed: true,
+                ..MapRequest::default()
+            })
+            .expect("memfd mmap");
+        for page in (0..MEMFD).step_by(P as usize) {
+            space.access(at + page, shared).expect("memfd fault");
+        }
+    }
 }
 
 /// One case: returns whether the operation reached its `park_at`-th
@@ -254,6 +303,10 @@ const PARKED: &[Parked] = &[
     Parked::Fault(5 * P, true),
     Parked::Ksm(0, 16 * P),
     Parked::Exclusive(6 * P),
+    Parked::Advise(Advice::PageOut, M2, 2 * MEMFD),
+    Parked::Reclaim(M2, 2 * MEMFD),
+    Parked::Fault(M2 + MEMFD + 3 * P, true),
+    Parked::OomReap,
 ];
 
 const BESIDE: &[Beside] = &[
@@ -275,6 +328,12 @@ const BESIDE: &[Beside] = &[
     Beside::Ksm(0, 16 * P),
     Beside::UnmapAndMapAgain(4 * P, 4 * P),
     Beside::Fork,
+    Beside::Fault(M2 + 3 * P, true),
+    Beside::Fault(M2 + MEMFD + 3 * P, true),
+    Beside::Advise(Advice::PageOut, M2, 2 * MEMFD),
+    Beside::Advise(Advice::DontNeed, M2, 2 * MEMFD),
+    Beside::Reclaim(M2, 2 * MEMFD),
+    Beside::OomReap,
 ];
 
 /// Whether `beside` can run while `parked` waits: an operation that needs
@@ -296,6 +355,8 @@ fn every_window_of_these_operations_keeps_the_frames_counted() {
         Setup::Split,
         Setup::HugeForked,
         Setup::SplitForked,
+        Setup::Memfd,
+        Setup::MemfdForked,
     ];
     let mut cases = 0;
     for setup in setups {
