@@ -62,13 +62,15 @@ pub(crate) fn split_folio<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, head: 
     // this call (`MADV_DONTNEED` holds the mmap lock for read too) may
     // have freed the folio or mapped it elsewhere: Linux holds it by a
     // reference and its lock; here it is checked again, in the same life.
+    // The split itself checks its references again, in the same hold of
+    // the frame lock (a pin taken without the page-table lock, as GUP-fast
+    // takes one, may have come in between).
     let now = ctx.mem.frame(head);
     if now.serial != frame.serial || now.pmd_mapcount != 0 || !splittable(ctx, head) {
         return false;
     }
     let cached = matches!(frame.kind, FrameKind::File { .. });
-    ctx.mem.split_folio(head, ctx.id, cached);
-    true
+    ctx.mem.split_folio(head, ctx.id, cached)
 }
 
 /// Whether the folio headed by `head` may be split (see [`split_folio`]).
