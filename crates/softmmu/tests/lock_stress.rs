@@ -108,13 +108,20 @@ fn from_the_rmap(space: &AddressSpace, rng: &mut Rng) {
     }
 }
 
-/// Forks (the children share every page copy-on-write and exit later) and
-/// now and then unmaps and maps a piece again.
-fn with_the_write_lock(space: &AddressSpace, rng: &mut Rng, children: &mut Vec<AddressSpace>) {
+/// The forked children, which share the parent's pages copy-on-write.
+type Children = Arc<parking_lot::Mutex<Vec<Arc<AddressSpace>>>>;
+
+/// Forks (children exit later) and now and then unmaps and maps a piece
+/// again.
+fn with_the_write_lock(space: &AddressSpace, rng: &mut Rng, children: &Children) {
     match rng.below(8) {
-        0 if children.len() < 2 => children.push(space.fork()),
+        0 if children.lock().len() < 2 => {
+            let child = Arc::new(space.fork());
+            children.lock().push(child);
+        }
         1 => {
-            if let Some(child) = children.pop() {
+            let child = children.lock().pop();
+            if let Some(child) = child {
                 child.exit();
             }
         }
@@ -124,6 +131,27 @@ fn with_the_write_lock(space: &AddressSpace, rng: &mut Rng, children: &mut Vec<A
             notify_log::map(space, addr, len, Prot::RW);
         }
         _ => std::thread::yield_now(),
+    }
+}
+
+/// What a child does with the pages it shares: faults (a write copies),
+/// and the same advices, under its own locks, beside everything the parent
+/// does to the same frames.
+fn in_a_child(children: &Children, rng: &mut Rng) {
+    let child = {
+        let children = children.lock();
+        if children.is_empty() {
+            None
+        } else {
+            Some(Arc::clone(
+                &children[rng.below(children.len() as u64) as usize],
+            ))
+        }
+    };
+    match child {
+        Some(child) if rng.below(2) == 0 => fault(&child, rng),
+        Some(child) => advise(&child, rng),
+        None => std::thread::yield_now(),
     }
 }
 
@@ -143,21 +171,33 @@ fn hammer(seed: u64, iterations: u64) {
     let baseline = memory.allocated();
     let slow = IntervalNotifier::insert(space.mm(), B, LEN, Slow).expect("interval notifier");
     let stop = Arc::new(AtomicBool::new(false));
+    let children = Children::default();
     let others = [
         spawn_loop(&space, &stop, seed ^ 0x1111, fault),
         spawn_loop(&space, &stop, seed ^ 0x2222, advise),
         spawn_loop(&space, &stop, seed ^ 0x5555, advise),
         spawn_loop(&space, &stop, seed ^ 0x3333, from_the_rmap),
         {
-            let (space, stop) = (Arc::clone(&space), Arc::clone(&stop));
+            let (space, stop, children) =
+                (Arc::clone(&space), Arc::clone(&stop), Arc::clone(&children));
             std::thread::spawn(move || {
                 let mut rng = Rng(seed ^ 0x4444);
-                let mut children = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    with_the_write_lock(&space, &mut rng, &mut children);
+                    with_the_write_lock(&space, &mut rng, &children);
                 }
-                children.iter().for_each(AddressSpace::exit);
                 0
+            })
+        },
+        {
+            let (stop, children) = (Arc::clone(&stop), Arc::clone(&children));
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed ^ 0x6666);
+                let mut steps = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    in_a_child(&children, &mut rng);
+                    steps += 1;
+                }
+                steps
             })
         },
     ];
@@ -170,6 +210,7 @@ fn hammer(seed: u64, iterations: u64) {
         .into_iter()
         .map(|t| t.join().expect("a hammering thread panicked"))
         .collect();
+    children.lock().drain(..).for_each(|child| child.exit());
     assert!(
         steps[1..4].iter().all(|&n| n > 0),
         "every thread beside the faults ran (advice, advice, rmap): {steps:?}"
