@@ -3,22 +3,42 @@
 //!
 //! # Locking
 //!
-//! Operations take the core `Mm`'s mmap lock (write for layout changes,
-//! read for faults), then `state`, which stands for the page-table locks
-//! and the VMA tree. Invalidations are started while both are held, so
-//! secondary MMUs must not call back into this address space from their
-//! callbacks (Linux forbids the same: a callback may not take the mmap lock
-//! or fault pages in). Their fault paths walk the primary before taking
-//! their own lock, as the retry protocol prescribes. The file side of the
-//! reverse map (`i_mmap`: a hole punch, a shmem collapse) runs with none of
-//! a caller's locks held and takes each mapping address space's rmap
-//! stand-in, then its state, one address space at a time.
+//! Operations take the core `Mm`'s mmap lock — for write to change the
+//! layout (`mmap`, `munmap`, `mprotect`, `mremap`, `fork`, the flag
+//! advices, `MADV_COLLAPSE`; device migration too, see
+//! `migrate_device.rs`), for read to fault, zap or split within it
+//! (faults, `MADV_DONTNEED`/`FREE`/`COLD`/`PAGEOUT`/`POPULATE_*`, KSM, the
+//! OOM reaper) — or only the rmap stand-in (migration,
+//! aging, reclaim, the file side's `i_mmap` walks). Then `state`, the
+//! page-table lock. The VMA tree lives in `state` too, but it is the mmap
+//! lock that keeps it still: it changes only under the write side (plus a
+//! VMA's anon_vma, set under `state` by a fault as `anon_vma_prepare` does
+//! under the anon_vma lock), so an operation may keep a copy of a VMA
+//! across a dropped `state`, the anon_vma excepted.
+//!
+//! Notifier callbacks never run under `state`: [`Ctx::start`] drops it for
+//! `invalidate_range_start` and takes it again, as Linux starts before
+//! `pte_offset_map_lock`, and [`Ctx::end`] drops it for the end, as Linux
+//! ends after `pte_unmap_unlock`. So walkers (`translate`, `device_view`,
+//! the secondaries' faults, which take `state` alone as GUP-fast and the
+//! per-table step of `hmm_range_fault` do) and operations under the read
+//! side can run between a start and the update, and every entry read
+//! before a start is read again after it (`pte_same`).
+//!
+//! Secondary MMUs must still not call back into this address space from
+//! their callbacks (Linux forbids the same: a callback may not take the
+//! mmap lock or fault pages in). The file side of the reverse map (a hole
+//! punch, a shmem collapse) runs with none of a caller's locks held and
+//! takes each mapping address space's rmap stand-in, then its state, one
+//! address space at a time.
 
 use std::fmt;
 use std::sync::Arc;
 
 use mmun_core::{Event, HeldMmLock, Invalidation, Mm, Owner, Range};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
+
+use crate::page_table_lock::{self as ptl, PtlGuard};
 
 use crate::frame::Memory;
 use crate::page_table::PageTable;
@@ -145,28 +165,26 @@ pub(crate) struct Ctx<'a, L: HeldMmLock> {
     pub(crate) mm: &'a Mm,
     pub(crate) mem: &'a Arc<Memory>,
     pub(crate) config: &'a Config,
-    pub(crate) st: MutexGuard<'a, State>,
+    pub(crate) st: PtlGuard<'a, State>,
 }
 
 impl<'a, L: HeldMmLock> Ctx<'a, L> {
     /// `mmu_notifier_invalidate_range_start` of a plain (owner-less) range.
-    pub(crate) fn start(&self, event: Event, start: u64, end: u64) -> Invalidation<'a> {
-        Invalidation::start(Range::new(self.lock, event, start, end))
-    }
-
-    /// Lets other threads take the page-table lock once, handing it to a
-    /// waiter if there is one. Linux calls `invalidate_range_start` before
-    /// it takes the PTL for the update, so a concurrent walker
-    /// (`hmm_range_fault`, GUP) can still read the old entry after the
-    /// secondaries were told; this opens that window here. Whatever was
-    /// read from the page tables before must be checked again after.
-    pub(crate) fn page_table_lock_window(&mut self) {
-        MutexGuard::unlocked_fair(&mut self.st, || {});
+    ///
+    /// Linux calls the start before it takes the page-table lock for the
+    /// update, so the callbacks run here with `st` dropped and taken again
+    /// after they return. Meanwhile walkers (`translate`, `device_view`,
+    /// the secondaries' faults) and operations that hold the mmap lock for
+    /// read, or only the rmap stand-in, may read or change the page
+    /// tables: whatever the caller read from `st` before the start must be
+    /// read again after it.
+    pub(crate) fn start(&mut self, event: Event, start: u64, end: u64) -> Invalidation<'a> {
+        self.start_owner(event, start, end, None)
     }
 
     /// The same with an owner (`range_init_owner`).
     pub(crate) fn start_owner(
-        &self,
+        &mut self,
         event: Event,
         start: u64,
         end: u64,
@@ -177,7 +195,31 @@ impl<'a, L: HeldMmLock> Ctx<'a, L> {
             Some(o) => range.with_owner(o),
             None => range,
         };
-        Invalidation::start(range)
+        self.st.unlocked(|| Invalidation::start(range))
+    }
+
+    /// `mmu_notifier_invalidate_range_start_nonblock` (the OOM reaper),
+    /// outside the page-table lock as [`Ctx::start`].
+    pub(crate) fn start_nonblock(
+        &mut self,
+        event: Event,
+        start: u64,
+        end: u64,
+    ) -> Result<Invalidation<'a>, mmun_core::WouldBlock> {
+        let range = Range::new(self.lock, event, start, end);
+        self.st.unlocked(|| Invalidation::start_nonblock(range))
+    }
+
+    /// `mmu_notifier_invalidate_range_end`, run after the page-table lock
+    /// is dropped (Linux ends once `pte_unmap_unlock` is done); `st` is
+    /// taken again for whatever the operation does next.
+    pub(crate) fn end(&mut self, inv: Invalidation<'_>) {
+        self.st.unlocked(|| inv.end());
+    }
+
+    /// `mmu_notifier_invalidate_range_only_end`, likewise outside the lock.
+    pub(crate) fn only_end(&mut self, inv: Invalidation<'_>) {
+        self.st.unlocked(|| inv.only_end());
     }
 }
 
@@ -185,12 +227,12 @@ impl AddressSpace {
     /// Sets `vm.max_map_count` for this address space (default
     /// [`DEFAULT_MAX_MAP_COUNT`]); a fork's child inherits it.
     pub fn set_max_map_count(&self, max: usize) {
-        self.inner.state.lock().max_map_count = max;
+        ptl::lock(&self.inner.state).max_map_count = max;
     }
 
     /// `vm.max_map_count` as this address space applies it.
     pub fn max_map_count(&self) -> usize {
-        self.inner.state.lock().max_map_count
+        ptl::lock(&self.inner.state).max_map_count
     }
 
     /// An empty, live address space using `memory` for its frames.
@@ -239,12 +281,12 @@ impl AddressSpace {
 
     /// A snapshot of the VMAs.
     pub fn vmas(&self) -> Vec<crate::Vma> {
-        self.inner.state.lock().vmas.iter().cloned().collect()
+        ptl::lock(&self.inner.state).vmas.iter().cloned().collect()
     }
 
     /// The PTE mapping `addr` (none if unmapped or mapped by a huge entry).
     pub fn pte(&self, addr: u64) -> crate::page_table::Pte {
-        self.inner.state.lock().pt.pte(addr)
+        ptl::lock(&self.inner.state).pt.pte(addr)
     }
 
     /// What a CPU access to `addr` would reach: the frame and whether it
@@ -252,7 +294,7 @@ impl AddressSpace {
     /// the entry is inaccessible (PROT_NONE): a secondary MMU mirroring the
     /// primary must not map it either.
     pub fn translate(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
-        let st = self.inner.state.lock();
+        let st = ptl::lock(&self.inner.state);
         crate::fault::translate(&st.pt, addr)
     }
 
@@ -260,7 +302,7 @@ impl AddressSpace {
     /// the frame ([`Frame::serial`](crate::frame::Frame::serial)), read
     /// under the page-table lock: the primary's side of a coherence check.
     pub fn translate_frame(&self, addr: u64) -> Option<Translation> {
-        let st = self.inner.state.lock();
+        let st = ptl::lock(&self.inner.state);
         let (pfn, writable) = crate::fault::translate(&st.pt, addr)?;
         let frame = self.inner.memory.frame(pfn);
         Some(Translation {
@@ -277,19 +319,21 @@ impl AddressSpace {
     /// entry and the VMA both allow writes). `None` otherwise, e.g. for an
     /// exclusive or device-private entry of another device.
     pub fn device_view(&self, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
-        self.view_locked(&self.inner.state.lock(), addr, device)
+        self.view_locked(&ptl::lock(&self.inner.state), addr, device)
     }
 
     /// [`AddressSpace::device_view`] without waiting for the page-table
-    /// lock. A coherence check runs under the secondary's own lock, which
-    /// an invalidation holding the page-table lock may be waiting for: the
-    /// checker must back off (drop its lock, try again) instead of waiting.
+    /// lock. A coherence check runs under the secondary's own lock; no
+    /// callback runs under the page-table lock any more, but an operation
+    /// holding it may still wait for the secondary's lock through the
+    /// driver's own paths (device migration's map step): the checker backs
+    /// off (drops its lock, tries again) instead of waiting.
     pub fn try_device_view(
         &self,
         addr: u64,
         device: Option<Owner>,
     ) -> Result<Option<DeviceView>, PageTableBusy> {
-        let st = self.inner.state.try_lock().ok_or(PageTableBusy)?;
+        let st = ptl::try_lock(&self.inner.state).ok_or(PageTableBusy)?;
         Ok(self.view_locked(&st, addr, device))
     }
 
@@ -322,11 +366,11 @@ impl AddressSpace {
         if holder != Some(device) {
             return None;
         }
-        let vma_writable = st
-            .vmas
-            .lookup(addr)
-            .is_some_and(|v| v.flags.contains(crate::VmFlags::WRITE));
-        let writable = pte.swap_was_writable() && vma_writable;
+        // The entry alone says what the device may do: `mprotect` takes
+        // write away inside its range, after the device was told. (Asking
+        // the VMA instead would revoke it before the notifier ran: the VMA
+        // changes before the start, which drops the page-table lock.)
+        let writable = pte.swap_was_writable();
         Some(DeviceView {
             translation: self.frame_life(pte.pfn(), writable),
             exclusive: !device_private,
@@ -346,18 +390,18 @@ impl AddressSpace {
     /// included), and whether the entry is writable: the page-table view,
     /// for bookkeeping checks.
     pub fn mapped_frame(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
-        let st = self.inner.state.lock();
+        let st = ptl::lock(&self.inner.state);
         crate::fault::mapped_frame(&st.pt, addr)
     }
 
     /// Bytes of page tables in use.
     pub fn page_table_bytes(&self) -> usize {
-        self.inner.state.lock().pt.table_bytes()
+        ptl::lock(&self.inner.state).pt.table_bytes()
     }
 
     /// The state of a fresh child, locked, for `fork` to fill.
-    pub(crate) fn state_for_fork(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock()
+    pub(crate) fn state_for_fork(&self) -> PtlGuard<'_, State> {
+        ptl::lock(&self.inner.state)
     }
 
     /// Runs `f` with the mmap lock held for write.
@@ -403,8 +447,7 @@ impl AddressSpace {
 impl Shared {
     /// A snapshot of the VMAs `keep` accepts.
     pub(crate) fn vmas_mapping(&self, keep: impl Fn(&crate::Vma) -> bool) -> Vec<crate::Vma> {
-        self.state
-            .lock()
+        ptl::lock(&self.state)
             .vmas
             .iter()
             .filter(|v| keep(v))
@@ -436,7 +479,7 @@ impl Shared {
             mm: &self.mm,
             mem: &self.memory,
             config: &self.config,
-            st: self.state.lock(),
+            st: ptl::lock(&self.state),
         };
         f(&mut ctx)
     }
@@ -444,7 +487,7 @@ impl Shared {
 
 impl fmt::Debug for AddressSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.inner.state.lock();
+        let st = ptl::lock(&self.inner.state);
         f.debug_struct("AddressSpace")
             .field("vmas", &st.vmas.len())
             .field("page_tables", &st.pt.table_count())

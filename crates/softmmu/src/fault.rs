@@ -126,8 +126,12 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
         if !write || huge.is_write() {
             return Ok(());
         }
-        if huge.is_special() && huge_memory::huge_zero_wp(ctx, vma, addr) {
-            return Ok(());
+        if huge.is_special() {
+            match huge_memory::huge_zero_wp(ctx, vma, addr) {
+                huge_memory::ZeroWp::Done => return Ok(()),
+                huge_memory::ZeroWp::Retry => return fault_in_vma(ctx, vma, addr, write),
+                huge_memory::ZeroWp::Fallback => {}
+            }
         }
         // wp_huge_pmd: a page-cache PMD is split (write-notify and COW
         // happen on the PTE level).
@@ -156,6 +160,13 @@ fn reuse_huge<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64, huge: Pte) -> boo
 
 fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: bool) -> SysResult {
     let addr = align_down(addr, PAGE_SIZE);
+    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_))) {
+        // The page-table lock was dropped for a start on the way here (a
+        // PMD split, a COW, a device page coming back) and a huge fault
+        // beside this one filled the PMD: `pte_offset_map_lock` finds no
+        // table, and the fault starts over at the PMD level.
+        return fault_in_vma(ctx, vma, addr, write);
+    }
     let pte = ctx.st.pt.pte(addr);
     if pte.is_none() {
         return fill_empty(ctx, vma, addr, write);
@@ -172,7 +183,14 @@ fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: b
     if write && !pte.is_write() {
         return do_wp_page(ctx, vma, addr, pte);
     }
-    *ctx.st.pt.pte_alloc(addr) = pte.with_young(true);
+    // The access sets the accessed bit, and a write the dirty bit, as the
+    // CPU's page walk does (a page `MADV_FREE` cleaned is dirty again).
+    let touched = pte.with_young(true);
+    *ctx.st.pt.pte_alloc(addr) = if write {
+        touched.with_dirty(true)
+    } else {
+        touched
+    };
     Ok(())
 }
 
@@ -291,13 +309,21 @@ fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: 
     let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
     ctx.mem.copy_page(old.pfn(), new_pfn);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
+    // The page-table lock was dropped for the start: `pte_same` under it,
+    // or the fault starts over from what is there now (the CPU retries
+    // the access).
+    if ctx.st.pt.pte(addr) != old {
+        ctx.end(inv);
+        ctx.mem.put(new_pfn);
+        return pte_fault(ctx, &vma, addr, true);
+    }
     let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
     let slot_old = inv.ptep_clear_flush_notify(addr, || old);
     inv.set_pte_at_notify(addr, new.raw(), |_| ());
     ctx.mem.map_pte(new_pfn, ctx.id);
     ctx.mem.touch_write(new_pfn);
     *ctx.st.pt.pte_alloc(addr) = new;
-    inv.only_end();
+    ctx.only_end(inv);
     crate::zap::release_pte(ctx.mem, ctx.id, slot_old);
     Ok(())
 }
@@ -311,10 +337,16 @@ fn remove_device_exclusive_entry<L: HeldMmLock>(
     entry: Pte,
 ) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
+    // Found again under the lock: another CPU access may have restored it
+    // (the caller's fault then goes on with whatever is there).
+    if ctx.st.pt.pte(addr) != entry {
+        ctx.end(inv);
+        return;
+    }
     let restored = restore_exclusive_pte(ctx, vma, entry);
     ctx.mem.map_pte(entry.pfn(), ctx.id);
     *ctx.st.pt.pte_alloc(addr) = restored;
-    inv.end();
+    ctx.end(inv);
 }
 
 /// `restore_exclusive_pte` (6.15+): the present entry is rebuilt from the

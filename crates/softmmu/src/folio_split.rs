@@ -39,24 +39,49 @@ struct FolioMapping {
 /// such a folio.
 pub(crate) fn split_folio<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, head: Pfn) -> bool {
     let frame = ctx.mem.frame(head);
-    let cached = matches!(frame.kind, FrameKind::File { .. });
-    let cache_refs = if cached { HPAGE_PMD_NR as u32 } else { 0 };
-    if frame.order == 0
-        || !matches!(frame.kind, FrameKind::Anon | FrameKind::File { .. })
-        || !frame.mapped_only_by(ctx.id)
-        || frame.refcount != frame.total_mappings() + cache_refs
-    {
+    if !splittable(ctx, head) {
         return false;
     }
-    for mapping in folio_mappings(ctx, vma, head) {
+    // The caller's copy of the VMA may predate its anon_vma: a fault
+    // beside a walk under the mmap lock for read gives it one (and maps
+    // the folio) while the walk's lock is dropped for a start.
+    let vma = ctx
+        .st
+        .vmas
+        .lookup(vma.start)
+        .cloned()
+        .unwrap_or_else(|| vma.clone());
+    for mapping in folio_mappings(ctx, &vma, head) {
         let inv = ctx.start(Event::Clear, mapping.start, mapping.end);
-        if matches!(ctx.st.pt.pmd(mapping.start), Some(PmdEntry::Huge(_))) {
+        if matches!(ctx.st.pt.pmd(mapping.start), Some(PmdEntry::Huge(h)) if h.pfn() == head) {
             huge_memory::split_huge_pmd_locked(ctx, &inv, mapping.start);
         }
-        inv.end();
+        ctx.end(inv);
     }
-    ctx.mem.split_folio(head, ctx.id, cached);
-    true
+    // The page-table lock was dropped for each start, and a zap beside
+    // this call (`MADV_DONTNEED` holds the mmap lock for read too) may
+    // have freed the folio or mapped it elsewhere: Linux holds it by a
+    // reference and its lock; here it is checked again, in the same life.
+    // The split itself checks its references again, in the same hold of
+    // the frame lock (a pin taken without the page-table lock, as GUP-fast
+    // takes one, may have come in between).
+    let now = ctx.mem.frame(head);
+    if now.serial != frame.serial || now.pmd_mapcount != 0 || !splittable(ctx, head) {
+        return false;
+    }
+    let cached = matches!(frame.kind, FrameKind::File { .. });
+    ctx.mem.split_folio(head, ctx.id, cached)
+}
+
+/// Whether the folio headed by `head` may be split (see [`split_folio`]).
+fn splittable<L: HeldMmLock>(ctx: &Ctx<'_, L>, head: Pfn) -> bool {
+    let frame = ctx.mem.frame(head);
+    let cached = matches!(frame.kind, FrameKind::File { .. });
+    let cache_refs = if cached { HPAGE_PMD_NR as u32 } else { 0 };
+    frame.order != 0
+        && matches!(frame.kind, FrameKind::Anon | FrameKind::File { .. })
+        && frame.mapped_only_by(ctx.id)
+        && frame.refcount == frame.total_mappings() + cache_refs
 }
 
 /// Where the folio is mapped, in reverse-map order: for an anonymous

@@ -70,7 +70,7 @@ fn copy_page_range<L: HeldMmLock>(
         addr = next;
     }
     if let Some(inv) = inv {
-        inv.end();
+        ctx.end(inv);
     }
 }
 

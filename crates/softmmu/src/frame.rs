@@ -354,18 +354,47 @@ impl Memory {
         frame.remove_mapper(mm);
     }
 
-    /// `__folio_split` to order 0 of a large folio whose every mapping is
-    /// by `mm` through PTEs: each page becomes a folio of its own holding
-    /// one reference per mapping, and one for the page cache if `cached`;
-    /// pages nothing holds any more are freed.
-    pub fn split_folio(&self, head: Pfn, mm: u64, cached: bool) {
+    /// `folio_try_get`, as GUP-fast pins a page: a reference on the folio
+    /// `pfn` belongs to, if the frame is still in the life `serial` names
+    /// and not being freed. The folio's head is found under the same hold
+    /// of the lock that takes the reference, so a split beside this cannot
+    /// leave the reference on a page other than the one [`Memory::put`]
+    /// later drops it from.
+    pub fn try_get(&self, pfn: Pfn, serial: u64) -> bool {
         let mut f = self.inner.lock();
-        let order = f.frames[head as usize].order;
-        assert_eq!(
-            f.frames[head as usize].pmd_mapcount, 0,
-            "split of PMD-mapped folio {head:#x}"
-        );
-        for pfn in head..head + (1 << order) {
+        let head = f.frames[pfn as usize].head;
+        let frame = &mut f.frames[head as usize];
+        let alive = frame.kind != FrameKind::Free && frame.serial == serial && frame.refcount > 0;
+        if alive {
+            frame.refcount += 1;
+        }
+        alive
+    }
+
+    /// `__folio_split` to order 0 of the large folio headed by `head`, if
+    /// its references can be frozen (`folio_ref_freeze`): every reference
+    /// is one of its mappings, all by `mm` through PTEs, or the page
+    /// cache's (`cached`: one per page). Each page then becomes a folio of
+    /// its own holding one reference per mapping, and one for the page
+    /// cache if `cached`; pages nothing holds any more are freed. Returns
+    /// false, changing nothing, if the folio is not large any more, is
+    /// mapped by a PMD or by another address space, or something else
+    /// holds a reference: a pin ([`Memory::try_get`]) taken beside the
+    /// caller's own checks lands before this lock is taken, and is seen
+    /// here, or after, on the page it names.
+    pub fn split_folio(&self, head: Pfn, mm: u64, cached: bool) -> bool {
+        let mut f = self.inner.lock();
+        let folio = f.frames[head as usize];
+        let cache_refs = if cached { HPAGE_PMD_NR as u32 } else { 0 };
+        let frozen = folio.order != 0
+            && folio.head == head
+            && folio.pmd_mapcount == 0
+            && folio.mapped_only_by(mm)
+            && folio.refcount == folio.total_mappings() + cache_refs;
+        if !frozen {
+            return false;
+        }
+        for pfn in head..head + (1 << folio.order) {
             let frame = &mut f.frames[pfn as usize];
             frame.order = 0;
             frame.head = pfn;
@@ -376,6 +405,7 @@ impl Memory {
                 f.free(pfn);
             }
         }
+        true
     }
 
     /// Marks a write to the frame: its content version changes.

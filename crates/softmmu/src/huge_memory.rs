@@ -36,7 +36,7 @@ pub(crate) fn split_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, _vma: &Vma, ad
     let haddr = align_down(addr, PMD_SIZE);
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     split_huge_pmd_locked(ctx, &inv, haddr);
-    inv.only_end();
+    ctx.only_end(inv);
 }
 
 /// `__split_huge_pmd_locked`: a huge entry at `haddr` becomes a PTE table
@@ -206,24 +206,42 @@ pub(crate) fn huge_anonymous_fault<L: HeldMmLock>(
     true
 }
 
+/// How [`huge_zero_wp`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ZeroWp {
+    /// The huge page is mapped.
+    Done,
+    /// `VM_FAULT_FALLBACK`: no huge page to be had; the caller splits the
+    /// PMD and faults a base page.
+    Fallback,
+    /// The PMD changed while the lock was dropped for the start: the fault
+    /// starts over.
+    Retry,
+}
+
 /// `do_huge_zero_wp_pmd` (6.18): a write to the huge zero page allocates a
-/// huge page and replaces the PMD under a `Clear` of the 2 MiB. False
-/// (`VM_FAULT_FALLBACK`) when no huge page is to be had: the caller splits
-/// the PMD and faults a base page.
-pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) -> bool {
+/// huge page and replaces the PMD under a `Clear` of the 2 MiB.
+pub(crate) fn huge_zero_wp<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) -> ZeroWp {
     let haddr = align_down(addr, PMD_SIZE);
     let Some(head) = ctx.mem.alloc_huge(FrameKind::Anon) else {
-        return false;
+        return ZeroWp::Fallback;
     };
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
+    // Under the PMD lock again: only the huge zero page is replaced. If it
+    // went meanwhile (a zap, a split), the fault starts over.
+    if !matches!(ctx.st.pt.pmd(haddr), Some(PmdEntry::Huge(h)) if h.is_special()) {
+        ctx.only_end(inv);
+        ctx.mem.put(head);
+        return ZeroWp::Retry;
+    }
     inv.pmdp_huge_clear_flush_notify(haddr, || ());
     ctx.mem.map_pmd(head, ctx.id);
     ctx.st.pt.set_pmd(
         haddr,
         PmdEntry::Huge(Pte::new(head, vma.flags.contains(VmFlags::WRITE))),
     );
-    inv.only_end();
-    true
+    ctx.only_end(inv);
+    ZeroWp::Done
 }
 
 /// How one PMD-sized block of `MADV_COLLAPSE` ended, sorted as
@@ -269,7 +287,7 @@ pub(crate) fn collapse<L: HeldMmLock>(
     };
     let inv = ctx.start(Event::Clear, haddr, haddr + PMD_SIZE);
     let old = ctx.st.pt.set_pmd(haddr, PmdEntry::None);
-    inv.end();
+    ctx.end(inv);
     if let PmdEntry::Table(table) = old {
         for i in 0..crate::layout::HPAGE_PMD_NR {
             // __collapse_huge_page_copy: each page's bytes (an empty or

@@ -101,7 +101,7 @@ pub(crate) fn unmap_mapping_range(object: &ShmemObject, first: u64, last: u64) {
             if let Some((start, end)) = clip(vma, first, last) {
                 let inv = ctx.start(Event::Clear, start, end);
                 zap_file_pages(ctx, start, end);
-                inv.end();
+                ctx.end(inv);
             }
         });
     }

@@ -196,10 +196,19 @@ impl FileCollapse {
                     Some(PmdEntry::Huge(_)) => {}
                     Some(PmdEntry::Table(_)) => {
                         let inv = ctx.start(Event::Clear, start, start + PMD_SIZE);
-                        i_mmap::zap_file_pages(ctx, start, start + PMD_SIZE);
-                        ctx.st.pt.set_pmd(start, PmdEntry::None);
-                        crate::huge_memory::map_file_pmd(ctx, vma, start, head);
-                        inv.end();
+                        // Under the PMD lock again (a fault or a hole punch
+                        // beside this walk may have changed the block
+                        // meanwhile): the table goes only if the folio is
+                        // still cached there and nothing but file pages is
+                        // in it.
+                        let same =
+                            crate::huge_memory::file_folio_for_pmd(ctx, vma, start) == Some(head);
+                        if same && only_file_pages(ctx, start) {
+                            i_mmap::zap_file_pages(ctx, start, start + PMD_SIZE);
+                            ctx.st.pt.set_pmd(start, PmdEntry::None);
+                            crate::huge_memory::map_file_pmd(ctx, vma, start, head);
+                        }
+                        ctx.end(inv);
                     }
                     _ => crate::huge_memory::map_file_pmd(ctx, vma, start, head),
                 }
@@ -298,7 +307,7 @@ fn try_to_unmap(object: &ShmemObject, mappings: &[FileMapping], index: u64, pfn:
             if ctx.st.pt.pte(start).is_present() && ctx.st.pt.pte(start).pfn() == pfn {
                 i_mmap::zap_file_pages(ctx, start, end);
             }
-            inv.end();
+            ctx.end(inv);
         });
     }
 }
@@ -317,8 +326,27 @@ fn retract_page_table(object: &ShmemObject, mapping: &FileMapping, first: u64, l
             return;
         }
         let inv = ctx.start(Event::Clear, addr, end);
-        i_mmap::zap_file_pages(ctx, addr, end);
-        ctx.st.pt.set_pmd(addr, PmdEntry::None);
-        inv.end();
+        // Checked again under the PMD lock, taken after the start: a fault
+        // beside this walk may have put an anonymous copy in the table.
+        if only_file_pages(ctx, addr) {
+            i_mmap::zap_file_pages(ctx, addr, end);
+            ctx.st.pt.set_pmd(addr, PmdEntry::None);
+        }
+        ctx.end(inv);
     });
+}
+
+/// Whether the PMD at `haddr` is a page table mapping nothing but file
+/// pages (or nothing), so that zapping those leaves it empty.
+fn only_file_pages<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> bool {
+    let Some(PmdEntry::Table(table)) = ctx.st.pt.pmd(haddr) else {
+        return false;
+    };
+    (0..HPAGE_PMD_NR).all(|i| {
+        let pte = table.get(haddr + i * PAGE_SIZE);
+        pte.is_none()
+            || (pte.is_present()
+                && !pte.is_special()
+                && matches!(ctx.mem.frame(pte.pfn()).kind, FrameKind::File { .. }))
+    })
 }

@@ -35,25 +35,40 @@ impl AddressSpace {
                 .map(|f| (f.start, f.entry.pfn()))
                 .collect();
             let groups = identical_groups(ctx.mem, &pages);
+            // Each page is found again after its start (the page-table
+            // lock is dropped for it; a fault or a zap beside this walk
+            // may have changed it) and held by a reference until merged,
+            // as ksmd holds the pages it compares; a page joins its
+            // group's KSM page only if, write-protected, it still holds
+            // the same bytes (`pages_identical` after `write_protect_page`).
+            let mut kpfn_of: Vec<Option<u64>> = vec![None; pages.len()];
             let mut merged = 0;
             for (i, &(addr, _)) in pages.iter().enumerate() {
-                let group = &groups[i];
+                let group = groups[i];
                 if group.members < 2 {
                     continue;
                 }
-                merged += 1;
                 if group.first == i {
-                    write_protect_page(ctx, addr);
-                    let kpfn = ctx.st.pt.pte(addr).pfn();
+                    let Some(kpfn) = write_protect_page(ctx, addr) else {
+                        continue;
+                    };
                     ctx.mem.update(kpfn, |f| {
                         f.kind = FrameKind::Ksm;
                         f.anon_exclusive = false;
                     });
-                } else {
-                    write_protect_page(ctx, addr);
-                    let kpfn = ctx.st.pt.pte(pages[group.first].0).pfn();
-                    replace_page(ctx, addr, kpfn);
+                    kpfn_of[i] = Some(kpfn);
+                    merged += 1;
+                } else if let Some(kpfn) = kpfn_of[group.first]
+                    && let Some(pfn) = write_protect_page(ctx, addr)
+                {
+                    if ctx.mem.same_contents(pfn, kpfn) {
+                        merged += usize::from(replace_page(ctx, addr, pfn, kpfn));
+                    }
+                    ctx.mem.put(pfn);
                 }
+            }
+            for kpfn in kpfn_of.into_iter().flatten() {
+                ctx.mem.put(kpfn);
             }
             merged
         })
@@ -96,11 +111,24 @@ fn identical_groups(mem: &crate::frame::Memory, pages: &[(u64, u64)]) -> Vec<Gro
 }
 
 /// `write_protect_page`: `Clear` of the page; if the PTE was writable or
-/// dirty it is flushed and re-set clean and read-only.
-fn write_protect_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
+/// dirty it is flushed and re-set clean and read-only. Returns the page,
+/// with a reference the caller puts, or `None` if the entry no longer maps
+/// a page once the lock is taken after the start.
+fn write_protect_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) -> Option<u64> {
     let addr = align_down(addr, PAGE_SIZE);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
     let pte = ctx.st.pt.pte(addr);
+    let anon = |pte: Pte| {
+        matches!(
+            ctx.mem.frame(pte.pfn()).kind,
+            FrameKind::Anon | FrameKind::Ksm
+        )
+    };
+    if !pte.is_present() || pte.is_special() || !anon(pte) {
+        ctx.end(inv);
+        return None;
+    }
+    ctx.mem.get(pte.pfn());
     if pte.is_write() || pte.is_dirty() {
         let new = pte.with_write(false).with_dirty(false);
         inv.set_pte_at_notify(addr, new.raw(), |_| ());
@@ -109,15 +137,24 @@ fn write_protect_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
         }
     }
     ctx.mem.update(pte.pfn(), |f| f.anon_exclusive = false);
-    inv.end();
+    ctx.end(inv);
+    Some(pte.pfn())
 }
 
 /// `replace_page`: `Clear` of the page while its PTE moves to the KSM page.
-fn replace_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, kpfn: u64) {
+/// Only if the entry still maps `pfn` read-only once the lock is taken
+/// after the start (`pte_same` with the write-protected entry); returns
+/// whether it did.
+fn replace_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, pfn: u64, kpfn: u64) -> bool {
     // The first page of a merge may start mid-page (an unaligned range).
     let addr = align_down(addr, PAGE_SIZE);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    let old = inv.ptep_clear_flush_notify(addr, || ctx.st.pt.pte(addr));
+    let current = ctx.st.pt.pte(addr);
+    if !current.is_present() || current.pfn() != pfn || current.is_write() {
+        ctx.end(inv);
+        return false;
+    }
+    let old = inv.ptep_clear_flush_notify(addr, || current);
     let new = Pte::new(kpfn, false).with_dirty(false);
     inv.set_pte_at_notify(addr, new.raw(), |_| ());
     ctx.mem.get(kpfn);
@@ -125,6 +162,7 @@ fn replace_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, kpfn: u64) {
     if let Some(slot) = ctx.st.pt.pte_mut(addr) {
         *slot = new;
     }
-    inv.only_end();
+    ctx.only_end(inv);
     release_pte(ctx.mem, ctx.id, old);
+    true
 }

@@ -33,6 +33,7 @@ mod mprotect;
 pub mod mremap;
 pub mod oom_kill;
 pub mod page_table;
+mod page_table_lock;
 mod pageout;
 mod rmap;
 pub mod shmem;

@@ -33,7 +33,12 @@ impl AddressSpace {
             unmapped: false,
         };
         loop {
-            match self.write_op(|ctx| walk_vmas(ctx, &mut walk, end, advice))? {
+            let walked = if needs_mmap_write(advice) {
+                self.write_op(|ctx| walk_vmas(ctx, &mut walk, end, advice))
+            } else {
+                self.read_op(|ctx| walk_vmas(ctx, &mut walk, end, advice))
+            };
+            match walked? {
                 Walked::Done => break,
                 // The call dropped the mmap lock for a file operation
                 // (madvise_remove, MADV_COLLAPSE of shmem) and carries on
@@ -47,6 +52,27 @@ impl AddressSpace {
             Ok(())
         }
     }
+}
+
+/// `madvise_need_mmap_write`: the advices that change VMAs take the mmap
+/// lock for write; those that only read the VMA tree and work on page
+/// tables (zaps, folio splits, population) take it for read, so they run
+/// beside faults and each other, serialized by the page-table lock only.
+/// `MADV_COLLAPSE` keeps the write lock: `collapse_huge_page` takes it
+/// for the PMD swap, which must not meet a fault in the empty PMD.
+fn needs_mmap_write(advice: Advice) -> bool {
+    !matches!(
+        advice,
+        Advice::DontNeed
+            | Advice::DontNeedLocked
+            | Advice::Free
+            | Advice::Cold
+            | Advice::PageOut
+            | Advice::WillNeed
+            | Advice::PopulateRead
+            | Advice::PopulateWrite
+            | Advice::Remove
+    )
 }
 
 /// Where `madvise_walk_vmas` is, kept across the times it drops the lock.
@@ -240,7 +266,7 @@ fn dontneed<L: HeldMmLock>(
     }
     let inv = ctx.start(Event::Clear, start, end);
     zap_vma_range(ctx, vma, start, end);
-    inv.end();
+    ctx.end(inv);
     Ok(())
 }
 
@@ -269,7 +295,7 @@ fn free<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) ->
             }
         }
     });
-    inv.end();
+    ctx.end(inv);
     Ok(())
 }
 

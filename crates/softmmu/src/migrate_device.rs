@@ -11,7 +11,8 @@
 //! touch migrates them back ([`crate::device_private`]). Linux's rules
 //! kept here:
 //!
-//! * The driver walks the request VMA by VMA under the mmap read lock, in
+//! * The driver walks the request VMA by VMA under the mmap read lock (the
+//!   write lock here: see `migrate_vmas`), in
 //!   chunks of at most [`MIGRATE_CHUNK_PAGES`]; a page with no VMA, or a
 //!   VMA without `VM_READ`, ends the request with `EINVAL` (chunks before
 //!   it stay migrated).
@@ -118,8 +119,15 @@ impl AddressSpace {
         self.migrate_vmas(start, end, owner, Direction::ToSystem, unmap)
     }
 
-    /// The driver's loop: VMA by VMA, chunk by chunk, under the mmap read
-    /// lock.
+    /// The driver's loop: VMA by VMA, chunk by chunk. Under the mmap lock
+    /// for write, where test_hmm takes it for read: the driver's map step
+    /// (`dmirror_migrate_finalize_and_map`) programs the device with no
+    /// `read_retry`, so a zap under the read lock whose start came before
+    /// the map and whose clear comes after (`MADV_DONTNEED`, the OOM
+    /// reaper) would leave the device a page the CPU no longer maps — a race
+    /// test_hmm has on Linux, which `mmun stress` found here once callbacks
+    /// left the page-table lock. The write lock keeps such zaps out until
+    /// the mirror's migration follows the retry protocol.
     fn migrate_vmas(
         &self,
         start: u64,
@@ -135,7 +143,7 @@ impl AddressSpace {
         if end < start {
             return Err(Errno::Inval);
         }
-        self.read_op(|ctx| {
+        self.write_op(|ctx| {
             let mut moved = 0;
             let mut addr = start;
             while addr < end {
@@ -186,7 +194,6 @@ fn migrate_chunk<L: HeldMmLock>(
             None => {}
         }
     }
-    inv.end();
     let mut moved = 0;
     for &(addr, old) in &pages {
         let kind = ctx.mem.frame(old.pfn()).kind;
@@ -209,6 +216,13 @@ fn migrate_chunk<L: HeldMmLock>(
         }
         map(addr, device_side_view(ctx, addr));
     }
+    // Ended outside the page-table lock, as every range, and only once the
+    // migration entries are replaced and the driver has mapped the new
+    // pages (Linux ends inside `migrate_vma_setup`, before both): no other
+    // thread — a walker, the coherence check — ever meets a migration
+    // entry here, and the device's table changes under the same hold of
+    // the lock as the primary's. The notifier stream is the same.
+    ctx.end(inv);
     if let Some(&first) = holes.first() {
         // `migrate_vma_pages` notifies once more before inserting pages
         // where there were none.
@@ -219,7 +233,7 @@ fn migrate_chunk<L: HeldMmLock>(
             }
             map(addr, device_side_view(ctx, addr));
         }
-        inv.end();
+        ctx.end(inv);
     }
     moved
 }
@@ -290,6 +304,16 @@ fn collect<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) ->
 /// there was none or the zero page, writable if the VMA is. False when
 /// the machine has no free page (the entry stays as it was).
 fn insert_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) -> bool {
+    // The lock was dropped for the start: a fault beside this call may
+    // have filled the hole, or mapped a huge page over it (Linux checks
+    // the PMD and `pte_none` under the PTL too).
+    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_))) {
+        return false;
+    }
+    let now = ctx.st.pt.pte(addr);
+    if !(now.is_none() || (now.is_present() && now.is_special() && now.pfn() == ZERO_PFN)) {
+        return false;
+    }
     anon_vma_prepare(ctx, chunk.vma);
     let Some(pfn) = ctx.mem.alloc(FrameKind::Anon) else {
         return false;

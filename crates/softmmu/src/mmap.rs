@@ -71,7 +71,7 @@ impl AddressSpace {
             for vma in &vmas {
                 zap_vma_range(ctx, vma, vma.start, vma.end);
             }
-            inv.end();
+            ctx.end(inv);
             free_pgtables(ctx, &vmas, 0, 0);
             for vma in &vmas {
                 ctx.st.vmas.remove(vma.start);
@@ -232,7 +232,7 @@ pub(crate) fn do_munmap<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u6
     for vma in &detached {
         zap_vma_range(ctx, vma, vma.start, vma.end);
     }
-    inv.end();
+    ctx.end(inv);
     free_pgtables(ctx, &detached, floor, ceiling);
     for vma in &detached {
         ctx.st.vmas.remove(vma.start);

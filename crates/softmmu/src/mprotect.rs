@@ -178,7 +178,7 @@ fn change_pud_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, 
         addr = next;
     }
     if let Some(inv) = inv {
-        inv.end();
+        ctx.end(inv);
     }
 }
 
@@ -212,6 +212,17 @@ fn change_pte_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, 
             // readable whatever the new protection (the next device or CPU
             // write faults and looks at the VMA again).
             *pte = Pte::swap(SwapKind::DevicePrivate, pte.pfn(), false);
+        } else if pte.swap_kind() == Some(SwapKind::DeviceExclusive)
+            && pte.swap_was_writable()
+            && !vma.flags.contains(VmFlags::WRITE)
+        {
+            // The device's write access ends inside this range, after it was
+            // told, not when the VMA's flags changed before the start: the
+            // entry stops granting write here (`make_readable_device_-
+            // exclusive_entry` before 6.15; since then the entry carries no
+            // write bit and `restore_exclusive_pte` asks the VMA, which the
+            // CPU side here does too).
+            *pte = Pte::swap(SwapKind::DeviceExclusive, pte.pfn(), false);
         }
     });
     for (a, old) in updates {

@@ -251,7 +251,7 @@ fn move_page_tables<L: HeldMmLock>(
         move_ptes(ctx, addr, next, to);
         addr = next;
     }
-    inv.end();
+    ctx.end(inv);
 }
 
 fn move_ptes<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64, to: u64) {

@@ -6,7 +6,7 @@
 //! non-blockable `Unmap` of the whole VMA; a subscriber that would have to
 //! sleep refuses it, and that VMA is skipped with no end, to be retried.
 
-use mmun_core::{Event, Invalidation, Range};
+use mmun_core::Event;
 
 use crate::address_space::AddressSpace;
 use crate::vma::{VmFlags, Vma};
@@ -26,11 +26,10 @@ impl AddressSpace {
                 .iter()
                 .filter(|v| v.is_anonymous() || !v.flags.contains(VmFlags::SHARED))
             {
-                let range = Range::new(ctx.lock, Event::Unmap, vma.start, vma.end);
-                match Invalidation::start_nonblock(range) {
+                match ctx.start_nonblock(Event::Unmap, vma.start, vma.end) {
                     Ok(inv) => {
                         zap_vma_range(ctx, vma, vma.start, vma.end);
-                        inv.end();
+                        ctx.end(inv);
                     }
                     Err(_) => all = false,
                 }

@@ -101,7 +101,7 @@ fn unmap_file_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, index: u64, p
         if mapped_here {
             crate::i_mmap::zap_file_pages(ctx, s, e);
         }
-        inv.end();
+        ctx.end(inv);
         if mapped_here {
             // folio_not_mapped: the walk ends with the last mapping.
             break;
@@ -114,11 +114,18 @@ fn unmap_file_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, index: u64, p
 /// (`folio_set_swapbacked`).
 fn discard_lazyfree<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, pte: Pte) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    if pte.is_dirty() {
+    // Found again under the lock, taken after the start: only the same
+    // page is dropped, and only if it is still clean.
+    let pte_now = ctx.st.pt.pte(addr);
+    if !pte_now.is_present() || pte_now.pfn() != pte.pfn() {
+        ctx.end(inv);
+        return;
+    }
+    if pte_now.is_dirty() {
         ctx.mem.update(pte.pfn(), |f| f.lazyfree = false);
     } else if let Some(slot) = ctx.st.pt.pte_mut(addr) {
         let old = std::mem::replace(slot, Pte::NONE);
         release_pte(ctx.mem, ctx.id, old);
     }
-    inv.end();
+    ctx.end(inv);
 }

@@ -113,8 +113,7 @@ impl AddressSpace {
             let mut reclaimed = 0;
             for folio in &folios {
                 let referenced = age_one(ctx, folio, true);
-                if !referenced && reclaimable(ctx, folio) {
-                    unmap_one(ctx, folio);
+                if !referenced && reclaimable(ctx, folio) && unmap_one(ctx, folio) {
                     reclaimed += 1;
                 }
             }
@@ -137,9 +136,16 @@ fn age_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped, flush: bool) -> 
     let primary = folio.entry.is_young();
     let clear = |pte: Pte| pte.with_young(false);
     if folio.huge {
-        ctx.st
-            .pt
-            .set_pmd(folio.start, PmdEntry::Huge(clear(folio.entry)));
+        // Read again: reclaim unmaps earlier folios of its walk under their
+        // own starts, which drop the lock, so the PMD the walk found may
+        // have been split, zapped or migrated since.
+        match ctx.st.pt.pmd(folio.start) {
+            Some(PmdEntry::Huge(now)) if now.pfn() == folio.entry.pfn() => {
+                let now = *now;
+                ctx.st.pt.set_pmd(folio.start, PmdEntry::Huge(clear(now)));
+            }
+            _ => return false,
+        }
         if flush {
             notify::pmdp_clear_flush_young_notify(mm, folio.start, || primary)
         } else {
@@ -168,15 +174,29 @@ fn reclaimable<L: HeldMmLock>(ctx: &Ctx<'_, L>, folio: &Mapped) -> bool {
 
 /// `try_to_unmap_one`: `Clear` over the folio, the entry cleared and the
 /// secondary TLBs flushed per PTE (v6.5 `invalidate_range`), then the
-/// folio is dropped.
-fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) {
+/// folio is dropped. Returns whether it was (the entry found again).
+fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
     let inv = ctx.start(Event::Clear, folio.start, folio.end);
-    if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
+    // `page_vma_mapped_walk` finds the entry again under the PTL, taken
+    // after the start: it is unmapped only if it still maps the folio.
+    // A lazily freed page written since the walk looked (its entry dirty
+    // again) is kept, as `try_to_unmap_one` re-checks the dirty bit under
+    // the PTL.
+    let written_since =
+        |slot: &Pte| slot.is_dirty() && ctx.mem.frame(slot.pfn()).kind == FrameKind::Anon;
+    if let Some(slot) = ctx.st.pt.pte_mut(folio.start)
+        && slot.is_present()
+        && slot.pfn() == folio.entry.pfn()
+        && !written_since(slot)
+    {
         let old = std::mem::replace(slot, Pte::NONE);
         inv.invalidate_range(folio.start, folio.start + PAGE_SIZE);
         release_pte(ctx.mem, ctx.id, old);
+        ctx.end(inv);
+        return true;
     }
-    inv.end();
+    ctx.end(inv);
+    false
 }
 
 /// `try_to_migrate_one` + `remove_migration_ptes`. The destination is
@@ -193,23 +213,32 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
             ctx.mem.copy_page(folio.entry.pfn() + i, head + i);
         }
         let inv = ctx.start(Event::Clear, folio.start, folio.end);
+        // Found again under the PMD lock, taken after the start.
+        let current = match ctx.st.pt.pmd(folio.start) {
+            Some(PmdEntry::Huge(h)) if h.is_present() && h.pfn() == folio.entry.pfn() => *h,
+            _ => {
+                ctx.end(inv);
+                ctx.mem.put(head);
+                return true;
+            }
+        };
         ctx.mem.map_pmd(head, ctx.id);
-        let new = Pte::new(head, folio.entry.is_write()).with_young(folio.entry.is_young());
+        let new = Pte::new(head, current.is_write()).with_young(current.is_young());
         ctx.st.pt.set_pmd(folio.start, PmdEntry::Huge(new));
-        inv.end();
-        crate::zap::release_huge(ctx.mem, ctx.id, folio.entry);
+        ctx.end(inv);
+        crate::zap::release_huge(ctx.mem, ctx.id, current);
         return true;
     }
     let Some(new_pfn) = ctx.mem.alloc(kind) else {
         return false;
     };
     let inv = ctx.start(Event::Clear, folio.start, folio.end);
-    // `try_to_migrate_one` takes the PTL only after the start, and
-    // `page_vma_mapped_walk` finds the entry again under it.
-    ctx.page_table_lock_window();
+    // `try_to_migrate_one` takes the PTL only after the start (which
+    // dropped it here), and `page_vma_mapped_walk` finds the entry again
+    // under it.
     let current = ctx.st.pt.pte(folio.start);
     if !current.is_present() || current.pfn() != folio.entry.pfn() {
-        inv.end();
+        ctx.end(inv);
         ctx.mem.put(new_pfn);
         return true;
     }
@@ -218,8 +247,12 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
         ..*folio
     };
     let old = install_migration_entry(ctx, &folio);
-    inv.end();
+    // Modelled simplification: the new entry replaces the migration entry
+    // before the lock is dropped (Linux's `remove_migration_ptes` runs
+    // after the end), so no other thread ever meets a migration entry:
+    // the faults and zaps here do not wait for one as Linux's do.
     finish_migration(ctx, folio.start, old, new_pfn);
+    ctx.end(inv);
     true
 }
 

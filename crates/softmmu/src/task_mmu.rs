@@ -31,7 +31,7 @@ impl AddressSpace {
     pub fn clear_soft_dirty(&self) {
         self.write_op(|ctx| {
             let inv = ctx.start(Event::SoftDirty, 0, u64::MAX);
-            inv.end();
+            ctx.end(inv);
         });
     }
 
@@ -50,7 +50,7 @@ impl AddressSpace {
             for (start, end) in spans {
                 clear_soft_dirty_span(ctx, start, end);
             }
-            inv.end();
+            ctx.end(inv);
         });
     }
 }

@@ -118,6 +118,16 @@ impl Fleet {
         }
     }
 
+    /// The `pick`-th page (modulo their number) the device mirror maps
+    /// now, if it maps any.
+    pub(crate) fn mirrored_page(&self, pick: u64) -> Option<u64> {
+        self.mirror.with_table(|table| {
+            let n = u64::try_from(table.len()).ok().filter(|&n| n > 0)?;
+            let k = usize::try_from(pick % n).ok()?;
+            table.keys().nth(k).copied()
+        })
+    }
+
     /// Every secondary's counters.
     pub(crate) fn counters(&self) -> Vec<(&'static str, Counters)> {
         self.all.iter().map(|s| (s.name(), s.counters())).collect()

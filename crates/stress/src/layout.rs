@@ -115,6 +115,19 @@ impl Layout {
         rng.pick(&self.regions).pick_page(rng)
     }
 
+    /// The one page at `page`, as a target, if a region holds it.
+    pub fn target_at(&self, page: u64) -> Option<Target> {
+        let region = *self
+            .regions
+            .iter()
+            .find(|r| r.start <= page && page < r.start + r.len)?;
+        Some(Target {
+            region,
+            start: page,
+            len: PAGE_SIZE,
+        })
+    }
+
     /// A random range for a mutator: mostly a few pages near the hot
     /// start of a region, sometimes the whole region.
     pub fn pick_target(&self, rng: &mut Rng) -> Target {

@@ -222,6 +222,7 @@ fn plan(config: &StressConfig) -> Plan {
         race_percent: 50,
         slow_every: 128,
         slow_use_every: 128,
+        aim_percent: 0,
     };
     match config.inject {
         Some(Bug::IgnoreNonBlocking) => plan.oom_percent = 100,
@@ -231,9 +232,12 @@ fn plan(config: &StressConfig) -> Plan {
         }
         // A fault that programs before its retry check leaves a stale entry
         // when the retry then fails: after a protection change or an unmap.
+        // Aimed at the page a slow walk holds, so that its retry fails
+        // there and not on some other page.
         Some(Bug::ProgramBeforeRetry) => {
             boost(&mut plan, &[OpKind::Mprotect, OpKind::Munmap]);
             plan.slow_every = 16;
+            plan.aim_percent = 50;
         }
         Some(bug) if bug.secondary() == "device-mirror" => plan.slow_every = 16,
         Some(bug) if bug.secondary() == "rcache" => plan.slow_use_every = 32,

@@ -60,6 +60,8 @@ pub(crate) struct Mutator<'r, 'a> {
     race: bool,
     /// Percent of operations that race a walk.
     race_percent: u64,
+    /// Percent of operations aimed at a slow walk's page.
+    aim_percent: u64,
 }
 
 impl std::fmt::Debug for Mutator<'_, '_> {
@@ -83,6 +85,7 @@ pub(crate) fn run(round: &Round<'_>, rng: Rng, out: Out, quota: u64, plan: &Plan
         stranger: Owner::unique(),
         private_stranger: private_device(round),
         race_percent: plan.race_percent,
+        aim_percent: plan.aim_percent,
     };
     for _ in 0..quota {
         if round.run.stopping() {
@@ -117,10 +120,17 @@ fn private_device(round: &Round<'_>) -> Owner {
 impl Mutator<'_, '_> {
     fn one(&mut self, kind: OpKind) {
         let t = self.round.layout.pick_target(&mut self.rng);
-        if self.round.slow.walked_page().is_some() && self.rng.chance(OWN_MIGRATION_PERCENT) {
+        let walked = self.round.slow.walked_page();
+        if walked.is_some() && self.rng.chance(OWN_MIGRATION_PERCENT) {
             // The page a slow walk of the mirror's own fault holds.
             return self.migrate_own_device(t.start, t.len);
         }
+        let t = match walked {
+            Some(page) if self.rng.chance(self.aim_percent) => {
+                self.round.layout.target_at(page).unwrap_or(t)
+            }
+            _ => t,
+        };
         let race = self.race && self.rng.chance(self.race_percent);
         let armed = if race { self.arm(t) } else { None };
         self.run_op(kind, t);

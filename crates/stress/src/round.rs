@@ -52,6 +52,9 @@ pub(crate) struct Plan {
     /// One registration-cache use in this many waits, with its use
     /// reference held, for a mutator (see [`SlowWalks::use_hook`]).
     pub(crate) slow_use_every: u64,
+    /// Percent of mutator operations aimed at the page a slow
+    /// device-mirror walk holds, when one does (see [`SlowWalks`]).
+    pub(crate) aim_percent: u64,
 }
 
 /// Runs round `number`; `tick` is called every millisecond or so.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 
 use mmun_core::Mm;
-use mmun_softmmu::frame::{FrameKind, ZERO_PFN};
+use mmun_softmmu::frame::ZERO_PFN;
 use mmun_softmmu::layout::{PAGE_SIZE, align_down};
 use mmun_softmmu::{AddressSpace, Memory, Translation};
 
@@ -148,14 +148,7 @@ fn pin(memory: &Memory, t: Translation) -> bool {
         // The zero page is never freed and `put` ignores it: no reference.
         return true;
     }
-    let head = memory.head(t.pfn);
-    memory.update(head, |frame| {
-        let same_life = frame.kind != FrameKind::Free && frame.serial == t.serial;
-        if same_life && frame.refcount > 0 {
-            frame.refcount += 1;
-        }
-        same_life && frame.refcount > 0
-    })
+    memory.try_get(t.pfn, t.serial)
 }
 
 /// Drops the references [`pin`] took.

@@ -261,13 +261,17 @@ impl Mutator<'_, '_> {
     /// time one with device-private memory).
     pub(super) fn migrate_device(&mut self, t: Target) {
         let Target { start, len, .. } = t;
-        let op = Op::MigrateDevice {
-            off: off(start),
-            len,
-        };
         if self.rng.chance(50) {
             self.migrate_own_device(start, len);
         } else {
+            // Another device migrates the page a slow mirror walk holds, if
+            // one does: the window a mirror that skips every owner's
+            // `Migrate` goes wrong in (a random target rarely lands there).
+            let (start, len) = self.stranger_target(start, len);
+            let op = Op::MigrateDevice {
+                off: off(start),
+                len,
+            };
             let stranger = if self.rng.chance(50) {
                 self.private_stranger
             } else {
@@ -303,6 +307,21 @@ impl Mutator<'_, '_> {
             .record(self.round.run, OpKind::MigrateDevice, at, entry);
     }
 
+    /// Where another device's migration or exclusive access goes: the page
+    /// a slow device-mirror walk holds, if one does; else, mostly, a
+    /// page the mirror maps (a mirror that skips this owner's range keeps
+    /// it, stale); else `[start, start + len)`.
+    fn stranger_target(&mut self, start: u64, len: u64) -> (u64, u64) {
+        if let Some(page) = self.round.slow.walked_page() {
+            return (page, PAGE_SIZE);
+        }
+        let pick = self.rng.next_u64();
+        match self.round.fleet.mirrored_page(pick) {
+            Some(page) if self.rng.chance(75) => (page, PAGE_SIZE),
+            _ => (start, len),
+        }
+    }
+
     /// KSM merges a few pages into one read-only page.
     pub(super) fn ksm(&mut self, t: Target) {
         let Target { start, len, .. } = t;
@@ -332,6 +351,11 @@ impl Mutator<'_, '_> {
             self.out
                 .record(self.round.run, OpKind::Exclusive, at, entry);
         } else {
+            let (va, _) = self.stranger_target(va, PAGE_SIZE);
+            let op = Op::Exclusive {
+                off: off(va),
+                len: PAGE_SIZE,
+            };
             let stranger = self.stranger;
             self.step(OpKind::Exclusive, op, |space| {
                 space.make_device_exclusive(va, stranger).map(drop)
