@@ -212,10 +212,20 @@ fn a_walker_reads_the_old_entry_between_the_start_and_the_update() {
     }
 }
 
-/// The copy-on-write fault's window: the walker sees the shared page while
-/// the fault's `Clear` is under way, then the copy.
-#[test]
-fn a_walker_reads_the_shared_page_inside_the_copy_on_write_window() {
+/// What [`copy_on_write_fault_parked_beside`] leaves: the address space, the
+/// fork child, the page they shared, and what the parked callbacks got.
+type ParkedCopyOnWrite<T> = (
+    Arc<AddressSpace>,
+    AddressSpace,
+    Translation,
+    Vec<(Event, Answer<T>)>,
+);
+
+/// A page shared with a fork child, and the parent's write fault on it
+/// parked in its `Clear` while `other` runs.
+fn copy_on_write_fault_parked_beside<T: Send + Clone + 'static>(
+    other: impl FnMut(&AddressSpace) -> T,
+) -> ParkedCopyOnWrite<T> {
     let space = fresh();
     anon(&space, B, 1);
     let child = space.fork();
@@ -225,8 +235,16 @@ fn a_walker_reads_the_shared_page_inside_the_copy_on_write_window() {
         B,
         B + P,
         |s| s.access(B, true).expect("write fault"),
-        |s| s.translate_frame(B),
+        other,
     );
+    (space, child, shared, seen)
+}
+
+/// The copy-on-write fault's window: the walker sees the shared page while
+/// the fault's `Clear` is under way, then the copy.
+#[test]
+fn a_walker_reads_the_shared_page_inside_the_copy_on_write_window() {
+    let (space, child, shared, seen) = copy_on_write_fault_parked_beside(|s| s.translate_frame(B));
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].1, Answer::Got(Some(shared)));
     let copy = space.translate_frame(B).expect("mapped");
@@ -294,17 +312,8 @@ fn a_fault_in_the_same_vma_completes_while_madv_free_is_in_its_callback() {
 /// release the parent's mapping twice and free the child's page.
 #[test]
 fn a_copy_on_write_fault_finds_its_entry_again_after_the_start() {
-    let space = fresh();
-    anon(&space, B, 1);
-    let child = space.fork();
-    let shared = space.translate_frame(B).expect("mapped");
-    let seen = while_parked(
-        &space,
-        B,
-        B + P,
-        |s| s.access(B, true).expect("write fault"),
-        |s| s.madvise(B, P, Advice::DontNeed),
-    );
+    let (space, child, shared, seen) =
+        copy_on_write_fault_parked_beside(|s| s.madvise(B, P, Advice::DontNeed));
     // The fault's `Clear` (parked), the zap's (from the test thread), and
     // nothing more: the fault saw the entry gone and filled it afresh.
     // (`seen` is in the order the callbacks returned.)
