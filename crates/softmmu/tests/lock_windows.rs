@@ -134,6 +134,21 @@ fn fresh() -> Arc<AddressSpace> {
     Arc::new(AddressSpace::new(Arc::new(Memory::new())))
 }
 
+/// A huge page's size.
+const M2: u64 = 0x20_0000;
+
+/// An address space that backs every anonymous fault it can with a huge
+/// page (`THP=always`, the huge zero page for reads).
+fn fresh_thp() -> Arc<AddressSpace> {
+    Arc::new(AddressSpace::with_config(
+        Arc::new(Memory::new()),
+        Config {
+            thp: ThpMode::Always,
+            thp_zero_page: true,
+        },
+    ))
+}
+
 /// One operation that changes the entry at `B`, and how the entry must
 /// look afterwards compared with before.
 struct Case {
@@ -350,14 +365,7 @@ fn a_copy_on_write_fault_finds_its_entry_again_after_the_start() {
 /// none and split a folio still mapped by its PMD).
 #[test]
 fn madv_free_splits_a_huge_page_faulted_in_beside_it() {
-    const M2: u64 = 0x20_0000;
-    let space = Arc::new(AddressSpace::with_config(
-        Arc::new(Memory::new()),
-        Config {
-            thp: ThpMode::Always,
-            thp_zero_page: true,
-        },
-    ));
+    let space = fresh_thp();
     notify_log::map(&space, B, M2, Prot::RW);
     let seen = while_parked(
         &space,
@@ -465,14 +473,7 @@ fn device_migration_does_not_run_inside_a_zaps_window() {
 /// meanwhile).
 #[test]
 fn reclaim_ages_the_huge_pmd_as_it_is_after_an_earlier_folios_start() {
-    const M2: u64 = 0x20_0000;
-    let space = Arc::new(AddressSpace::with_config(
-        Arc::new(Memory::new()),
-        Config {
-            thp: ThpMode::Always,
-            thp_zero_page: true,
-        },
-    ));
+    let space = fresh_thp();
     anon(&space, B, 1);
     space.madvise(B, P, Advice::Free).expect("MADV_FREE");
     notify_log::map(&space, B + M2, M2, Prot::RW);
@@ -508,7 +509,6 @@ impl Beside {
 }
 
 fn beside_start(b: &Beside, range: &Range<'_>) {
-    const M2: u64 = 0x20_0000;
     if std::thread::current().id() == b.faulter
         && range.event() == Event::Clear
         && b.steps.fetch_add(1, Ordering::SeqCst) == 0
@@ -543,14 +543,7 @@ static BESIDE_A_SPLIT: mmun_core::NotifierOps<Beside> = mmun_core::NotifierOps {
 /// PMD and the fault starts over) rather than look for a PTE table there.
 #[test]
 fn a_fault_finds_the_pmd_again_after_a_huge_fault_beside_its_split() {
-    const M2: u64 = 0x20_0000;
-    let space = Arc::new(AddressSpace::with_config(
-        Arc::new(Memory::new()),
-        Config {
-            thp: ThpMode::Always,
-            thp_zero_page: true,
-        },
-    ));
+    let space = fresh_thp();
     notify_log::map(&space, B, M2, Prot::RW);
     space.access(B, true).expect("huge fault");
     let child = space.fork();
