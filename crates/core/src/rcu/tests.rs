@@ -32,6 +32,31 @@ mod std_tests {
         }
     }
 
+    /// Runs `synchronize` on a thread of its own while a reader is in its
+    /// section, checks after `settle` that it still waits (`why` if not),
+    /// then lets the reader go with `release` and waits for the updater.
+    /// Returns whether the grace period ended.
+    fn grace_period_waits_for_the_reader(
+        synchronize: impl FnOnce() + Send + 'static,
+        settle: Duration,
+        why: &str,
+        release: impl FnOnce(),
+    ) -> bool {
+        let done = Arc::new(AtomicBool::new(false));
+        let updater = thread::spawn({
+            let done = done.clone();
+            move || {
+                synchronize();
+                done.store(true, SeqCst);
+            }
+        });
+        thread::sleep(settle);
+        assert!(!done.load(SeqCst), "{why}");
+        release();
+        updater.join().unwrap();
+        done.load(SeqCst)
+    }
+
     #[test]
     fn synchronize_waits_for_a_sleeping_reader() {
         within("synchronize vs sleeping reader", || {
@@ -395,23 +420,16 @@ mod std_tests {
             drop(guard);
         });
         entered_rx.recv().unwrap();
-        let done = Arc::new(AtomicBool::new(false));
-        let updater = thread::spawn({
-            let done = done.clone();
-            move || {
-                global().synchronize();
-                done.store(true, SeqCst);
-            }
-        });
-        thread::sleep(Duration::from_millis(50));
-        assert!(
-            !done.load(SeqCst),
-            "the grace period ignored a dispatch section"
+        let done = grace_period_waits_for_the_reader(
+            || global().synchronize(),
+            Duration::from_millis(50),
+            "the grace period ignored a dispatch section",
+            || {
+                release_tx.send(()).unwrap();
+                reader.join().unwrap();
+            },
         );
-        release_tx.send(()).unwrap();
-        reader.join().unwrap();
-        updater.join().unwrap();
-        assert!(done.load(SeqCst));
+        assert!(done);
     }
 
     #[test]
@@ -627,19 +645,16 @@ mod std_tests {
                     }
                 });
                 entered_rx.recv().unwrap();
-                let done = Arc::new(AtomicBool::new(false));
-                let updater = thread::spawn({
-                    let (srcu, done) = (srcu.clone(), done.clone());
-                    move || {
-                        srcu.synchronize();
-                        done.store(true, SeqCst);
-                    }
-                });
-                thread::sleep(Duration::from_millis(10));
-                assert!(!done.load(SeqCst), "synchronize ignored a live reader");
-                release_tx.send(()).unwrap();
-                reader.join().unwrap();
-                updater.join().unwrap();
+                let srcu_for_updater = srcu.clone();
+                grace_period_waits_for_the_reader(
+                    move || srcu_for_updater.synchronize(),
+                    Duration::from_millis(10),
+                    "synchronize ignored a live reader",
+                    || {
+                        release_tx.send(()).unwrap();
+                        reader.join().unwrap();
+                    },
+                );
                 assert_eq!(srcu.inner.slot_count(), 1);
 
                 // The next reader inherits the slot; a grace period still
@@ -662,22 +677,16 @@ mod std_tests {
                     1,
                     "the exited reader's slot was not reused"
                 );
-                let done = Arc::new(AtomicBool::new(false));
-                let updater = thread::spawn({
-                    let (srcu, done) = (srcu.clone(), done.clone());
-                    move || {
-                        srcu.synchronize();
-                        done.store(true, SeqCst);
-                    }
-                });
-                thread::sleep(Duration::from_millis(10));
-                assert!(
-                    !done.load(SeqCst),
-                    "synchronize ignored a reader on a reused slot"
+                let srcu_for_updater = srcu.clone();
+                grace_period_waits_for_the_reader(
+                    move || srcu_for_updater.synchronize(),
+                    Duration::from_millis(10),
+                    "synchronize ignored a reader on a reused slot",
+                    || {
+                        release_tx.send(()).unwrap();
+                        reader.join().unwrap();
+                    },
                 );
-                release_tx.send(()).unwrap();
-                reader.join().unwrap();
-                updater.join().unwrap();
                 srcu.synchronize();
             });
         }
