@@ -105,8 +105,7 @@ fn report_hits(fx: &Fixture, n: usize) {
 fn key(start: u64, id: u32) -> Key {
     Key {
         start,
-        order: id,
-        id,
+        id: u64::from(id),
     }
 }
 

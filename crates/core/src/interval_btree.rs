@@ -11,9 +11,9 @@
 //! tree.
 //!
 //! Entries are ordered by their [`Key`]: the interval's start, then a
-//! caller-chosen order (an insertion counter gives the kernel's "equal
-//! starts in insertion order"), then a caller-chosen id that makes the key
-//! unique. Removal is by key. Underfull nodes are not merged; empty ones
+//! caller-chosen id that makes the key unique (the interval notifiers use
+//! the address of their node, which the entry then needs no value for).
+//! Removal is by key. Underfull nodes are not merged; empty ones
 //! are freed, and the root shrinks when it has one child.
 
 use std::fmt;
@@ -21,19 +21,18 @@ use std::fmt;
 /// Entries per leaf and children per inner node.
 const FANOUT: usize = 16;
 
-/// Where an entry sorts: `(start, order, id)`, unique per entry.
+/// Where an entry sorts: `(start, id)`, unique per entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     /// First address of the interval.
     pub start: u64,
-    /// Tie-break among equal starts (e.g. an insertion counter).
-    pub order: u32,
-    /// The caller's unique id of the entry.
-    pub id: u32,
+    /// The caller's unique id of the entry; orders equal starts.
+    pub id: u64,
 }
 
 /// Entries of one leaf, in key order, as parallel arrays: a query scans
-/// `lasts` and `keys` without touching the values. `len` comes first (C
+/// `lasts` and `keys` without touching the values (zero-sized when the key
+/// says everything, as for the interval notifiers). `len` comes first (C
 /// layout): a query reads it first, and there it shares its cache line with
 /// the first keys instead of sitting alone past the values.
 #[derive(Clone)]
@@ -42,7 +41,7 @@ struct Leaf<V> {
     len: usize,
     keys: [Key; FANOUT],
     lasts: [u64; FANOUT],
-    values: [Option<V>; FANOUT],
+    values: [V; FANOUT],
 }
 
 /// Children of one inner node: the smallest key and the largest `last` of
@@ -64,19 +63,15 @@ fn count_not_greater(keys: &[Key], key: Key) -> usize {
     keys.iter().map(|k| usize::from(*k <= key)).sum()
 }
 
-const NO_KEY: Key = Key {
-    start: 0,
-    order: 0,
-    id: 0,
-};
+const NO_KEY: Key = Key { start: 0, id: 0 };
 
-impl<V: Copy> Leaf<V> {
+impl<V: Copy + Default> Leaf<V> {
     fn new() -> Leaf<V> {
         Leaf {
             len: 0,
             keys: [NO_KEY; FANOUT],
             lasts: [0; FANOUT],
-            values: [None; FANOUT],
+            values: [V::default(); FANOUT],
         }
     }
 
@@ -96,17 +91,16 @@ impl<V: Copy> Leaf<V> {
         self.values.copy_within(at..n, at + 1);
         self.keys[at] = key;
         self.lasts[at] = last;
-        self.values[at] = Some(value);
+        self.values[at] = value;
         self.len += 1;
     }
 
     fn remove_at(&mut self, at: usize) -> (u64, V) {
         let n = self.len;
-        let removed = (self.lasts[at], self.values[at].expect("live entry"));
+        let removed = (self.lasts[at], self.values[at]);
         self.keys.copy_within(at + 1..n, at);
         self.lasts.copy_within(at + 1..n, at);
         self.values.copy_within(at + 1..n, at);
-        self.values[n - 1] = None;
         self.len -= 1;
         removed
     }
@@ -119,7 +113,6 @@ impl<V: Copy> Leaf<V> {
         right.lasts[..moved].copy_from_slice(&self.lasts[from..self.len]);
         right.values[..moved].copy_from_slice(&self.values[from..self.len]);
         right.len = moved;
-        self.values[from..self.len].fill(None);
         self.len = from;
         right
     }
@@ -242,7 +235,7 @@ pub struct IntervalBTree<V> {
     len: usize,
 }
 
-impl<V: Copy> Default for IntervalBTree<V> {
+impl<V: Copy + Default> Default for IntervalBTree<V> {
     fn default() -> Self {
         Self::new()
     }
@@ -259,7 +252,7 @@ struct Step {
 /// this, so it never spills to the heap.
 type Path = smallvec::SmallVec<[Step; 10]>;
 
-impl<V: Copy> IntervalBTree<V> {
+impl<V: Copy + Default> IntervalBTree<V> {
     /// An empty tree (one empty leaf).
     pub fn new() -> Self {
         let mut leaves = Pool::new();
@@ -368,6 +361,14 @@ impl<V: Copy> IntervalBTree<V> {
         Some(removed)
     }
 
+    /// The `last` and value of the entry with `key`, in O(log n).
+    pub fn get(&self, key: Key) -> Option<(u64, V)> {
+        let (_, leaf) = self.descend(key);
+        let node = &self.leaves.nodes[leaf as usize];
+        let at = node.upper_bound(key).checked_sub(1)?;
+        (node.keys[at] == key).then(|| (node.lasts[at], node.values[at]))
+    }
+
     /// The entries overlapping `[start, last]` (`entry.start <= last &&
     /// start <= entry.last`), in key order, in O(log n + k) for k results
     /// when intervals do not nest deeply.
@@ -415,7 +416,7 @@ impl<V: Copy> IntervalBTree<V> {
 }
 
 // Paths and structural updates.
-impl<V: Copy> IntervalBTree<V> {
+impl<V: Copy + Default> IntervalBTree<V> {
     /// The path to the leaf where `key` belongs.
     fn descend(&self, key: Key) -> (Path, u32) {
         let mut path = Path::new();
@@ -565,7 +566,7 @@ impl<V: Copy> IntervalBTree<V> {
 }
 
 // Invariant checking.
-impl<V: Copy> IntervalBTree<V> {
+impl<V: Copy + Default> IntervalBTree<V> {
     /// Checks the subtree at `node` (of `height`); returns its first key
     /// and maximum `last`.
     fn check_node(
@@ -590,7 +591,6 @@ impl<V: Copy> IntervalBTree<V> {
                     previous.is_none_or(|p| p < leaf.keys[i]),
                     "keys out of order at leaf {node}"
                 );
-                assert!(leaf.values[i].is_some(), "leaf {node}: entry without value");
                 *previous = Some(leaf.keys[i]);
             }
             *count += leaf.len;
@@ -615,7 +615,7 @@ impl<V: Copy> IntervalBTree<V> {
     }
 }
 
-impl<V: Copy + fmt::Debug> fmt::Debug for IntervalBTree<V> {
+impl<V: Copy + Default + fmt::Debug> fmt::Debug for IntervalBTree<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(
@@ -643,7 +643,7 @@ pub struct Overlapping<'a, V> {
     done: bool,
 }
 
-impl<'a, V: Copy> Iterator for Overlapping<'a, V> {
+impl<'a, V: Copy + Default> Iterator for Overlapping<'a, V> {
     type Item = (Key, u64, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -661,7 +661,7 @@ impl<'a, V: Copy> Iterator for Overlapping<'a, V> {
     }
 }
 
-impl<'a, V: Copy> Overlapping<'a, V> {
+impl<'a, V: Copy + Default> Overlapping<'a, V> {
     /// Looks at the entries of `leaf` from `slot` on; returns the first
     /// overlap and leaves a frame to resume after it.
     fn scan_leaf(&mut self, leaf: u32, slot: usize) -> Option<(Key, u64, &'a V)> {
@@ -673,8 +673,7 @@ impl<'a, V: Copy> Overlapping<'a, V> {
             }
             if node.lasts[i] >= self.start && self.after.is_none_or(|after| node.keys[i] > after) {
                 self.stack.push((leaf, 0, i + 1));
-                let value = node.values[i].as_ref().expect("live entry");
-                return Some((node.keys[i], node.lasts[i], value));
+                return Some((node.keys[i], node.lasts[i], &node.values[i]));
             }
         }
         None
@@ -718,8 +717,7 @@ mod tests {
     fn key(start: u64, id: u32) -> Key {
         Key {
             start,
-            order: id,
-            id,
+            id: u64::from(id),
         }
     }
 

@@ -29,57 +29,31 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::pin::Pin;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::interval_node::IntervalNode;
+#[cfg(not(mmun_loom))]
+pub use crate::interval_node::SeqWords;
 use crate::mm::MmapWriteGuard;
 use crate::ops::IntervalNotifierOps;
 pub use crate::seq_word::IntervalSub;
-use crate::subscriptions::ops_ptr::OpsBox;
-use crate::subscriptions::seq_arena::SeqHandle;
-use crate::subscriptions::subscription::register_locked;
 use crate::sync::Arc;
 use crate::{Mm, Seq};
 
 /// `struct mmu_interval_notifier`: an inserted interval notifier with its
-/// driver state `O`. Removes itself when dropped.
+/// driver state `O`, movable. Removes itself when dropped.
+///
+/// A box around one pinned [`IntervalNode`] (one pointer): the node is what
+/// the subsystem's tree points at. A driver that holds many intervals can
+/// embed the nodes in its own pinned storage instead and save the box.
 ///
 /// Dereferences to its [`IntervalSub`], which carries `read_retry`,
 /// `check_retry` and `set_seq`; `read_begin` is a method of the handle
 /// because it may wait on the address space.
 pub struct IntervalNotifier<O: IntervalNotifierOps> {
-    /// The seq word, with the address space (`mmgrab`: it outlives the
-    /// subscription).
-    seq: SeqHandle,
-    /// First address; with the seq word's id it finds the tree entry.
-    start: u64,
-    last: u64,
-    /// `None` once removed (the state is freed then).
-    ops: Option<OpsBox<O>>,
-}
-
-/// Where an interval's retry protocol lives, for code that inlines the
-/// fast paths of `read_begin` and `read_retry` outside Rust:
-///
-/// * `read_begin`: `s` = `*interval` (acquire); if `s == *invalidating`
-///   (acquire), an invalidation covering the interval is running: call
-///   the real `read_begin` (which waits); otherwise `s` is the sequence.
-/// * `read_retry(s)`, under the driver lock: `*interval != s` (relaxed:
-///   the lock orders it after the callback's `set_seq`).
-///
-/// Only ever read the words, with atomic loads. Both stay at their
-/// addresses while the address space lives (the interval's word is one of
-/// its subscriptions' arena, which never moves); after the interval is
-/// removed its word may be reused by a later interval, so reading it then
-/// is the caller's bug, as using a removed notifier is.
-#[cfg(not(mmun_loom))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeqWords {
-    /// The interval's sequence word (`mmu_interval_notifier.invalidate_seq`).
-    pub interval: *const u64,
-    /// The address space's running invalidation's sequence
-    /// (`mmu_notifier_subscriptions.invalidate_seq`), as the lock-free
-    /// `read_begin` reads it.
-    pub invalidating: *const u64,
+    /// Inserted for as long as the handle lives; `None` only once removed.
+    node: Option<Pin<Box<IntervalNode<O>>>>,
 }
 
 impl<O: IntervalNotifierOps> IntervalNotifier<O> {
@@ -89,51 +63,35 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     ///
     /// # Errors
     ///
-    /// [`Error::Overflow`] for a zero length or an interval past `u64::MAX`;
-    /// [`Error::NoUsers`] after exit; [`Error::Disabled`] in the disabled
-    /// build.
+    /// [`Error::Overflow`](crate::Error::Overflow) for a zero length or an
+    /// interval past `u64::MAX`; [`Error::NoUsers`](crate::Error::NoUsers)
+    /// after exit; [`Error::Disabled`](crate::Error::Disabled) in the
+    /// disabled build.
     pub fn insert(mm: &Arc<Mm>, start: u64, length: u64, ops: O) -> Result<IntervalNotifier<O>> {
-        let last = checked_last(start, length)?;
-        let enabled = mm.subscriptions().is_some_and(|s| s.has_itree());
-        if !enabled {
-            mm.assert_not_registering_inside("mmu_interval_notifier_insert()");
-            let guard = mm.mmap_write();
-            register_locked(&guard, None)?;
-        }
-        Self::insert_enabled(mm, start, last, ops)
+        let mut node = Box::pin(IntervalNode::new(ops));
+        node.as_mut().insert(mm, start, length)?;
+        Ok(IntervalNotifier { node: Some(node) })
     }
 
     /// `mmu_interval_notifier_insert_locked`: the same, with the mmap write
     /// lock already held; the interval goes on that lock's address space.
+    ///
+    /// # Errors
+    ///
+    /// As [`IntervalNotifier::insert`].
     pub fn insert_locked(
         guard: &MmapWriteGuard<'_>,
         start: u64,
         length: u64,
         ops: O,
     ) -> Result<IntervalNotifier<O>> {
-        let last = checked_last(start, length)?;
-        register_locked(guard, None)?;
-        Self::insert_enabled(guard.mm_arc(), start, last, ops)
+        let mut node = Box::pin(IntervalNode::new(ops));
+        node.as_mut().insert_locked(guard, start, length)?;
+        Ok(IntervalNotifier { node: Some(node) })
     }
 
-    fn insert_enabled(mm: &Arc<Mm>, start: u64, last: u64, ops: O) -> Result<IntervalNotifier<O>> {
-        if !mm.is_live() {
-            return Err(Error::NoUsers);
-        }
-        let subscriptions = mm.subscriptions().ok_or(Error::Disabled)?;
-        let scope = mm.registration_scope();
-        let ops = OpsBox::new(ops);
-        let seq = subscriptions.itree().insert(mm, start, last, ops.erased());
-        drop(scope);
-        if let Some(observer) = mm.observer() {
-            observer.interval_inserted(start, last);
-        }
-        Ok(IntervalNotifier {
-            seq,
-            start,
-            last,
-            ops: Some(ops),
-        })
+    fn node(&self) -> &IntervalNode<O> {
+        self.node.as_ref().expect("present until removed")
     }
 
     /// `mmu_interval_read_begin`: a sequence number for
@@ -150,8 +108,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     /// callback (`might_sleep`).
     #[must_use = "pass the seq to read_retry"]
     pub fn read_begin(&self) -> Seq {
-        let subscriptions = self.mm().subscriptions().expect("inserted, so present");
-        subscriptions.itree().read_begin(&self.seq)
+        self.node().read_begin()
     }
 
     /// The two words [`IntervalNotifier::read_begin`]'s lock-free path and
@@ -160,11 +117,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     #[cfg(not(mmun_loom))]
     #[must_use]
     pub fn seq_words(&self) -> SeqWords {
-        let subscriptions = self.mm().subscriptions().expect("inserted, so present");
-        SeqWords {
-            interval: self.seq.word_ptr(),
-            invalidating: subscriptions.published_seq.as_ptr(),
-        }
+        self.node().seq_words()
     }
 
     /// [`IntervalNotifier::read_begin`] that returns `None` where that one
@@ -173,8 +126,7 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     /// end). For callers that report the rule as an error code (the C API).
     #[must_use = "pass the seq to read_retry"]
     pub fn try_read_begin(&self) -> Option<Seq> {
-        let subscriptions = self.mm().subscriptions().expect("inserted, so present");
-        subscriptions.itree().try_read_begin(&self.seq)
+        self.node().try_read_begin()
     }
 
     /// `mmu_interval_notifier_remove`: unsubscribes, waiting until no
@@ -184,65 +136,51 @@ impl<O: IntervalNotifierOps> IntervalNotifier<O> {
     ///
     /// When called from this address space's invalidate callback, or
     /// between a start and its end on this thread (it would wait for its
-    /// own invalidation), in every build.
+    /// own invalidation), in every build. The interval then stays
+    /// subscribed for good and its node (with the driver state and a
+    /// reference to the address space) is leaked: the tree may still call
+    /// it, so it cannot be freed.
     pub fn remove(mut self) {
         self.remove_now();
     }
 
     fn remove_now(&mut self) {
-        if self.ops.is_none() {
+        let Some(mut node) = self.node.take() else {
             return;
-        }
-        let mm = self.seq.mm();
-        let subscriptions = mm.subscriptions().expect("inserted, so present");
-        // If this panics the state stays allocated (an `OpsBox` leaks when
-        // dropped): the tree may still point at it.
-        let Some(ops) = self.ops.take() else { return };
-        let scope = mm.registration_scope();
-        let unsubscribed = subscriptions
-            .itree()
-            .remove(self.start, &self.seq, ops.erased());
-        ops.free(unsubscribed);
-        drop(scope);
-        if let Some(observer) = mm.observer() {
-            observer.interval_removed(self.start, self.last);
+        };
+        if let Err(refused) = node.as_mut().try_remove() {
+            std::mem::forget(node);
+            refused.panic_unless_panicking();
         }
     }
 
     /// First address of the interval.
     pub fn start(&self) -> u64 {
-        self.start
+        self.node().start()
     }
 
-    /// Last address of the interval (inclusive).
+    /// Last address of the interval (inclusive): looked up in the tree,
+    /// under the subscriptions lock.
     pub fn last(&self) -> u64 {
-        self.last
+        self.node().last()
     }
 
     /// The address space.
     pub fn mm(&self) -> &Arc<Mm> {
-        self.seq.mm()
+        self.node().mm().expect("inserted until removed")
     }
 
     /// The driver state.
     pub fn ops(&self) -> &O {
-        self.ops.as_ref().expect("present until remove").get()
+        self.node().ops()
     }
-}
-
-/// `[start, start + length - 1]`, or `EOVERFLOW`.
-fn checked_last(start: u64, length: u64) -> Result<u64> {
-    length
-        .checked_sub(1)
-        .and_then(|l| start.checked_add(l))
-        .ok_or(Error::Overflow)
 }
 
 impl<O: IntervalNotifierOps> Deref for IntervalNotifier<O> {
     type Target = IntervalSub;
     #[inline]
     fn deref(&self) -> &IntervalSub {
-        &self.seq
+        self.node()
     }
 }
 
@@ -254,10 +192,13 @@ impl<O: IntervalNotifierOps> Drop for IntervalNotifier<O> {
 
 impl<O: IntervalNotifierOps> fmt::Debug for IntervalNotifier<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IntervalNotifier")
-            .field("start", &format_args!("{:#x}", self.start))
-            .field("last", &format_args!("{:#x}", self.last))
-            .field("seq", &*self.seq)
-            .finish_non_exhaustive()
+        match &self.node {
+            Some(node) => f
+                .debug_struct("IntervalNotifier")
+                .field("start", &format_args!("{:#x}", node.start()))
+                .field("seq", &***node)
+                .finish_non_exhaustive(),
+            None => f.write_str("IntervalNotifier(removed)"),
+        }
     }
 }

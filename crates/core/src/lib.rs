@@ -25,6 +25,7 @@ pub mod event;
 #[cfg(all(unix, not(mmun_loom)))]
 pub mod fork;
 pub mod interval_btree;
+pub mod interval_node;
 pub mod interval_notifier;
 pub mod invalidation;
 pub mod lockdep;
@@ -45,6 +46,7 @@ pub use context::{in_non_block, might_sleep};
 pub use driver_lock::{DriverLock, FaultGuard, InvalidateGuard, Retry};
 pub use error::{Error, Result, WouldBlock};
 pub use event::Event;
+pub use interval_node::IntervalNode;
 #[cfg(not(mmun_loom))]
 pub use interval_notifier::SeqWords;
 pub use interval_notifier::{IntervalNotifier, IntervalSub};

@@ -1,6 +1,6 @@
 //! The sequence word of an interval subscription, the one piece of
 //! `struct mmu_interval_notifier` that drivers touch directly: below the
-//! subscriptions (which keep the words in their arena) and the ops tables
+//! subscriptions (whose nodes hold the words) and the ops tables
 //! (whose `invalidate` receives one), above nothing but `Seq`.
 //! Re-exported as [`crate::interval_notifier::IntervalSub`].
 
@@ -28,8 +28,7 @@ pub struct IntervalSub {
 }
 
 impl IntervalSub {
-    /// Seq 0, as the arena's zeroed words start (loom builds each one).
-    #[cfg(any(test, mmun_loom))]
+    /// Seq 0: not yet inserted (an insert sets an odd seq).
     pub(crate) fn new() -> IntervalSub {
         IntervalSub {
             invalidate_seq: AtomicU64::new(0),

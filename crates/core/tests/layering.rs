@@ -39,6 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "public handles and entry points",
         &[
             "notifier",
+            "interval_node",
             "interval_notifier",
             "invalidation",
             "notify",

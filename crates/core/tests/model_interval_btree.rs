@@ -31,7 +31,7 @@ fn expected(model: &[(Key, u64)], start: u64, last: u64) -> Vec<(Key, u64)> {
     hits
 }
 
-fn actual(tree: &IntervalBTree<u32>, start: u64, last: u64) -> Vec<(Key, u64)> {
+fn actual(tree: &IntervalBTree<u64>, start: u64, last: u64) -> Vec<(Key, u64)> {
     tree.overlapping(start, last)
         .map(|(key, last, value)| {
             assert_eq!(*value, key.id, "value travels with its key");
@@ -47,13 +47,13 @@ proptest! {
     fn matches_a_naive_model(ops in prop::collection::vec(op(), 1..1500)) {
         let mut tree = IntervalBTree::new();
         let mut model: Vec<(Key, u64)> = Vec::new();
-        let mut next = 0u32;
+        let mut next = 0u64;
         for op in ops {
             match op {
                 Op::Insert { start, len } => {
-                    // Equal starts are common; the order field keeps them in
-                    // insertion order, the id keeps keys unique.
-                    let key = Key { start, order: next, id: next };
+                    // Equal starts are common; the id keeps keys unique and
+                    // orders them, scrambled as node addresses are.
+                    let key = Key { start, id: next.wrapping_mul(0x9e37_79b9_7f4a_7c15) };
                     next += 1;
                     tree.insert(key, start + len, key.id);
                     model.push((key, start + len));
@@ -63,8 +63,10 @@ proptest! {
                         continue;
                     }
                     let (key, last) = model.swap_remove(pick % model.len());
+                    prop_assert_eq!(tree.get(key), Some((last, key.id)));
                     prop_assert_eq!(tree.remove(key), Some((last, key.id)));
                     prop_assert_eq!(tree.remove(key), None);
+                    prop_assert_eq!(tree.get(key), None);
                 }
                 Op::Query { start, len } => {
                     let last = start + len;
@@ -94,12 +96,8 @@ proptest! {
 #[test]
 fn extreme_bounds_are_supported() {
     let mut tree = IntervalBTree::new();
-    let key = |start, id| Key {
-        start,
-        order: id,
-        id,
-    };
-    tree.insert(key(0, 0), u64::MAX, 0u32);
+    let key = |start, id| Key { start, id };
+    tree.insert(key(0, 0), u64::MAX, 0u64);
     tree.insert(key(u64::MAX, 1), u64::MAX, 1);
     assert_eq!(actual(&tree, u64::MAX, u64::MAX).len(), 2);
     assert_eq!(actual(&tree, 0, 0).len(), 1);

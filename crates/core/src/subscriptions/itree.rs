@@ -19,16 +19,14 @@
 
 use smallvec::SmallVec;
 
-use super::ops_ptr::{OpsPtr, Unsubscribed};
+use super::node::{NodeHeader, NodePtr};
 use super::{Locked, Subscriptions};
 
-use super::seq_arena::SeqHandle;
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
 use crate::interval_btree::Key;
 use crate::lockdep;
 use crate::seq_word::IntervalSub;
-use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 use crate::warn::Warning;
 use crate::{Event, Mm, Range, Seq};
@@ -36,15 +34,15 @@ use crate::{Event, Mm, Range, Seq};
 /// How many hits one visit under the lock collects.
 const BATCH: usize = 16;
 
-/// One batch of the subscriptions a start collected: each driver's state
-/// and seq word. Never holds more than `BATCH`, so it never spills to the
-/// heap: a start allocates nothing however many intervals it hits.
-type Hits<'s> = SmallVec<[(OpsPtr, &'s IntervalSub); BATCH]>;
+/// One batch of the nodes a start collected. Never holds more than
+/// `BATCH`, so it never spills to the heap: a start allocates nothing
+/// however many intervals it hits.
+type Hits = SmallVec<[NodePtr; BATCH]>;
 
 /// Closes the epoch opened by a start unless disarmed: the failure and the
 /// unwinding paths of a start both end up here. While it lives, the epoch
 /// is open, which is what lets callbacks reach the driver state collected
-/// in it (`OpsPtr::get`).
+/// in it (`NodePtr::get`).
 pub(crate) struct EpochGuard<'a> {
     subscriptions: &'a Subscriptions,
     armed: bool,
@@ -76,8 +74,8 @@ impl<'s> Itree<'s> {
     /// `mn_itree_inv_start_range`: counts the range and, if it hits any
     /// interval, enters full exclusion (`seq |= 1`). Fills `hits` with the
     /// first batch and returns the key to resume after if there may be
-    /// more (see [`Subscriptions::itree_next_batch`]).
-    fn inv_start_range(self, range: &Range<'_>, hits: &mut Hits<'s>) -> (Seq, Option<Key>) {
+    /// more (see [`Itree::next_batch`]).
+    fn inv_start_range(self, range: &Range<'_>, hits: &mut Hits) -> (Seq, Option<Key>) {
         let mut locked = self.lock();
         locked.active += 1;
         let more = self.collect(&locked, range, None, hits);
@@ -92,7 +90,7 @@ impl<'s> Itree<'s> {
     /// found, so the seq is odd and this range still counted: the tree is
     /// frozen (inserts and removes are deferred), and resuming finds exactly
     /// what one walk would have, in the same order.
-    fn next_batch(self, range: &Range<'_>, after: Key, hits: &mut Hits<'s>) -> Option<Key> {
+    fn next_batch(self, range: &Range<'_>, after: Key, hits: &mut Hits) -> Option<Key> {
         hits.clear();
         let locked = self.lock();
         self.collect(&locked, range, Some(after), hits)
@@ -105,11 +103,11 @@ impl<'s> Itree<'s> {
         locked: &Locked,
         range: &Range<'_>,
         after: Option<Key>,
-        hits: &mut Hits<'s>,
+        hits: &mut Hits,
     ) -> Option<Key> {
         let last = range.last()?;
-        for (key, _, ops) in locked.tree.overlapping_after(range.start(), last, after) {
-            hits.push((*ops, self.0.seq_words.get(key.id)));
+        for (key, _, ()) in locked.tree.overlapping_after(range.start(), last, after) {
+            hits.push(NodePtr::from_key(key));
             if hits.len() == BATCH {
                 return Some(key);
             }
@@ -127,9 +125,9 @@ impl<'s> Itree<'s> {
             armed: true,
         };
         loop {
-            for (ops, sub) in &hits {
+            for node in &hits {
                 let _non_block = NonBlock::enter(!range.is_blockable());
-                if ops.get(&epoch).invalidate(sub, range, cur_seq) {
+                if node.invalidate(&epoch, range, cur_seq) {
                     continue;
                 }
                 if range.is_blockable() {
@@ -180,8 +178,8 @@ impl<'s> Itree<'s> {
             armed: true,
         };
         loop {
-            for (ops, sub) in &hits {
-                if !ops.get(&epoch).invalidate(sub, &range, cur_seq) {
+            for node in &hits {
+                if !node.invalidate(&epoch, &range, cur_seq) {
                     self.warn(Warning::IntervalRefusedRelease);
                 }
             }
@@ -190,26 +188,30 @@ impl<'s> Itree<'s> {
         }
     }
 
-    /// `__mmu_interval_notifier_insert`, after the tree was enabled: returns
-    /// the subscription's seq word (whose id, with the start, names its
-    /// tree entry). `mm` is the address space of these subscriptions.
-    pub(crate) fn insert(self, mm: &Arc<Mm>, start: u64, last: u64, ops: OpsPtr) -> SeqHandle {
+    /// `__mmu_interval_notifier_insert`, after the tree was enabled: links
+    /// `node` (whose `start` and `mm` are set, `mm` being the address space
+    /// of these subscriptions) as `[start, last]`, or queues it for the end
+    /// of the running epoch.
+    pub(crate) fn insert(self, node: &NodeHeader, last: u64) {
+        let key = node.key();
+        let sub = &node.sub;
         let mut locked = self.lock();
-        let key = locked.ids.alloc(start);
-        let sub = self.0.seq_words.ensure(key.id);
         let seq = locked.invalidate_seq;
         if locked.active > 0 && seq & 1 == 1 {
             // Fully excluded: the tree is frozen, join it when the epoch ends.
             sub.set_seq_locked(seq);
-            locked.ids.set(key.id, TreeState::PendingInsert);
-            defer(&mut locked, Deferred { key, last, ops });
+            locked.pending_inserts.push((key, last));
+            let pending = locked.pending_inserts.len();
+            // Applying the queue at the epoch's end must not allocate: that
+            // end runs on the dispatch path.
+            locked.tree.reserve(pending);
         } else if locked.active > 0 {
             // Partially excluded: a running range might cover the new
             // interval, so treat it as covered and make readers wait.
             let odd = locked.invalidate_seq | 1;
             self.set_invalidate_seq(&mut locked, odd);
             sub.set_seq_locked(locked.invalidate_seq);
-            link_now(&mut locked, key, last, ops);
+            locked.tree.insert(key, last, ());
         } else {
             if seq & 1 == 1 {
                 drop(locked);
@@ -219,66 +221,79 @@ impl<'s> Itree<'s> {
             // Odd and different from the (even) idle seq: read_begin returns
             // at once.
             sub.set_seq_locked(locked.invalidate_seq.wrapping_sub(1));
-            link_now(&mut locked, key, last, ops);
+            locked.tree.insert(key, last, ());
         }
-        drop(locked);
-        SeqHandle::new(mm, sub)
     }
 
-    /// `mmu_interval_notifier_remove`: takes the subscription that starts
-    /// at `start` and has the seq word `word` out of the tree, waiting for
-    /// the epoch to close if a callback may still be running for it.
-    pub(crate) fn remove(self, start: u64, word: &IntervalSub, ops: OpsPtr) -> Unsubscribed {
+    /// `mmu_interval_notifier_remove`: takes `node` out of the tree (or out
+    /// of the queue of deferred inserts), waiting for the epoch to close if
+    /// a callback may still be running for it. Returns the interval's
+    /// `last`.
+    ///
+    /// Refuses, changing nothing, when it would have to wait for an
+    /// invalidation this thread has open: the caller then still owns a
+    /// linked node, which it must not free.
+    pub(crate) fn remove(self, node: &NodeHeader) -> Result<u64, WouldWaitOnSelf> {
         context::might_sleep();
-        let id = self
-            .seq_words
-            .id_of(word)
-            .expect("a handle's seq word is in its subscriptions' arena");
-        let wait_for = self.unlink_or_defer(start, id, ops);
+        let key = node.key();
+        let (last, wait_for) = self.unlink_or_defer(key)?;
         lockdep::acquire_release(&lockdep::INVALIDATE_RANGE_START_MAP);
         if let Some(seq) = wait_for {
-            context::assert_not_waiting_on_self(self.id(), "mmu_interval_notifier_remove()");
             // Read under the lock (Linux fix 319561669a59): the closing
-            // `inv_end` finishes with the tree and the deferred list before
-            // it unlocks, so seeing the new seq means it is done with `key`.
+            // `inv_end` finishes with the tree and the deferred queues
+            // before it unlocks, so seeing the new seq means it is done with
+            // `key`.
             self.wait_for_seq_change(seq);
         }
-        // Either the entry never reached the tree, or it left it while no
+        // Either the node never reached the tree, or it left it while no
         // epoch was open, or the epoch that could have called it is closed.
-        Unsubscribed::after_waiting_out_callbacks()
+        Ok(last)
     }
 
-    fn unlink_or_defer(self, start: u64, id: u32, ops: OpsPtr) -> Option<u64> {
+    /// The interval's `last` and, if the removal had to be deferred, the
+    /// seq of the epoch to wait out.
+    fn unlink_or_defer(self, key: Key) -> Result<(u64, Option<u64>), WouldWaitOnSelf> {
+        // Asked before anything changes: a refusal leaves the node linked.
+        let waits_on_self = context::would_wait_on_self(self.id());
         let mut locked = self.lock();
-        let state = locked.ids.get(id);
-        if locked.invalidate_seq & 1 == 1 {
-            match state {
-                Some(TreeState::PendingInsert) => {
-                    // Never reached the tree: nothing can be calling it. The
-                    // epoch's end frees the id, keeping its seq word unused
-                    // until then.
-                    locked.ids.set(id, TreeState::Cancelled);
-                    None
-                }
-                Some(TreeState::InTree) => {
-                    let key = tree_key(&locked, start, id);
-                    locked.ids.set(id, TreeState::PendingRemove);
-                    defer(&mut locked, Deferred { key, last: 0, ops });
-                    Some(locked.invalidate_seq)
-                }
-                Some(TreeState::PendingRemove | TreeState::Cancelled) | None => None,
-            }
-        } else {
-            if state == Some(TreeState::InTree) {
-                let key = tree_key(&locked, start, id);
-                locked.tree.remove(key);
-                locked.ids.free(id);
-            } else {
-                drop(locked);
+        if locked.invalidate_seq & 1 == 0 {
+            let removed = locked.tree.remove(key);
+            drop(locked);
+            let Some((last, ())) = removed else {
                 self.warn(Warning::RemoveNotInTree);
-            }
-            None
+                return Ok((key.start, None));
+            };
+            return Ok((last, None));
         }
+        let pending = locked.pending_inserts.iter().position(|(k, _)| *k == key);
+        if let Some(at) = pending {
+            // Never reached the tree: nothing can be calling it.
+            let (_, last) = locked.pending_inserts.swap_remove(at);
+            return Ok((last, None));
+        }
+        if waits_on_self {
+            return Err(WouldWaitOnSelf);
+        }
+        let (last, ()) = locked
+            .tree
+            .get(key)
+            .expect("an inserted node that is not pending is in the tree");
+        locked.pending_removes.push(key);
+        Ok((last, Some(locked.invalidate_seq)))
+    }
+
+    /// The `last` of the inserted `node`, from the tree or the queue of
+    /// deferred inserts.
+    pub(crate) fn last_of(self, node: &NodeHeader) -> u64 {
+        let key = node.key();
+        let locked = self.lock();
+        if let Some((last, ())) = locked.tree.get(key) {
+            return last;
+        }
+        let pending = locked.pending_inserts.iter().find(|(k, _)| *k == key);
+        pending
+            .expect("an inserted node is in the tree or queued")
+            .1
     }
 
     /// `mmu_interval_read_begin`: the seq to check with `read_retry`,
@@ -355,126 +370,20 @@ impl<'s> Itree<'s> {
     }
 }
 
-/// An insert or remove waiting for the epoch to close.
-pub(crate) struct Deferred {
-    key: Key,
-    /// The interval's last address (inserts only).
-    last: u64,
-    ops: OpsPtr,
-}
+/// A removal that would wait for an invalidation the calling thread has
+/// open (from its callback, or between its start and end): it can never
+/// end, so it is refused.
+#[derive(Debug)]
+pub(crate) struct WouldWaitOnSelf;
 
-/// Subscription ids: each names a seq word and records its `TreeState`.
-/// Ids are reused, so the seq words stay dense; an id is freed only when
-/// nothing can refer to it any more.
-#[derive(Default)]
-pub(crate) struct Ids {
-    /// `TreeState as u8` per id, 0 when free.
-    states: Vec<u8>,
-    free: Vec<u32>,
-    /// Insertion counter: equal starts keep insertion order, as the
-    /// kernel's tree does (it wraps after 2^32 inserts, which can only
-    /// reorder equal starts inserted that far apart).
-    next_order: u32,
-}
-
-impl Ids {
-    fn alloc(&mut self, start: u64) -> Key {
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.states.push(0);
-            u32::try_from(self.states.len() - 1).expect("at most 2^32 interval notifiers per mm")
-        });
-        let order = self.next_order;
-        self.next_order = order.wrapping_add(1);
-        Key { start, order, id }
-    }
-
-    fn get(&self, id: u32) -> Option<TreeState> {
-        TreeState::from_tag(self.states[id as usize])
-    }
-
-    fn set(&mut self, id: u32, state: TreeState) {
-        self.states[id as usize] = state as u8;
-    }
-
-    /// Room for `n` more frees without allocating.
-    fn reserve_frees(&mut self, n: usize) {
-        self.free.reserve(n);
-    }
-
-    fn free(&mut self, id: u32) {
-        self.states[id as usize] = 0;
-        self.free.push(id);
-    }
-}
-
-/// Queues `deferred` for the end of the epoch, and makes sure applying the
-/// whole queue there allocates nothing: that end runs on the dispatch path.
-fn defer(locked: &mut Locked, deferred: Deferred) {
-    locked.deferred.push(deferred);
-    let pending = locked.deferred.len();
-    locked.tree.reserve(pending);
-    locked.ids.reserve_frees(pending);
-}
-
-/// The key of the linked entry `id`, which starts at `start`: the handle
-/// keeps neither the insertion order nor the id (its seq word's address
-/// gives the id), so look among the entries that start there, usually one.
-fn tree_key(locked: &Locked, start: u64, id: u32) -> Key {
-    let before = start.checked_sub(1).map(|s| Key {
-        start: s,
-        order: u32::MAX,
-        id: u32::MAX,
-    });
-    locked
-        .tree
-        .overlapping_after(start, start, before)
-        .map(|(key, _, _)| key)
-        .find(|key| key.id == id)
-        .expect("an entry in the tree is found at its start")
-}
-
-fn link_now(locked: &mut Locked, key: Key, last: u64, ops: OpsPtr) {
-    locked.tree.insert(key, last, ops);
-    locked.ids.set(key.id, TreeState::InTree);
-}
-
-/// Applies the deferred list newest first, as the kernel's hlist walk does.
+/// Applies the updates deferred while the tree was frozen. Allocates
+/// nothing: the inserts' room was reserved when they were queued, and
+/// removals only free.
 fn apply_deferred(locked: &mut Locked) {
-    while let Some(Deferred { key, last, ops }) = locked.deferred.pop() {
-        match locked.ids.get(key.id) {
-            Some(TreeState::PendingInsert) => link_now(locked, key, last, ops),
-            Some(TreeState::PendingRemove) => {
-                locked.tree.remove(key);
-                locked.ids.free(key.id);
-            }
-            Some(TreeState::Cancelled) => locked.ids.free(key.id),
-            Some(TreeState::InTree) | None => {}
-        }
+    while let Some(key) = locked.pending_removes.pop() {
+        locked.tree.remove(key);
     }
-}
-
-/// Tree membership of a subscription, one byte per id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TreeState {
-    /// Queued to be linked when the running epoch closes.
-    PendingInsert = 1,
-    /// Linked into the tree.
-    InTree = 2,
-    /// Linked, queued to be taken out when the running epoch closes.
-    PendingRemove = 3,
-    /// Removed before its deferred insert happened; its id is freed at
-    /// epoch end.
-    Cancelled = 4,
-}
-
-impl TreeState {
-    fn from_tag(tag: u8) -> Option<TreeState> {
-        match tag {
-            1 => Some(TreeState::PendingInsert),
-            2 => Some(TreeState::InTree),
-            3 => Some(TreeState::PendingRemove),
-            4 => Some(TreeState::Cancelled),
-            _ => None,
-        }
+    while let Some((key, last)) = locked.pending_inserts.pop() {
+        locked.tree.insert(key, last, ());
     }
 }

@@ -29,13 +29,12 @@
 mod direct;
 pub(crate) mod itree;
 pub(crate) mod list;
-pub(crate) mod ops_ptr;
-pub(crate) mod seq_arena;
+pub(crate) mod node;
 mod snapshot;
 pub(crate) mod subscription;
 
 use crate::error::WouldBlock;
-use crate::interval_btree::IntervalBTree;
+use crate::interval_btree::{IntervalBTree, Key};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::warn::Warning;
@@ -61,8 +60,6 @@ pub(crate) struct Subscriptions {
     /// `Locked::invalidate_seq`, published for the lock-free check of
     /// `read_begin`; stored under `lock` whenever that changes.
     pub(crate) published_seq: AtomicU64,
-    /// The seq word of each tree node; grows under `lock`, read without it.
-    seq_words: seq_arena::SeqArena,
     /// Waiters for the sequence to move (`read_begin`, `remove`).
     wq: Condvar,
     warnings: Mutex<Vec<Warning>>,
@@ -75,14 +72,16 @@ pub(crate) struct Locked {
     /// `active_invalidate_ranges`: starts counted by the tree code whose end
     /// has not run. `invalidate_seq` odd ⇒ `active > 0`.
     pub(crate) active: u64,
-    /// Interval notifiers by `[start, last]`, each entry pointing at its
-    /// driver state; frozen while the seq is odd.
-    pub(crate) tree: IntervalBTree<ops_ptr::OpsPtr>,
-    /// Subscription ids (which name their seq word) and their `TreeState`.
-    pub(crate) ids: itree::Ids,
-    /// Inserts and removes that arrived while the tree was frozen, applied
-    /// newest first when the epoch closes.
-    pub(crate) deferred: Vec<itree::Deferred>,
+    /// Interval notifiers by `[start, last]`, keyed by start and node
+    /// address (the key is the pointer to the node); frozen while the seq
+    /// is odd.
+    pub(crate) tree: IntervalBTree<()>,
+    /// Inserts that arrived while the tree was frozen (the kernel's
+    /// `deferred_list`), linked when the epoch closes: key and `last`.
+    pub(crate) pending_inserts: Vec<(Key, u64)>,
+    /// Removals of linked nodes that arrived while the tree was frozen,
+    /// applied when the epoch closes (their callers wait for that).
+    pub(crate) pending_removes: Vec<Key>,
     /// The list notifiers, newest first (`hlist_add_head_rcu`).
     pub(crate) list: Vec<ListEntry>,
     /// Threads sleeping on `wq`; the epoch's end wakes them only if any.
@@ -152,12 +151,11 @@ impl Subscriptions {
                 invalidate_seq: 2,
                 active: 0,
                 tree: IntervalBTree::new(),
-                ids: itree::Ids::default(),
-                deferred: Vec::new(),
+                pending_inserts: Vec::new(),
+                pending_removes: Vec::new(),
                 list: Vec::new(),
                 waiters: 0,
             }),
-            seq_words: seq_arena::SeqArena::new(),
             wq: Condvar::new(),
             warnings: Mutex::new(Vec::with_capacity(WARNINGS_KEPT)),
         }
@@ -170,11 +168,6 @@ impl Subscriptions {
     /// The identity used by the per-thread deadlock checks.
     pub(crate) fn id(&self) -> usize {
         std::ptr::from_ref(self).addr()
-    }
-
-    /// The id of a seq word of these subscriptions.
-    pub(crate) fn seq_word_id(&self, word: &crate::seq_word::IntervalSub) -> Option<u32> {
-        self.seq_words.id_of(word)
     }
 
     #[inline(always)]
