@@ -15,12 +15,15 @@
 //! * `srcu_young/clear_young_one_notifier`: a young query under SRCU.
 //!
 //! Before the benches, the memory an interval notifier costs is measured
-//! from the process RSS around inserting 10^6 of them and printed to stderr.
+//! from the process RSS around inserting 10^6 of them and printed to
+//! stderr, for the movable handles and for pinned nodes in one slice
+//! (`interval_1e6_nodes_hit_one` is the cold hit on the latter).
 //!
 //! Interval notifiers are 4 KiB wide at an 8 KiB stride, so a 4 KiB range
 //! starting at one of them overlaps it and nothing else.
 
 use std::hint::black_box;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +31,8 @@ use criterion::{BenchmarkId, Criterion};
 use iset::IntervalMap;
 use mmun_core::interval_btree::{IntervalBTree, Key};
 use mmun_core::{
-    Event, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm, Notifier,
-    NotifierOps, Range, Seq, StartFn,
+    Event, IntervalNode, IntervalNotifier, IntervalNotifierOps, IntervalSub, Invalidation, Mm,
+    Notifier, NotifierOps, Range, Seq, StartFn,
 };
 use mmun_rbtree::IntervalTree;
 
@@ -125,7 +128,8 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// Builds the 10^6 fixture while measuring what it costs in RSS.
+/// Builds the 10^6 fixture of movable handles while measuring what it
+/// costs in RSS.
 fn build_measured(n: usize) -> Fixture {
     let before = rss_bytes();
     let mm = Mm::new();
@@ -135,44 +139,65 @@ fn build_measured(n: usize) -> Fixture {
     }
     let after = rss_bytes();
     let handle = size_of::<IntervalNotifier<SetSeq>>();
-    let seq_word = size_of::<IntervalSub>();
-    // The same shape as the subscriptions' index: the value is a pointer to
-    // the driver state (two words, never null), keys inserted in ascending
-    // order.
-    let mut shape = IntervalBTree::<&'static [u8]>::new();
-    for i in 0..n as u32 {
-        let start = u64::from(i) * STRIDE;
-        shape.insert(
-            Key {
-                start,
-                order: i,
-                id: i,
-            },
-            start + PAGE - 1,
-            &[],
-        );
-    }
     eprintln!("memory per interval notifier (n = {n}, ops zero-sized):");
     match (before, after) {
         (Some(before), Some(after)) => {
             let per = (after - before) as f64 / n as f64;
             let vec_per = (notifiers.capacity() * handle) as f64 / n as f64;
             eprintln!(
-                "  RSS delta {:.1} MiB = {per:.1} B each including the caller's handle Vec, \
-                 {:.1} B each owned by the subsystem (minus {vec_per:.0} B/handle)",
+                "  movable IntervalNotifier: RSS delta {:.1} MiB = {per:.1} B each, all told \
+                 (the caller's Vec of {vec_per:.0} B handles, each node's malloc chunk, the tree)",
                 (after - before) as f64 / (1 << 20) as f64,
-                per - vec_per
             );
         }
         _ => eprintln!("  /proc/self/statm unreadable: no RSS figure"),
     }
-    eprintln!(
-        "  layout: B+-tree {:.1} B/entry + seq word {seq_word} B + state byte 1 B owned by the \
-         subsystem; the caller's handle {handle} B; driver state (zero-sized here) in the \
-         caller's allocation",
-        shape.bytes_per_entry()
-    );
     fixture_from(n, mm, notifiers)
+}
+
+/// 10^6 pinned nodes in one boxed slice the caller owns, the way a driver
+/// embeds them, inserted like the handles.
+struct NodeFixture {
+    n: usize,
+    mm: Arc<Mm>,
+    nodes: Pin<Box<[IntervalNode<SetSeq>]>>,
+}
+
+/// Builds the pinned-node fixture while measuring what it costs in RSS.
+fn build_nodes_measured(n: usize) -> NodeFixture {
+    let before = rss_bytes();
+    let mm = Mm::new();
+    let mut nodes: Pin<Box<[IntervalNode<SetSeq>]>> =
+        Box::into_pin((0..n).map(|_| IntervalNode::new(SetSeq)).collect());
+    for (i, node) in IntervalNode::each_pinned(nodes.as_mut()).enumerate() {
+        node.insert(&mm, i as u64 * STRIDE, PAGE).unwrap();
+    }
+    let after = rss_bytes();
+    let node = size_of::<IntervalNode<SetSeq>>();
+    if let (Some(before), Some(after)) = (before, after) {
+        let per = (after - before) as f64 / n as f64;
+        eprintln!(
+            "  pinned IntervalNode in one boxed slice: RSS delta {:.1} MiB = {per:.1} B each, \
+             all told (the caller's {node} B nodes, the tree)",
+            (after - before) as f64 / (1 << 20) as f64,
+        );
+    }
+    // The same shape as the subscriptions' index: no value, the key's id is
+    // the node's address, keys inserted in ascending order.
+    let mut shape = IntervalBTree::<()>::new();
+    for i in 0..n as u64 {
+        let start = i * STRIDE;
+        let id = 0x7f00_0000_0000 + i * node as u64;
+        shape.insert(Key { start, id }, start + PAGE - 1, ());
+    }
+    eprintln!(
+        "  layout: B+-tree {:.1} B/entry owned by the subsystem; the node {node} B (header: seq \
+         word, dispatch, start, mm; driver state zero-sized here); the handle {} B, its node a \
+         malloc chunk",
+        shape.bytes_per_entry(),
+        size_of::<IntervalNotifier<SetSeq>>(),
+    );
+    NodeFixture { n, mm, nodes }
 }
 
 /// `Range` as it was when the speed targets were set (40 B: the mm, start,
@@ -211,7 +236,7 @@ fn frozen_backwards(start: u64, end: u64) -> ! {
     panic!("backwards range {start:#x}..{end:#x}");
 }
 
-fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
+fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture, nodes: &NodeFixture) {
     let mut group = c.benchmark_group("start_end");
 
     let mm = Mm::new();
@@ -282,6 +307,17 @@ fn bench_start_end(c: &mut Criterion, small: &Fixture, large: &Fixture) {
             })
         });
     }
+    // The same cold hit on pinned nodes in one slice.
+    let lock = nodes.mm.mmap_read();
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    group.bench_function("interval_1e6_nodes_hit_one", |b| {
+        b.iter(|| {
+            let start = black_box(rng.below(nodes.n) as u64 * STRIDE);
+            let range = Range::new(&lock, Event::Clear, start, start + PAGE);
+            Invalidation::start(range).end();
+        })
+    });
+    drop(lock);
     group.finish();
 }
 
@@ -385,6 +421,7 @@ fn bench_srcu_young(c: &mut Criterion) {
 
 fn main() {
     let large = build_measured(1_000_000);
+    let nodes = build_nodes_measured(1_000_000);
     let small = build(1_000);
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -392,12 +429,13 @@ fn main() {
         .sample_size(30)
         .configure_from_args();
     bench_reference(&mut criterion);
-    bench_start_end(&mut criterion, &small, &large);
+    bench_start_end(&mut criterion, &small, &large, &nodes);
     bench_read_begin_retry(&mut criterion, &large);
     bench_insert_remove(&mut criterion, [&small, &large]);
     bench_srcu_young(&mut criterion);
     criterion.final_summary();
-    for fx in [&small, &large] {
-        assert!(fx.mm.warnings().is_empty(), "{:?}", fx.mm.warnings());
+    for mm in [&small.mm, &large.mm, &nodes.mm] {
+        assert!(mm.warnings().is_empty(), "{:?}", mm.warnings());
     }
+    assert!(nodes.nodes.iter().all(|node| node.is_inserted()));
 }
