@@ -10,23 +10,33 @@
 //! made the same move for VMAs when it replaced their rbtree with the maple
 //! tree.
 //!
-//! Entries are ordered by their [`Key`]: the interval's start, then a
-//! caller-chosen id that makes the key unique (the interval notifiers use
-//! the address of their node, which the entry then needs no value for).
-//! Removal is by key. Underfull nodes are not merged; empty ones
-//! are freed, and the root shrinks when it has one child.
+//! Entries are ordered by start; entries with equal starts stay in the
+//! order they were inserted, a new one going after the others. That is the
+//! kernel's rule (its interval tree sends an equal start to the right, so
+//! an in-order walk meets the earlier insertion first), and it costs no
+//! field: the position is the order. Each entry carries a [`Key`]: the
+//! start and a caller-chosen id, unique among equal starts, which names the
+//! entry for removal (the interval notifiers use their node's address,
+//! which the entry then needs no value for). Finding a key scans the
+//! entries sharing its start: O(log n + k) for k equal starts, where the
+//! kernel's removal through the node is O(log n).
+//!
+//! Underfull nodes are not merged; empty ones are freed, and the root
+//! shrinks when it has one child.
 
 use std::fmt;
 
 /// Entries per leaf and children per inner node.
 const FANOUT: usize = 16;
 
-/// Where an entry sorts: `(start, id)`, unique per entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Names an entry: its start and an id unique among the entries with that
+/// start. Only the start orders entries (equal starts: insertion order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     /// First address of the interval.
     pub start: u64,
-    /// The caller's unique id of the entry; orders equal starts.
+    /// The caller's id of the entry, unique among equal starts; it does not
+    /// order them.
     pub id: u64,
 }
 
@@ -44,23 +54,29 @@ struct Leaf<V> {
     values: [V; FANOUT],
 }
 
-/// Children of one inner node: the smallest key and the largest `last` of
+/// Children of one inner node: the first start and the largest `last` of
 /// each child's subtree, and the child's index (a leaf at height 1).
 /// `len` first, as in [`Leaf`].
 #[derive(Clone)]
 #[repr(C)]
 struct Inner {
     len: usize,
-    firsts: [Key; FANOUT],
+    firsts: [u64; FANOUT],
     maxes: [u64; FANOUT],
     children: [u32; FANOUT],
 }
 
-/// How many of the sorted `keys` are `<= key`. A branch-free count beats
-/// a binary search over 16 entries: no mispredicted branch per step.
+/// How many of the sorted `starts` are `<= start`. A branch-free count
+/// beats a binary search over 16 entries: no mispredicted branch per step.
 #[inline]
-fn count_not_greater(keys: &[Key], key: Key) -> usize {
-    keys.iter().map(|k| usize::from(*k <= key)).sum()
+fn count_not_greater(starts: impl Iterator<Item = u64>, start: u64) -> usize {
+    starts.map(|s| usize::from(s <= start)).sum()
+}
+
+/// How many of the sorted `starts` are `< start`.
+#[inline]
+fn count_less(starts: impl Iterator<Item = u64>, start: u64) -> usize {
+    starts.map(|s| usize::from(s < start)).sum()
 }
 
 const NO_KEY: Key = Key { start: 0, id: 0 };
@@ -79,9 +95,15 @@ impl<V: Copy + Default> Leaf<V> {
         self.lasts[..self.len].iter().copied().max().unwrap_or(0)
     }
 
-    /// Index of the first entry whose key is greater than `key`.
-    fn upper_bound(&self, key: Key) -> usize {
-        count_not_greater(&self.keys[..self.len], key)
+    /// Index of the first entry starting after `start`: where a new entry
+    /// with that start goes, after the ones already there.
+    fn upper_bound(&self, start: u64) -> usize {
+        count_not_greater(self.keys[..self.len].iter().map(|k| k.start), start)
+    }
+
+    /// Index of the first entry starting at or after `start`.
+    fn lower_bound(&self, start: u64) -> usize {
+        count_less(self.keys[..self.len].iter().map(|k| k.start), start)
     }
 
     fn insert_at(&mut self, at: usize, key: Key, last: u64, value: V) {
@@ -122,7 +144,7 @@ impl Inner {
     fn new() -> Inner {
         Inner {
             len: 0,
-            firsts: [NO_KEY; FANOUT],
+            firsts: [0; FANOUT],
             maxes: [0; FANOUT],
             children: [0; FANOUT],
         }
@@ -132,13 +154,21 @@ impl Inner {
         self.maxes[..self.len].iter().copied().max().unwrap_or(0)
     }
 
-    /// The child whose subtree `key` belongs in: the last one whose first
-    /// key is not greater than `key` (the first child for smaller keys).
-    fn child_for(&self, key: Key) -> usize {
-        count_not_greater(&self.firsts[..self.len], key).saturating_sub(1)
+    /// The child a new entry starting at `start` goes into: the last one
+    /// whose first start is not greater (the first child for smaller
+    /// starts), which puts it after every entry with the same start.
+    fn child_to_append(&self, start: u64) -> usize {
+        count_not_greater(self.firsts[..self.len].iter().copied(), start).saturating_sub(1)
     }
 
-    fn insert_at(&mut self, at: usize, first: Key, max: u64, child: u32) {
+    /// The child holding the first entry starting at or after `start`, if
+    /// any: the last one whose first start is smaller (equal starts may
+    /// end it), or the first child.
+    fn child_to_search(&self, start: u64) -> usize {
+        count_less(self.firsts[..self.len].iter().copied(), start).saturating_sub(1)
+    }
+
+    fn insert_at(&mut self, at: usize, first: u64, max: u64, child: u32) {
         let n = self.len;
         self.firsts.copy_within(at..n, at + 1);
         self.maxes.copy_within(at..n, at + 1);
@@ -233,6 +263,9 @@ pub struct IntervalBTree<V> {
     root: u32,
     height: usize,
     len: usize,
+    /// Counts the changes, so that a [`Cursor`] can tell that the tree it
+    /// walked has changed since.
+    version: u64,
 }
 
 impl<V: Copy + Default> Default for IntervalBTree<V> {
@@ -252,6 +285,13 @@ struct Step {
 /// this, so it never spills to the heap.
 type Path = smallvec::SmallVec<[Step; 10]>;
 
+/// Where an entry is: the path to its leaf and its index there.
+struct Found {
+    path: Path,
+    leaf: u32,
+    at: usize,
+}
+
 impl<V: Copy + Default> IntervalBTree<V> {
     /// An empty tree (one empty leaf).
     pub fn new() -> Self {
@@ -263,6 +303,7 @@ impl<V: Copy + Default> IntervalBTree<V> {
             root,
             height: 0,
             len: 0,
+            version: 0,
         }
     }
 
@@ -284,27 +325,30 @@ impl<V: Copy + Default> IntervalBTree<V> {
         bytes as f64 / self.len.max(1) as f64
     }
 
-    /// Inserts `[key.start, last]` with `value`, in O(log n).
+    /// Inserts `[key.start, last]` with `value` after every entry with the
+    /// same start, in O(log n).
     ///
     /// # Panics
-    /// If `key.start > last`, or if an entry with the same key exists.
+    /// If `key.start > last`; in debug builds also if an entry with the
+    /// same key exists (keys must be unique; release builds do not look).
     pub fn insert(&mut self, key: Key, last: u64, value: V) {
         assert!(
             key.start <= last,
             "IntervalBTree::insert: start {:#x} > last {last:#x}",
             key.start
         );
-        let (path, leaf) = self.descend(key);
-        let node = &mut self.leaves.nodes[leaf as usize];
-        let at = node.upper_bound(key);
-        assert!(
-            at == 0 || node.keys[at - 1] != key,
+        debug_assert!(
+            self.find(key).is_none(),
             "IntervalBTree::insert: duplicate key {key:?}"
         );
+        self.version = self.version.wrapping_add(1);
+        let (path, leaf) = self.descend_to_append(key.start);
+        let node = &mut self.leaves.nodes[leaf as usize];
+        let at = node.upper_bound(key.start);
         if node.len < FANOUT {
             node.insert_at(at, key, last, value);
             self.len += 1;
-            self.raise_path(&path, key, last);
+            self.raise_path(&path, key.start, last);
             return;
         }
         // Appending at the end keeps the full leaf full (sequential inserts
@@ -316,7 +360,7 @@ impl<V: Copy + Default> IntervalBTree<V> {
         } else {
             node.insert_at(at, key, last, value);
         }
-        let (first, max) = (right.keys[0], right.max_last());
+        let (first, max) = (right.keys[0].start, right.max_last());
         let right = self.leaves.alloc(right);
         self.len += 1;
         self.refresh_path(&path, leaf);
@@ -334,14 +378,12 @@ impl<V: Copy + Default> IntervalBTree<V> {
     }
 
     /// Removes the entry with `key`, returning its `last` and value, in
-    /// O(log n); `None` if there is none.
+    /// O(log n + k) for k entries with its start; `None` if there is none.
+    /// The other entries keep their order.
     pub fn remove(&mut self, key: Key) -> Option<(u64, V)> {
-        let (mut path, leaf) = self.descend(key);
+        let Found { mut path, leaf, at } = self.find(key)?;
+        self.version = self.version.wrapping_add(1);
         let node = &mut self.leaves.nodes[leaf as usize];
-        let at = node.upper_bound(key).checked_sub(1)?;
-        if node.keys[at] != key {
-            return None;
-        }
         let removed = node.remove_at(at);
         self.len -= 1;
         if node.len > 0 || path.is_empty() {
@@ -351,7 +393,7 @@ impl<V: Copy + Default> IntervalBTree<V> {
                 let parent = &self.inners.nodes[s.inner as usize];
                 (parent.firsts[s.slot], parent.maxes[s.slot])
             });
-            if cached.is_some_and(|(first, max)| first == key || max == removed.0) {
+            if cached.is_some_and(|(first, max)| first == key.start || max == removed.0) {
                 self.refresh_path(&path, leaf);
             }
             return Some(removed);
@@ -361,73 +403,130 @@ impl<V: Copy + Default> IntervalBTree<V> {
         Some(removed)
     }
 
-    /// The `last` and value of the entry with `key`, in O(log n).
+    /// The `last` and value of the entry with `key`, in O(log n + k) for k
+    /// entries with its start.
     pub fn get(&self, key: Key) -> Option<(u64, V)> {
-        let (_, leaf) = self.descend(key);
+        let Found { leaf, at, .. } = self.find(key)?;
         let node = &self.leaves.nodes[leaf as usize];
-        let at = node.upper_bound(key).checked_sub(1)?;
-        (node.keys[at] == key).then(|| (node.lasts[at], node.values[at]))
+        Some((node.lasts[at], node.values[at]))
     }
 
     /// The entries overlapping `[start, last]` (`entry.start <= last &&
-    /// start <= entry.last`), in key order, in O(log n + k) for k results
-    /// when intervals do not nest deeply.
+    /// start <= entry.last`), in order (by start, equal starts in insertion
+    /// order), in O(log n + k) for k results when intervals do not nest
+    /// deeply. Allocation-free.
     pub fn overlapping(&self, start: u64, last: u64) -> Overlapping<'_, V> {
-        self.overlapping_after(start, last, None)
-    }
-
-    /// As [`IntervalBTree::overlapping`], but only the entries whose key is
-    /// greater than `after` (when given): resumes an earlier query that
-    /// stopped at `after`, skipping whole subtrees before it, in
-    /// O(log n + k). Allocation-free, like `overlapping`.
-    pub fn overlapping_after(
-        &self,
-        start: u64,
-        last: u64,
-        after: Option<Key>,
-    ) -> Overlapping<'_, V> {
-        let mut it = Overlapping {
+        let mut stack = Stack::new();
+        stack.push((self.root, self.height, 0));
+        Overlapping {
             tree: self,
-            start,
-            last,
-            after,
-            stack: smallvec::SmallVec::new(),
-            done: false,
-        };
-        it.stack.push((self.root, self.height, 0));
-        it
+            cursor: Cursor {
+                start,
+                last,
+                stack,
+                done: false,
+                version: self.version,
+            },
+        }
     }
 
-    /// Every entry in key order, as `(key, last, value)`.
+    /// Continues a walk that [`Overlapping::into_cursor`] paused, in O(1):
+    /// the entries after the last one it returned.
+    ///
+    /// # Panics
+    /// If the tree changed since the walk was paused (the interval
+    /// notifiers resume only while their tree is frozen).
+    pub fn resume(&self, cursor: Cursor) -> Overlapping<'_, V> {
+        assert_eq!(
+            cursor.version, self.version,
+            "IntervalBTree::resume: the tree changed since the walk was paused"
+        );
+        Overlapping { tree: self, cursor }
+    }
+
+    /// Every entry in order, as `(key, last, value)`.
     pub fn iter(&self) -> impl Iterator<Item = (Key, u64, &V)> + '_ {
         self.overlapping(0, u64::MAX)
     }
 
     /// Checks the structure and panics naming the first broken invariant:
-    /// key order within and across nodes, cached first keys and maxima,
-    /// uniform leaf depth, no empty node below the root, and `len`.
+    /// start order within and across nodes, unique keys, cached first
+    /// starts and maxima, uniform leaf depth, no empty node below the
+    /// root, and `len`.
     #[doc(hidden)]
     pub fn check_invariants(&self) {
         let mut count = 0;
         let mut previous = None;
         self.check_node(self.root, self.height, &mut count, &mut previous);
         assert_eq!(count, self.len, "len disagrees with the entries reachable");
+        let mut keys: Vec<(u64, u64)> = self.iter().map(|(k, _, _)| (k.start, k.id)).collect();
+        keys.sort_unstable();
+        assert!(
+            keys.windows(2).all(|w| w[0] != w[1]),
+            "two entries with the same key"
+        );
     }
 }
 
 // Paths and structural updates.
 impl<V: Copy + Default> IntervalBTree<V> {
-    /// The path to the leaf where `key` belongs.
-    fn descend(&self, key: Key) -> (Path, u32) {
+    /// The path to the leaf where a new entry starting at `start` goes.
+    fn descend_to_append(&self, start: u64) -> (Path, u32) {
         let mut path = Path::new();
         let mut node = self.root;
         for _ in 0..self.height {
             let inner = &self.inners.nodes[node as usize];
-            let slot = inner.child_for(key);
+            let slot = inner.child_to_append(start);
             path.push(Step { inner: node, slot });
             node = inner.children[slot];
         }
         (path, node)
+    }
+
+    /// Where the entry with `key` is: from the first entry with its start,
+    /// through the entries sharing that start (which may span leaves).
+    fn find(&self, key: Key) -> Option<Found> {
+        let mut path = Path::new();
+        let mut leaf = self.root;
+        for _ in 0..self.height {
+            let inner = &self.inners.nodes[leaf as usize];
+            let slot = inner.child_to_search(key.start);
+            path.push(Step { inner: leaf, slot });
+            leaf = inner.children[slot];
+        }
+        let mut at = self.leaves.nodes[leaf as usize].lower_bound(key.start);
+        loop {
+            let node = &self.leaves.nodes[leaf as usize];
+            while at < node.len {
+                match node.keys[at] {
+                    k if k == key => return Some(Found { path, leaf, at }),
+                    k if k.start > key.start => return None,
+                    _ => at += 1,
+                }
+            }
+            leaf = self.next_leaf(&mut path)?;
+            at = 0;
+        }
+    }
+
+    /// Moves `path` to the leaf after the one it ends at and returns that
+    /// leaf; `None` after the last leaf.
+    fn next_leaf(&self, path: &mut Path) -> Option<u32> {
+        let mut step = path.pop()?;
+        while step.slot + 1 == self.inners.nodes[step.inner as usize].len {
+            step = path.pop()?;
+        }
+        step.slot += 1;
+        path.push(step);
+        let mut node = self.inners.nodes[step.inner as usize].children[step.slot];
+        while path.len() < self.height {
+            path.push(Step {
+                inner: node,
+                slot: 0,
+            });
+            node = self.inners.nodes[node as usize].children[0];
+        }
+        Some(node)
     }
 
     /// Recomputes the cached first key and maximum of every node on `path`
@@ -435,7 +534,7 @@ impl<V: Copy + Default> IntervalBTree<V> {
     /// come out unchanged.
     fn refresh_path(&mut self, path: &[Step], leaf: u32) {
         let node = &self.leaves.nodes[leaf as usize];
-        let (mut first, mut max) = (node.keys[0], node.max_last());
+        let (mut first, mut max) = (node.keys[0].start, node.max_last());
         for step in path.iter().rev() {
             let inner = &mut self.inners.nodes[step.inner as usize];
             if inner.firsts[step.slot] == first && inner.maxes[step.slot] == max {
@@ -448,13 +547,13 @@ impl<V: Copy + Default> IntervalBTree<V> {
         }
     }
 
-    /// The cheap form of `refresh_path` after adding `(key, last)` without
-    /// a split: maxima can only grow, first keys can only get smaller.
-    fn raise_path(&mut self, path: &[Step], key: Key, last: u64) {
+    /// The cheap form of `refresh_path` after adding `[start, last]`
+    /// without a split: maxima can only grow, first starts only get smaller.
+    fn raise_path(&mut self, path: &[Step], start: u64, last: u64) {
         for step in path.iter().rev() {
             let inner = &mut self.inners.nodes[step.inner as usize];
             let raise_max = inner.maxes[step.slot] < last;
-            let lower_first = key < inner.firsts[step.slot];
+            let lower_first = start < inner.firsts[step.slot];
             if !raise_max && !lower_first {
                 return;
             }
@@ -462,14 +561,14 @@ impl<V: Copy + Default> IntervalBTree<V> {
                 inner.maxes[step.slot] = last;
             }
             if lower_first {
-                inner.firsts[step.slot] = key;
+                inner.firsts[step.slot] = start;
             }
         }
     }
 
     /// Hangs a new right sibling (`first`, `max`, `child`) after the node at
     /// the end of `path`, splitting inner nodes upwards as needed.
-    fn insert_child(&mut self, mut path: Path, mut first: Key, mut max: u64, mut child: u32) {
+    fn insert_child(&mut self, mut path: Path, mut first: u64, mut max: u64, mut child: u32) {
         loop {
             let Some(step) = path.pop() else {
                 self.grow_root(first, max, child);
@@ -502,10 +601,10 @@ impl<V: Copy + Default> IntervalBTree<V> {
     }
 
     /// A new root above the old one and its new sibling.
-    fn grow_root(&mut self, first: Key, max: u64, sibling: u32) {
+    fn grow_root(&mut self, first: u64, max: u64, sibling: u32) {
         let (old_first, old_max) = if self.height == 0 {
             let leaf = &self.leaves.nodes[self.root as usize];
-            (leaf.keys[0], leaf.max_last())
+            (leaf.keys[0].start, leaf.max_last())
         } else {
             let inner = &self.inners.nodes[self.root as usize];
             (inner.firsts[0], inner.max_last())
@@ -567,15 +666,15 @@ impl<V: Copy + Default> IntervalBTree<V> {
 
 // Invariant checking.
 impl<V: Copy + Default> IntervalBTree<V> {
-    /// Checks the subtree at `node` (of `height`); returns its first key
+    /// Checks the subtree at `node` (of `height`); returns its first start
     /// and maximum `last`.
     fn check_node(
         &self,
         node: u32,
         height: usize,
         count: &mut usize,
-        previous: &mut Option<Key>,
-    ) -> (Option<Key>, u64) {
+        previous: &mut Option<u64>,
+    ) -> (Option<u64>, u64) {
         if height == 0 {
             let leaf = &self.leaves.nodes[node as usize];
             assert!(
@@ -583,18 +682,17 @@ impl<V: Copy + Default> IntervalBTree<V> {
                 "empty leaf {node} below the root"
             );
             for i in 0..leaf.len {
+                let start = leaf.keys[i].start;
+                assert!(start <= leaf.lasts[i], "leaf {node}: start > last");
                 assert!(
-                    leaf.keys[i].start <= leaf.lasts[i],
-                    "leaf {node}: start > last"
+                    previous.is_none_or(|p| p <= start),
+                    "starts out of order at leaf {node}"
                 );
-                assert!(
-                    previous.is_none_or(|p| p < leaf.keys[i]),
-                    "keys out of order at leaf {node}"
-                );
-                *previous = Some(leaf.keys[i]);
+                *previous = Some(start);
             }
             *count += leaf.len;
-            return (leaf.keys[..leaf.len].first().copied(), leaf.max_last());
+            let first = leaf.keys[..leaf.len].first().map(|k| k.start);
+            return (first, leaf.max_last());
         }
         let inner = &self.inners.nodes[node as usize];
         assert!(inner.len > 0, "empty inner node {node}");
@@ -607,7 +705,7 @@ impl<V: Copy + Default> IntervalBTree<V> {
             assert_eq!(
                 Some(inner.firsts[i]),
                 first,
-                "inner {node}: stale first key"
+                "inner {node}: stale first start"
             );
             assert_eq!(inner.maxes[i], max, "inner {node}: stale maximum");
         }
@@ -626,29 +724,51 @@ impl<V: Copy + Default + fmt::Debug> fmt::Debug for IntervalBTree<V> {
     }
 }
 
+/// Depth-first frames of a walk: node, its height, next slot to look at.
+/// At most one frame per level plus one: the inline room covers every
+/// height a tree of `u32`-indexed nodes can reach, so it never spills to
+/// the heap.
+type Stack = smallvec::SmallVec<[(u32, usize, usize); 12]>;
+
+/// A paused overlap query: where [`IntervalBTree::resume`] picks it up.
+/// It names positions in the tree, not keys, so resuming costs nothing
+/// however many entries share a start; it is only valid while the tree is
+/// unchanged, which `resume` checks.
+#[derive(Clone)]
+pub struct Cursor {
+    start: u64,
+    last: u64,
+    stack: Stack,
+    /// Set once an entry or subtree starting after `last` is seen: every
+    /// later one starts later still.
+    done: bool,
+    /// The tree's version when the walk began.
+    version: u64,
+}
+
+impl fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cursor")
+            .field("start", &self.start)
+            .field("last", &self.last)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Iterator over the entries overlapping a query; see
 /// [`IntervalBTree::overlapping`].
 pub struct Overlapping<'a, V> {
     tree: &'a IntervalBTree<V>,
-    start: u64,
-    last: u64,
-    /// Only keys greater than this one, if set.
-    after: Option<Key>,
-    /// Depth-first frames: node, its height, next slot to look at. At most
-    /// one frame per level plus one: the inline room covers every height a
-    /// tree of `u32`-indexed nodes can reach, so it never spills to the heap.
-    stack: smallvec::SmallVec<[(u32, usize, usize); 12]>,
-    /// Set once an entry or subtree starting after `last` is seen: every
-    /// later one starts later still.
-    done: bool,
+    cursor: Cursor,
 }
 
 impl<'a, V: Copy + Default> Iterator for Overlapping<'a, V> {
     type Item = (Key, u64, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            let (node, height, slot) = self.stack.pop()?;
+        while !self.cursor.done {
+            let (node, height, slot) = self.cursor.stack.pop()?;
             if height == 0 {
                 if let Some(hit) = self.scan_leaf(node, slot) {
                     return Some(hit);
@@ -662,17 +782,24 @@ impl<'a, V: Copy + Default> Iterator for Overlapping<'a, V> {
 }
 
 impl<'a, V: Copy + Default> Overlapping<'a, V> {
+    /// Pauses the walk: [`IntervalBTree::resume`] continues it after the
+    /// last entry returned, as long as the tree does not change.
+    pub fn into_cursor(self) -> Cursor {
+        self.cursor
+    }
+
     /// Looks at the entries of `leaf` from `slot` on; returns the first
     /// overlap and leaves a frame to resume after it.
     fn scan_leaf(&mut self, leaf: u32, slot: usize) -> Option<(Key, u64, &'a V)> {
         let node = &self.tree.leaves.nodes[leaf as usize];
+        let cursor = &mut self.cursor;
         for i in slot..node.len {
-            if node.keys[i].start > self.last {
-                self.done = true;
+            if node.keys[i].start > cursor.last {
+                cursor.done = true;
                 return None;
             }
-            if node.lasts[i] >= self.start && self.after.is_none_or(|after| node.keys[i] > after) {
-                self.stack.push((leaf, 0, i + 1));
+            if node.lasts[i] >= cursor.start {
+                cursor.stack.push((leaf, 0, i + 1));
                 return Some((node.keys[i], node.lasts[i], &node.values[i]));
             }
         }
@@ -683,18 +810,15 @@ impl<'a, V: Copy + Default> Overlapping<'a, V> {
     /// reaches the query, with a frame to come back for the rest.
     fn descend_inner(&mut self, inner: u32, height: usize, slot: usize) {
         let node = &self.tree.inners.nodes[inner as usize];
+        let cursor = &mut self.cursor;
         for i in slot..node.len {
-            if node.firsts[i].start > self.last {
-                self.done = true;
+            if node.firsts[i] > cursor.last {
+                cursor.done = true;
                 return;
             }
-            // Child i holds only keys below child i + 1's first key.
-            let before_after = self
-                .after
-                .is_some_and(|after| i + 1 < node.len && node.firsts[i + 1] <= after);
-            if node.maxes[i] >= self.start && !before_after {
-                self.stack.push((inner, height, i + 1));
-                self.stack.push((node.children[i], height - 1, 0));
+            if node.maxes[i] >= cursor.start {
+                cursor.stack.push((inner, height, i + 1));
+                cursor.stack.push((node.children[i], height - 1, 0));
                 return;
             }
         }
@@ -704,8 +828,7 @@ impl<'a, V: Copy + Default> Overlapping<'a, V> {
 impl<V> fmt::Debug for Overlapping<'_, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Overlapping")
-            .field("start", &self.start)
-            .field("last", &self.last)
+            .field("cursor", &self.cursor)
             .finish_non_exhaustive()
     }
 }
@@ -775,6 +898,70 @@ mod tests {
     }
 
     #[test]
+    fn equal_starts_keep_insertion_order_across_leaves_and_removals() {
+        // The kernel's rule: an equal start goes after the ones already
+        // there. Ids descend, so an order by id would reverse the result;
+        // 100 equal starts span several leaves, among other starts.
+        let mut tree = IntervalBTree::new();
+        for i in 0..100u32 {
+            tree.insert(key(50, 1_000 - i), 60 + u64::from(i % 7), i);
+            let odd = u64::from(i) * 2 + 1;
+            tree.insert(key(odd, 5_000 + i), odd, 1_000 + i);
+            tree.insert(key(100 + u64::from(i), 9_000 + i), 200, 2_000 + i);
+        }
+        tree.check_invariants();
+        let at_50 = |tree: &IntervalBTree<u32>| -> Vec<u32> {
+            tree.overlapping(50, 50)
+                .filter(|(k, _, _)| k.start == 50)
+                .map(|(_, _, v)| *v)
+                .collect()
+        };
+        assert_eq!(at_50(&tree), (0..100).collect::<Vec<_>>());
+        // Removal finds each among its equal starts; the rest keep order.
+        for i in (0..100u32).step_by(3) {
+            assert_eq!(
+                tree.remove(key(50, 1_000 - i)),
+                Some((60 + u64::from(i % 7), i))
+            );
+        }
+        tree.check_invariants();
+        let left: Vec<u32> = (0..100).filter(|i| i % 3 != 0).collect();
+        assert_eq!(at_50(&tree), left);
+        // A re-inserted entry goes last, as in the kernel.
+        tree.insert(key(50, 1_000), 60, 0);
+        assert_eq!(at_50(&tree).last(), Some(&0));
+        assert_eq!(tree.get(key(50, 1_000 - 3)), None);
+        assert_eq!(tree.get(key(50, 1_000 - 4)), Some((64, 4)));
+    }
+
+    #[test]
+    fn a_paused_walk_resumes_where_it_stopped() {
+        let mut tree = IntervalBTree::new();
+        for i in 0..300u32 {
+            tree.insert(key(u64::from(i / 10), i), 1_000, i);
+        }
+        let all = ids(&tree, 5, 5);
+        let mut walk = tree.overlapping(5, 5);
+        let first: Vec<u32> = walk.by_ref().take(37).map(|(_, _, v)| *v).collect();
+        let rest: Vec<u32> = tree
+            .resume(walk.into_cursor())
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert_eq!([first, rest].concat(), all);
+    }
+
+    #[test]
+    #[should_panic(expected = "the tree changed since the walk was paused")]
+    fn resuming_after_a_change_is_refused() {
+        let mut tree = IntervalBTree::new();
+        tree.insert(key(1, 1), 2, 0);
+        let cursor = tree.overlapping(0, 9).into_cursor();
+        tree.insert(key(1, 2), 2, 0);
+        let _ = tree.resume(cursor).count();
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
     #[should_panic(expected = "duplicate key")]
     fn duplicate_keys_are_refused() {
         let mut tree = IntervalBTree::new();

@@ -137,6 +137,98 @@ fn many_nodes_in_one_pinned_slice() {
     assert!(mm.warnings().is_empty(), "{:?}", mm.warnings());
 }
 
+/// The kernel's order for equal starts: its interval tree sends an equal
+/// start to the right of the nodes already there, so an in-order walk calls
+/// them in insertion order. Nodes of one slice inserted in a scrambled order
+/// make that differ from address order (what the tree key also holds).
+#[test]
+fn equal_starts_are_called_in_insertion_order_not_address_order() {
+    const N: usize = 40;
+    let mm = Mm::new();
+    let log = Log::default();
+    let names: Vec<&'static str> = (0..N)
+        .map(|i| &*Box::leak(format!("n{i}").into_boxed_str()))
+        .collect();
+    let mut nodes: Pin<Box<[IntervalNode<Recorder>]>> = Box::into_pin(
+        names
+            .iter()
+            .map(|who| IntervalNode::new(Recorder::new(who, &log)))
+            .collect(),
+    );
+    // Slot i is inserted at step (i * 7) % N: neither address order nor
+    // its reverse.
+    let mut steps: Vec<usize> = (0..N).collect();
+    steps.sort_by_key(|&i| (i * 7) % N);
+    let mut pinned: Vec<Option<Pin<&mut IntervalNode<Recorder>>>> =
+        IntervalNode::each_pinned(nodes.as_mut())
+            .map(Some)
+            .collect();
+    for &i in &steps {
+        let node = pinned[i].as_mut().unwrap();
+        node.as_mut()
+            .insert(&mm, 0x4000, 0x1000 * (1 + i as u64 % 3))
+            .unwrap();
+    }
+    let called = |log: &Log| -> Vec<&'static str> {
+        invalidate(&mm, 0x4000, 0x4001);
+        log.take().iter().map(who_of).collect()
+    };
+    let expected: Vec<_> = steps.iter().map(|&i| names[i]).collect();
+    let by_address = names.clone();
+    let by_address_reversed: Vec<_> = names.iter().rev().copied().collect();
+    assert!(expected != by_address && expected != by_address_reversed);
+    assert_eq!(called(&log), expected, "insertion order");
+
+    // Removing one keeps the others' order; inserting it again puts it
+    // last, as re-linking a node does in the kernel.
+    let again = steps[3];
+    pinned[again].as_mut().unwrap().as_mut().remove();
+    let mut expected: Vec<_> = expected
+        .into_iter()
+        .filter(|w| *w != names[again])
+        .collect();
+    assert_eq!(called(&log), expected, "after a removal");
+    let node = pinned[again].as_mut().unwrap();
+    node.as_mut().insert(&mm, 0x4000, 0x1000).unwrap();
+    expected.push(names[again]);
+    assert_eq!(called(&log), expected, "re-inserted: last");
+    drop(pinned);
+    drop(nodes);
+    assert!(mm.warnings().is_empty(), "{:?}", mm.warnings());
+}
+
+/// Inserts deferred while the tree is frozen are linked when the epoch
+/// closes in the kernel's order: `mn_itree_inv_end` walks its deferred list
+/// from the head and each deferral was added at the head, so the last one
+/// queued is linked first, and among equal starts called first. A cancelled
+/// one (removed before the end) leaves the others' order alone.
+#[test]
+fn deferred_inserts_are_linked_last_queued_first() {
+    let mm = Mm::new();
+    let log = Log::default();
+    let mut hit = Box::pin(IntervalNode::new(Recorder::new("hit", &log)));
+    hit.as_mut().insert(&mm, 0x1000, 0x1000).unwrap();
+    let lock = mm.mmap_read();
+    let full = Invalidation::start(clear(&lock, 0x1000, 0x2000));
+    let mut queued: Vec<_> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|who| {
+            let mut node = Box::pin(IntervalNode::new(Recorder::new(who, &log)));
+            node.as_mut().insert(&mm, 0x1000, 0x1000).unwrap();
+            node
+        })
+        .collect();
+    queued[1].as_mut().remove(); // "b": still pending, cancelled
+    full.end();
+    log.take();
+    Invalidation::start(clear(&lock, 0x1000, 0x2000)).end();
+    let who: Vec<_> = log.take().iter().map(who_of).collect();
+    assert_eq!(who, ["hit", "d", "c", "a"]);
+    drop(lock);
+    drop(queued);
+    assert!(mm.warnings().is_empty(), "{:?}", mm.warnings());
+}
+
 /// §1.5 on nodes: an insert during a fully excluded epoch joins the tree at
 /// its end; removing it before then does not wait; removing a linked node
 /// during the epoch waits for the epoch's end.

@@ -20,14 +20,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Live entries of the model as `(key, last)`.
+/// Live entries of the model (kept in insertion order) overlapping the
+/// query, as `(key, last)`: by start, equal starts in insertion order (a
+/// stable sort), the kernel's interval tree order.
 fn expected(model: &[(Key, u64)], start: u64, last: u64) -> Vec<(Key, u64)> {
     let mut hits: Vec<(Key, u64)> = model
         .iter()
         .filter(|(k, l)| k.start <= last && start <= *l)
         .copied()
         .collect();
-    hits.sort();
+    hits.sort_by_key(|(k, _)| k.start);
     hits
 }
 
@@ -52,7 +54,8 @@ proptest! {
             match op {
                 Op::Insert { start, len } => {
                     // Equal starts are common; the id keeps keys unique and
-                    // orders them, scrambled as node addresses are.
+                    // is scrambled as node addresses are, so an order by id
+                    // would differ from insertion order.
                     let key = Key { start, id: next.wrapping_mul(0x9e37_79b9_7f4a_7c15) };
                     next += 1;
                     tree.insert(key, start + len, key.id);
@@ -62,7 +65,9 @@ proptest! {
                     if model.is_empty() {
                         continue;
                     }
-                    let (key, last) = model.swap_remove(pick % model.len());
+                    // `remove`, not `swap_remove`: the model's order is the
+                    // insertion order.
+                    let (key, last) = model.remove(pick % model.len());
                     prop_assert_eq!(tree.get(key), Some((last, key.id)));
                     prop_assert_eq!(tree.remove(key), Some((last, key.id)));
                     prop_assert_eq!(tree.remove(key), None);
@@ -72,14 +77,16 @@ proptest! {
                     let last = start + len;
                     let hits = expected(&model, start, last);
                     prop_assert_eq!(actual(&tree, start, last), hits.clone());
-                    // Resuming after any hit gives exactly the rest (what a
-                    // start's batched walk relies on).
-                    for (i, (after, _)) in hits.iter().enumerate().step_by(7) {
+                    // A walk paused after any hit resumes with exactly the
+                    // rest (what a start's batched walk relies on).
+                    for i in (0..=hits.len()).step_by(7) {
+                        let mut walk = tree.overlapping(start, last);
+                        prop_assert_eq!(walk.by_ref().take(i).count(), i);
                         let rest: Vec<_> = tree
-                            .overlapping_after(start, last, Some(*after))
+                            .resume(walk.into_cursor())
                             .map(|(key, last, _)| (key, last))
                             .collect();
-                        prop_assert_eq!(&rest[..], &hits[i + 1..]);
+                        prop_assert_eq!(&rest[..], &hits[i..]);
                     }
                 }
             }

@@ -14,8 +14,9 @@
 //! subscriptions are collected under the lock instead, in batches of a fixed
 //! size kept on the stack (so a start never allocates): the tree cannot
 //! change between the first batch and the end of the epoch, so resuming
-//! after the last key collected visits exactly the set the kernel's walk
-//! would, in the same (ascending start) order.
+//! the paused walk visits exactly the set the kernel's walk would, in the
+//! same order (ascending start, equal starts in the order they were linked
+//! into the tree, as the kernel's in-order walk meets them).
 
 use smallvec::SmallVec;
 
@@ -24,7 +25,7 @@ use super::{Locked, Subscriptions};
 
 use crate::context::{self, NonBlock};
 use crate::error::WouldBlock;
-use crate::interval_btree::Key;
+use crate::interval_btree::{Cursor, Key, Overlapping};
 use crate::lockdep;
 use crate::seq_word::IntervalSub;
 use crate::sync::atomic::Ordering;
@@ -73,12 +74,15 @@ impl std::ops::Deref for Itree<'_> {
 impl<'s> Itree<'s> {
     /// `mn_itree_inv_start_range`: counts the range and, if it hits any
     /// interval, enters full exclusion (`seq |= 1`). Fills `hits` with the
-    /// first batch and returns the key to resume after if there may be
-    /// more (see [`Itree::next_batch`]).
-    fn inv_start_range(self, range: &Range<'_>, hits: &mut Hits) -> (Seq, Option<Key>) {
+    /// first batch and returns where to resume if there may be more (see
+    /// [`Itree::next_batch`]).
+    fn inv_start_range(self, range: &Range<'_>, hits: &mut Hits) -> (Seq, Option<Cursor>) {
         let mut locked = self.lock();
         locked.active += 1;
-        let more = self.collect(&locked, range, None, hits);
+        let more = match range.last() {
+            Some(last) => collect(locked.tree.overlapping(range.start(), last), hits),
+            None => None,
+        };
         if !hits.is_empty() {
             let odd = locked.invalidate_seq | 1;
             self.set_invalidate_seq(&mut locked, odd);
@@ -86,33 +90,15 @@ impl<'s> Itree<'s> {
         (Seq(locked.invalidate_seq), more)
     }
 
-    /// The next batch of hits after `after`. Only called once a batch was
-    /// found, so the seq is odd and this range still counted: the tree is
-    /// frozen (inserts and removes are deferred), and resuming finds exactly
-    /// what one walk would have, in the same order.
-    fn next_batch(self, range: &Range<'_>, after: Key, hits: &mut Hits) -> Option<Key> {
+    /// The next batch of hits, from where the last one stopped. Only called
+    /// once a batch was found, so the seq is odd and this range still
+    /// counted: the tree is frozen (inserts and removes are deferred), and
+    /// the paused walk goes on as one walk would have (`resume` checks
+    /// that the tree did not change).
+    fn next_batch(self, cursor: Cursor, hits: &mut Hits) -> Option<Cursor> {
         hits.clear();
         let locked = self.lock();
-        self.collect(&locked, range, Some(after), hits)
-    }
-
-    /// Fills `hits` with up to `BATCH` overlaps of `range` after `after`;
-    /// returns the last key if the batch is full.
-    fn collect(
-        self,
-        locked: &Locked,
-        range: &Range<'_>,
-        after: Option<Key>,
-        hits: &mut Hits,
-    ) -> Option<Key> {
-        let last = range.last()?;
-        for (key, _, ()) in locked.tree.overlapping_after(range.start(), last, after) {
-            hits.push(NodePtr::from_key(key));
-            if hits.len() == BATCH {
-                return Some(key);
-            }
-        }
-        None
+        collect(locked.tree.resume(cursor), hits)
     }
 
     /// `mn_itree_invalidate`: calls every overlapping interval notifier. A
@@ -138,8 +124,8 @@ impl<'s> Itree<'s> {
                 // bumped their seq, which only forces their readers to retry.
                 return Err(WouldBlock);
             }
-            let Some(after) = more else { break };
-            more = self.next_batch(range, after, &mut hits);
+            let Some(cursor) = more else { break };
+            more = self.next_batch(cursor, &mut hits);
         }
         epoch.armed = false;
         Ok(())
@@ -183,8 +169,8 @@ impl<'s> Itree<'s> {
                     self.warn(Warning::IntervalRefusedRelease);
                 }
             }
-            let Some(after) = more else { break };
-            more = self.next_batch(&range, after, &mut hits);
+            let Some(cursor) = more else { break };
+            more = self.next_batch(cursor, &mut hits);
         }
     }
 
@@ -267,8 +253,10 @@ impl<'s> Itree<'s> {
         }
         let pending = locked.pending_inserts.iter().position(|(k, _)| *k == key);
         if let Some(at) = pending {
-            // Never reached the tree: nothing can be calling it.
-            let (_, last) = locked.pending_inserts.swap_remove(at);
+            // Never reached the tree: nothing can be calling it. `remove`,
+            // not `swap_remove`: the queue's order is the order the others
+            // will be linked in (`apply_deferred`).
+            let (_, last) = locked.pending_inserts.remove(at);
             return Ok((last, None));
         }
         if waits_on_self {
@@ -376,9 +364,28 @@ impl<'s> Itree<'s> {
 #[derive(Debug)]
 pub(crate) struct WouldWaitOnSelf;
 
+/// Fills `hits` with up to `BATCH` more entries of `walk`; returns where
+/// to resume if the batch is full.
+fn collect(mut walk: Overlapping<'_, ()>, hits: &mut Hits) -> Option<Cursor> {
+    for (key, _, ()) in walk.by_ref() {
+        hits.push(NodePtr::from_key(key));
+        if hits.len() == BATCH {
+            return Some(walk.into_cursor());
+        }
+    }
+    None
+}
+
 /// Applies the updates deferred while the tree was frozen. Allocates
 /// nothing: the inserts' room was reserved when they were queued, and
 /// removals only free.
+///
+/// The order of the inserts is the kernel's: `mn_itree_inv_end` walks its
+/// deferred list from the head, and each deferral was added at the head,
+/// so the last one queued is linked first and, among equal starts, called
+/// first. Popping the queue from its end does the same. Removals name
+/// other nodes (a node whose removal is deferred cannot be queued for
+/// insertion before the epoch ends), so when they happen does not matter.
 fn apply_deferred(locked: &mut Locked) {
     while let Some(key) = locked.pending_removes.pop() {
         locked.tree.remove(key);

@@ -72,12 +72,14 @@ pub(crate) struct Locked {
     /// `active_invalidate_ranges`: starts counted by the tree code whose end
     /// has not run. `invalidate_seq` odd ⇒ `active > 0`.
     pub(crate) active: u64,
-    /// Interval notifiers by `[start, last]`, keyed by start and node
-    /// address (the key is the pointer to the node); frozen while the seq
-    /// is odd.
+    /// Interval notifiers by `[start, last]`, in start order and, for
+    /// equal starts, in the order they were linked (the kernel's); an
+    /// entry's key is its start and node address (the pointer to the
+    /// node). Frozen while the seq is odd.
     pub(crate) tree: IntervalBTree<()>,
     /// Inserts that arrived while the tree was frozen (the kernel's
-    /// `deferred_list`), linked when the epoch closes: key and `last`.
+    /// `deferred_list`), linked when the epoch closes, last queued first
+    /// as the kernel's list does (`apply_deferred`): key and `last`.
     pub(crate) pending_inserts: Vec<(Key, u64)>,
     /// Removals of linked nodes that arrived while the tree was frozen,
     /// applied when the epoch closes (their callers wait for that).

@@ -68,7 +68,8 @@ impl NodeHeader {
     }
 
     /// The tree key: the start, then the header's address, which is unique
-    /// while the node is inserted (it is pinned) and orders equal starts.
+    /// while the node is inserted (it is pinned); it names the entry and
+    /// does not order equal starts (the order they were linked in does).
     /// The address is exposed so that [`NodePtr::from_key`] may turn it
     /// back into a pointer.
     pub(crate) fn key(&self) -> Key {
