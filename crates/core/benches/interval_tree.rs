@@ -187,9 +187,42 @@ fn bench_size(c: &mut Criterion, n: usize) {
     assert_eq!(fx.theirs.len(), n);
 }
 
+/// Removing and re-inserting the last of `k` intervals with one start: the
+/// B+-tree finds a key by scanning the entries sharing its start (they are
+/// kept in insertion order, not by id), O(log n + k); the red-black tree
+/// removes through its node, O(log n).
+fn bench_equal_starts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("equal_starts_remove_reinsert");
+    for k in [16u32, 1_000] {
+        let mut btree = IntervalBTree::new();
+        let mut ours = IntervalTree::with_capacity(k as usize + 1);
+        for id in 0..k - 1 {
+            btree.insert(key(0x1000, id), 0x1fff, u64::from(id));
+            ours.insert(0x1000, 0x1fff, u64::from(id));
+        }
+        btree.insert(key(0x1000, k - 1), 0x1fff, u64::from(k - 1));
+        let mut last_id = ours.insert(0x1000, 0x1fff, u64::from(k - 1));
+        let last = key(0x1000, k - 1);
+        group.bench_function(format!("btree_k{k}"), |b| {
+            b.iter(|| {
+                let (l, v) = btree.remove(black_box(last)).unwrap();
+                btree.insert(last, l, v);
+            })
+        });
+        group.bench_function(format!("ours_k{k}"), |b| {
+            b.iter(|| {
+                let v = ours.remove(black_box(last_id));
+                last_id = ours.insert(0x1000, 0x1fff, v);
+            })
+        });
+    }
+    group.finish();
+}
+
 fn interval_tree_benches(c: &mut Criterion) {
     bench_size(c, 1_000);
     bench_size(c, 1_000_000);
+    bench_equal_starts(c);
 }
 
 fn main() {
