@@ -9,8 +9,12 @@
 //! `migrate_device.rs`), for read to fault, zap or split within it
 //! (faults, `MADV_DONTNEED`/`FREE`/`COLD`/`PAGEOUT`/`POPULATE_*`, KSM, the
 //! OOM reaper) — or only the rmap stand-in (migration,
-//! aging, reclaim, the file side's `i_mmap` walks). Then `state`, the
-//! page-table lock. The VMA tree lives in `state` too, but it is the mmap
+//! aging, reclaim, the file side's `i_mmap` walks). Then `state`, the PMD
+//! lock (the upper tables and huge entries), and inside it or alone each
+//! PTE table's own lock (`page_table::PteTable`): faults and zaps drop
+//! `state` once they have found their table and work under its lock alone
+//! (DESIGN.md, "Split page-table locks"). The VMA tree lives in `state`
+//! too, but it is the mmap
 //! lock that keeps it still: it changes only under the write side (plus a
 //! VMA's anon_vma, set under `state` by a fault as `anon_vma_prepare` does
 //! under the anon_vma lock), so an operation may keep a copy of a VMA
