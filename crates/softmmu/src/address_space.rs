@@ -9,8 +9,12 @@
 //! `migrate_device.rs`), for read to fault, zap or split within it
 //! (faults, `MADV_DONTNEED`/`FREE`/`COLD`/`PAGEOUT`/`POPULATE_*`, KSM, the
 //! OOM reaper) — or only the rmap stand-in (migration,
-//! aging, reclaim, the file side's `i_mmap` walks). Then `state`, the
-//! page-table lock. The VMA tree lives in `state` too, but it is the mmap
+//! aging, reclaim, the file side's `i_mmap` walks). Then `state`, the PMD
+//! lock (the upper tables and huge entries), and inside it or alone each
+//! PTE table's own lock (`page_table::PteTable`): faults and zaps drop
+//! `state` once they have found their table and work under its lock alone
+//! (DESIGN.md, "Split page-table locks"). The VMA tree lives in `state`
+//! too, but it is the mmap
 //! lock that keeps it still: it changes only under the write side (plus a
 //! VMA's anon_vma, set under `state` by a fault as `anon_vma_prepare` does
 //! under the anon_vma lock), so an operation may keep a copy of a VMA
@@ -41,7 +45,7 @@ use parking_lot::Mutex;
 use crate::page_table_lock::{self as ptl, PtlGuard};
 
 use crate::frame::Memory;
-use crate::page_table::PageTable;
+use crate::page_table::{PageTable, Wait};
 use crate::vma::VmaTree;
 
 /// How transparent huge pages behave (`/sys/kernel/mm/transparent_hugepage`).
@@ -319,44 +323,64 @@ impl AddressSpace {
     /// entry and the VMA both allow writes). `None` otherwise, e.g. for an
     /// exclusive or device-private entry of another device.
     pub fn device_view(&self, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
-        self.view_locked(&ptl::lock(&self.inner.state), addr, device)
+        let st = ptl::lock(&self.inner.state);
+        self.view_locked(&st, addr, device, Wait::Block)
+            .expect("a blocking read gets its entry")
     }
 
-    /// [`AddressSpace::device_view`] without waiting for the page-table
-    /// lock. A coherence check runs under the secondary's own lock; no
-    /// callback runs under the page-table lock any more, but an operation
-    /// holding it may still wait for the secondary's lock through the
-    /// driver's own paths (device migration's map step): the checker backs
-    /// off (drops its lock, tries again) instead of waiting.
+    /// [`AddressSpace::device_view`] without waiting for a page-table
+    /// lock (the PMD lock or the PTE table's). A coherence check runs
+    /// under the secondary's own lock; no callback runs under the PMD lock
+    /// any more, but `invalidate_range` and `change_pte` run under a PTE
+    /// table's (as Linux's do) and may take the secondary's lock, and an
+    /// operation holding the PMD lock may wait for that lock through the
+    /// driver's own paths (device migration's map step): the checker
+    /// backs off (drops its lock, tries again) instead of waiting.
     pub fn try_device_view(
         &self,
         addr: u64,
         device: Option<Owner>,
     ) -> Result<Option<DeviceView>, PageTableBusy> {
         let st = ptl::try_lock(&self.inner.state).ok_or(PageTableBusy)?;
-        Ok(self.view_locked(&st, addr, device))
+        self.view_locked(&st, addr, device, Wait::Try)
     }
 
-    fn view_locked(&self, st: &State, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
-        match crate::fault::translate(&st.pt, addr) {
+    fn view_locked(
+        &self,
+        st: &State,
+        addr: u64,
+        device: Option<Owner>,
+        wait: Wait,
+    ) -> Result<Option<DeviceView>, PageTableBusy> {
+        let view = match crate::fault::translate_waiting(&st.pt, addr, wait)? {
             Some((pfn, writable)) => Some(DeviceView {
                 translation: self.frame_life(pfn, writable),
                 exclusive: false,
                 device_private: false,
             }),
-            None => self.exclusive_view_locked(st, addr, device?),
-        }
+            None => match device {
+                Some(device) => self.exclusive_view_locked(st, addr, device, wait)?,
+                None => None,
+            },
+        };
+        Ok(view)
     }
 
     /// The device-exclusive entry at `addr` if `device` made it, or the
     /// device-private entry if the page is in `device`'s memory.
-    fn exclusive_view_locked(&self, st: &State, addr: u64, device: Owner) -> Option<DeviceView> {
-        let pte = st.pt.pte(addr);
+    fn exclusive_view_locked(
+        &self,
+        st: &State,
+        addr: u64,
+        device: Owner,
+        wait: Wait,
+    ) -> Result<Option<DeviceView>, PageTableBusy> {
+        let pte = st.pt.read_pte(addr, wait).ok_or(PageTableBusy)?;
         let frame = self.inner.memory.frame(pte.pfn());
         let device_private = match pte.swap_kind() {
             Some(crate::page_table::SwapKind::DeviceExclusive) => false,
             Some(crate::page_table::SwapKind::DevicePrivate) => true,
-            _ => return None,
+            _ => return Ok(None),
         };
         let holder = if device_private {
             frame.device
@@ -364,18 +388,18 @@ impl AddressSpace {
             frame.exclusive_owner
         };
         if holder != Some(device) {
-            return None;
+            return Ok(None);
         }
         // The entry alone says what the device may do: `mprotect` takes
         // write away inside its range, after the device was told. (Asking
         // the VMA instead would revoke it before the notifier ran: the VMA
         // changes before the start, which drops the page-table lock.)
         let writable = pte.swap_was_writable();
-        Some(DeviceView {
+        Ok(Some(DeviceView {
             translation: self.frame_life(pte.pfn(), writable),
             exclusive: !device_private,
             device_private,
-        })
+        }))
     }
 
     fn frame_life(&self, pfn: crate::Pfn, writable: bool) -> Translation {
@@ -392,6 +416,21 @@ impl AddressSpace {
     pub fn mapped_frame(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
         let st = ptl::lock(&self.inner.state);
         crate::fault::mapped_frame(&st.pt, addr)
+    }
+
+    /// Holds the lock of the PTE table covering `addr` until the result is
+    /// dropped, as an operation in the middle of an update of that table
+    /// does: faults, zaps and walks of that table wait for it, those of
+    /// other tables go on (split page-table locks). `None` where no PTE
+    /// table covers `addr` (nothing mapped, or a huge entry). For tests of
+    /// how a secondary MMU copes with a primary stalled in one table.
+    ///
+    /// Do not call into this address space's page-table operations on the
+    /// same thread while holding it: one that reaches this table waits for
+    /// ever.
+    pub fn hold_page_table(&self, addr: u64) -> Option<crate::page_table::PageTableHold> {
+        let table = ptl::lock(&self.inner.state).pt.pte_table(addr)?;
+        Some(table.hold())
     }
 
     /// Bytes of page tables in use.

@@ -36,30 +36,33 @@ impl AddressSpace {
             {
                 return Err(Errno::Inval);
             }
-            let (inv, pte) = loop {
+            loop {
                 fault::fault_in_vma(ctx, &vma, addr, true)?;
                 let pte = ctx.st.pt.pte(addr);
                 if !pte.is_present() || pte.is_special() {
                     return Err(Errno::Inval);
                 }
                 let inv = ctx.start_owner(Event::Exclusive, addr, addr + PAGE_SIZE, Some(owner));
-                // The page-table lock is taken again after the start: the
-                // entry the fault made must still be there (a fault or a
-                // zap beside this one may have changed it), else fault again.
-                if ctx.st.pt.pte(addr) == pte {
-                    break (inv, pte);
-                }
+                // The PTE lock is taken again after the start: the entry
+                // the fault made must still be there (a fault or a zap
+                // beside this one may have changed it), else fault again.
+                // Checked and replaced in one hold.
+                let (mem, id) = (ctx.mem, ctx.id);
+                let taken = ctx.st.pt.pte_mut(addr).is_some_and(|mut slot| {
+                    if *slot != pte {
+                        return false;
+                    }
+                    inv.ptep_clear_flush_notify(addr, || ());
+                    *slot = Pte::swap(SwapKind::DeviceExclusive, pte.pfn(), pte.is_write());
+                    mem.unmap_pte(pte.pfn(), id);
+                    mem.update(pte.pfn(), |f| f.exclusive_owner = Some(owner));
+                    true
+                });
                 ctx.end(inv);
-            };
-            inv.ptep_clear_flush_notify(addr, || ());
-            if let Some(slot) = ctx.st.pt.pte_mut(addr) {
-                *slot = Pte::swap(SwapKind::DeviceExclusive, pte.pfn(), pte.is_write());
+                if taken {
+                    break Ok(pte.pfn());
+                }
             }
-            ctx.mem.unmap_pte(pte.pfn(), ctx.id);
-            ctx.mem
-                .update(pte.pfn(), |f| f.exclusive_owner = Some(owner));
-            ctx.end(inv);
-            Ok(pte.pfn())
         })
     }
 }

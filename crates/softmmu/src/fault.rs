@@ -12,10 +12,11 @@ use mmun_core::{Event, HeldMmLock};
 
 use crate::address_space::Ctx;
 use crate::error::{Errno, SysResult};
-use crate::frame::{FrameKind, Pfn, ZERO_PFN};
+use crate::frame::{FrameKind, Pfn};
 use crate::huge_memory;
 use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down};
-use crate::page_table::{PageTable, PmdEntry, Pte, SwapKind};
+use crate::page_table::{PageTable, PmdEntry, Pte, SwapKind, Wait};
+use crate::pte_fault::{PteFault, PteLevel};
 use crate::vma::{AnonVmaId, VmFlags, Vma};
 
 /// The frame an entry maps at `addr` regardless of protection.
@@ -35,18 +36,28 @@ pub(crate) fn mapped_frame(pt: &PageTable, addr: u64) -> Option<(Pfn, bool)> {
 
 /// What an access to `addr` reaches, following huge entries.
 pub(crate) fn translate(pt: &PageTable, addr: u64) -> Option<(Pfn, bool)> {
-    match pt.pmd(addr)? {
-        PmdEntry::Huge(huge) if !huge.is_protnone() => {
+    translate_waiting(pt, addr, Wait::Block).expect("a blocking read gets its entry")
+}
+
+/// [`translate`], giving up (`Err`) if `wait` is [`Wait::Try`] and the
+/// PTE table's lock is busy.
+pub(crate) fn translate_waiting(
+    pt: &PageTable,
+    addr: u64,
+    wait: Wait,
+) -> Result<Option<(Pfn, bool)>, crate::PageTableBusy> {
+    let reached = match pt.pmd(addr) {
+        Some(PmdEntry::Huge(huge)) if !huge.is_protnone() => {
             let pfn = huge.pfn() + ((addr & (PMD_SIZE - 1)) / PAGE_SIZE);
             Some((pfn, huge.is_write()))
         }
-        PmdEntry::Table(_) => {
-            let pte = pt.pte(addr);
+        Some(PmdEntry::Table(_)) => {
+            let pte = pt.read_pte(addr, wait).ok_or(crate::PageTableBusy)?;
             (pte.is_present() && !pte.is_protnone()).then(|| (pte.pfn(), pte.is_write()))
         }
-        PmdEntry::Huge(_) => None,
-        PmdEntry::None => None,
-    }
+        Some(PmdEntry::Huge(_) | PmdEntry::None) | None => None,
+    };
+    Ok(reached)
 }
 
 /// Whether the VMA lets the CPU access it this way (x86 `access_error`).
@@ -158,174 +169,145 @@ fn reuse_huge<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64, huge: Pte) -> boo
     false
 }
 
+/// The PTE level of a fault: the table is found (or made) under the PMD
+/// lock, which is then dropped while the table's own lock is held
+/// (`pte_fault.rs`); what notifies comes back here.
 fn pte_fault<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: bool) -> SysResult {
     let addr = align_down(addr, PAGE_SIZE);
-    if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::Huge(_))) {
-        // The page-table lock was dropped for a start on the way here (a
-        // PMD split, a COW, a device page coming back) and a huge fault
-        // beside this one filled the PMD: `pte_offset_map_lock` finds no
-        // table, and the fault starts over at the PMD level.
+    let Some(table) = ctx.st.pt.pte_table_alloc(addr) else {
+        // The PMD lock was dropped on the way here (for a start of a PMD
+        // split, a COW, a device page coming back, or this function's own
+        // PTE step) and a huge fault beside this one filled the PMD:
+        // `pte_offset_map_lock` finds no table, and the fault starts over
+        // at the PMD level.
         return fault_in_vma(ctx, vma, addr, write);
-    }
-    let pte = ctx.st.pt.pte(addr);
-    if pte.is_none() {
-        return fill_empty(ctx, vma, addr, write);
-    }
-    if pte.swap_kind() == Some(SwapKind::DeviceExclusive) {
-        remove_device_exclusive_entry(ctx, vma, addr, pte);
-        return pte_fault(ctx, vma, addr, write);
-    }
-    if pte.is_device_private() {
-        // do_swap_page: the owner's migrate_to_ram, then the access again.
-        crate::device_private::migrate_to_ram(ctx, vma, addr, pte)?;
-        return pte_fault(ctx, vma, addr, write);
-    }
-    if write && !pte.is_write() {
-        return do_wp_page(ctx, vma, addr, pte);
-    }
-    // The access sets the accessed bit, and a write the dirty bit, as the
-    // CPU's page walk does (a page `MADV_FREE` cleaned is dirty again).
-    let touched = pte.with_young(true);
-    *ctx.st.pt.pte_alloc(addr) = if write {
-        touched.with_dirty(true)
-    } else {
-        touched
     };
-    Ok(())
+    let level = PteLevel {
+        mem: ctx.mem,
+        id: ctx.id,
+        vma,
+    };
+    let step = ctx
+        .st
+        .unlocked(|| crate::pte_fault::fault_locked(&level, &table, addr, write));
+    match step {
+        PteFault::Done(result) => result,
+        PteFault::Retry => pte_fault(ctx, vma, addr, write),
+        PteFault::NeedsAnonVma => {
+            let vma = anon_vma_prepare(ctx, vma);
+            pte_fault(ctx, &vma, addr, write)
+        }
+        PteFault::Notifying(pte) => notifying_fault(ctx, vma, addr, write, pte),
+    }
 }
 
-/// `do_anonymous_page` / `do_fault`: fill an empty PTE. Never notifies.
-fn fill_empty<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, write: bool) -> SysResult {
-    let writable = vma.flags.contains(VmFlags::WRITE);
-    let entry = match &vma.file {
-        None if !write => Pte::zero(ZERO_PFN),
+/// The faults that notify, under the PMD lock: whatever the PTE level
+/// saw is found again by each path after its start.
+fn notifying_fault<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+    write: bool,
+    pte: Pte,
+) -> SysResult {
+    match pte.swap_kind() {
+        Some(SwapKind::DeviceExclusive) => {
+            remove_device_exclusive_entry(ctx, vma, addr, pte);
+            pte_fault(ctx, vma, addr, write)
+        }
+        Some(SwapKind::DevicePrivate) => {
+            // do_swap_page: `pte_same` under the PTE lock and a reference
+            // on the device page before the lock goes (a zap beside this
+            // may free it), then the owner's migrate_to_ram, then the
+            // access again.
+            let mem = ctx.mem;
+            let held = ctx.st.pt.pte_mut(addr).is_some_and(|slot| {
+                let same = *slot == pte;
+                if same {
+                    mem.get(pte.pfn());
+                }
+                same
+            });
+            if held {
+                let migrated = crate::device_private::migrate_to_ram(ctx, vma, addr, pte);
+                ctx.mem.put(pte.pfn());
+                migrated?;
+            }
+            pte_fault(ctx, vma, addr, write)
+        }
+        // A device migration's entry, seen while it held the PMD lock and
+        // gone now that this holds it (`migration_entry_wait`).
+        Some(_) => pte_fault(ctx, vma, addr, write),
         None => {
-            anon_vma_prepare(ctx, vma);
-            let pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
-            ctx.mem.map_pte(pfn, ctx.id);
-            Pte::new(pfn, writable)
-        }
-        Some(file) => {
-            let index = vma.pgoff_of(addr);
-            if index * PAGE_SIZE >= file.object.size() {
-                return Err(Errno::Fault);
+            // do_wp_page: `pte_same` under the PTE lock and a reference on
+            // the page before the lock goes, so that the copy reads the
+            // page the entry maps even if a zap beside this unmaps it.
+            let mem = ctx.mem;
+            let counted = !pte.is_special();
+            let held = ctx.st.pt.pte_mut(addr).is_some_and(|slot| {
+                let same = *slot == pte;
+                if same && counted {
+                    mem.get(pte.pfn());
+                }
+                same
+            });
+            if !held {
+                return pte_fault(ctx, vma, addr, write);
             }
-            if write && !vma.flags.contains(VmFlags::SHARED) {
-                // do_cow_fault: a private copy of the file page (a page
-                // not in the cache is a hole: zeros).
-                anon_vma_prepare(ctx, vma);
-                let pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
-                if let Some(cached) = file.object.find_page(index) {
-                    ctx.mem.copy_page(cached, pfn);
-                }
-                ctx.mem.map_pte(pfn, ctx.id);
-                Pte::new(pfn, writable)
-            } else {
-                let pfn = file.object.get_page(ctx.mem, index).ok_or(Errno::NoMem)?;
-                ctx.mem.map_pte(pfn, ctx.id);
-                if !write {
-                    fault_around(ctx, vma, addr);
-                }
-                Pte::new(pfn, write && writable)
+            let copied = wp_page_copy(ctx, vma, addr, pte);
+            if counted {
+                ctx.mem.put(pte.pfn());
+            }
+            match copied {
+                Some(result) => result,
+                None => pte_fault(ctx, vma, addr, write),
             }
         }
-    };
-    if write {
-        ctx.mem.touch_write(entry.pfn());
-    }
-    *ctx.st.pt.pte_alloc(addr) = entry;
-    Ok(())
-}
-
-/// `do_fault_around` (`fault_around_bytes` at its default, 64 KiB): a read
-/// fault in a file VMA also maps, read-only and with no notifier (the
-/// entries were empty), every other page already in the cache within the
-/// 16-page aligned window around `addr`, clipped to the VMA and the page
-/// table. The faulting page itself is the caller's.
-fn fault_around<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64) {
-    const WINDOW: u64 = 16 * PAGE_SIZE;
-    let Some(file) = &vma.file else { return };
-    let start = crate::layout::align_down(addr, WINDOW).max(vma.start);
-    let end = (crate::layout::align_down(addr, WINDOW) + WINDOW)
-        .min(vma.end)
-        .min(crate::layout::align_down(addr, crate::layout::PMD_SIZE) + crate::layout::PMD_SIZE);
-    let mut at = start;
-    while at < end {
-        let index = vma.pgoff_of(at);
-        if at != addr
-            && index * PAGE_SIZE < file.object.size()
-            && ctx.st.pt.pte(at).is_none()
-            && let Some(pfn) = file.object.find_page(index)
-        {
-            ctx.mem.get(pfn);
-            ctx.mem.map_pte(pfn, ctx.id);
-            *ctx.st.pt.pte_alloc(at) = Pte::new(pfn, false);
-        }
-        at += PAGE_SIZE;
-    }
-}
-
-/// `do_wp_page`: a write to a present, write-protected PTE.
-fn do_wp_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, pte: Pte) -> SysResult {
-    if vma.flags.contains(VmFlags::SHARED) {
-        // wp_page_shared: the page cache page becomes writable in place.
-        *ctx.st.pt.pte_alloc(addr) = pte.with_write(true).with_dirty(true);
-        ctx.mem.touch_write(pte.pfn());
-        return Ok(());
-    }
-    if !pte.is_special() && can_reuse_anon(ctx, pte.pfn()) {
-        // wp_page_reuse: no other mapping can see the page.
-        ctx.mem.update(pte.pfn(), |f| f.anon_exclusive = true);
-        *ctx.st.pt.pte_alloc(addr) = pte.with_write(true).with_dirty(true);
-        ctx.mem.touch_write(pte.pfn());
-        return Ok(());
-    }
-    wp_page_copy(ctx, vma, addr, pte)
-}
-
-/// `wp_can_reuse_anon_folio`: a small folio with no other reference, or a
-/// large folio that only this address space maps and nobody pins.
-fn can_reuse_anon<L: HeldMmLock>(ctx: &Ctx<'_, L>, pfn: Pfn) -> bool {
-    let frame = ctx.mem.frame(pfn);
-    if frame.kind != FrameKind::Anon {
-        return false;
-    }
-    if frame.anon_exclusive {
-        return true;
-    }
-    let head = ctx.mem.frame(frame.head);
-    if head.order == 0 {
-        head.refcount == 1
-    } else {
-        head.mapped_only_by(ctx.id) && head.refcount == head.total_mappings()
     }
 }
 
 /// `wp_page_copy`: copy the page, and swap the PTE under a `Clear` of the
 /// page (v6.5: `ptep_clear_flush_notify` + `set_pte_at_notify`, then
 /// `invalidate_range_only_end`).
-fn wp_page_copy<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, addr: u64, old: Pte) -> SysResult {
+///
+/// `None` if the entry changed meanwhile: the caller drops its reference
+/// on the old page and retries the access.
+fn wp_page_copy<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    vma: &Vma,
+    addr: u64,
+    old: Pte,
+) -> Option<SysResult> {
     let vma = anon_vma_prepare(ctx, vma);
-    let new_pfn = ctx.mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
+    let Some(new_pfn) = ctx.mem.alloc(FrameKind::Anon) else {
+        return Some(Err(Errno::NoMem));
+    };
     ctx.mem.copy_page(old.pfn(), new_pfn);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    // The page-table lock was dropped for the start: `pte_same` under it,
-    // or the fault starts over from what is there now (the CPU retries
-    // the access).
-    if ctx.st.pt.pte(addr) != old {
+    // The page-table lock was dropped for the start: `pte_same` under the
+    // PTE lock, in the same hold as the swap, or the fault starts over
+    // from what is there now (the CPU retries the access).
+    let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
+    let (mem, id) = (ctx.mem, ctx.id);
+    let swapped = ctx.st.pt.pte_mut(addr).and_then(|mut slot| {
+        if *slot != old {
+            return None;
+        }
+        let slot_old = inv.ptep_clear_flush_notify(addr, || old);
+        inv.set_pte_at_notify(addr, new.raw(), |_| ());
+        mem.map_pte(new_pfn, id);
+        mem.touch_write(new_pfn);
+        *slot = new;
+        Some(slot_old)
+    });
+    let Some(slot_old) = swapped else {
         ctx.end(inv);
         ctx.mem.put(new_pfn);
-        return pte_fault(ctx, &vma, addr, true);
-    }
-    let new = Pte::new(new_pfn, vma.flags.contains(VmFlags::WRITE));
-    let slot_old = inv.ptep_clear_flush_notify(addr, || old);
-    inv.set_pte_at_notify(addr, new.raw(), |_| ());
-    ctx.mem.map_pte(new_pfn, ctx.id);
-    ctx.mem.touch_write(new_pfn);
-    *ctx.st.pt.pte_alloc(addr) = new;
+        return None;
+    };
     ctx.only_end(inv);
     crate::zap::release_pte(ctx.mem, ctx.id, slot_old);
-    Ok(())
+    Some(Ok(()))
 }
 
 /// `remove_device_exclusive_entry`: a CPU access takes the page back from
@@ -337,15 +319,15 @@ fn remove_device_exclusive_entry<L: HeldMmLock>(
     entry: Pte,
 ) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    // Found again under the lock: another CPU access may have restored it
-    // (the caller's fault then goes on with whatever is there).
-    if ctx.st.pt.pte(addr) != entry {
-        ctx.end(inv);
-        return;
+    // Found again under the PTE lock, and restored in the same hold:
+    // another CPU access may have restored it (the caller's fault then
+    // goes on with whatever is there).
+    if let Some(mut slot) = ctx.st.pt.pte_mut(addr)
+        && *slot == entry
+    {
+        ctx.mem.map_pte(entry.pfn(), ctx.id);
+        *slot = restore_exclusive_pte(ctx, vma, entry);
     }
-    let restored = restore_exclusive_pte(ctx, vma, entry);
-    ctx.mem.map_pte(entry.pfn(), ctx.id);
-    *ctx.st.pt.pte_alloc(addr) = restored;
     ctx.end(inv);
 }
 

@@ -61,7 +61,8 @@ pub(crate) fn split_huge_pmd_locked<L: HeldMmLock>(
     if let Some(PmdEntry::Huge(huge)) = ctx.st.pt.pmd(haddr) {
         let huge = *huge;
         inv.pmdp_huge_clear_flush_notify(haddr, || ());
-        let mut table = crate::page_table::PageTable::new_pte_table();
+        let table = crate::page_table::PageTable::new_pte_table();
+        let mut entries = table.lock();
         for i in 0..crate::layout::HPAGE_PMD_NR {
             let a = haddr + i * PAGE_SIZE;
             let pte = if huge.is_special() {
@@ -71,12 +72,13 @@ pub(crate) fn split_huge_pmd_locked<L: HeldMmLock>(
             };
             // The PTEs inherit every bit of the PMD: protection, accessed,
             // dirty and soft-dirty (__split_huge_pmd_locked).
-            *table.get_mut(a) = pte
+            *entries.get_mut(a) = pte
                 .with_young(huge.is_young())
                 .with_dirty(huge.is_dirty())
                 .with_soft_dirty(huge.is_soft_dirty())
                 .with_protnone(huge.is_protnone());
         }
+        drop(entries);
         if !huge.is_special() {
             remap_as_ptes(ctx, huge);
         }

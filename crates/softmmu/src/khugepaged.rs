@@ -15,7 +15,7 @@ use crate::frame::FrameKind;
 use crate::huge_memory::{self, CollapseResult};
 use crate::i_mmap::{self, FileMapping};
 use crate::layout::{HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, align_down, align_up};
-use crate::page_table::{PmdEntry, Pte};
+use crate::page_table::{PmdEntry, Pte, PteEntries};
 use crate::shmem::ShmemObject;
 use crate::vma::{VmFlags, Vma};
 
@@ -203,9 +203,7 @@ impl FileCollapse {
                         // in it.
                         let same =
                             crate::huge_memory::file_folio_for_pmd(ctx, vma, start) == Some(head);
-                        if same && only_file_pages(ctx, start) {
-                            i_mmap::zap_file_pages(ctx, start, start + PMD_SIZE);
-                            ctx.st.pt.set_pmd(start, PmdEntry::None);
+                        if same && retract_file_table(ctx, start) {
                             crate::huge_memory::map_file_pmd(ctx, vma, start, head);
                         }
                         ctx.end(inv);
@@ -219,12 +217,16 @@ impl FileCollapse {
             let mut addr = start;
             while addr < end {
                 let index = vma.pgoff_of(addr);
-                if ctx.st.pt.pte(addr).is_none()
-                    && let Some(pfn) = self.object.find_page(index)
-                {
-                    ctx.mem.get(pfn);
-                    ctx.mem.map_pte(pfn, ctx.id);
-                    *ctx.st.pt.pte_alloc(addr) = Pte::new(pfn, writable);
+                let (mem, id) = (ctx.mem, ctx.id);
+                if let Some(pfn) = self.object.find_page(index) {
+                    // Checked and filled in one hold of the PTE lock, which
+                    // a fault beside this takes without the PMD lock.
+                    let mut slot = ctx.st.pt.pte_alloc(addr);
+                    if slot.is_none() {
+                        mem.get(pfn);
+                        mem.map_pte(pfn, id);
+                        *slot = Pte::new(pfn, writable);
+                    }
                 }
                 addr += PAGE_SIZE;
             }
@@ -328,25 +330,41 @@ fn retract_page_table(object: &ShmemObject, mapping: &FileMapping, first: u64, l
         let inv = ctx.start(Event::Clear, addr, end);
         // Checked again under the PMD lock, taken after the start: a fault
         // beside this walk may have put an anonymous copy in the table.
-        if only_file_pages(ctx, addr) {
-            i_mmap::zap_file_pages(ctx, addr, end);
-            ctx.st.pt.set_pmd(addr, PmdEntry::None);
-        }
+        retract_file_table(ctx, addr);
         ctx.end(inv);
     });
 }
 
-/// Whether the PMD at `haddr` is a page table mapping nothing but file
-/// pages (or nothing), so that zapping those leaves it empty.
-fn only_file_pages<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> bool {
-    let Some(PmdEntry::Table(table)) = ctx.st.pt.pmd(haddr) else {
+/// Takes the page table at `haddr` out of its PMD if it maps nothing but
+/// file pages, zapping those; returns whether it did. The check, the zap
+/// and the table's leaving are one hold of the PTE lock, which faults
+/// take without the PMD lock.
+fn retract_file_table<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, haddr: u64) -> bool {
+    let Some(table) = ctx.st.pt.pte_table(haddr) else {
         return false;
     };
+    let mut entries = table.lock();
+    if !only_file_pages(ctx.mem, &entries, haddr) {
+        return false;
+    }
+    for i in 0..HPAGE_PMD_NR {
+        let old = std::mem::replace(entries.get_mut(haddr + i * PAGE_SIZE), Pte::NONE);
+        crate::zap::release_pte(ctx.mem, ctx.id, old);
+    }
+    entries.mark_detached();
+    drop(entries);
+    ctx.st.pt.set_pmd(haddr, PmdEntry::None);
+    true
+}
+
+/// Whether the PMD at `haddr` is a page table mapping nothing but file
+/// pages (or nothing), so that zapping those leaves it empty.
+fn only_file_pages(mem: &crate::frame::Memory, table: &PteEntries, haddr: u64) -> bool {
     (0..HPAGE_PMD_NR).all(|i| {
         let pte = table.get(haddr + i * PAGE_SIZE);
         pte.is_none()
             || (pte.is_present()
                 && !pte.is_special()
-                && matches!(ctx.mem.frame(pte.pfn()).kind, FrameKind::File { .. }))
+                && matches!(mem.frame(pte.pfn()).kind, FrameKind::File { .. }))
     })
 }

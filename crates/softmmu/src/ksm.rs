@@ -117,28 +117,26 @@ fn identical_groups(mem: &crate::frame::Memory, pages: &[(u64, u64)]) -> Vec<Gro
 fn write_protect_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) -> Option<u64> {
     let addr = align_down(addr, PAGE_SIZE);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    let pte = ctx.st.pt.pte(addr);
-    let anon = |pte: Pte| {
-        matches!(
-            ctx.mem.frame(pte.pfn()).kind,
-            FrameKind::Anon | FrameKind::Ksm
-        )
-    };
-    if !pte.is_present() || pte.is_special() || !anon(pte) {
-        ctx.end(inv);
-        return None;
-    }
-    ctx.mem.get(pte.pfn());
-    if pte.is_write() || pte.is_dirty() {
-        let new = pte.with_write(false).with_dirty(false);
-        inv.set_pte_at_notify(addr, new.raw(), |_| ());
-        if let Some(slot) = ctx.st.pt.pte_mut(addr) {
+    // Checked and changed in one hold of the PTE lock, taken after the
+    // start.
+    let mem = ctx.mem;
+    let protected = ctx.st.pt.pte_mut(addr).and_then(|mut slot| {
+        let pte = *slot;
+        let anon = || matches!(mem.frame(pte.pfn()).kind, FrameKind::Anon | FrameKind::Ksm);
+        if !pte.is_present() || pte.is_special() || !anon() {
+            return None;
+        }
+        mem.get(pte.pfn());
+        if pte.is_write() || pte.is_dirty() {
+            let new = pte.with_write(false).with_dirty(false);
+            inv.set_pte_at_notify(addr, new.raw(), |_| ());
             *slot = new;
         }
-    }
-    ctx.mem.update(pte.pfn(), |f| f.anon_exclusive = false);
+        mem.update(pte.pfn(), |f| f.anon_exclusive = false);
+        Some(pte.pfn())
+    });
     ctx.end(inv);
-    Some(pte.pfn())
+    protected
 }
 
 /// `replace_page`: `Clear` of the page while its PTE moves to the KSM page.
@@ -149,20 +147,25 @@ fn replace_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, pfn: u64, kpfn: 
     // The first page of a merge may start mid-page (an unaligned range).
     let addr = align_down(addr, PAGE_SIZE);
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    let current = ctx.st.pt.pte(addr);
-    if !current.is_present() || current.pfn() != pfn || current.is_write() {
+    let (mem, id) = (ctx.mem, ctx.id);
+    let replaced = ctx.st.pt.pte_mut(addr).and_then(|mut slot| {
+        let current = *slot;
+        if !current.is_present() || current.pfn() != pfn || current.is_write() {
+            return None;
+        }
+        let old = inv.ptep_clear_flush_notify(addr, || current);
+        let new = Pte::new(kpfn, false).with_dirty(false);
+        inv.set_pte_at_notify(addr, new.raw(), |_| ());
+        mem.get(kpfn);
+        mem.map_pte(kpfn, id);
+        *slot = new;
+        Some(old)
+    });
+    let Some(old) = replaced else {
         ctx.end(inv);
         return false;
-    }
-    let old = inv.ptep_clear_flush_notify(addr, || current);
-    let new = Pte::new(kpfn, false).with_dirty(false);
-    inv.set_pte_at_notify(addr, new.raw(), |_| ());
-    ctx.mem.get(kpfn);
-    ctx.mem.map_pte(kpfn, ctx.id);
-    if let Some(slot) = ctx.st.pt.pte_mut(addr) {
-        *slot = new;
-    }
+    };
     ctx.only_end(inv);
-    release_pte(ctx.mem, ctx.id, old);
+    release_pte(mem, id, old);
     true
 }

@@ -35,6 +35,7 @@ pub mod oom_kill;
 pub mod page_table;
 mod page_table_lock;
 mod pageout;
+mod pte_fault;
 mod rmap;
 pub mod shmem;
 mod split;

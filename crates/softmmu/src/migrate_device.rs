@@ -200,7 +200,7 @@ fn migrate_chunk<L: HeldMmLock>(
         let Some(new_pfn) = ctx.mem.alloc(kind) else {
             // No destination page: migrate_vma_finalize puts the source
             // back (remove_migration_ptes with the old folio).
-            if let Some(slot) = ctx.st.pt.pte_mut(addr) {
+            if let Some(mut slot) = ctx.st.pt.pte_mut(addr) {
                 *slot = old;
             }
             map(addr, device_side_view(ctx, addr));
@@ -336,7 +336,7 @@ fn make_device_private_if<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, owner:
     if !ctx.mem.is_device_private(owner) {
         return;
     }
-    if let Some(slot) = ctx.st.pt.pte_mut(addr) {
+    if let Some(mut slot) = ctx.st.pt.pte_mut(addr) {
         *slot = Pte::swap(SwapKind::DevicePrivate, slot.pfn(), slot.is_write());
     }
 }

@@ -227,7 +227,7 @@ fn change_pte_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, 
     });
     for (a, old) in updates {
         let new = new_protection(ctx, vma, old);
-        if let Some(slot) = ctx.st.pt.pte_mut(a) {
+        if let Some(mut slot) = ctx.st.pt.pte_mut(a) {
             *slot = new;
         }
     }

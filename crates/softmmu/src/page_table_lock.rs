@@ -1,6 +1,9 @@
-//! The page-table lock (`state`): a mutex whose holding is recorded in the
-//! core's debug-build lock-order graph (`mmun_core::lockdep`), so that the
-//! order DESIGN.md gives ("Lock order") is checked where it can be.
+//! The page-table locks: `state` (the PMD lock, `mm->page_table_lock`:
+//! the upper tables and huge PMD entries) and one lock per PTE table
+//! (`pte_lockptr`, taken inside the PMD lock when both are held). Both are
+//! mutexes whose holding is recorded in the core's debug-build lock-order
+//! graph (`mmun_core::lockdep`), so that the order DESIGN.md gives ("Lock
+//! order") is checked where it can be.
 //!
 //! What the graph can see: a notifier callback runs under the
 //! `invalidate_range_start` map, and a driver lock taken inside one records
@@ -18,31 +21,51 @@ use std::ops::{Deref, DerefMut};
 use mmun_core::lockdep::{self, LockClass};
 use parking_lot::{Mutex, MutexGuard};
 
-/// The page-table lock's class: one for every address space (a class, not
-/// an instance, is a node of the graph, as in lockdep).
+/// The PMD lock's class: one for every address space (a class, not an
+/// instance, is a node of the graph, as in lockdep).
 pub(crate) static PAGE_TABLE_LOCK: LockClass = LockClass::new("softmmu page-table lock");
+
+/// The class of every PTE table's own lock (`ptlock_ptr`).
+pub(crate) static PTE_LOCK: LockClass = LockClass::new("softmmu PTE table lock");
 
 /// A held page-table lock.
 pub(crate) struct PtlGuard<'a, T> {
     inner: MutexGuard<'a, T>,
+    class: &'static LockClass,
     /// Whether the graph records it as held (a trylock is not).
     tracked: bool,
 }
 
-/// Takes `lock`, recording the page-table lock class as held.
+/// Takes the PMD lock `lock`, recording its class as held.
 #[track_caller]
 pub(crate) fn lock<T>(lock: &Mutex<T>) -> PtlGuard<'_, T> {
-    lockdep::acquire(&PAGE_TABLE_LOCK);
+    lock_class(lock, &PAGE_TABLE_LOCK)
+}
+
+/// Takes `lock` of `class`, recording the class as held.
+#[track_caller]
+pub(crate) fn lock_class<'a, T>(lock: &'a Mutex<T>, class: &'static LockClass) -> PtlGuard<'a, T> {
+    lockdep::acquire(class);
     PtlGuard {
         inner: lock.lock(),
+        class,
         tracked: true,
     }
 }
 
-/// Takes `lock` if it is free; records no order.
+/// Takes the PMD lock `lock` if it is free; records no order.
 pub(crate) fn try_lock<T>(lock: &Mutex<T>) -> Option<PtlGuard<'_, T>> {
+    try_lock_class(lock, &PAGE_TABLE_LOCK)
+}
+
+/// Takes `lock` of `class` if it is free; records no order.
+pub(crate) fn try_lock_class<'a, T>(
+    lock: &'a Mutex<T>,
+    class: &'static LockClass,
+) -> Option<PtlGuard<'a, T>> {
     lock.try_lock().map(|inner| PtlGuard {
         inner,
+        class,
         tracked: false,
     })
 }
@@ -53,11 +76,11 @@ impl<T> PtlGuard<'_, T> {
     #[track_caller]
     pub(crate) fn unlocked<R>(&mut self, f: impl FnOnce() -> R) -> R {
         if self.tracked {
-            lockdep::release(&PAGE_TABLE_LOCK);
+            lockdep::release(self.class);
         }
         let out = MutexGuard::unlocked(&mut self.inner, f);
         if self.tracked {
-            lockdep::acquire(&PAGE_TABLE_LOCK);
+            lockdep::acquire(self.class);
         }
         out
     }
@@ -79,7 +102,7 @@ impl<T> DerefMut for PtlGuard<'_, T> {
 impl<T> Drop for PtlGuard<'_, T> {
     fn drop(&mut self) {
         if self.tracked {
-            lockdep::release(&PAGE_TABLE_LOCK);
+            lockdep::release(self.class);
         }
     }
 }

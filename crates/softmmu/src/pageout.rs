@@ -114,18 +114,22 @@ fn unmap_file_page<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, index: u64, p
 /// (`folio_set_swapbacked`).
 fn discard_lazyfree<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, pte: Pte) {
     let inv = ctx.start(Event::Clear, addr, addr + PAGE_SIZE);
-    // Found again under the lock, taken after the start: only the same
-    // page is dropped, and only if it is still clean.
-    let pte_now = ctx.st.pt.pte(addr);
-    if !pte_now.is_present() || pte_now.pfn() != pte.pfn() {
-        ctx.end(inv);
-        return;
-    }
-    if pte_now.is_dirty() {
-        ctx.mem.update(pte.pfn(), |f| f.lazyfree = false);
-    } else if let Some(slot) = ctx.st.pt.pte_mut(addr) {
-        let old = std::mem::replace(slot, Pte::NONE);
-        release_pte(ctx.mem, ctx.id, old);
+    // Found again under the PTE lock, taken after the start, and cleared
+    // in the same hold: only the same page is dropped, and only if it is
+    // still clean.
+    let (mem, id) = (ctx.mem, ctx.id);
+    let dropped = ctx.st.pt.pte_mut(addr).and_then(|mut slot| {
+        if !slot.is_present() || slot.pfn() != pte.pfn() {
+            return None;
+        }
+        if slot.is_dirty() {
+            mem.update(pte.pfn(), |f| f.lazyfree = false);
+            return None;
+        }
+        Some(std::mem::replace(&mut *slot, Pte::NONE))
+    });
+    if let Some(old) = dropped {
+        release_pte(mem, id, old);
     }
     ctx.end(inv);
 }

@@ -152,7 +152,7 @@ fn age_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped, flush: bool) -> 
             notify::pmdp_clear_young_notify(mm, folio.start, || primary)
         }
     } else {
-        if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
+        if let Some(mut slot) = ctx.st.pt.pte_mut(folio.start) {
             *slot = clear(*slot);
         }
         if flush {
@@ -182,21 +182,23 @@ fn unmap_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
     // A lazily freed page written since the walk looked (its entry dirty
     // again) is kept, as `try_to_unmap_one` re-checks the dirty bit under
     // the PTL.
+    let (mem, id) = (ctx.mem, ctx.id);
     let written_since =
-        |slot: &Pte| slot.is_dirty() && ctx.mem.frame(slot.pfn()).kind == FrameKind::Anon;
-    if let Some(slot) = ctx.st.pt.pte_mut(folio.start)
-        && slot.is_present()
-        && slot.pfn() == folio.entry.pfn()
-        && !written_since(slot)
-    {
-        let old = std::mem::replace(slot, Pte::NONE);
+        |slot: &Pte| slot.is_dirty() && mem.frame(slot.pfn()).kind == FrameKind::Anon;
+    let cleared = ctx.st.pt.pte_mut(folio.start).and_then(|mut slot| {
+        let still_mapped = slot.is_present() && slot.pfn() == folio.entry.pfn();
+        if !still_mapped || written_since(&slot) {
+            return None;
+        }
+        let old = std::mem::replace(&mut *slot, Pte::NONE);
         inv.invalidate_range(folio.start, folio.start + PAGE_SIZE);
-        release_pte(ctx.mem, ctx.id, old);
-        ctx.end(inv);
-        return true;
+        Some(old)
+    });
+    if let Some(old) = cleared {
+        release_pte(mem, id, old);
     }
     ctx.end(inv);
-    false
+    cleared.is_some()
 }
 
 /// `try_to_migrate_one` + `remove_migration_ptes`. The destination is
@@ -236,29 +238,43 @@ fn migrate_one<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> bool {
     // `try_to_migrate_one` takes the PTL only after the start (which
     // dropped it here), and `page_vma_mapped_walk` finds the entry again
     // under it.
-    let current = ctx.st.pt.pte(folio.start);
-    if !current.is_present() || current.pfn() != folio.entry.pfn() {
-        ctx.end(inv);
-        ctx.mem.put(new_pfn);
-        return true;
-    }
-    let folio = Mapped {
-        entry: current,
-        ..*folio
-    };
-    let old = install_migration_entry(ctx, &folio);
+    //
     // Modelled simplification: the new entry replaces the migration entry
-    // before the lock is dropped (Linux's `remove_migration_ptes` runs
-    // after the end), so no other thread ever meets a migration entry:
-    // the faults and zaps here do not wait for one as Linux's do.
-    finish_migration(ctx, folio.start, old, new_pfn);
+    // in the same hold of the PTE lock (Linux's `remove_migration_ptes`
+    // runs after the end), so no other thread ever meets a migration
+    // entry: the faults and zaps here do not wait for one as Linux's do.
+    let (mem, id) = (ctx.mem, ctx.id);
+    let moved = ctx.st.pt.pte_mut(folio.start).and_then(|mut slot| {
+        let current = *slot;
+        if !current.is_present() || current.pfn() != folio.entry.pfn() {
+            return None;
+        }
+        *slot = Pte::swap(SwapKind::Migration, current.pfn(), current.grants_write());
+        mem.copy_page(current.pfn(), new_pfn);
+        mem.map_pte(new_pfn, id);
+        *slot = migrated_pte(new_pfn, current);
+        Some(current)
+    });
+    match moved {
+        Some(old) => release_pte(mem, id, old),
+        None => mem.put(new_pfn),
+    }
     ctx.end(inv);
     true
 }
 
+/// `remove_migration_pte` rebuilds the entry from the VMA's protection: a
+/// PROT_NONE page stays inaccessible.
+fn migrated_pte(new_pfn: Pfn, old: Pte) -> Pte {
+    Pte::new(new_pfn, old.grants_write())
+        .with_young(old.is_young())
+        .with_dirty(old.is_dirty())
+        .with_protnone(old.is_protnone())
+}
+
 pub(crate) fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
     let old = folio.entry;
-    if let Some(slot) = ctx.st.pt.pte_mut(folio.start) {
+    if let Some(mut slot) = ctx.st.pt.pte_mut(folio.start) {
         *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.grants_write());
     }
     old
@@ -273,13 +289,8 @@ pub(crate) fn finish_migration<L: HeldMmLock>(
     // migrate_folio: the contents move with the page.
     ctx.mem.copy_page(old.pfn(), new_pfn);
     ctx.mem.map_pte(new_pfn, ctx.id);
-    if let Some(slot) = ctx.st.pt.pte_mut(addr) {
-        // `remove_migration_pte` rebuilds the entry from the VMA's
-        // protection: a PROT_NONE page stays inaccessible.
-        *slot = Pte::new(new_pfn, old.grants_write())
-            .with_young(old.is_young())
-            .with_dirty(old.is_dirty())
-            .with_protnone(old.is_protnone());
+    if let Some(mut slot) = ctx.st.pt.pte_mut(addr) {
+        *slot = migrated_pte(new_pfn, old);
     }
     release_pte(ctx.mem, ctx.id, old);
 }

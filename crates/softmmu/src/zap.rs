@@ -11,8 +11,8 @@ use mmun_core::HeldMmLock;
 use crate::address_space::Ctx;
 use crate::frame::{Memory, ZERO_PFN};
 use crate::huge_memory;
-use crate::layout::{PMD_SIZE, block_end};
-use crate::page_table::{PmdEntry, Pte};
+use crate::layout::{PAGE_SIZE, PMD_SIZE, block_end};
+use crate::page_table::{PmdEntry, Pte, PteTable, SwapKind};
 use crate::vma::Vma;
 
 /// Clears every mapping of `[start, end) ∩ vma`, releasing the frames.
@@ -34,8 +34,9 @@ pub(crate) fn zap_vma_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, star
             addr = next;
             continue;
         }
-        zap_pte_range(ctx, addr, next);
-        addr = next;
+        if zap_pte_range(ctx, addr, next) {
+            addr = next;
+        }
     }
 }
 
@@ -45,12 +46,58 @@ fn zap_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
     }
 }
 
-fn zap_pte_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64) {
+/// `zap_pte_range` over `[start, end)`, inside one PMD: the entries are
+/// cleared under the PTE table's lock with the PMD lock dropped, so that
+/// faults and zaps in other tables go on meanwhile. Returns false if the
+/// table left its PMD entry before it was locked: the caller looks at the
+/// PMD again.
+fn zap_pte_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, start: u64, end: u64) -> bool {
+    let Some(table) = ctx.st.pt.pte_table(start) else {
+        return true;
+    };
     let (mem, id) = (ctx.mem, ctx.id);
-    ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
-        let old = std::mem::replace(pte, Pte::NONE);
+    match ctx.st.unlocked(|| zap_table(mem, id, &table, start, end)) {
+        TableZap::Done => true,
+        TableZap::Detached => false,
+        TableZap::Migrating => {
+            // A device migration held the PMD lock while its entries were
+            // in the table; it is over now that the lock is held again.
+            ctx.st.pt.for_each_pte_mut(start, end, |_, pte| {
+                let old = std::mem::replace(pte, Pte::NONE);
+                release_pte(mem, id, old);
+            });
+            true
+        }
+    }
+}
+
+/// How a zap of one table under its own lock ended.
+enum TableZap {
+    Done,
+    /// The table is no longer in its PMD entry.
+    Detached,
+    /// A migration entry is in the range: its migration (which holds the
+    /// PMD lock throughout) has the page, so the zap waits for that lock.
+    Migrating,
+}
+
+fn zap_table(mem: &Memory, id: u64, table: &PteTable, start: u64, end: u64) -> TableZap {
+    let mut entries = table.lock();
+    if entries.is_detached() {
+        return TableZap::Detached;
+    }
+    let pages = (start..end).step_by(PAGE_SIZE as usize);
+    if pages
+        .clone()
+        .any(|a| entries.get(a).swap_kind() == Some(SwapKind::Migration))
+    {
+        return TableZap::Migrating;
+    }
+    for addr in pages {
+        let old = std::mem::replace(entries.get_mut(addr), Pte::NONE);
         release_pte(mem, id, old);
-    });
+    }
+    TableZap::Done
 }
 
 /// Drops what one PTE held: its map count and its frame reference.

@@ -10,13 +10,74 @@ mod pte;
 
 pub use pte::{Pte, SwapKind};
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use mmun_core::lockdep;
+use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
+
+use crate::page_table_lock::{self as ptl, PtlGuard};
+
 use crate::layout::{
     ENTRIES, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, align_down, pgd_index, pmd_index, pte_index, pud_index,
 };
 
-/// A table of PTEs (4 KiB each): 8 bytes per entry.
+/// A table of PTEs (4 KiB each): 8 bytes per entry, behind the table's
+/// own lock (the split page-table lock, `pte_lockptr`).
+///
+/// The PMD entry owns a handle; [`PteTable::share`] gives another, so
+/// that an operation can drop the PMD lock and work on the table under
+/// its own lock alone, as Linux does between `pte_offset_map_lock` and
+/// `pte_unmap_unlock`. Whoever takes a table out of its PMD entry (freeing
+/// page tables, a collapse, a retraction) marks it detached under its
+/// lock ([`PageTable::set_pmd`] does), so a holder of a shared handle that
+/// locks it afterwards sees that and goes back to the PMD, as
+/// `pte_offset_map_lock` re-checks the PMD once it has the lock.
 pub struct PteTable {
+    shared: Arc<Mutex<PteEntries>>,
+}
+
+/// The entries of one PTE table, reached through its lock.
+pub struct PteEntries {
     entries: Box<[Pte]>,
+    detached: bool,
+}
+
+/// The lock of one PTE table, held (see
+/// [`AddressSpace::hold_page_table`](crate::AddressSpace::hold_page_table)).
+pub struct PageTableHold {
+    _guard: ArcMutexGuard<RawMutex, PteEntries>,
+}
+
+impl Drop for PageTableHold {
+    fn drop(&mut self) {
+        lockdep::release(&ptl::PTE_LOCK);
+    }
+}
+
+impl std::fmt::Debug for PageTableHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageTableHold")
+    }
+}
+
+/// Whether a read waits for a busy PTE table lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Waits (and is recorded in the lock-order graph).
+    Block,
+    /// Gives up, as a trylock that records no order: for a reader that
+    /// holds a driver lock a callback under the PTE lock may take.
+    Try,
+}
+
+/// A held PTE table lock.
+pub(crate) type PteGuard<'a> = PtlGuard<'a, PteEntries>;
+
+/// One entry of a PTE table, with the table's lock held.
+pub(crate) struct PteSlot<'a> {
+    table: PteGuard<'a>,
+    index: usize,
 }
 
 /// A PMD entry: empty, a PTE table, or a 2 MiB leaf.
@@ -62,10 +123,49 @@ fn boxed<T>(make: impl FnMut() -> T) -> Box<[T]> {
 impl PteTable {
     fn new() -> PteTable {
         PteTable {
-            entries: vec![Pte::NONE; ENTRIES].into_boxed_slice(),
+            shared: Arc::new(Mutex::new(PteEntries {
+                entries: vec![Pte::NONE; ENTRIES].into_boxed_slice(),
+                detached: false,
+            })),
         }
     }
 
+    /// Takes the table's lock (inside the PMD lock when both are held).
+    #[track_caller]
+    pub(crate) fn lock(&self) -> PteGuard<'_> {
+        ptl::lock_class(&self.shared, &ptl::PTE_LOCK)
+    }
+
+    /// The entry for `addr`, read under the table's lock.
+    pub fn get(&self, addr: u64) -> Pte {
+        self.lock().get(addr)
+    }
+
+    /// Takes the table's lock and keeps it until the result is dropped.
+    pub(crate) fn hold(self) -> PageTableHold {
+        lockdep::acquire(&ptl::PTE_LOCK);
+        PageTableHold {
+            _guard: self.shared.lock_arc(),
+        }
+    }
+
+    /// Another handle on the same table, to lock once the PMD lock is
+    /// dropped.
+    pub(crate) fn share(&self) -> PteTable {
+        PteTable {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Marks the table as no longer in its PMD entry, under its lock: a
+    /// holder of a shared handle waits for nothing more than this lock and
+    /// then sees the table is gone.
+    fn detach(&self) {
+        self.lock().detached = true;
+    }
+}
+
+impl PteEntries {
     /// The entry for `addr`.
     pub fn get(&self, addr: u64) -> Pte {
         self.entries[pte_index(addr)]
@@ -79,6 +179,32 @@ impl PteTable {
     /// Whether every entry is none.
     pub fn is_empty(&self) -> bool {
         self.entries.iter().all(|p| p.is_none())
+    }
+
+    /// Whether the table was taken out of its PMD entry since the handle
+    /// was shared: the walk must find the PMD again.
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Marks the table as leaving its PMD entry, for a caller that empties
+    /// it and takes it out (under the PMD lock) with no other holder of
+    /// this lock in between.
+    pub(crate) fn mark_detached(&mut self) {
+        self.detached = true;
+    }
+}
+
+impl Deref for PteSlot<'_> {
+    type Target = Pte;
+    fn deref(&self) -> &Pte {
+        &self.table.entries[self.index]
+    }
+}
+
+impl DerefMut for PteSlot<'_> {
+    fn deref_mut(&mut self) -> &mut Pte {
+        &mut self.table.entries[self.index]
     }
 }
 
@@ -166,24 +292,63 @@ impl PageTable {
         }
     }
 
-    /// The PTE slot for `addr`, if its PTE table exists.
-    pub fn pte_mut(&mut self, addr: u64) -> Option<&mut Pte> {
-        match self.pmd_mut(addr)? {
-            PmdEntry::Table(t) => Some(t.get_mut(addr)),
+    /// The PTE for `addr` as [`PageTable::pte`] reads it, or `None` if
+    /// `wait` is [`Wait::Try`] and its table's lock is busy.
+    pub(crate) fn read_pte(&self, addr: u64, wait: Wait) -> Option<Pte> {
+        match (self.pmd(addr), wait) {
+            (Some(PmdEntry::Table(t)), Wait::Block) => Some(t.get(addr)),
+            (Some(PmdEntry::Table(t)), Wait::Try) => {
+                ptl::try_lock_class(&t.shared, &ptl::PTE_LOCK).map(|table| table.get(addr))
+            }
+            _ => Some(Pte::NONE),
+        }
+    }
+
+    /// The PTE slot for `addr`, with its table locked, if the table exists.
+    #[track_caller]
+    pub(crate) fn pte_mut(&self, addr: u64) -> Option<PteSlot<'_>> {
+        match self.pmd(addr)? {
+            PmdEntry::Table(t) => Some(PteSlot {
+                table: t.lock(),
+                index: pte_index(addr),
+            }),
             _ => None,
         }
     }
 
     /// The PTE slot for `addr`, allocating tables down to the PTE level
-    /// (`pte_alloc`). Panics under a huge PMD: callers split first.
-    pub fn pte_alloc(&mut self, addr: u64) -> &mut Pte {
+    /// (`pte_alloc`), with its table locked. Panics under a huge PMD:
+    /// callers split first.
+    #[track_caller]
+    pub(crate) fn pte_alloc(&mut self, addr: u64) -> PteSlot<'_> {
         if matches!(self.pmd_alloc(addr), PmdEntry::None) {
             self.set_pmd(addr, PmdEntry::Table(PteTable::new()));
         }
-        match self.pmd_mut(addr) {
-            Some(PmdEntry::Table(t)) => t.get_mut(addr),
+        match self.pmd(addr) {
+            Some(PmdEntry::Table(t)) => PteSlot {
+                table: t.lock(),
+                index: pte_index(addr),
+            },
             _ => panic!("pte_alloc() under a huge PMD at {addr:#x}"),
         }
+    }
+
+    /// A handle on the PTE table covering `addr`, if the PMD entry holds
+    /// one: to lock once the PMD lock is dropped (`pte_offset_map`).
+    pub(crate) fn pte_table(&self, addr: u64) -> Option<PteTable> {
+        match self.pmd(addr)? {
+            PmdEntry::Table(t) => Some(t.share()),
+            _ => None,
+        }
+    }
+
+    /// The same, allocating the tables down to the PTE level first
+    /// (`pte_alloc`); `None` under a huge PMD.
+    pub(crate) fn pte_table_alloc(&mut self, addr: u64) -> Option<PteTable> {
+        if matches!(self.pmd_alloc(addr), PmdEntry::None) {
+            self.set_pmd(addr, PmdEntry::Table(PteTable::new()));
+        }
+        self.pte_table(addr)
     }
 
     /// Where a walk at `addr` can resume: `addr` itself if a PMD table
@@ -201,7 +366,12 @@ impl PageTable {
 
     /// Calls `f(addr, pte)` for every PTE slot in `[start, end)` whose PTE
     /// table exists (not under huge PMDs), in address order.
-    pub fn for_each_pte_mut(&mut self, start: u64, end: u64, mut f: impl FnMut(u64, &mut Pte)) {
+    pub(crate) fn for_each_pte_mut(
+        &mut self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, &mut Pte),
+    ) {
         // Above the user address space the indices would alias lower ones.
         let end = end.min(crate::layout::TASK_SIZE);
         let mut addr = start;
@@ -212,10 +382,11 @@ impl PageTable {
                 continue;
             }
             let next = crate::layout::block_end(addr, end, PMD_SIZE);
-            if let Some(PmdEntry::Table(t)) = self.pmd_mut(addr) {
+            if let Some(PmdEntry::Table(t)) = self.pmd(addr) {
+                let mut table = t.lock();
                 let mut a = addr;
                 while a < next {
-                    f(a, t.get_mut(a));
+                    f(a, table.get_mut(a));
                     a += crate::layout::PAGE_SIZE;
                 }
             }
@@ -224,12 +395,15 @@ impl PageTable {
     }
 
     /// Replaces the PMD entry at `addr` (which must exist) and keeps the
-    /// table count right.
+    /// table count right. A PTE table taken out is marked detached.
     pub fn set_pmd(&mut self, addr: u64, entry: PmdEntry) -> PmdEntry {
         let new_is_table = matches!(entry, PmdEntry::Table(_));
         let slot = self.pmd_alloc(addr);
         let old = std::mem::replace(slot, entry);
         let old_is_table = matches!(old, PmdEntry::Table(_));
+        if let PmdEntry::Table(t) = &old {
+            t.detach();
+        }
         self.tables = self.tables + usize::from(new_is_table) - usize::from(old_is_table);
         old
     }
@@ -303,7 +477,9 @@ impl PageTable {
         loop {
             let next = crate::layout::block_end(a, end, PMD_SIZE);
             if let Some(entry @ PmdEntry::Table(_)) = self.pmd_mut(a) {
-                *entry = PmdEntry::None;
+                if let PmdEntry::Table(t) = std::mem::replace(entry, PmdEntry::None) {
+                    t.detach();
+                }
                 self.tables -= 1;
             }
             a = next;
@@ -350,7 +526,7 @@ macro_rules! opaque_debug {
     )*};
 }
 
-opaque_debug!(PteTable, PmdTable, PudTable);
+opaque_debug!(PteTable, PteEntries, PmdTable, PudTable);
 
 impl std::fmt::Debug for PmdEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
