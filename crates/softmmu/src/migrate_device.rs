@@ -278,7 +278,7 @@ fn collect<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) ->
             entry: pte,
             huge: false,
         };
-        return Some(Collected::Page(install_migration_entry(ctx, &folio)));
+        return install_migration_entry(ctx, &folio).map(Collected::Page);
     }
     if !pte.is_present() || pte.is_special() || pte.is_protnone() {
         return None;
@@ -297,7 +297,7 @@ fn collect<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, chunk: &Chunk<'_>, addr: u64) ->
         entry: pte,
         huge: false,
     };
-    Some(Collected::Page(install_migration_entry(ctx, &folio)))
+    install_migration_entry(ctx, &folio).map(Collected::Page)
 }
 
 /// `migrate_vma_insert_page`: a fresh page of the device's memory where

@@ -272,12 +272,22 @@ fn migrated_pte(new_pfn: Pfn, old: Pte) -> Pte {
         .with_protnone(old.is_protnone())
 }
 
-pub(crate) fn install_migration_entry<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, folio: &Mapped) -> Pte {
+/// Replaces the entry `folio` names by a migration entry, if it is still
+/// that entry: the check and the swap are one hold of the PTE lock, since
+/// a fault or a zap beside the caller may have changed it since the
+/// caller read it (`try_to_migrate_one`'s `page_vma_mapped_walk`). Returns
+/// the entry replaced.
+pub(crate) fn install_migration_entry<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    folio: &Mapped,
+) -> Option<Pte> {
     let old = folio.entry;
-    if let Some(mut slot) = ctx.st.pt.pte_mut(folio.start) {
-        *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.grants_write());
+    let mut slot = ctx.st.pt.pte_mut(folio.start)?;
+    if *slot != old {
+        return None;
     }
-    old
+    *slot = Pte::swap(SwapKind::Migration, old.pfn(), old.grants_write());
+    Some(old)
 }
 
 pub(crate) fn finish_migration<L: HeldMmLock>(
