@@ -25,7 +25,7 @@ use crate::layout::{
 /// A table of PTEs (4 KiB each): 8 bytes per entry, behind the table's
 /// own lock (the split page-table lock, `pte_lockptr`).
 ///
-/// The PMD entry owns a handle; [`PteTable::share`] gives another, so
+/// The PMD entry owns a handle; `PteTable::share` gives another, so
 /// that an operation can drop the PMD lock and work on the table under
 /// its own lock alone, as Linux does between `pte_offset_map_lock` and
 /// `pte_unmap_unlock`. Whoever takes a table out of its PMD entry (freeing
