@@ -1,8 +1,9 @@
 //! Reading and writing bytes through an address space, as CPU loads and
 //! stores do: each page is faulted exactly as [`AddressSpace::access`]
 //! faults it, then the bytes move between the caller and the frame mapped
-//! there, with the page-table lock still held (so no invalidation can come
-//! between the fault and the copy).
+//! there, with the entry's lock held (the PTE table's, or for a huge entry
+//! the PMD lock), so no zap or invalidation can come between the walk that
+//! found the frame and the copy.
 //!
 //! Kernel counterpart: a user-space access (the MMU walk, and
 //! `handle_mm_fault` when it fails), or `access_remote_vm` without its
@@ -30,10 +31,11 @@ impl AddressSpace {
         for (at, range) in page_chunks(addr, bytes.len())? {
             let chunk = &bytes[range];
             self.read_op(|ctx| {
-                let pfn = fault_in(ctx, at, true)?;
-                let written = ctx.mem.write(pfn, page_offset(at), chunk);
-                debug_assert!(written, "a CPU store reached a free or zero frame");
-                Ok(())
+                let mem = ctx.mem;
+                fault_in_then(ctx, at, true, |pfn| {
+                    let written = mem.write(pfn, page_offset(at), chunk);
+                    debug_assert!(written, "a CPU store reached a free or zero frame");
+                })
             })?;
         }
         Ok(())
@@ -50,25 +52,54 @@ impl AddressSpace {
         for (at, range) in page_chunks(addr, buf.len())? {
             let chunk = &mut buf[range];
             self.read_op(|ctx| {
-                let pfn = fault_in(ctx, at, false)?;
-                ctx.mem.read(pfn, page_offset(at), chunk);
-                Ok(())
+                let mem = ctx.mem;
+                fault_in_then(ctx, at, false, |pfn| mem.read(pfn, page_offset(at), chunk))
             })?;
         }
         Ok(())
     }
 }
 
-/// The frame a CPU access to `addr` reaches after its fault.
-fn fault_in<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64, write: bool) -> SysResult<u64> {
-    handle_fault(ctx, addr, write)?;
-    match translate(&ctx.st.pt, addr) {
-        Some((pfn, writable)) if writable || !write => Ok(pfn),
-        // The fault succeeded, so the entry serves the access; anything
-        // else would be a fault-path bug, reported as the access failing.
-        _ => Err(Errno::Fault),
+/// Faults `addr` in, then runs `copy` on the frame the access reaches with
+/// the entry's lock held: a zap beside this (which works under the PTE
+/// table's lock alone) cannot free the frame between the walk and the copy.
+/// If a zap came between the fault and the walk, the access faults again,
+/// as the CPU retries it.
+fn fault_in_then<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    addr: u64,
+    write: bool,
+    copy: impl FnOnce(u64),
+) -> SysResult {
+    let mut copy = Some(copy);
+    for _ in 0..RETRIES {
+        handle_fault(ctx, addr, write)?;
+        let serves = |reached: Option<(u64, bool)>| match reached {
+            Some((pfn, writable)) if writable || !write => Some(pfn),
+            _ => None,
+        };
+        // A PTE table: under its lock; a huge entry: under the PMD lock.
+        let copied = match ctx.st.pt.pte_mut(addr) {
+            Some(slot) => {
+                let pte = *slot;
+                let reached =
+                    (pte.is_present() && !pte.is_protnone()).then(|| (pte.pfn(), pte.is_write()));
+                serves(reached).map(|pfn| copy.take().map(|f| f(pfn)))
+            }
+            None => serves(translate(&ctx.st.pt, addr)).map(|pfn| copy.take().map(|f| f(pfn))),
+        };
+        if copied.is_some() {
+            return Ok(());
+        }
     }
+    // A fault that succeeds without the entry ever serving the access is
+    // a fault-path bug, reported as the access failing.
+    Err(Errno::Fault)
 }
+
+/// Faults of one access before it is reported as failing: each retry
+/// needs a zap of the page to land between a fault and its walk.
+const RETRIES: usize = 64;
 
 fn page_offset(addr: u64) -> usize {
     (addr - align_down(addr, PAGE_SIZE)) as usize

@@ -206,11 +206,13 @@ fn migrate_chunk<L: HeldMmLock>(
             map(addr, device_side_view(ctx, addr));
             continue;
         };
+        // The new page is the device's (or not) before its entry is
+        // visible: a fault or zap beside a migration back to system memory
+        // may meet the entry as soon as the PTE lock is dropped.
+        let device = (chunk.direction == Direction::ToDevice).then_some(chunk.owner);
+        ctx.mem.update(new_pfn, |f| f.device = device);
         finish_migration(ctx, addr, old, new_pfn);
         moved += 1;
-        let device = (chunk.direction == Direction::ToDevice).then_some(chunk.owner);
-        let new = ctx.st.pt.pte(addr).pfn();
-        ctx.mem.update(new, |f| f.device = device);
         if device.is_some() {
             make_device_private_if(ctx, addr, chunk.owner);
         }
