@@ -38,6 +38,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use mmun_core::{Event, HeldMmLock, Invalidation, Mm, Owner, Range};
 use parking_lot::Mutex;
@@ -47,6 +48,7 @@ use crate::page_table_lock::{self as ptl, PtlGuard};
 use crate::frame::Memory;
 use crate::page_table::{PageTable, Wait};
 use crate::vma::VmaTree;
+use crate::vma_lock::{Touches, VmaReaders, WriteMarks};
 
 /// How transparent huge pages behave (`/sys/kernel/mm/transparent_hugepage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,8 @@ pub(crate) struct State {
     /// `vm.max_map_count` as this process sees it (a sysctl on Linux; per
     /// address space here, so that tests can lower it).
     pub(crate) max_map_count: usize,
+    /// The VMAs the current mmap writer changes (`vma_start_write`).
+    pub(crate) write_marks: WriteMarks,
 }
 
 /// `DEFAULT_MAX_MAP_COUNT`: `USHRT_MAX - 5`.
@@ -158,6 +162,12 @@ pub(crate) struct Shared {
     memory: Arc<Memory>,
     config: Config,
     state: Mutex<State>,
+    /// The faults inside a VMA under its lock rather than the mmap lock.
+    vma_readers: VmaReaders,
+    /// Whether the current mmap writer write-locks every VMA: a fault
+    /// then goes straight to the mmap lock (a hint read without `state`;
+    /// the marks under it decide).
+    every_vma_written: std::sync::atomic::AtomicBool,
 }
 
 /// Everything an operation needs while it holds the locks.
@@ -169,6 +179,8 @@ pub(crate) struct Ctx<'a, L: HeldMmLock> {
     pub(crate) mm: &'a Mm,
     pub(crate) mem: &'a Arc<Memory>,
     pub(crate) config: &'a Config,
+    /// The faults inside VMAs under their locks (`vma_lock.rs`).
+    pub(crate) vma_readers: &'a VmaReaders,
     pub(crate) st: PtlGuard<'a, State>,
 }
 
@@ -258,7 +270,10 @@ impl AddressSpace {
                     vmas: VmaTree::default(),
                     pt: PageTable::new(),
                     max_map_count: DEFAULT_MAX_MAP_COUNT,
+                    write_marks: WriteMarks::default(),
                 }),
+                vma_readers: VmaReaders::default(),
+                every_vma_written: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -443,12 +458,44 @@ impl AddressSpace {
         ptl::lock(&self.inner.state)
     }
 
-    /// Runs `f` with the mmap lock held for write.
+    /// Runs `f` with the mmap lock held for write and every VMA
+    /// write-locked (see [`AddressSpace::write_op_on`]).
     pub(crate) fn write_op<R>(
         &self,
         f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapWriteGuard<'_>>) -> R,
     ) -> R {
-        self.with_lock(&self.inner.mm.mmap_write(), f)
+        self.write_op_on(Touches::All, f)
+    }
+
+    /// Runs `f` with the mmap lock held for write and the VMAs `touches`
+    /// names write-locked (`vma_start_write`): faults already inside them
+    /// finish first, later ones wait for the mmap lock; faults in other
+    /// VMAs go on beside `f` (`vma_lock.rs`). `f` must change no VMA, and
+    /// no page of a VMA, outside `touches`.
+    pub(crate) fn write_op_on<R>(
+        &self,
+        touches: Touches,
+        f: impl FnOnce(&mut Ctx<'_, mmun_core::MmapWriteGuard<'_>>) -> R,
+    ) -> R {
+        let readers = &self.inner.vma_readers;
+        let every = &self.inner.every_vma_written;
+        self.with_lock(&self.inner.mm.mmap_write(), |ctx| {
+            every.store(touches == Touches::All, Ordering::Relaxed);
+            ctx.st.write_marks.mark(touches.clone());
+            if readers.any_inside(&touches) {
+                ctx.st.unlocked(|| readers.wait_out(&touches));
+            }
+            let out = f(ctx);
+            ctx.st.write_marks.clear();
+            every.store(false, Ordering::Relaxed);
+            out
+        })
+    }
+
+    /// Whether an mmap writer has every VMA write-locked right now (a
+    /// hint: see [`Shared::every_vma_written`]).
+    pub(crate) fn every_vma_written(&self) -> bool {
+        self.inner.every_vma_written.load(Ordering::Relaxed)
     }
 
     /// Runs `f` with the mmap lock held for read.
@@ -518,6 +565,7 @@ impl Shared {
             mm: &self.mm,
             mem: &self.memory,
             config: &self.config,
+            vma_readers: &self.vma_readers,
             st: ptl::lock(&self.state),
         };
         f(&mut ctx)

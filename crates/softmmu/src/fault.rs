@@ -82,6 +82,29 @@ pub(crate) fn handle_fault<L: HeldMmLock>(
     fault_in_vma(ctx, &vma, addr, write)
 }
 
+/// `do_user_addr_fault`'s first try: the fault under the lock of the VMA
+/// at `addr` alone (`lock_vma_under_rcu`). `None` if there is no VMA there
+/// or an mmap writer has it marked: the caller faults under the mmap lock.
+///
+/// The caller holds the rmap stand-in, not the mmap lock: registration
+/// (which takes both for write, as `mm_take_all_locks` write-locks every
+/// VMA) waits for this fault, and the fault's ranges are under it.
+fn fault_under_vma_lock<L: HeldMmLock>(
+    ctx: &mut Ctx<'_, L>,
+    addr: u64,
+    write: bool,
+) -> Option<SysResult> {
+    let vma = ctx.st.vmas.lookup(addr).cloned()?;
+    if ctx.st.write_marks.locked(vma.start, vma.end) {
+        return None;
+    }
+    let _inside = ctx.vma_readers.enter(vma.start, vma.end);
+    if !access_allowed(&vma, write) {
+        return Some(Err(Errno::Fault));
+    }
+    Some(fault_in_vma(ctx, &vma, addr, write))
+}
+
 /// Faults in every page of `[start, end)` of `vma` (GUP-driven population:
 /// `MAP_POPULATE`, `mlock`, `MADV_POPULATE_*`). The VMA is looked up again
 /// per page, since a THP fault may have given it an anon_vma.
@@ -396,7 +419,16 @@ pub(crate) fn new_anon_vma() -> AnonVmaId {
 impl crate::AddressSpace {
     /// A CPU access to `addr`: a page fault if the page is not mapped with
     /// the needed permission. `EFAULT` where the access would `SIGSEGV`.
+    ///
+    /// The fault takes its VMA's lock, not the mmap lock, unless an mmap
+    /// writer is changing that VMA (`lock_vma_under_rcu`, then the mmap
+    /// lock for read if that fails).
     pub fn access(&self, addr: u64, write: bool) -> SysResult {
+        if !self.every_vma_written()
+            && let Some(done) = self.rmap_op(|ctx| fault_under_vma_lock(ctx, addr, write))
+        {
+            return done;
+        }
         self.read_op(|ctx| handle_fault(ctx, addr, write))
     }
 }

@@ -42,6 +42,7 @@ mod split;
 mod task_mmu;
 mod uapi;
 pub mod vma;
+mod vma_lock;
 mod zap;
 
 pub use address_space::{

@@ -7,6 +7,7 @@
 //! no page table the notifiers care about.
 
 use crate::uapi::Advice;
+use crate::vma_lock::Touches;
 use mmun_core::{Event, HeldMmLock};
 
 use crate::address_space::{AddressSpace, Ctx};
@@ -34,7 +35,9 @@ impl AddressSpace {
         };
         loop {
             let walked = if needs_mmap_write(advice) {
-                self.write_op(|ctx| walk_vmas(ctx, &mut walk, end, advice))
+                self.write_op_on(Touches::range(addr, end), |ctx| {
+                    walk_vmas(ctx, &mut walk, end, advice)
+                })
             } else {
                 self.read_op(|ctx| walk_vmas(ctx, &mut walk, end, advice))
             };

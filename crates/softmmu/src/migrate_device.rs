@@ -42,6 +42,7 @@ use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down, block_end};
 use crate::page_table::{PmdEntry, Pte, SwapKind};
 use crate::rmap::{Mapped, finish_migration, install_migration_entry};
 use crate::vma::{VmFlags, Vma};
+use crate::vma_lock::Touches;
 
 /// Pages one `migrate_vma_setup` call covers at most (test_hmm's
 /// `PTRS_PER_PTE`-long pfn arrays).
@@ -143,7 +144,7 @@ impl AddressSpace {
         if end < start {
             return Err(Errno::Inval);
         }
-        self.write_op(|ctx| {
+        self.write_op_on(Touches::range(start, end), |ctx| {
             let mut moved = 0;
             let mut addr = start;
             while addr < end {

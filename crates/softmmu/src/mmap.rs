@@ -16,6 +16,7 @@ use crate::layout::{PAGE_SIZE, PMD_SIZE, TASK_SIZE, align_up, is_aligned};
 use crate::shmem::ShmemObject;
 use crate::split::{insert_or_merge, split_vma};
 use crate::vma::{FileBacking, VmFlags, Vma};
+use crate::vma_lock::Touches;
 use crate::zap::zap_vma_range;
 
 /// Where kernel-chosen mappings go: top-down from here (far above the
@@ -41,13 +42,22 @@ pub(crate) fn prot_flags(prot: crate::uapi::Prot) -> VmFlags {
 impl AddressSpace {
     /// `mmap(2)`. Returns the mapping's address.
     pub fn mmap(&self, req: MapRequest) -> SysResult<u64> {
-        self.write_op(|ctx| do_mmap(ctx, &req))
+        // Only a mapping whose place is the caller's names its VMAs up
+        // front; the kernel's choice of address comes later, under the lock.
+        let touches = if req.fixed || req.noreplace {
+            let len = crate::layout::align_up(req.len.max(1), crate::layout::PAGE_SIZE);
+            let end = req.addr.saturating_add(len.unwrap_or(u64::MAX));
+            Touches::range(req.addr, end)
+        } else {
+            Touches::All
+        };
+        self.write_op_on(touches, |ctx| do_mmap(ctx, &req))
     }
 
     /// `munmap(2)`.
     pub fn munmap(&self, addr: u64, len: u64) -> SysResult {
         let (start, end) = check_range(addr, len)?;
-        self.write_op(|ctx| {
+        self.write_op_on(Touches::range(start, end), |ctx| {
             check_munmap_split(ctx, start, end)?;
             do_munmap(ctx, start, end);
             Ok(())

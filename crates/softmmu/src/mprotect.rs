@@ -16,6 +16,7 @@ use crate::mmap::{populate, prot_flags};
 use crate::page_table::{PmdEntry, Pte, SwapKind};
 use crate::split::vma_modify;
 use crate::vma::{VmFlags, Vma};
+use crate::vma_lock::Touches;
 
 impl AddressSpace {
     /// `mprotect(2)`.
@@ -29,7 +30,7 @@ impl AddressSpace {
         let len = align_up(len, PAGE_SIZE).ok_or(Errno::NoMem)?;
         let end = addr.checked_add(len).ok_or(Errno::NoMem)?;
         let access = prot_flags(prot);
-        self.write_op(|ctx| {
+        self.write_op_on(Touches::range(addr, end), |ctx| {
             for_each_vma_span(ctx, addr, end, |ctx, vma, start, end| {
                 let new_flags = vma.flags.without(VmFlags::ACCESS).with(access);
                 if !new_flags.may_allow(access) {
@@ -43,7 +44,7 @@ impl AddressSpace {
     /// `mlock(2)`: lock the VMAs, then fault the range in.
     pub fn mlock(&self, addr: u64, len: u64) -> SysResult {
         let (start, end) = lock_range(addr, len)?;
-        self.write_op(|ctx| {
+        self.write_op_on(Touches::range(start, end), |ctx| {
             let result = for_each_vma_span(ctx, start, end, |ctx, vma, s, e| {
                 let flags = vma.flags.with(VmFlags::LOCKED);
                 if flags != vma.flags {
@@ -60,7 +61,7 @@ impl AddressSpace {
     /// `munlock(2)`.
     pub fn munlock(&self, addr: u64, len: u64) -> SysResult {
         let (start, end) = lock_range(addr, len)?;
-        self.write_op(|ctx| {
+        self.write_op_on(Touches::range(start, end), |ctx| {
             for_each_vma_span(ctx, start, end, |ctx, vma, s, e| {
                 let flags = vma
                     .flags

@@ -15,6 +15,7 @@ use crate::mmap::do_munmap;
 use crate::page_table::{PmdEntry, Pte};
 use crate::split::insert_or_merge;
 use crate::vma::{VmFlags, Vma};
+use crate::vma_lock::Touches;
 
 /// The optional behaviour of an `mremap` call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,7 +63,15 @@ impl AddressSpace {
                 return Err(Errno::Inval);
             }
         }
-        self.write_op(|ctx| {
+        // In place the VMA grows or shrinks within `[addr, addr + max
+        // len)`; a move names its destination unless the kernel picks it.
+        let in_place = (addr, addr + old_len.max(new_len));
+        let touches = match flags.fixed {
+            Some(to) => Touches::Ranges(vec![in_place, (to, to.saturating_add(new_len))]),
+            None if may_move => Touches::All,
+            None => Touches::Ranges(vec![in_place]),
+        };
+        self.write_op_on(touches, |ctx| {
             // check_mremap_params: a move to a new address may split both
             // the source and the destination in three.
             let implies_new_addr = flags.fixed.is_some() || flags.dont_unmap;
