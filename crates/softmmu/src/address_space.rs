@@ -8,7 +8,8 @@
 //! advices, `MADV_COLLAPSE`; device migration too, see
 //! `migrate_device.rs`), for read to fault, zap or split within it
 //! (faults, `MADV_DONTNEED`/`FREE`/`COLD`/`PAGEOUT`/`POPULATE_*`, KSM, the
-//! OOM reaper) — or only the rmap stand-in (migration,
+//! OOM reaper; a CPU fault first tries its VMA's lock alone, see
+//! `vma_lock.rs`) — or only the rmap stand-in (migration,
 //! aging, reclaim, the file side's `i_mmap` walks). Then `state`, the PMD
 //! lock (the upper tables and huge entries), and inside it or alone each
 //! PTE table's own lock (`page_table::PteTable`): faults and zaps drop
