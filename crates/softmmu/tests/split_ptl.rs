@@ -74,21 +74,6 @@ fn spawn<R: Send + 'static>(
     thread::spawn(move || op(&space))
 }
 
-/// Runs `work` on its own thread and waits for it at most [`PATIENCE`].
-fn completes<R: Send + 'static>(
-    space: &Arc<AddressSpace>,
-    what: &str,
-    work: impl FnOnce(&AddressSpace) -> R + Send + 'static,
-) -> R {
-    let (tx, rx) = channel();
-    let space = Arc::clone(space);
-    thread::spawn(move || {
-        let _ = tx.send(work(&space));
-    });
-    rx.recv_timeout(PATIENCE)
-        .unwrap_or_else(|_| panic!("{what} waited for the table another operation is stalled in"))
-}
-
 /// `MADV_DONTNEED` of T1, stalled inside its zap of T1.
 struct StalledZap {
     zap: JoinHandle<()>,
@@ -132,7 +117,7 @@ fn a_fault_in_another_table_completes_while_a_zap_is_stalled_in_its_table() {
     let space = two_tables();
     let stalled = StalledZap::start(&space);
     let fresh = T2 + 8 * P;
-    let t = completes(&space, "a fault in T2", move |s| {
+    let t = notify_log::completes(&space, PATIENCE, "a fault in T2", move |s| {
         s.access(fresh, true).map(|()| s.translate_frame(fresh))
     });
     assert!(matches!(t, Ok(Some(t)) if t.writable), "{t:?}");
@@ -148,7 +133,7 @@ fn a_fault_in_another_table_completes_while_a_zap_is_stalled_in_its_table() {
 fn a_zap_of_another_table_completes_while_a_zap_is_stalled_in_its_table() {
     let space = two_tables();
     let stalled = StalledZap::start(&space);
-    let after = completes(&space, "MADV_DONTNEED of T2", |s| {
+    let after = notify_log::completes(&space, PATIENCE, "MADV_DONTNEED of T2", |s| {
         s.madvise(T2, 4 * P, Advice::DontNeed).expect("madvise");
         s.translate_frame(T2)
     });
@@ -161,7 +146,7 @@ fn walkers_of_another_table_complete_while_a_zap_is_stalled_in_its_table() {
     let space = two_tables();
     let before = space.translate_frame(T1).expect("T1 mapped");
     let stalled = StalledZap::start(&space);
-    let seen = completes(&space, "walks of T2", |s| {
+    let seen = notify_log::completes(&space, PATIENCE, "walks of T2", |s| {
         (s.translate_frame(T2), s.try_device_view(T2, None))
     });
     assert!(seen.0.is_some_and(|t| t.writable), "{seen:?}");
@@ -187,7 +172,7 @@ fn a_fault_in_another_table_completes_while_a_fault_is_stalled_in_its_table() {
         !stalled.is_finished(),
         "the fault went on with T1's lock held elsewhere"
     );
-    let t = completes(&space, "a fault in T2", |s| {
+    let t = notify_log::completes(&space, PATIENCE, "a fault in T2", |s| {
         s.access(T2 + 8 * P, false)
             .map(|()| s.translate_frame(T2 + 8 * P))
     });

@@ -110,21 +110,6 @@ impl ParkedWriter {
     }
 }
 
-/// Runs `work` on its own thread and waits for it at most [`PATIENCE`].
-fn completes<R: Send + 'static>(
-    space: &Arc<AddressSpace>,
-    what: &str,
-    work: impl FnOnce(&AddressSpace) -> R + Send + 'static,
-) -> R {
-    let (tx, rx) = channel();
-    let space = Arc::clone(space);
-    thread::spawn(move || {
-        let _ = tx.send(work(&space));
-    });
-    rx.recv_timeout(PATIENCE)
-        .unwrap_or_else(|_| panic!("{what} waited for an mmap writer busy with another VMA"))
-}
-
 fn mprotect_read_only(space: &AddressSpace) {
     space
         .mprotect(WRITTEN, 16 * P, READ_ONLY)
@@ -135,7 +120,7 @@ fn mprotect_read_only(space: &AddressSpace) {
 fn a_fault_in_another_vma_completes_while_munmap_holds_the_mmap_lock() {
     let space = three_vmas();
     let writer = ParkedWriter::start(&space, |s| s.munmap(WRITTEN, 16 * P).expect("munmap"));
-    let far = completes(&space, "a fault in a far VMA", |s| {
+    let far = notify_log::completes(&space, PATIENCE, "a fault in a far VMA", |s| {
         s.access(FAR + P, true).map(|()| s.translate_frame(FAR + P))
     });
     assert!(matches!(far, Ok(Some(t)) if t.writable), "{far:?}");

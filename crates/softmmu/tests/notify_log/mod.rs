@@ -205,3 +205,21 @@ pub fn pte_picture(space: &AddressSpace, start: u64, end: u64) -> Vec<PteRow> {
     }
     out
 }
+
+/// Runs `work` on a thread of its own and waits for it at most
+/// `patience`, for tests that check some work does not wait for a lock
+/// another operation holds: panics, naming `what`, if it does not finish.
+pub fn completes<R: Send + 'static>(
+    space: &Arc<AddressSpace>,
+    patience: std::time::Duration,
+    what: &str,
+    work: impl FnOnce(&AddressSpace) -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let space = Arc::clone(space);
+    std::thread::spawn(move || {
+        let _ = tx.send(work(&space));
+    });
+    rx.recv_timeout(patience)
+        .unwrap_or_else(|_| panic!("{what} did not complete: it waited for a lock it needs not"))
+}
