@@ -239,19 +239,8 @@ fn notifying_fault<L: HeldMmLock>(
             pte_fault(ctx, vma, addr, write)
         }
         Some(SwapKind::DevicePrivate) => {
-            // do_swap_page: `pte_same` under the PTE lock and a reference
-            // on the device page before the lock goes (a zap beside this
-            // may free it), then the owner's migrate_to_ram, then the
-            // access again.
-            let mem = ctx.mem;
-            let held = ctx.st.pt.pte_mut(addr).is_some_and(|slot| {
-                let same = *slot == pte;
-                if same {
-                    mem.get(pte.pfn());
-                }
-                same
-            });
-            if held {
+            // do_swap_page: the owner's migrate_to_ram, then the access again.
+            if page_held_if_same(ctx, addr, pte, true) {
                 let migrated = crate::device_private::migrate_to_ram(ctx, vma, addr, pte);
                 ctx.mem.put(pte.pfn());
                 migrated?;
@@ -262,19 +251,9 @@ fn notifying_fault<L: HeldMmLock>(
         // gone now that this holds it (`migration_entry_wait`).
         Some(_) => pte_fault(ctx, vma, addr, write),
         None => {
-            // do_wp_page: `pte_same` under the PTE lock and a reference on
-            // the page before the lock goes, so that the copy reads the
-            // page the entry maps even if a zap beside this unmaps it.
-            let mem = ctx.mem;
+            // do_wp_page: the zero page is not counted, so not held.
             let counted = !pte.is_special();
-            let held = ctx.st.pt.pte_mut(addr).is_some_and(|slot| {
-                let same = *slot == pte;
-                if same && counted {
-                    mem.get(pte.pfn());
-                }
-                same
-            });
-            if !held {
+            if !page_held_if_same(ctx, addr, pte, counted) {
                 return pte_fault(ctx, vma, addr, write);
             }
             let copied = wp_page_copy(ctx, vma, addr, pte);
@@ -287,6 +266,22 @@ fn notifying_fault<L: HeldMmLock>(
             }
         }
     }
+}
+
+/// `pte_same` under the PTE lock, and (if `take_ref`) a reference on the
+/// page the entry maps taken in that same hold (`do_wp_page` and
+/// `do_swap_page` take one before they drop the lock): whatever a zap
+/// beside the caller does, the page stays the one the entry named until
+/// the caller puts it. False, with no reference, if the entry changed.
+fn page_held_if_same<L: HeldMmLock>(ctx: &Ctx<'_, L>, addr: u64, pte: Pte, take_ref: bool) -> bool {
+    let mem = ctx.mem;
+    ctx.st.pt.pte_mut(addr).is_some_and(|slot| {
+        let same = *slot == pte;
+        if same && take_ref {
+            mem.get(pte.pfn());
+        }
+        same
+    })
 }
 
 /// `wp_page_copy`: copy the page, and swap the PTE under a `Clear` of the
