@@ -291,6 +291,7 @@ pub(crate) fn collapse<L: HeldMmLock>(
     let old = ctx.st.pt.set_pmd(haddr, PmdEntry::None);
     ctx.end(inv);
     if let PmdEntry::Table(table) = old {
+        let table = table.lock();
         for i in 0..crate::layout::HPAGE_PMD_NR {
             // __collapse_huge_page_copy: each page's bytes (an empty or
             // zero-page entry leaves zeros) go to its place in the huge one.
@@ -317,6 +318,8 @@ fn scan_ptes<L: HeldMmLock>(ctx: &Ctx<'_, L>, haddr: u64) -> Result<(), Collapse
     let Some(PmdEntry::Table(table)) = ctx.st.pt.pmd(haddr) else {
         return Err(CollapseResult::Skipped(Errno::Inval));
     };
+    // One hold of the table's lock for the whole scan.
+    let table = table.lock();
     for i in 0..crate::layout::HPAGE_PMD_NR {
         let pte = table.get(haddr + i * PAGE_SIZE);
         if pte.is_none() || pte.is_special() {
