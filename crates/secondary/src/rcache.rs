@@ -218,7 +218,7 @@ impl<P: Primary, R: Registrar<P>> Shared<P, R> {
         }
         locked.kill(reg);
         drop(locked);
-        if !reg.drain(range.is_blockable()) {
+        if !reg.drain(range.is_blockable(), &self.primary) {
             // Dead, so no new use; the reaper deregisters once the uses end.
             return false;
         }
@@ -577,7 +577,7 @@ impl<P: Primary, R: Registrar<P>> Rcache<P, R> {
     fn finish(&self, retired: Vec<Retired<P, R>>) {
         let shared = &*self.shared;
         for (reg, notifier) in retired {
-            reg.drain(true);
+            reg.drain(true, &shared.primary);
             reg.deregister(&shared.primary, &shared.registrar);
             if let Some(notifier) = notifier {
                 notifier.remove();

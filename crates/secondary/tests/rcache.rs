@@ -383,6 +383,64 @@ fn a_blockable_invalidation_waits_for_the_use_in_flight() {
 }
 
 #[test]
+fn a_drain_about_to_sleep_says_so_and_the_last_use_wakes_it() {
+    // Leaked: if the drain never wakes, dropping the cache would wait for
+    // it too, and the test would hang instead of failing.
+    let w: &World = Box::leak(Box::new(world(RcacheConfig::default())));
+    map(&w.space, A, 1, false);
+    let (told, waiting) = mpsc::channel();
+    let told = std::sync::Mutex::new(told);
+    w.cache
+        .set_drain_hook(Box::new(move || {
+            let _ = told.lock().unwrap().send(());
+        }))
+        .ok()
+        .expect("the first drain hook");
+    let h = w.cache.get(A, PAGE_SIZE).unwrap();
+    let guard = h.begin_use().expect("live");
+    let (finished, done) = mpsc::channel();
+    let migrator = {
+        let space = Arc::clone(&w.space);
+        thread::spawn(move || {
+            let moved = space.migrate(A, A + PAGE_SIZE);
+            finished.send(()).unwrap();
+            moved
+        })
+    };
+    waiting
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the invalidation's drain never said it waits for the use");
+    // Time for the drain to fall asleep, so that only the use leaving can
+    // wake it.
+    thread::sleep(Duration::from_millis(50));
+    assert!(done.try_recv().is_err(), "migration finished under a use");
+    drop(guard);
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("the last use left and the drain slept on");
+    assert_eq!(migrator.join().unwrap(), 1);
+    assert_eq!(w.coherence.violations(), vec![]);
+}
+
+#[test]
+fn an_invalidation_with_no_use_in_flight_does_not_wait() {
+    let w = world(RcacheConfig::default());
+    map(&w.space, A, 1, false);
+    let drains = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&drains);
+    w.cache
+        .set_drain_hook(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }))
+        .ok()
+        .expect("the first drain hook");
+    let h = w.cache.get(A, PAGE_SIZE).unwrap();
+    drop(h.begin_use().expect("live"));
+    assert_eq!(w.space.migrate(A, A + PAGE_SIZE), 1);
+    assert!(!h.is_valid());
+    assert_eq!(drains.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 fn a_use_still_in_flight_when_its_callback_returns_is_a_violation() {
     // The injected bug acknowledges without waiting, so the migration
     // finishes on this thread while the use is in flight; every page check

@@ -64,6 +64,12 @@ pub trait Primary: Send + Sync + Sized + 'static {
 
     /// A guard that defers this thread's own invalidations while held.
     fn quiet(&self) -> Self::Quiet;
+
+    /// Called when an invalidation or an eviction is about to sleep until
+    /// the uses of a registration end. A primary that can hurry its uses
+    /// along (a test harness holding one on purpose, as a slow transfer)
+    /// does so; the rest need nothing.
+    fn awaiting_uses(&self) {}
 }
 
 /// What a registration holds: pins of the software MMU, a slot of a

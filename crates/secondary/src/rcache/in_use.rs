@@ -2,7 +2,11 @@
 //!
 //! The one place of `mmun-secondary` with `unsafe`: a use holds its
 //! registration by a counted raw pointer, so that taking one costs a single
-//! read-modify-write (the count) instead of a reference count on top.
+//! read-modify-write (the count) instead of a reference count on top; and
+//! a drain sleeps on the count's address until the last use wakes it
+//! (`parking_lot_core`, what `parking_lot`'s own locks sleep on: no lock or
+//! condition variable per registration, nothing to keep alive for the
+//! waker).
 #![allow(unsafe_code)]
 
 use std::fmt;
@@ -116,5 +120,35 @@ impl<P: Primary, R: Registrar<P>> fmt::Debug for InUse<'_, P, R> {
         f.debug_struct("InUse")
             .field("id", &self.reg().id)
             .finish_non_exhaustive()
+    }
+}
+
+/// Sleeps on `key` while `still_used()` holds; re-checked under the
+/// sleepers' queue lock, so a [`wake_drains`] between the caller's last
+/// check and the sleep is not lost.
+pub(super) fn sleep_while_used(key: usize, still_used: impl Fn() -> bool) {
+    // SAFETY: `still_used` only loads an atomic, and the two no-op
+    // callbacks do nothing: none panics or calls into parking_lot, which is
+    // all `park` asks of them. The key is an address the caller owns while
+    // it sleeps, so no other kind of sleeper shares it.
+    unsafe {
+        parking_lot_core::park(
+            key,
+            still_used,
+            || {},
+            |_, _| {},
+            parking_lot_core::DEFAULT_PARK_TOKEN,
+            None,
+        );
+    }
+}
+
+/// Wakes every drain sleeping on `key`. The key is only hashed, never
+/// dereferenced, so the registration it names may already be gone.
+pub(super) fn wake_drains(key: usize) {
+    // SAFETY: called from ordinary thread context (a use ending), never
+    // from a signal handler, which is `unpark_all`'s one requirement.
+    unsafe {
+        parking_lot_core::unpark_all(key, parking_lot_core::DEFAULT_UNPARK_TOKEN);
     }
 }

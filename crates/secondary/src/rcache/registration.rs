@@ -10,6 +10,16 @@ use mmun_core::{IntervalNotifierOps, IntervalSub, Range, Seq};
 use super::Shared;
 use super::backend::{Primary, Registrar};
 use super::config::bump;
+use super::in_use;
+
+/// The mark in [`Registration`]'s `users` word: a drain sleeps until the
+/// uses in flight reach zero.
+const DRAINER: usize = 1 << (usize::BITS - 1);
+
+/// The uses in flight a `users` word counts.
+fn in_flight(users: usize) -> usize {
+    users & !DRAINER
+}
 
 /// Where a registration is in its one life. It only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +50,9 @@ impl State {
 /// first (see [`Shared`]'s layout note).
 #[repr(C, align(64))]
 pub(super) struct Registration<P: Primary, R: Registrar<P>> {
-    /// Uses in flight ([`super::InUse`]s). Invalidation waits for it
-    /// to drain before it lets the primary change the pages.
+    /// Uses in flight ([`super::InUse`]s), plus [`DRAINER`] once a drain
+    /// sleeps on them. Invalidation waits for the count to drain before it
+    /// lets the primary change the pages.
     users: AtomicUsize,
     /// Invalidation callbacks that returned `true` (let the primary go
     /// on) for this registration. Counted by [`RegionOps`], around the
@@ -154,36 +165,53 @@ impl<P: Primary, R: Registrar<P>> Registration<P, R> {
 
     /// Whether no use is in flight (a hint, for eviction's choice).
     pub(super) fn idle(&self) -> bool {
-        self.users.load(Relaxed) == 0
+        in_flight(self.users.load(Relaxed)) == 0
     }
 
-    /// Ends a use. Release: what the use did happens before the drain that
-    /// sees the count drop.
+    /// Ends a use, and wakes a drain sleeping on it if it was the last.
+    /// Release: what the use did happens before the drain that sees the
+    /// count drop.
     pub(super) fn leave(&self) {
-        self.users.fetch_sub(1, Release);
+        if self.users.fetch_sub(1, Release) == DRAINER | 1 {
+            // The registration may be gone already (the drain can see the
+            // count drop before this runs): the key is only an address,
+            // never dereferenced.
+            in_use::wake_drains(self.drain_key());
+        }
+    }
+
+    /// Where drains of this registration sleep.
+    fn drain_key(&self) -> usize {
+        std::ptr::from_ref(&self.users) as usize
     }
 
     /// Waits until no use is in flight, if it may sleep; otherwise reports
     /// whether none is. Only after [`Registration::kill`], so no new use
-    /// can start.
-    pub(super) fn drain(&self, may_sleep: bool) -> bool {
-        if self.users.load(SeqCst) == 0 {
+    /// can start. Tells `primary` before it sleeps.
+    pub(super) fn drain(&self, may_sleep: bool, primary: &P) -> bool {
+        if in_flight(self.users.load(SeqCst)) == 0 {
             return true;
         }
         if !may_sleep {
             return false;
         }
         mmun_core::might_sleep();
-        let mut spins = 0u32;
-        while self.users.load(SeqCst) != 0 {
-            // Uses are short (a few page checks, one I/O): spin first, then let the
-            // user's thread run.
-            if spins < 64 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
+        // Uses are short (a few page checks, one I/O): spin first. Then
+        // sleep rather than yield: a use may wait for something (a slow
+        // transfer) that the processor is better given to.
+        for _ in 0..64 {
+            if in_flight(self.users.load(SeqCst)) == 0 {
+                return true;
             }
+            std::hint::spin_loop();
+        }
+        // Marked, the last use to leave wakes us. Once set the mark stays:
+        // the registration is dead, so only `enter`s that fail (and wake
+        // nobody who still waits) count up and down past it.
+        self.users.fetch_or(DRAINER, SeqCst);
+        primary.awaiting_uses();
+        while in_flight(self.users.load(SeqCst)) != 0 {
+            in_use::sleep_while_used(self.drain_key(), || in_flight(self.users.load(SeqCst)) != 0);
         }
         true
     }

@@ -47,6 +47,9 @@ pub struct SoftPrimary {
     /// Called in the middle of each [`Secondary::access`] use (see
     /// [`RegistrationCache::set_use_hook`]).
     use_hook: OnceLock<UseHook>,
+    /// Called when a drain is about to sleep (see
+    /// [`RegistrationCache::set_drain_hook`]).
+    drain_hook: OnceLock<UseHook>,
 }
 
 impl SoftPrimary {
@@ -57,6 +60,7 @@ impl SoftPrimary {
             coherence,
             buffers: AtomicU64::new(0),
             use_hook: OnceLock::new(),
+            drain_hook: OnceLock::new(),
         }
     }
 }
@@ -90,6 +94,12 @@ impl Primary for SoftPrimary {
     }
 
     fn quiet(&self) {}
+
+    fn awaiting_uses(&self) {
+        if let Some(hook) = self.drain_hook.get() {
+            hook();
+        }
+    }
 }
 
 impl SoftPrimary {
@@ -179,6 +189,18 @@ impl RegistrationCache {
     /// Gives `hook` back if one is set already.
     pub fn set_use_hook(&self, hook: UseHook) -> Result<(), UseHook> {
         self.shared.primary.use_hook.set(hook)
+    }
+
+    /// Sets the hook an invalidation or eviction runs when it is about to
+    /// sleep until the uses of a registration end: a harness holding a use
+    /// on purpose (see [`RegistrationCache::set_use_hook`]) learns that it
+    /// is being waited for and can let go. Once per cache.
+    ///
+    /// # Errors
+    ///
+    /// Gives `hook` back if one is set already.
+    pub fn set_drain_hook(&self, hook: UseHook) -> Result<(), UseHook> {
+        self.shared.primary.drain_hook.set(hook)
     }
 
     /// The address space the cache registers memory of.
