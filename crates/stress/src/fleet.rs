@@ -77,6 +77,7 @@ impl Fleet {
         );
         // Cannot fail: the cache is new.
         let _ = rcache.set_use_hook(slow.use_hook());
+        let _ = rcache.set_drain_hook(slow.drain_hook());
         Ok(Fleet {
             all: vec![mirror.clone(), shadow.clone(), Arc::new(rcache)],
             mirror,

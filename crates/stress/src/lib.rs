@@ -29,6 +29,7 @@ pub mod report;
 pub mod rng;
 mod round;
 pub mod script;
+mod settle;
 mod shared;
 mod slow;
 pub mod trace;
@@ -127,6 +128,7 @@ pub fn run_until(
 #[derive(Debug, Default)]
 struct Totals {
     ops: OpCounts,
+    after_exit: u64,
     secondaries: Vec<SecondaryReport>,
     trace: Option<Trace>,
 }
@@ -141,6 +143,7 @@ impl Totals {
         }
         for out in &round.outs {
             self.ops += out.counts;
+            self.after_exit += out.after_exit;
         }
         let first = shared.first_violation.get();
         if self.trace.is_none() && first.is_some_and(|&(_, r)| r == number) {
@@ -264,6 +267,7 @@ fn summarise(shared: &Shared, rounds: u64, totals: Totals) -> StressReport {
         elapsed: shared.now(),
         rounds,
         ops: totals.ops,
+        after_exit: totals.after_exit,
         secondaries: totals.secondaries,
         checks: shared.coherence.checks(),
         inconclusive: shared.coherence.inconclusive(),

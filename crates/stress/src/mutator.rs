@@ -99,6 +99,7 @@ pub(crate) fn run(round: &Round<'_>, rng: Rng, out: Out, quota: u64, plan: &Plan
         m.child_exit(0);
     }
     m.out.publish(round.run);
+    round.mutating.count_down();
     m.out
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, ScopedJoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mmun_script::Op;
 use mmun_softmmu::{AddressSpace, Config, Memory, ThpMode};
@@ -14,16 +14,12 @@ use crate::fleet::Fleet;
 use crate::kind::OpKind;
 use crate::layout::Layout;
 use crate::rng::Rng;
+use crate::settle::{Countdown, Settle};
 use crate::shared::{Out, Round, Shared};
 use crate::slow::SlowWalks;
 use crate::trace::{Actor, Entry};
 use crate::{accessor, mutator};
 
-/// Accessor operations to wait for after the OOM reaper and after exit,
-/// per accessor, so that they run into what those left.
-const SETTLE_OPS: u64 = 500;
-/// The longest such a wait lasts.
-const SETTLE_TIME: Duration = Duration::from_millis(50);
 /// How often the main thread looks at the clock and reports progress.
 const POLL: Duration = Duration::from_millis(1);
 
@@ -97,25 +93,32 @@ pub(crate) fn run(
         layout,
         fleet,
         slow,
+        settle: Settle::default(),
+        mutating: Countdown::new(config.mutators),
+        exiting: AtomicBool::new(false),
         over: AtomicBool::new(false),
     };
     let mut rng = Rng::new(config.seed, number, u64::MAX);
     let outs = thread::scope(|s| {
         let accessors = spawn_accessors(s, &round);
         let mutators = spawn_mutators(s, &round, plan);
-        while mutators.iter().any(|h| !h.is_finished()) {
-            wait(run, &mut main, tick);
+        // `is_finished` too: a mutator that panicked never counts down.
+        while !round.mutating.wait_for_zero(POLL) && mutators.iter().any(|h| !h.is_finished()) {
+            beat(run, &mut main, tick);
         }
         if rng.chance(plan.oom_percent) {
             let at = run.now();
             round.space.oom_reap();
+            round.slow.mutated();
             main.record(run, OpKind::OomReap, at, Entry::Step(Op::OomReap, None));
-            settle(run, &mut main, tick);
+            settle(&round, false, &mut main, tick);
         }
         let at = run.now();
+        round.exiting.store(true, Ordering::Relaxed);
         round.space.exit();
+        round.slow.mutated();
         main.record(run, OpKind::Exit, at, Entry::Step(Op::Exit, None));
-        settle(run, &mut main, tick);
+        settle(&round, true, &mut main, tick);
         round.over.store(true, Ordering::Relaxed);
         let mut outs = vec![main];
         outs.extend(accessors.into_iter().map(join));
@@ -171,22 +174,20 @@ fn join(handle: ScopedJoinHandle<'_, Out>) -> Out {
     }
 }
 
-/// One poll of the main thread: beat, check the oracle, report.
-fn wait(run: &Shared, main: &mut Out, tick: &mut dyn FnMut()) {
-    thread::sleep(POLL);
+/// The main thread's heartbeat while it waits: beat, check the oracle,
+/// report.
+fn beat(run: &Shared, main: &mut Out, tick: &mut dyn FnMut()) {
     main.publish(run);
     run.check_violations();
     tick();
 }
 
-/// Lets the accessors run into what the last operation left (yielding,
-/// not sleeping: a sleep would let them run for a scheduler tick).
-fn settle(run: &Shared, main: &mut Out, tick: &mut dyn FnMut()) {
-    let target = run.ops.load(Ordering::Relaxed) + SETTLE_OPS * run.config.accessors as u64;
-    let deadline = Instant::now() + SETTLE_TIME;
-    while run.ops.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-        thread::yield_now();
-    }
+/// Lets the accessors run into what the last operation left.
+fn settle(round: &Round<'_>, last: bool, main: &mut Out, tick: &mut dyn FnMut()) {
+    let run = round.run;
+    round.slow.set_settling(true);
+    round.settle.run(run.config.accessors, last);
+    round.slow.set_settling(false);
     main.publish(run);
     run.check_violations();
     tick();

@@ -92,6 +92,12 @@ pub(crate) struct Round<'a> {
     pub(crate) layout: Layout,
     pub(crate) fleet: Fleet,
     pub(crate) slow: crate::slow::SlowWalks,
+    /// The settle the main thread is waiting for, if any.
+    pub(crate) settle: crate::settle::Settle,
+    /// Mutators still running.
+    pub(crate) mutating: crate::settle::Countdown,
+    /// Set just before the round's address space exits.
+    pub(crate) exiting: AtomicBool,
     /// Set when the round's address space has exited and settled.
     pub(crate) over: AtomicBool,
 }
@@ -101,6 +107,12 @@ impl Round<'_> {
     pub(crate) fn active(&self) -> bool {
         !self.over.load(Ordering::Relaxed)
     }
+
+    /// Whether the address space has begun to exit: from then on the
+    /// secondaries are released and accessors only check that they stay so.
+    pub(crate) fn exiting(&self) -> bool {
+        self.exiting.load(Ordering::Relaxed)
+    }
 }
 
 /// What one thread did in a round.
@@ -108,6 +120,9 @@ impl Round<'_> {
 pub(crate) struct Out {
     pub(crate) actor: Actor,
     pub(crate) counts: OpCounts,
+    /// Of `counts`, the operations begun after the address space began to
+    /// exit (accessors only: uses and faults of released secondaries).
+    pub(crate) after_exit: u64,
     pub(crate) ring: Ring,
     unpublished: u64,
 }
@@ -117,6 +132,7 @@ impl Out {
         Out {
             actor,
             counts: OpCounts::default(),
+            after_exit: 0,
             ring: Ring::new(window),
             unpublished: 0,
         }

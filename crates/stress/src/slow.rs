@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use mmun_secondary::device_mirror::WalkHook;
 use mmun_secondary::rcache::UseHook;
+use parking_lot::{Condvar, Mutex};
 
 /// The longest a slow walk waits.
 const WAIT: Duration = Duration::from_micros(300);
@@ -30,11 +31,31 @@ const WAIT: Duration = Duration::from_micros(300);
 /// [`SlowWalks::walking`] when no slow mirror walk holds a page.
 const NO_PAGE: u64 = u64::MAX;
 
+/// Mutator steps so far, and the slow walks and uses waiting for the next.
+///
+/// They sleep rather than yield: on two cores a yielding waiter takes the
+/// processor from the mutator it waits for. The state is under the mutex,
+/// so a step between a waiter's read and its sleep still wakes it.
+#[derive(Debug, Default)]
+struct Mutations {
+    state: Mutex<Steps>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Steps {
+    /// Steps so far, and invalidations found waiting for a slow use.
+    count: u64,
+    /// No step comes until the accessors have run on: the main thread
+    /// waits for them after the OOM reaper.
+    settling: bool,
+}
+
 /// Counts mutator operations, and makes one fault attempt in `every` wait
 /// for the next one.
 #[derive(Debug, Clone)]
 pub(crate) struct SlowWalks {
-    mutations: Arc<AtomicU64>,
+    mutations: Arc<Mutations>,
     /// The page a slow device-mirror walk holds ([`NO_PAGE`]: none); with
     /// two walks at once, the later one.
     walking: Arc<AtomicU64>,
@@ -46,16 +67,33 @@ impl SlowWalks {
     /// One walk in `every` and one use in `uses_every` waits (0: none).
     pub(crate) fn new(every: u64, uses_every: u64) -> SlowWalks {
         SlowWalks {
-            mutations: Arc::new(AtomicU64::new(0)),
+            mutations: Arc::new(Mutations::default()),
             walking: Arc::new(AtomicU64::new(NO_PAGE)),
             every,
             uses_every,
         }
     }
 
-    /// A mutator finished an operation.
+    /// A mutator (or the main thread's OOM reaper or exit) finished a
+    /// step; or an invalidation waits for a slow use, which has then seen
+    /// what it waited for. Either ends every wait under way.
     pub(crate) fn mutated(&self) {
-        self.mutations.fetch_add(1, Ordering::Relaxed);
+        self.mutations.state.lock().count += 1;
+        self.mutations.changed.notify_all();
+    }
+
+    /// While `settling`, no slow walk or use waits: the main thread waits
+    /// for the accessors, so the next step would never come.
+    pub(crate) fn set_settling(&self, settling: bool) {
+        self.mutations.state.lock().settling = settling;
+        self.mutations.changed.notify_all();
+    }
+
+    /// The registration cache's drain hook: a drain about to sleep on a
+    /// slow use ends its wait (see [`SlowWalks::use_hook`]).
+    pub(crate) fn drain_hook(&self) -> UseHook {
+        let slow = self.clone();
+        Box::new(move || slow.mutated())
     }
 
     /// The page a slow device-mirror walk holds now, if any.
@@ -79,7 +117,8 @@ impl SlowWalks {
 
     /// The registration cache's use hook: one use in `every` waits, with
     /// its use reference held, for the next mutator step, as a slow DMA
-    /// transfer would. A correct cache's invalidation waits for it; one
+    /// transfer would. A correct cache's invalidation waits for it (and
+    /// says so through [`SlowWalks::drain_hook`], which ends the wait); one
     /// that does not lets the step change the pages under the use.
     ///
     /// The shadow MMU's walk hook is the same: one fault in `uses_every`
@@ -104,11 +143,18 @@ impl SlowWalks {
             {
                 return false;
             }
-            let seen = mutations.load(Ordering::Relaxed);
+            let mut steps = mutations.state.lock();
+            let seen = steps.count;
             before_waiting();
             let deadline = Instant::now() + WAIT;
-            while mutations.load(Ordering::Relaxed) == seen && Instant::now() < deadline {
-                std::thread::yield_now();
+            while steps.count == seen && !steps.settling {
+                if mutations
+                    .changed
+                    .wait_until(&mut steps, deadline)
+                    .timed_out()
+                {
+                    break;
+                }
             }
             true
         }

@@ -19,6 +19,12 @@ fn correct_secondaries_survive_every_kind_of_operation() {
         assert!(report.ops[kind] > 0, "no {kind} ran:\n{report}");
     }
     assert!(report.ops.total() >= 400_000);
+    // Each round's settle after exit has every accessor run its share of
+    // operations (500, unless the 50 ms bound ends it first) into the
+    // released secondaries; they are counted apart, out of the live rate.
+    let settled = (report.rounds - 1) * config.accessors as u64 * 250;
+    assert!(report.after_exit >= settled, "{report}");
+    assert!(report.live_rate() < report.total_rate());
     assert!(report.rounds > 1 && calls > 0);
     assert!(report.trace.is_none() && report.first_violation.is_none());
     for s in &report.secondaries {
