@@ -1403,3 +1403,35 @@ in_both_variants!(
     exclusive_mprotect,
     exclusive_cow,
 );
+
+/// A fault that walked our own device-private page, and has not yet
+/// programmed it when the CPU takes the page back to system memory, must
+/// retry. The CPU's migration is our own `Migrate` range (skipped), and
+/// the device's table holds no entry for `page_to_ram` to drop (the
+/// mprotect zapped it), so only the generation, bumped all the same,
+/// tells the fault. test_hmm has this race on Linux:
+/// `dmirror_devmem_fault_alloc_and_copy` erases the page and bumps nothing
+/// a fault in flight would see.
+#[test]
+fn a_fault_that_walked_its_own_page_retries_when_the_cpu_takes_it_back() {
+    let fx = Fixture::in_variant(DeviceMemory::Private);
+    fx.map(B, 1, Prot::RW);
+    fx.cpu_write(B, 1);
+    assert_eq!(fx.mirror.migrate_to_device(B, B + P), Ok(1));
+    fx.space.mprotect(B, P, R).expect("mprotect");
+    assert_eq!(fx.mirror.entry(B), None, "the mprotect zapped the device");
+    assert!(fx.space.pte(B).is_device_private());
+    let space = Arc::clone(&fx.space);
+    let taken = std::sync::atomic::AtomicBool::new(false);
+    fx.mirror.set_walk_hook(Some(Arc::new(move |page, _| {
+        if !taken.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            space.access(page, false).expect("CPU read");
+        }
+    })));
+    assert_eq!(fx.mirror.fault(B, false), Ok(()));
+    fx.mirror.set_walk_hook(None);
+    let now = fx.cpu_pfn(B);
+    assert_eq!(fx.mirror.entry(B).map(|e| e.translation.pfn), Some(now));
+    assert_eq!(fx.mirror.access(B, false), Access::Hit);
+    fx.assert_coherent();
+}

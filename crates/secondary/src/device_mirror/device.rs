@@ -152,17 +152,24 @@ impl mmun_softmmu::DevicePagemap for Device {
     /// page of our private memory and it moved to system memory (under
     /// our own `Migrate` range, which we skipped). Drops our translation
     /// of it, unless the migration failed and the page is still ours.
+    ///
+    /// Bumps the generation even when the table holds no entry for it: a
+    /// fault in flight may have walked the device page (`hmm_range_fault`
+    /// reports our own pages without faulting them) and would otherwise
+    /// program it after this, seeing neither a sequence change (the range
+    /// was ours, skipped) nor a generation change. test_hmm has this race
+    /// on Linux.
     fn page_to_ram(&self, va: u64, old: mmun_softmmu::Pfn, new: Option<Translation>) {
         if new.is_some_and(|t| t.pfn == old) {
             return;
         }
         let mut table = self.table.lock();
+        table.generation += 1;
         if table
             .ptes
             .get(&va)
             .is_some_and(|p| p.translation.pfn == old)
         {
-            table.generation += 1;
             table.ptes.remove(&va);
         }
     }
