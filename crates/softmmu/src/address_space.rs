@@ -318,25 +318,6 @@ impl AddressSpace {
         crate::fault::translate(&st.pt, addr)
     }
 
-    /// Whether the CPU's page walk alone completes this access, taking no
-    /// fault: the PTE maps a page this access may use and already has the
-    /// accessed bit, and for a write the dirty bit. Such an access changes
-    /// nothing, so it takes no VMA or mmap lock and waits for no writer,
-    /// as on the hardware; any other access faults, and the fault sets the
-    /// bits. Huge entries always fault (their bits are the PMD's), and so
-    /// does an access whose PTE table is locked: this walk holds the PMD
-    /// lock, which it must not keep while it waits for a PTE lock.
-    pub(crate) fn completes_without_fault(&self, addr: u64, write: bool) -> bool {
-        let st = ptl::lock(&self.inner.state);
-        let Some(pte) = st.pt.read_pte(addr, crate::page_table::Wait::Try) else {
-            return false;
-        };
-        pte.is_present()
-            && !pte.is_protnone()
-            && pte.is_young()
-            && (!write || (pte.is_write() && pte.is_dirty()))
-    }
-
     /// What a CPU access to `addr` would reach right now, with the life of
     /// the frame ([`Frame::serial`](crate::frame::Frame::serial)), read
     /// under the page-table lock: the primary's side of a coherence check.

@@ -419,9 +419,6 @@ impl crate::AddressSpace {
     /// writer is changing that VMA (`lock_vma_under_rcu`, then the mmap
     /// lock for read if that fails).
     pub fn access(&self, addr: u64, write: bool) -> SysResult {
-        if self.completes_without_fault(addr, write) {
-            return Ok(());
-        }
         if !self.every_vma_written()
             && let Some(done) = self.rmap_op(|ctx| fault_under_vma_lock(ctx, addr, write))
         {

@@ -52,20 +52,14 @@ impl IntervalNotifierOps for Park {
     }
 }
 
-/// The page of each VMA the tests fault: left unwritten, since an access
-/// the page table already allows takes no fault (as on the hardware) and
-/// so waits for no lock.
-const UNTOUCHED: u64 = 1;
-
 /// Three VMAs of 16 pages (`WRITTEN`, `TOUCHING` right after it with
-/// other protection so that they stay apart, `FAR`), all written but for
-/// page [`UNTOUCHED`] of each.
+/// other protection so that they stay apart, `FAR`), all written.
 fn three_vmas() -> Arc<AddressSpace> {
     let space = Arc::new(AddressSpace::new(Arc::new(Memory::new())));
     notify_log::map(&space, WRITTEN, 16 * P, Prot::RW);
     notify_log::map(&space, TOUCHING, 16 * P, READ_ONLY);
     notify_log::map(&space, FAR, 16 * P, Prot::RW);
-    for page in (0..16).filter(|&page| page != UNTOUCHED) {
+    for page in 0..16 {
         space.access(WRITTEN + page * P, true).expect("write fault");
         space
             .access(TOUCHING + page * P, false)
@@ -127,8 +121,7 @@ fn a_fault_in_another_vma_completes_while_munmap_holds_the_mmap_lock() {
     let space = three_vmas();
     let writer = ParkedWriter::start(&space, |s| s.munmap(WRITTEN, 16 * P).expect("munmap"));
     let far = notify_log::completes(&space, PATIENCE, "a fault in a far VMA", |s| {
-        s.access(FAR + UNTOUCHED * P, true)
-            .map(|()| s.translate_frame(FAR + UNTOUCHED * P))
+        s.access(FAR + P, true).map(|()| s.translate_frame(FAR + P))
     });
     assert!(matches!(far, Ok(Some(t)) if t.writable), "{far:?}");
     writer.finish();
@@ -141,7 +134,7 @@ fn a_fault_in_the_vma_being_changed_waits_for_the_writer() {
     let writer = ParkedWriter::start(&space, mprotect_read_only);
     let waiting = {
         let space = Arc::clone(&space);
-        thread::spawn(move || space.access(WRITTEN + UNTOUCHED * P, true))
+        thread::spawn(move || space.access(WRITTEN + P, true))
     };
     thread::sleep(SETTLE);
     assert!(
@@ -156,25 +149,6 @@ fn a_fault_in_the_vma_being_changed_waits_for_the_writer() {
     );
 }
 
-/// A CPU access the page table already allows (present, accessed, and
-/// writable and dirty for a write) is no fault: it completes inside
-/// mprotect's window, before the PTEs change, as a CPU's would before the
-/// TLB flush. Only after the change does a write fault, and fail.
-#[test]
-fn an_access_the_page_table_allows_takes_no_fault_and_waits_for_no_writer() {
-    let space = three_vmas();
-    let writer = ParkedWriter::start(&space, mprotect_read_only);
-    let done = notify_log::completes(&space, PATIENCE, "a write to a written page", |s| {
-        s.access(WRITTEN + 2 * P, true)
-    });
-    assert_eq!(done, Ok(()));
-    writer.finish();
-    assert_eq!(
-        space.access(WRITTEN + 2 * P, true),
-        Err(mmun_softmmu::Errno::Fault)
-    );
-}
-
 /// The VMA right after the writer's range may be merged into (or out of):
 /// a fault there waits too, as Linux write-locks the VMAs a merge changes.
 #[test]
@@ -183,7 +157,7 @@ fn a_fault_in_a_vma_touching_the_writers_range_waits_for_the_writer() {
     let writer = ParkedWriter::start(&space, mprotect_read_only);
     let waiting = {
         let space = Arc::clone(&space);
-        thread::spawn(move || space.access(TOUCHING + UNTOUCHED * P, false))
+        thread::spawn(move || space.access(TOUCHING + 2 * P, false))
     };
     thread::sleep(SETTLE);
     assert!(
@@ -206,7 +180,7 @@ fn a_fault_anywhere_waits_for_a_writer_that_locks_every_vma() {
     });
     let waiting = {
         let space = Arc::clone(&space);
-        thread::spawn(move || space.access(FAR + UNTOUCHED * P, true))
+        thread::spawn(move || space.access(FAR + P, true))
     };
     thread::sleep(SETTLE);
     assert!(!waiting.is_finished(), "a fault ran beside a fork");

@@ -1,8 +1,8 @@
-//! A CPU access the page table already allows takes no fault, as on the
-//! hardware; the rest fault, and the fault sets the accessed bit, and for
-//! a write the dirty bit, that the next access's walk then finds. These
-//! tests fail if the walk skips the fault for an entry whose bits are not
-//! set yet.
+//! A CPU access sets the accessed bit, and a write the dirty bit, even on
+//! an entry already mapped with the permission it needs, as the CPU's page
+//! walk does: aging and reclaim read them. These tests fail if an access
+//! to a mapped page leaves the bits alone (a shortcut that skipped the
+//! fault for a present entry would).
 
 mod notify_log;
 
