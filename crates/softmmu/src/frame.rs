@@ -316,8 +316,9 @@ impl Memory {
     pub fn map_pte(&self, pfn: Pfn, mm: u64) {
         if pfn != ZERO_PFN {
             let mut f = self.inner.lock();
-            f.frames[pfn as usize].mapcount += 1;
             let head = f.frames[pfn as usize].head;
+            assert!(f.frames[head as usize].refcount > 0, "map of free frame {pfn:#x}");
+            f.frames[pfn as usize].mapcount += 1;
             f.frames[head as usize].add_mapper(mm);
         }
     }
@@ -605,6 +606,13 @@ impl Frames {
     fn free(&mut self, head: Pfn) {
         let order = self.frames[head as usize].order;
         for pfn in head..head + (1 << order) {
+            let frame = &self.frames[pfn as usize];
+            assert!(
+                frame.mapcount == 0 && frame.pmd_mapcount == 0,
+                "frame {pfn:#x} freed while mapped ({} PTE, {} PMD mappings)",
+                frame.mapcount,
+                frame.pmd_mapcount
+            );
             self.frames[pfn as usize] = Frame::FREE;
         }
         if !self.contents.is_empty() {
