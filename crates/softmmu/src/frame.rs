@@ -317,7 +317,10 @@ impl Memory {
         if pfn != ZERO_PFN {
             let mut f = self.inner.lock();
             let head = f.frames[pfn as usize].head;
-            assert!(f.frames[head as usize].refcount > 0, "map of free frame {pfn:#x}");
+            assert!(
+                f.frames[head as usize].refcount > 0,
+                "map of free frame {pfn:#x}"
+            );
             f.frames[pfn as usize].mapcount += 1;
             f.frames[head as usize].add_mapper(mm);
         }
