@@ -172,11 +172,12 @@ impl<P: Primary, R: Registrar<P>> Registration<P, R> {
     /// Release: what the use did happens before the drain that sees the
     /// count drop.
     pub(super) fn leave(&self) {
+        // Taken first: once the count drops the drain may free the
+        // registration, so the decrement is the last touch of `self`, and
+        // the wake uses only an address, never dereferenced.
+        let key = self.drain_key();
         if self.users.fetch_sub(1, Release) == DRAINER | 1 {
-            // The registration may be gone already (the drain can see the
-            // count drop before this runs): the key is only an address,
-            // never dereferenced.
-            in_use::wake_drains(self.drain_key());
+            in_use::wake_drains(key);
         }
     }
 
