@@ -141,8 +141,8 @@ pub(crate) fn fault_in_vma<L: HeldMmLock>(
     ctx.st.pt.pmd_alloc(addr);
     if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::None))
         && let Some(head) = huge_memory::file_folio_for_pmd(ctx, vma, addr)
+        && huge_memory::map_file_pmd(ctx, vma, align_down(addr, PMD_SIZE), head)
     {
-        huge_memory::map_file_pmd(ctx, vma, align_down(addr, PMD_SIZE), head);
         return Ok(());
     }
     if matches!(ctx.st.pt.pmd(addr), Some(PmdEntry::None))

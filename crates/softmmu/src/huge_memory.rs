@@ -166,19 +166,33 @@ pub(crate) fn file_folio_for_pmd<L: HeldMmLock>(
 
 /// `do_set_pmd`: maps the large cache folio at `head` by one PMD, with no
 /// notifier (the PMD was empty); writable as the shared VMA is (shmem
-/// needs no write notification).
+/// needs no write notification). False, mapping nothing, if the folio
+/// left the cache since the caller found it (a hole punched beside this
+/// fault frees it without the page-table lock): its reference is taken
+/// with a lookup that still finds it there.
 pub(crate) fn map_file_pmd<L: HeldMmLock>(
     ctx: &mut Ctx<'_, L>,
     vma: &Vma,
     haddr: u64,
     head: crate::Pfn,
-) {
-    ctx.mem.get(head);
+) -> bool {
+    let Some(file) = vma.file.as_ref() else {
+        return false;
+    };
+    match file.object.find_get_page(ctx.mem, vma.pgoff_of(haddr)) {
+        Some(found) if found == head => {}
+        Some(other) => {
+            ctx.mem.put(other);
+            return false;
+        }
+        None => return false,
+    }
     ctx.mem.map_pmd(head, ctx.id);
     let writable = vma.flags.contains(VmFlags::WRITE);
     ctx.st
         .pt
         .set_pmd(haddr, PmdEntry::Huge(Pte::new(head, writable)));
+    true
 }
 
 /// `do_huge_pmd_anonymous_page`: a read maps the huge zero page, a write a

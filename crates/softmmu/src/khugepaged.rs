@@ -204,11 +204,15 @@ impl FileCollapse {
                         let same =
                             crate::huge_memory::file_folio_for_pmd(ctx, vma, start) == Some(head);
                         if same && retract_file_table(ctx, start) {
-                            crate::huge_memory::map_file_pmd(ctx, vma, start, head);
+                            // Left unmapped if the folio went meanwhile: the
+                            // next fault maps what the cache holds then.
+                            let _ = crate::huge_memory::map_file_pmd(ctx, vma, start, head);
                         }
                         ctx.end(inv);
                     }
-                    _ => crate::huge_memory::map_file_pmd(ctx, vma, start, head),
+                    _ => {
+                        let _ = crate::huge_memory::map_file_pmd(ctx, vma, start, head);
+                    }
                 }
                 return;
             }

@@ -124,9 +124,16 @@ impl FileOp {
 /// in every address space, is unmapped under a `Clear` of its part, then
 /// the pages leave the cache.
 fn punch_hole(object: &crate::shmem::ShmemObject, first: u64, last: u64) {
+    // The pages leave the cache before their mappings go (Linux unmaps,
+    // then truncates with each folio locked, and a fault that finds a
+    // locked or truncated folio looks again). A fault that found a page
+    // before it left holds its PTE lock until it has mapped it, so the
+    // unmap that follows waits for it and takes that mapping too; one
+    // after finds nothing. The notifier ranges are the same.
+    let punched = object.punch(first, last);
     crate::i_mmap::unmap_mapping_range(object, first, last);
     let memory = object.memory();
-    for pfn in object.punch(first, last) {
+    for pfn in punched {
         memory.put(pfn);
     }
 }

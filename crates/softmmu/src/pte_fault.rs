@@ -105,8 +105,9 @@ fn fill_empty(level: &PteLevel<'_>, entries: &mut PteEntries, addr: u64, write: 
                 // do_cow_fault: a private copy of the file page (a page
                 // not in the cache is a hole: zeros).
                 let pfn = mem.alloc(FrameKind::Anon).ok_or(Errno::NoMem)?;
-                if let Some(cached) = file.object.find_page(index) {
+                if let Some(cached) = file.object.find_get_page(mem, index) {
                     mem.copy_page(cached, pfn);
+                    mem.put(cached);
                 }
                 mem.map_pte(pfn, id);
                 Pte::new(pfn, writable)
@@ -146,9 +147,9 @@ fn fault_around(level: &PteLevel<'_>, entries: &mut PteEntries, addr: u64) {
         if at != addr
             && index * PAGE_SIZE < file.object.size()
             && entries.get(at).is_none()
-            && let Some(pfn) = file.object.find_page(index)
+            && let Some(pfn) = file.object.find_get_page(mem, index)
         {
-            mem.get(pfn);
+            // The reference taken with the lookup is the mapping's.
             mem.map_pte(pfn, id);
             *entries.get_mut(at) = Pte::new(pfn, false);
         }

@@ -74,9 +74,23 @@ impl ShmemObject {
         Some(pfn)
     }
 
-    /// The page at `index` if it is in the cache.
+    /// The page at `index` if it is in the cache. Without a reference: the
+    /// page may leave the cache (a hole punched, a collapse) and be freed
+    /// at once, so only a caller that just wants to know may use this;
+    /// one that maps or reads the page takes [`ShmemObject::find_get_page`].
     pub fn find_page(&self, index: u64) -> Option<Pfn> {
         self.pages.lock().get(&index).copied()
+    }
+
+    /// The page at `index` if it is in the cache, with a reference taken
+    /// in the same hold of the cache's lock (`filemap_get_folio`: the
+    /// lookup and `folio_try_get` together), so that it cannot be freed
+    /// under the caller, who puts the reference or hands it to a mapping.
+    pub fn find_get_page(&self, memory: &Memory, index: u64) -> Option<Pfn> {
+        let pages = self.pages.lock();
+        let pfn = *pages.get(&index)?;
+        memory.get(pfn);
+        Some(pfn)
     }
 
     /// Records that `space` maps the object (`vma_link_file`); a space
