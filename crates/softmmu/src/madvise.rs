@@ -120,9 +120,9 @@ impl FileOp {
     }
 }
 
-/// `shmem_fallocate(FALLOC_FL_PUNCH_HOLE)`: every mapping of the pages,
-/// in every address space, is unmapped under a `Clear` of its part, then
-/// the pages leave the cache.
+/// `shmem_fallocate(FALLOC_FL_PUNCH_HOLE)`: the pages leave the cache,
+/// then every mapping of them, in every address space, is unmapped under a
+/// `Clear` of its part, then the cache's references go.
 fn punch_hole(object: &crate::shmem::ShmemObject, first: u64, last: u64) {
     // The pages leave the cache before their mappings go (Linux unmaps,
     // then truncates with each folio locked, and a fault that finds a
