@@ -110,6 +110,19 @@ impl ParkedWriter {
     }
 }
 
+/// A fault at `addr` on another thread, given [`SETTLE`] to (wrongly)
+/// finish while the writer is parked.
+fn fault_after_settle(
+    space: &Arc<AddressSpace>,
+    addr: u64,
+    write: bool,
+) -> JoinHandle<mmun_softmmu::SysResult> {
+    let space = Arc::clone(space);
+    let waiting = thread::spawn(move || space.access(addr, write));
+    thread::sleep(SETTLE);
+    waiting
+}
+
 fn mprotect_read_only(space: &AddressSpace) {
     space
         .mprotect(WRITTEN, 16 * P, READ_ONLY)
@@ -132,11 +145,7 @@ fn a_fault_in_another_vma_completes_while_munmap_holds_the_mmap_lock() {
 fn a_fault_in_the_vma_being_changed_waits_for_the_writer() {
     let space = three_vmas();
     let writer = ParkedWriter::start(&space, mprotect_read_only);
-    let waiting = {
-        let space = Arc::clone(&space);
-        thread::spawn(move || space.access(WRITTEN + P, true))
-    };
-    thread::sleep(SETTLE);
+    let waiting = fault_after_settle(&space, WRITTEN + P, true);
     assert!(
         !waiting.is_finished(),
         "a write fault ran inside mprotect's VMA"
@@ -155,11 +164,7 @@ fn a_fault_in_the_vma_being_changed_waits_for_the_writer() {
 fn a_fault_in_a_vma_touching_the_writers_range_waits_for_the_writer() {
     let space = three_vmas();
     let writer = ParkedWriter::start(&space, mprotect_read_only);
-    let waiting = {
-        let space = Arc::clone(&space);
-        thread::spawn(move || space.access(TOUCHING + 2 * P, false))
-    };
-    thread::sleep(SETTLE);
+    let waiting = fault_after_settle(&space, TOUCHING + 2 * P, false);
     assert!(
         !waiting.is_finished(),
         "a fault ran in a VMA the writer may merge"
@@ -178,11 +183,7 @@ fn a_fault_anywhere_waits_for_a_writer_that_locks_every_vma() {
     let writer = ParkedWriter::start(&space, |s| {
         let _child = s.fork();
     });
-    let waiting = {
-        let space = Arc::clone(&space);
-        thread::spawn(move || space.access(FAR + P, true))
-    };
-    thread::sleep(SETTLE);
+    let waiting = fault_after_settle(&space, FAR + P, true);
     assert!(!waiting.is_finished(), "a fault ran beside a fork");
     writer.finish();
     waiting
