@@ -57,14 +57,24 @@ fn handler_survives_a_sigprof_storm() {
             }
         }
         let _stop = Stop(&stop);
-        for _ in 0..2000 {
+        let began = std::time::Instant::now();
+        for round in 0..2000 {
             let a = map(4);
             assert_eq!(net.watch(a, a + 4 * PAGE).unwrap(), Watch::Armed);
             assert_eq!(raw_munmap(a, 4 * PAGE), 0);
-            assert!(wait_for(LateChange::Unmap {
+            let want = LateChange::Unmap {
                 start: a,
-                end: a + 4 * PAGE
-            }));
+                end: a + 4 * PAGE,
+            };
+            assert!(
+                wait_for(want),
+                "round {round}, {:?} into the storm: {want:x?} not delivered; \
+                 net {:?}, armed {:x?}, delivered here {:x?}",
+                began.elapsed(),
+                net.stats(),
+                net.armed_ranges(),
+                delivered_in(a, a + 4 * PAGE),
+            );
             net.unwatch(a, a + 4 * PAGE);
         }
     });
