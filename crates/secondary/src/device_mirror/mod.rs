@@ -430,18 +430,27 @@ impl DeviceMirror {
         Some(Access::Hit)
     }
 
-    /// `hmm_range_fault` for one page: fault it in as the CPU would, then
-    /// read the translation. `Ok(None)` if the page changed in between so
-    /// that it no longer serves this access: the caller retries.
+    /// `hmm_range_fault` for one page: the entry as it is if it already
+    /// serves the access (`hmm_pte_need_fault` says no fault), else a CPU
+    /// fault and the translation read again. `Ok(None)` if the page changed
+    /// in between so that it no longer serves this access: the caller
+    /// retries.
     fn walk(&self, page: u64, write: bool) -> Result<Option<Translation>, FaultError> {
-        if let Some(own) = self.own_device_private(page) {
+        let view = self.space.device_view(page, Some(self.device.owner));
+        if let Some(own) = view.filter(|v| v.device_private) {
             // hmm_range_fault reports a device-private page of our own
             // memory without faulting it, writable only with its write
             // bit; dmirror_do_fault refuses a write to it otherwise.
-            if write && !own.writable {
+            if write && !own.translation.writable {
                 return Err(FaultError::Unmapped);
             }
-            return Ok(Some(own));
+            return Ok(Some(own.translation));
+        }
+        // An exclusive entry (ours included) is not a CPU translation:
+        // hmm_range_fault faults it back, as below.
+        let present = view.filter(|v| !v.exclusive).map(|v| v.translation);
+        if let Some(t) = present.filter(|t| !write || t.writable) {
+            return Ok(Some(t));
         }
         if self.space.access(page, write).is_err() {
             return Err(self.refusal(page, write));

@@ -103,10 +103,15 @@ impl Primary for SoftPrimary {
 }
 
 impl SoftPrimary {
-    /// One page of the walk: a write fault where the mapping allows it,
-    /// else a read fault; then the translation.
+    /// One page of the walk: the translation as it is if the page table
+    /// already maps the page writable (GUP-fast with `FOLL_WRITE`), else a
+    /// write fault where the mapping allows it, else a read fault; then the
+    /// translation.
     fn walk_page(&self, va: u64) -> Result<Translation, Step<FaultError>> {
         let space = &self.space;
+        if let Some(t) = space.translate_frame(va).filter(|t| t.writable) {
+            return Ok(t);
+        }
         if space.access(va, true).is_err() {
             space
                 .access(va, false)

@@ -336,23 +336,28 @@ impl ShadowMmu {
         Ok(())
     }
 
-    /// `__kvm_faultin_pfn`: a CPU fault of the primary, then its
-    /// translation. Repeats if the page changed in between (the walk holds
-    /// no lock across the two, like GUP between its fault and its pin).
+    /// `__kvm_faultin_pfn`: the primary's translation if its page table
+    /// already allows the access (`hva_to_pfn_fast`, GUP-fast), else a CPU
+    /// fault of the primary and the translation again (`hva_to_pfn_slow`).
+    /// Repeats if the page changed in between (the walk holds no lock
+    /// across the two, like GUP between its fault and its pin).
     fn walk(&self, va: u64, write: bool) -> Result<Translation, FaultError> {
+        let serves = |t: &Translation| t.writable || !write;
+        let mut found = self.space.translate_frame(va).filter(serves);
         loop {
+            if let Some(t) = found {
+                if let Some(hook) = self.inner.walked.get() {
+                    (hook.0)();
+                }
+                return Ok(t);
+            }
             if self.space.access(va, write).is_err() {
                 self.check_live()?;
                 return Err(FaultError::Unmapped);
             }
-            match self.space.translate_frame(va) {
-                Some(t) if t.writable || !write => {
-                    if let Some(hook) = self.inner.walked.get() {
-                        (hook.0)();
-                    }
-                    return Ok(t);
-                }
-                _ => bump(&self.inner.stats.walk_retries),
+            found = self.space.translate_frame(va).filter(serves);
+            if found.is_none() {
+                bump(&self.inner.stats.walk_retries);
             }
         }
     }
