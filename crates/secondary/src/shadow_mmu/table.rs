@@ -103,10 +103,13 @@ impl Table {
     /// Drops the entries of the pages overlapping `[start, end)`; returns
     /// how many there were.
     pub(super) fn zap(&mut self, start: u64, end: u64) -> usize {
-        let mut inside = self.sptes.split_off(&align_down(start, PAGE_SIZE));
-        let mut above = inside.split_off(&end);
-        self.sptes.append(&mut above);
-        inside.len()
+        let from = align_down(start, PAGE_SIZE);
+        if from >= end {
+            return 0;
+        }
+        // Visits only the entries inside (a split and re-append would
+        // rebuild the whole map for every one-page invalidation).
+        self.sptes.extract_if(from..end, |_, _| true).count()
     }
 
     /// Installs a translation for `page` (a fresh id: any use that saw the
