@@ -331,7 +331,9 @@ impl<'s> Itree<'s> {
             if waits_on_self(self.id()) {
                 return None;
             }
-            self.wait_for_seq_change(seq);
+            if !self.spin_for_seq_change(seq) {
+                self.wait_for_seq_change(seq);
+            }
         }
         Some(Seq(seq))
     }
@@ -355,6 +357,41 @@ impl<'s> Itree<'s> {
             locked = self.wq.wait(locked);
             locked.waiters -= 1;
         }
+    }
+}
+
+/// How many times a waiter checks the published seq before it sleeps.
+/// An epoch usually ends within a few microseconds (its callbacks zap a
+/// few entries), and the thread ending it runs on another CPU: a short
+/// spin spares both the sleep and the wake, each a system call and a
+/// context switch. About 1-5 µs of `pause`s, depending on the CPU.
+#[cfg(not(mmun_loom))]
+const SEQ_SPINS: u32 = 128;
+
+impl Itree<'_> {
+    /// Watches the published seq for a while; whether it moved from `seq`.
+    /// For `read_begin` only: its condition in the kernel reads
+    /// `invalidate_seq` without the lock too, and the Acquire load pairs
+    /// with the Release store of [`Itree::set_invalidate_seq`], so the
+    /// caller sees every callback of the epoch done. A removal must not
+    /// use it: the seq is published before `inv_end` applies the deferred
+    /// removals, so it reads the seq under the lock (see [`Itree::remove`]).
+    #[cfg(not(mmun_loom))]
+    fn spin_for_seq_change(self, seq: u64) -> bool {
+        for _ in 0..SEQ_SPINS {
+            if self.published_seq.load(Ordering::Acquire) != seq {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    /// Under loom, a spin would multiply the schedules for nothing: the
+    /// model checks the sleeping wait.
+    #[cfg(mmun_loom)]
+    fn spin_for_seq_change(self, _seq: u64) -> bool {
+        false
     }
 }
 
