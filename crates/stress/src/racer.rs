@@ -22,6 +22,7 @@
 //!
 //! [`Bug::MissingRangeEnd`]: mmun_secondary::Bug::MissingRangeEnd
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::{self, ThreadId};
 
@@ -40,6 +41,11 @@ pub(crate) struct Racer {
 struct Slot {
     shadow: OnceLock<Weak<ShadowMmu>>,
     armed: Mutex<Option<Armed>>,
+    /// Whether a walk waits for a preemption point: the preempt hook runs
+    /// at every release of `mmu_lock` on every thread, and reads only
+    /// this unless it is set (it is set and read by the invalidating
+    /// thread, so Relaxed suffices).
+    preempt_pending: Arc<AtomicBool>,
 }
 
 /// A walk waiting for an invalidation of its page.
@@ -100,6 +106,7 @@ impl Racer {
         let slot = Arc::new(Slot {
             shadow: OnceLock::new(),
             armed: Mutex::new(None),
+            preempt_pending: Arc::new(AtomicBool::new(false)),
         });
         let notifier = Notifier::register(mm, &OPS, slot)?;
         Ok(Racer { notifier })
@@ -109,7 +116,11 @@ impl Racer {
     pub(crate) fn attach(&self, shadow: &Arc<ShadowMmu>) {
         let _ = self.notifier.shadow.set(Arc::downgrade(shadow));
         let slot = Arc::downgrade(&*self.notifier);
+        let pending = Arc::clone(&self.notifier.preempt_pending);
         let hook = Box::new(move || {
+            if !pending.load(Ordering::Relaxed) {
+                return;
+            }
             if let Some(slot) = slot.upgrade() {
                 slot.preempted();
             }
@@ -134,6 +145,9 @@ impl Racer {
     /// end, or at least after its update) and says what happened.
     pub(crate) fn finish(&self) -> Race {
         let armed = self.notifier.armed.lock().take();
+        self.notifier
+            .preempt_pending
+            .store(false, Ordering::Relaxed);
         let Some(armed) = armed else {
             return Race::Missed;
         };
@@ -172,7 +186,11 @@ impl Slot {
             Ok(fault) if a.when == When::Inside => {
                 State::Committed("inside the start", shadow.commit_fault(fault))
             }
-            Ok(fault) => State::Prepared(fault),
+            Ok(fault) => {
+                self.preempt_pending
+                    .store(matches!(a.when, When::Preempted(_)), Ordering::Relaxed);
+                State::Prepared(fault)
+            }
             Err(e) => State::Committed("inside the start", Err(e)),
         };
     }
@@ -202,6 +220,7 @@ impl Slot {
         };
         // Its own releases of `mmu_lock` find the slot locked: no nesting.
         a.state = State::Committed("at a preemption point", shadow.commit_fault(fault));
+        self.preempt_pending.store(false, Ordering::Relaxed);
     }
 }
 
