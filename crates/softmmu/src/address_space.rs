@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use crate::page_table_lock::{self as ptl, PtlGuard};
 
 use crate::frame::Memory;
-use crate::page_table::{PageTable, Wait};
+use crate::page_table::{Leaf, PageTable, PmdEntry, Wait};
 use crate::vma::VmaTree;
 use crate::vma_lock::{Touches, VmaReaders, WriteMarks};
 
@@ -320,16 +320,14 @@ impl AddressSpace {
 
     /// What a CPU access to `addr` would reach right now, with the life of
     /// the frame ([`Frame::serial`](crate::frame::Frame::serial)), read
-    /// under the page-table lock: the primary's side of a coherence check.
+    /// under the lock holding the entry: the primary's side of a coherence
+    /// check, and the walk of a secondary MMU's fault.
     pub fn translate_frame(&self, addr: u64) -> Option<Translation> {
-        let st = ptl::lock(&self.inner.state);
-        let (pfn, writable) = crate::fault::translate(&st.pt, addr)?;
-        let frame = self.inner.memory.frame(pfn);
-        Some(Translation {
-            pfn,
-            serial: frame.serial,
-            writable,
+        self.read_leaf(addr, Wait::Block, |leaf| {
+            let (pfn, writable) = crate::fault::cpu_reach(leaf, addr)?;
+            Some(self.frame_life(pfn, writable))
         })
+        .expect("a blocking read gets its entry")
     }
 
     /// What the device `device` may use at `addr`: what a CPU access would
@@ -339,8 +337,7 @@ impl AddressSpace {
     /// entry and the VMA both allow writes). `None` otherwise, e.g. for an
     /// exclusive or device-private entry of another device.
     pub fn device_view(&self, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
-        let st = ptl::lock(&self.inner.state);
-        self.view_locked(&st, addr, device, Wait::Block)
+        self.read_leaf(addr, Wait::Block, |leaf| self.view_of(leaf, addr, device))
             .expect("a blocking read gets its entry")
     }
 
@@ -357,65 +354,88 @@ impl AddressSpace {
         addr: u64,
         device: Option<Owner>,
     ) -> Result<Option<DeviceView>, PageTableBusy> {
-        let st = ptl::try_lock(&self.inner.state).ok_or(PageTableBusy)?;
-        self.view_locked(&st, addr, device, Wait::Try)
+        self.read_leaf(addr, Wait::Try, |leaf| self.view_of(leaf, addr, device))
     }
 
-    fn view_locked(
+    /// Reads the entry mapping `addr` as Linux's walkers do: the PMD lock
+    /// only to find the PMD entry (a huge leaf is read under it), then the
+    /// PTE table's own lock alone (`pte_offset_map_lock`), finding the PMD
+    /// again if the table left it meanwhile (whoever takes a table out
+    /// marks it detached under its lock). So a walk waits neither for
+    /// faults nor for operations in other PTE tables. `f` runs under the
+    /// lock that holds the entry: the frame it reads about is the life the
+    /// entry maps (a zap clears an entry under that lock before it drops
+    /// the frame).
+    fn read_leaf<R>(
         &self,
-        st: &State,
         addr: u64,
-        device: Option<Owner>,
         wait: Wait,
-    ) -> Result<Option<DeviceView>, PageTableBusy> {
-        let view = match crate::fault::translate_waiting(&st.pt, addr, wait)? {
-            Some((pfn, writable)) => Some(DeviceView {
+        f: impl Fn(Leaf) -> R,
+    ) -> Result<R, PageTableBusy> {
+        loop {
+            let table = {
+                let st = match wait {
+                    Wait::Block => ptl::lock(&self.inner.state),
+                    Wait::Try => ptl::try_lock(&self.inner.state).ok_or(PageTableBusy)?,
+                };
+                match st.pt.pmd(addr) {
+                    Some(PmdEntry::Table(table)) => table.share(),
+                    Some(PmdEntry::Huge(huge)) => return Ok(f(Leaf::Huge(*huge))),
+                    Some(PmdEntry::None) | None => return Ok(f(Leaf::None)),
+                }
+            };
+            let entries = match wait {
+                Wait::Block => table.lock(),
+                Wait::Try => table.try_lock().ok_or(PageTableBusy)?,
+            };
+            if !entries.is_detached() {
+                return Ok(f(Leaf::Pte(entries.get(addr))));
+            }
+        }
+    }
+
+    /// [`AddressSpace::device_view`] of the entry `leaf`, under its lock.
+    fn view_of(&self, leaf: Leaf, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
+        if let Some((pfn, writable)) = crate::fault::cpu_reach(leaf, addr) {
+            return Some(DeviceView {
                 translation: self.frame_life(pfn, writable),
                 exclusive: false,
                 device_private: false,
-            }),
-            None => match device {
-                Some(device) => self.exclusive_view_locked(st, addr, device, wait)?,
-                None => None,
-            },
-        };
-        Ok(view)
+            });
+        }
+        match (leaf, device) {
+            (Leaf::Pte(pte), Some(device)) => self.exclusive_view_of(pte, device),
+            _ => None,
+        }
     }
 
-    /// The device-exclusive entry at `addr` if `device` made it, or the
+    /// The device-exclusive entry `pte` if `device` made it, or the
     /// device-private entry if the page is in `device`'s memory.
-    fn exclusive_view_locked(
-        &self,
-        st: &State,
-        addr: u64,
-        device: Owner,
-        wait: Wait,
-    ) -> Result<Option<DeviceView>, PageTableBusy> {
-        let pte = st.pt.read_pte(addr, wait).ok_or(PageTableBusy)?;
-        let frame = self.inner.memory.frame(pte.pfn());
+    fn exclusive_view_of(&self, pte: crate::page_table::Pte, device: Owner) -> Option<DeviceView> {
         let device_private = match pte.swap_kind() {
             Some(crate::page_table::SwapKind::DeviceExclusive) => false,
             Some(crate::page_table::SwapKind::DevicePrivate) => true,
-            _ => return Ok(None),
+            _ => return None,
         };
+        let frame = self.inner.memory.frame(pte.pfn());
         let holder = if device_private {
             frame.device
         } else {
             frame.exclusive_owner
         };
         if holder != Some(device) {
-            return Ok(None);
+            return None;
         }
         // The entry alone says what the device may do: `mprotect` takes
         // write away inside its range, after the device was told. (Asking
         // the VMA instead would revoke it before the notifier ran: the VMA
         // changes before the start, which drops the page-table lock.)
         let writable = pte.swap_was_writable();
-        Ok(Some(DeviceView {
+        Some(DeviceView {
             translation: self.frame_life(pte.pfn(), writable),
             exclusive: !device_private,
             device_private,
-        }))
+        })
     }
 
     fn frame_life(&self, pfn: crate::Pfn, writable: bool) -> Translation {

@@ -15,7 +15,7 @@ use crate::error::{Errno, SysResult};
 use crate::frame::{FrameKind, Pfn};
 use crate::huge_memory;
 use crate::layout::{PAGE_SIZE, PMD_SIZE, align_down};
-use crate::page_table::{PageTable, PmdEntry, Pte, SwapKind, Wait};
+use crate::page_table::{Leaf, PageTable, PmdEntry, Pte, SwapKind, Wait};
 use crate::pte_fault::{PteFault, PteLevel};
 use crate::vma::{AnonVmaId, VmFlags, Vma};
 
@@ -46,18 +46,27 @@ pub(crate) fn translate_waiting(
     addr: u64,
     wait: Wait,
 ) -> Result<Option<(Pfn, bool)>, crate::PageTableBusy> {
-    let reached = match pt.pmd(addr) {
-        Some(PmdEntry::Huge(huge)) if !huge.is_protnone() => {
+    let leaf = match pt.pmd(addr) {
+        Some(PmdEntry::Huge(huge)) => Leaf::Huge(*huge),
+        Some(PmdEntry::Table(_)) => Leaf::Pte(pt.read_pte(addr, wait).ok_or(crate::PageTableBusy)?),
+        Some(PmdEntry::None) | None => Leaf::None,
+    };
+    Ok(cpu_reach(leaf, addr))
+}
+
+/// What a CPU access to `addr` reaches through `leaf`: the frame and
+/// whether it may be written; `None` for an empty, swap or PROT_NONE entry.
+pub(crate) fn cpu_reach(leaf: Leaf, addr: u64) -> Option<(Pfn, bool)> {
+    match leaf {
+        Leaf::Huge(huge) if !huge.is_protnone() => {
             let pfn = huge.pfn() + ((addr & (PMD_SIZE - 1)) / PAGE_SIZE);
             Some((pfn, huge.is_write()))
         }
-        Some(PmdEntry::Table(_)) => {
-            let pte = pt.read_pte(addr, wait).ok_or(crate::PageTableBusy)?;
-            (pte.is_present() && !pte.is_protnone()).then(|| (pte.pfn(), pte.is_write()))
+        Leaf::Pte(pte) if pte.is_present() && !pte.is_protnone() => {
+            Some((pte.pfn(), pte.is_write()))
         }
-        Some(PmdEntry::Huge(_) | PmdEntry::None) | None => None,
-    };
-    Ok(reached)
+        Leaf::Huge(_) | Leaf::Pte(_) | Leaf::None => None,
+    }
 }
 
 /// Whether the VMA lets the CPU access it this way (x86 `access_error`).

@@ -188,3 +188,32 @@ fn a_fault_in_another_table_completes_while_a_fault_is_stalled_in_its_table() {
             .is_some_and(|t| t.writable)
     );
 }
+
+/// A walk (`translate_frame`, `device_view`: a secondary MMU's view of the
+/// primary) stalled at T1's PTE lock holds no PMD lock, as Linux's walkers
+/// hold none: a fault in T2 completes while it waits, and the walk then
+/// reads T1's entry as it is once the lock is free.
+#[test]
+fn a_fault_in_another_table_completes_while_a_walk_is_stalled_in_its_table() {
+    let space = two_tables();
+    let mapped = space
+        .translate_frame(T1)
+        .expect("T1's first page is written");
+    let hold = space.hold_page_table(T1).expect("T1 has a PTE table");
+    let translate = spawn(&space, |s| s.translate_frame(T1));
+    let view = spawn(&space, |s| s.device_view(T1, None));
+    thread::sleep(SETTLE);
+    assert!(
+        !translate.is_finished() && !view.is_finished(),
+        "a walk read T1's entry with T1's lock held elsewhere"
+    );
+    let t = notify_log::completes(&space, PATIENCE, "a fault in T2", |s| {
+        s.access(T2 + 8 * P, true)
+            .map(|()| s.translate_frame(T2 + 8 * P))
+    });
+    assert!(matches!(t, Ok(Some(_))), "{t:?}");
+    drop(hold);
+    assert_eq!(translate.join().expect("the walk panicked"), Some(mapped));
+    let seen = view.join().expect("the walk panicked").expect("a view");
+    assert_eq!(seen.translation, mapped);
+}

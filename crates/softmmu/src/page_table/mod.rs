@@ -90,6 +90,17 @@ pub enum PmdEntry {
     Huge(Pte),
 }
 
+/// The last-level entry mapping an address, as a walker finds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Leaf {
+    /// No PMD entry (or a PUD leaf, which no walker here follows).
+    None,
+    /// A huge PMD entry.
+    Huge(Pte),
+    /// The PTE, none included.
+    Pte(Pte),
+}
+
 /// A table of PMD entries.
 pub struct PmdTable {
     entries: Box<[PmdEntry]>,
@@ -139,6 +150,11 @@ impl PteTable {
     /// The entry for `addr`, read under the table's lock.
     pub fn get(&self, addr: u64) -> Pte {
         self.lock().get(addr)
+    }
+
+    /// Takes the table's lock if it is free; records no order.
+    pub(crate) fn try_lock(&self) -> Option<PteGuard<'_>> {
+        ptl::try_lock_class(&self.shared, &ptl::PTE_LOCK)
     }
 
     /// Takes the table's lock and keeps it until the result is dropped.
@@ -297,9 +313,7 @@ impl PageTable {
     pub(crate) fn read_pte(&self, addr: u64, wait: Wait) -> Option<Pte> {
         match (self.pmd(addr), wait) {
             (Some(PmdEntry::Table(t)), Wait::Block) => Some(t.get(addr)),
-            (Some(PmdEntry::Table(t)), Wait::Try) => {
-                ptl::try_lock_class(&t.shared, &ptl::PTE_LOCK).map(|table| table.get(addr))
-            }
+            (Some(PmdEntry::Table(t)), Wait::Try) => t.try_lock().map(|table| table.get(addr)),
             _ => Some(Pte::NONE),
         }
     }
