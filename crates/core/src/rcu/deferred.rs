@@ -1,7 +1,8 @@
 //! Deferred calls: the queue and worker behind [`Srcu::call`]
 //! (`call_srcu()`) and [`Srcu::barrier`] (`srcu_barrier()`).
 //!
-//! Callbacks are queued under a mutex and run in batches: whoever runs a
+//! Callbacks are queued under a mutex and run in batches (the worker lets
+//! them gather for `GATHER` first, unless a barrier waits): whoever runs a
 //! batch takes the whole queue, waits one full grace period (which therefore
 //! starts after every `call` of the batch), runs the callbacks in queue
 //! order, then publishes how many callbacks have finished. `barrier` records
@@ -41,7 +42,23 @@ pub(super) struct Callbacks {
     /// The `Srcu` handle was dropped: the worker exits once idle.
     #[cfg(not(mmun_loom))]
     shutdown: bool,
+    /// The worker sleeps with an empty queue: the next `call` wakes it.
+    /// While it gathers a batch or runs one, `call` has no one to wake.
+    #[cfg(not(mmun_loom))]
+    idle: bool,
+    /// `barrier` callers waiting: the worker runs what is queued at once.
+    #[cfg(not(mmun_loom))]
+    hurry: usize,
 }
+
+/// How long the worker lets callbacks gather before it runs a batch: every
+/// batch costs a grace period (two `membarrier(2)` calls, each an
+/// interrupt on every CPU running one of our threads) and a wake-up of the
+/// worker, and `call`s come in bursts (a round of `mmun stress` unregisters
+/// and frees a handful of notifiers at once). Linux's SRCU likewise starts
+/// grace periods from delayed work. `barrier` does not wait for it.
+#[cfg(not(mmun_loom))]
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[cfg(all(unix, not(mmun_loom)))]
 impl Callbacks {
@@ -62,6 +79,7 @@ impl Callbacks {
         self.done = self.queued;
         self.busy = false;
         self.worker = false;
+        self.idle = false;
     }
 }
 
@@ -92,9 +110,9 @@ impl Deferred {
         cbs.queued += 1;
         #[cfg(not(mmun_loom))]
         {
-            if cbs.worker {
+            if cbs.idle {
                 self.work_cv.notify_all();
-            } else {
+            } else if !cbs.worker {
                 // The worker starts with a non-empty queue, so it needs no
                 // wake-up.
                 cbs.worker = true;
@@ -115,6 +133,12 @@ impl Deferred {
     pub(super) fn barrier(&self, inner: &Inner) {
         let mut cbs = self.callbacks.lock();
         let target = cbs.queued;
+        #[cfg(not(mmun_loom))]
+        {
+            cbs.hurry += 1;
+            // Ends a gathering wait: the batch runs now.
+            self.work_cv.notify_all();
+        }
         while cbs.done < target {
             #[cfg(mmun_loom)]
             if !cbs.busy {
@@ -125,7 +149,10 @@ impl Deferred {
             cbs = self.done_cv.wait(cbs);
         }
         #[cfg(not(mmun_loom))]
-        let _ = inner;
+        {
+            cbs.hurry -= 1;
+            let _ = inner;
+        }
     }
 
     /// Lets the worker exit once it has run what is queued (the `Srcu`
@@ -173,13 +200,22 @@ fn worker_main(inner: &Inner) {
     super::local::set_worker_of(inner.id);
     let deferred = &inner.deferred;
     let mut cbs = deferred.callbacks.lock();
+    let mut gathered = false;
     loop {
         if !cbs.queue.is_empty() {
+            if !gathered && cbs.hurry == 0 && !cbs.shutdown {
+                gathered = true;
+                cbs = deferred.work_cv.wait_timeout(cbs, GATHER);
+                continue;
+            }
+            gathered = false;
             cbs = deferred.run_batch(inner, cbs);
         } else if cbs.shutdown {
             return;
         } else {
+            cbs.idle = true;
             cbs = deferred.work_cv.wait(cbs);
+            cbs.idle = false;
         }
     }
 }

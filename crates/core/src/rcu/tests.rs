@@ -293,6 +293,33 @@ mod std_tests {
         });
     }
 
+    /// `call` wakes a worker that went idle (it only notifies an idle
+    /// one: one that gathers or runs a batch takes the new callback with
+    /// the next), and the gathered callbacks run without a barrier to
+    /// hurry them, in queue order.
+    #[test]
+    fn calls_after_the_worker_went_idle_run_without_a_barrier() {
+        within("calls to an idle worker", || {
+            let srcu = Srcu::new();
+            srcu.call(Box::new(|| {}));
+            srcu.barrier();
+            for burst in 0..3 {
+                // Long enough for the worker to be asleep on an empty queue.
+                thread::sleep(Duration::from_millis(20));
+                let (tx, rx) = mpsc::channel();
+                for i in 0..20 {
+                    let tx = tx.clone();
+                    srcu.call(Box::new(move || tx.send(i).unwrap()));
+                }
+                let ran: Vec<i32> = (0..20)
+                    .map(|_| rx.recv_timeout(Duration::from_secs(5)))
+                    .collect::<Result<_, _>>()
+                    .unwrap_or_else(|e| panic!("burst {burst}: a callback never ran ({e})"));
+                assert_eq!(ran, (0..20).collect::<Vec<_>>(), "in queue order");
+            }
+        });
+    }
+
     #[test]
     fn barrier_without_calls_returns() {
         within("empty barrier", || Srcu::new().barrier());
