@@ -138,9 +138,7 @@ fn copy_ptes<L: HeldMmLock>(
             return;
         }
         if !pte.is_special() {
-            mem.get(pte.pfn());
-            mem.map_pte(pte.pfn(), child_id);
-            mem.update(pte.pfn(), |f| f.anon_exclusive = false);
+            mem.dup_pte(pte.pfn(), child_id);
         }
         if cow {
             *pte = pte.with_write(false);

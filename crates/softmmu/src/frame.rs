@@ -298,16 +298,24 @@ impl Memory {
 
     /// Drops a reference (`folio_put`); the last one frees the frame.
     pub fn put(&self, pfn: Pfn) {
-        let mut f = self.inner.lock();
-        let head = f.frames[pfn as usize].head;
-        if head == ZERO_PFN {
+        self.inner.lock().put(pfn);
+    }
+
+    /// For each `(pfn, mapped)` of `pages`: one PTE mapping fewer by `mm`
+    /// if `mapped` ([`Memory::unmap_pte`]), then a reference fewer
+    /// ([`Memory::put`]), all in one hold of the memory lock. For a zap of
+    /// a PTE table, which Linux batches the same way (`tlb_remove_page`,
+    /// then one `free_pages_and_swap_cache` for the batch).
+    pub fn unmap_and_put(&self, mm: u64, pages: &[(Pfn, bool)]) {
+        if pages.is_empty() {
             return;
         }
-        let frame = &mut f.frames[head as usize];
-        assert!(frame.refcount > 0, "folio_put() of free frame {head:#x}");
-        frame.refcount -= 1;
-        if frame.refcount == 0 {
-            f.free(head);
+        let mut f = self.inner.lock();
+        for &(pfn, mapped) in pages {
+            if mapped {
+                f.unmap_pte(pfn, mm);
+            }
+            f.put(pfn);
         }
     }
 
@@ -326,15 +334,29 @@ impl Memory {
         }
     }
 
+    /// Fork's copy of a PTE mapping `pfn` into `mm`: a reference on the
+    /// folio, a PTE mapping by `mm`, and the page no longer
+    /// `PageAnonExclusive` (`folio_try_dup_anon_rmap_pte`), in one hold of
+    /// the memory lock.
+    pub fn dup_pte(&self, pfn: Pfn, mm: u64) {
+        let mut f = self.inner.lock();
+        let head = f.frames[pfn as usize].head;
+        assert!(
+            f.frames[head as usize].refcount > 0,
+            "fork's copy of free frame {pfn:#x}"
+        );
+        f.frames[head as usize].refcount += 1;
+        if pfn != ZERO_PFN {
+            f.frames[pfn as usize].mapcount += 1;
+            f.frames[head as usize].add_mapper(mm);
+        }
+        f.frames[pfn as usize].anon_exclusive = false;
+    }
+
     /// Records one PTE mapping fewer of the base page `pfn` by `mm`.
     pub fn unmap_pte(&self, pfn: Pfn, mm: u64) {
         if pfn != ZERO_PFN {
-            let mut f = self.inner.lock();
-            let frame = &mut f.frames[pfn as usize];
-            assert!(frame.mapcount > 0, "unmap of unmapped frame {pfn:#x}");
-            frame.mapcount -= 1;
-            let head = frame.head;
-            f.frames[head as usize].remove_mapper(mm);
+            self.inner.lock().unmap_pte(pfn, mm);
         }
     }
 
@@ -604,6 +626,30 @@ impl Frames {
         let frame = &mut self.frames[head as usize];
         frame.refcount = 1;
         frame.order = order;
+    }
+
+    fn put(&mut self, pfn: Pfn) {
+        let head = self.frames[pfn as usize].head;
+        if head == ZERO_PFN {
+            return;
+        }
+        let frame = &mut self.frames[head as usize];
+        assert!(frame.refcount > 0, "folio_put() of free frame {head:#x}");
+        frame.refcount -= 1;
+        if frame.refcount == 0 {
+            self.free(head);
+        }
+    }
+
+    fn unmap_pte(&mut self, pfn: Pfn, mm: u64) {
+        if pfn == ZERO_PFN {
+            return;
+        }
+        let frame = &mut self.frames[pfn as usize];
+        assert!(frame.mapcount > 0, "unmap of unmapped frame {pfn:#x}");
+        frame.mapcount -= 1;
+        let head = frame.head;
+        self.frames[head as usize].remove_mapper(mm);
     }
 
     fn free(&mut self, head: Pfn) {

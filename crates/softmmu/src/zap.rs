@@ -93,28 +93,34 @@ fn zap_table(mem: &Memory, id: u64, table: &PteTable, start: u64, end: u64) -> T
     {
         return TableZap::Migrating;
     }
+    let mut released = Vec::with_capacity(((end - start) / PAGE_SIZE) as usize);
     for addr in pages {
         let old = std::mem::replace(entries.get_mut(addr), Pte::NONE);
-        release_pte(mem, id, old);
+        released.extend(held_by(old));
     }
+    // Still under the PTE lock, as `zap_pte_range` flushes its batch
+    // before it unlocks: no one can map a page of the table meanwhile
+    // and meet a frame that is about to be freed.
+    mem.unmap_and_put(id, &released);
     TableZap::Done
+}
+
+/// What one PTE holds: the frame it references, and whether it counts as
+/// one of the frame's mappings.
+fn held_by(pte: Pte) -> Option<(crate::Pfn, bool)> {
+    if pte.is_none() || pte.is_special() || pte.pfn() == ZERO_PFN {
+        return None;
+    }
+    // `zap_nonpresent_ptes` drops a device-private entry's rmap as a
+    // present one's: the device page is freed with its last reference.
+    Some((pte.pfn(), pte.maps_frame()))
 }
 
 /// Drops what one PTE held: its map count and its frame reference.
 pub(crate) fn release_pte(mem: &Memory, mm: u64, pte: Pte) {
-    if pte.is_none() || pte.is_special() {
-        return;
+    if let Some(held) = held_by(pte) {
+        mem.unmap_and_put(mm, &[held]);
     }
-    let pfn = pte.pfn();
-    if pfn == ZERO_PFN {
-        return;
-    }
-    // `zap_nonpresent_ptes` drops a device-private entry's rmap as a
-    // present one's: the device page is freed with its last reference.
-    if pte.maps_frame() {
-        mem.unmap_pte(pfn, mm);
-    }
-    mem.put(pfn);
 }
 
 /// Drops what a huge PMD held.
