@@ -142,6 +142,14 @@ pub struct DeviceView {
     pub device_private: bool,
 }
 
+/// Whether [`AddressSpace::read_leaf`] keeps the PMD lock while it reads
+/// a PTE.
+#[derive(Debug, Clone, Copy)]
+enum Pmd {
+    Hold,
+    Drop,
+}
+
 /// The page-table lock was busy; see [`AddressSpace::try_device_view`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageTableBusy;
@@ -323,7 +331,7 @@ impl AddressSpace {
     /// under the lock holding the entry: the primary's side of a coherence
     /// check, and the walk of a secondary MMU's fault.
     pub fn translate_frame(&self, addr: u64) -> Option<Translation> {
-        self.read_leaf(addr, Wait::Block, |leaf| {
+        self.read_leaf(addr, Wait::Block, Pmd::Drop, |leaf| {
             let (pfn, writable) = crate::fault::cpu_reach(leaf, addr)?;
             Some(self.frame_life(pfn, writable))
         })
@@ -336,9 +344,18 @@ impl AddressSpace {
     /// entry naming a page of `device`'s memory (writable only while the
     /// entry and the VMA both allow writes). `None` otherwise, e.g. for an
     /// exclusive or device-private entry of another device.
+    ///
+    /// Read with the PMD lock held throughout (unlike `translate_frame`):
+    /// a device's own migration changes the primary's entry and the
+    /// device's table in one hold of it (the model closes test_hmm's window
+    /// between `migrate_vma_pages` and `dmirror_migrate_finalize_and_map`),
+    /// and the device's coherence check reads its table and this view as
+    /// one state.
     pub fn device_view(&self, addr: u64, device: Option<Owner>) -> Option<DeviceView> {
-        self.read_leaf(addr, Wait::Block, |leaf| self.view_of(leaf, addr, device))
-            .expect("a blocking read gets its entry")
+        self.read_leaf(addr, Wait::Block, Pmd::Hold, |leaf| {
+            self.view_of(leaf, addr, device)
+        })
+        .expect("a blocking read gets its entry")
     }
 
     /// [`AddressSpace::device_view`] without waiting for a page-table
@@ -354,34 +371,43 @@ impl AddressSpace {
         addr: u64,
         device: Option<Owner>,
     ) -> Result<Option<DeviceView>, PageTableBusy> {
-        self.read_leaf(addr, Wait::Try, |leaf| self.view_of(leaf, addr, device))
+        self.read_leaf(addr, Wait::Try, Pmd::Hold, |leaf| {
+            self.view_of(leaf, addr, device)
+        })
     }
 
-    /// Reads the entry mapping `addr` as Linux's walkers do: the PMD lock
-    /// only to find the PMD entry (a huge leaf is read under it), then the
-    /// PTE table's own lock alone (`pte_offset_map_lock`), finding the PMD
-    /// again if the table left it meanwhile (whoever takes a table out
-    /// marks it detached under its lock). So a walk waits neither for
-    /// faults nor for operations in other PTE tables. `f` runs under the
-    /// lock that holds the entry: the frame it reads about is the life the
-    /// entry maps (a zap clears an entry under that lock before it drops
-    /// the frame).
+    /// Reads the entry mapping `addr`: the PMD lock to find the PMD entry
+    /// (a huge leaf is read under it), then the PTE table's lock. With
+    /// [`Pmd::Drop`], as Linux's walkers do, the PMD lock is dropped first
+    /// (`pte_offset_map_lock`), and the PMD found again if the table left
+    /// it meanwhile (whoever takes a table out marks it detached under its
+    /// lock): such a walk waits neither for faults nor for operations in
+    /// other PTE tables, and sees every state an operation leaves between
+    /// its PTE-lock holds. `f` runs under the lock that holds the entry:
+    /// the frame it reads about is the life the entry maps (a zap clears
+    /// an entry under that lock before it drops the frame).
     fn read_leaf<R>(
         &self,
         addr: u64,
         wait: Wait,
+        pmd: Pmd,
         f: impl Fn(Leaf) -> R,
     ) -> Result<R, PageTableBusy> {
         loop {
-            let table = {
-                let st = match wait {
-                    Wait::Block => ptl::lock(&self.inner.state),
-                    Wait::Try => ptl::try_lock(&self.inner.state).ok_or(PageTableBusy)?,
-                };
-                match st.pt.pmd(addr) {
-                    Some(PmdEntry::Table(table)) => table.share(),
-                    Some(PmdEntry::Huge(huge)) => return Ok(f(Leaf::Huge(*huge))),
-                    Some(PmdEntry::None) | None => return Ok(f(Leaf::None)),
+            let st = match wait {
+                Wait::Block => ptl::lock(&self.inner.state),
+                Wait::Try => ptl::try_lock(&self.inner.state).ok_or(PageTableBusy)?,
+            };
+            let table = match st.pt.pmd(addr) {
+                Some(PmdEntry::Table(table)) => table.share(),
+                Some(PmdEntry::Huge(huge)) => return Ok(f(Leaf::Huge(*huge))),
+                Some(PmdEntry::None) | None => return Ok(f(Leaf::None)),
+            };
+            let _held = match pmd {
+                Pmd::Hold => Some(st),
+                Pmd::Drop => {
+                    drop(st);
+                    None
                 }
             };
             let entries = match wait {

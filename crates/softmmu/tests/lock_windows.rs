@@ -650,3 +650,48 @@ fn reclaim_keeps_a_lazily_freed_page_written_inside_its_window() {
         "the page written after the walk is kept"
     );
 }
+
+/// A device's own migration changes the primary's entry and hands the
+/// device the new frame in one hold of the PMD lock, so a device view —
+/// the device's walk and its coherence check — never sees the new entry
+/// before the device's table holds it: inside the map step a blocking
+/// view waits and a trying one is refused; once the migration is done the
+/// view is the frame the map step handed over.
+#[test]
+fn a_device_view_does_not_see_an_own_migration_before_its_map_step() {
+    let space = fresh();
+    anon(&space, B, 1);
+    let old = space.translate_frame(B).expect("mapped");
+    let owner = mmun_core::Owner::unique();
+    let (tx, rx) = channel();
+    let mut viewer = None;
+    let mut handed = None;
+    let moved = space
+        .migrate_device_and_map(B, B + P, owner, |va, new| {
+            handed = new;
+            assert_eq!(
+                space.try_device_view(va, Some(owner)),
+                Err(mmun_softmmu::PageTableBusy),
+                "a trying view read the entry inside the map step"
+            );
+            let space = Arc::clone(&space);
+            let tx = tx.clone();
+            viewer = Some(std::thread::spawn(move || {
+                tx.send(space.device_view(va, Some(owner))).unwrap();
+            }));
+            assert_eq!(
+                rx.recv_timeout(Duration::from_millis(200)),
+                Err(RecvTimeoutError::Timeout),
+                "a blocking view read the entry inside the map step"
+            );
+        })
+        .expect("migration");
+    assert_eq!(moved, 1);
+    let view = rx
+        .recv_timeout(PATIENCE)
+        .expect("the view, after the migration");
+    viewer.unwrap().join().unwrap();
+    let handed = handed.expect("the map step got the new frame");
+    assert_ne!(handed, old, "the page moved");
+    assert_eq!(view.map(|v| v.translation), Some(handed));
+}
