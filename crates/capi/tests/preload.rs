@@ -80,7 +80,7 @@ fn a_c_program_under_ld_preload_sees_synchronous_invalidations() {
 /// spawned but absent, the queue lock held) hung there at exit.
 #[test]
 fn bash_command_substitutions_with_a_list_notifier_do_not_hang() {
-    let dir = std::env::temp_dir().join(format!("mmun-preload-bash-{}", std::process::id()));
+    let dir = scratch_dir().join(format!("mmun-preload-bash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let preload = preload_library();
     let preload_dir = preload.parent().unwrap();
@@ -139,4 +139,10 @@ fn bash_command_substitutions_with_a_list_notifier_do_not_hang() {
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_eq!(stdout, "hia\n", "{stderr}");
+}
+
+/// Where the test writes its files: cargo's per-target scratch directory
+/// (`target/tmp`), so that nothing is left behind in the system's `/tmp`.
+fn scratch_dir() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
 }

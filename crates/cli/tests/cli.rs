@@ -39,7 +39,7 @@ fn replay_events_shows_the_whole_stream() {
 
 #[test]
 fn a_malformed_script_is_an_error_naming_file_and_line() {
-    let dir = std::env::temp_dir().join(format!("mmun-cli-{}", std::process::id()));
+    let dir = scratch_dir().join(format!("mmun-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.txt");
     std::fs::write(&bad, "mmap 0 0x1000 rw\n# fine\nmprotect 0 0x1000 rq\n").unwrap();
@@ -76,7 +76,7 @@ fn diff_against_a_recording_agrees_and_reports_a_divergence() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).starts_with("identical: 21 steps"));
 
-    let dir = std::env::temp_dir().join(format!("mmun-cli-diff-{}", std::process::id()));
+    let dir = scratch_dir().join(format!("mmun-cli-diff-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let altered = dir.join("fork.out");
     let recorded = std::fs::read_to_string(&good).unwrap();
@@ -128,7 +128,7 @@ fn mmun_into(args: &[&str], stdout: std::process::Stdio) -> Output {
 fn printing_commands() -> Vec<Vec<String>> {
     let script = traces().join("scripts/fork.txt").display().to_string();
     let recorded = traces().join("expected/fork.out").display().to_string();
-    let altered = std::env::temp_dir().join(format!("mmun-cli-out-{}.out", std::process::id()));
+    let altered = scratch_dir().join(format!("mmun-cli-out-{}.out", std::process::id()));
     let text = std::fs::read_to_string(&recorded).unwrap();
     std::fs::write(&altered, text.replacen("RC 0", "RC -1", 1)).unwrap();
     let altered = altered.display().to_string();
@@ -177,7 +177,7 @@ fn output_onto_a_full_device_is_an_error_not_a_panic() {
 
 #[test]
 fn binary_input_names_the_file_and_line() {
-    let dir = std::env::temp_dir().join(format!("mmun-cli-bin-{}", std::process::id()));
+    let dir = scratch_dir().join(format!("mmun-cli-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("blob.bin");
     std::fs::write(&bin, b"mmap 0 0x1000 rw\n\x7fELF\x02\x01\x01\x00\xff\xfe\n").unwrap();
@@ -202,7 +202,7 @@ fn binary_input_names_the_file_and_line() {
 
 #[test]
 fn replay_leaves_the_window_as_the_oracle_does_and_models_finite_ram() {
-    let dir = std::env::temp_dir().join(format!("mmun-cli-ram-{}", std::process::id()));
+    let dir = scratch_dir().join(format!("mmun-cli-ram-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let huge = dir.join("huge.txt");
     std::fs::write(&huge, "mmap 0 0x4000000000 rw populate\n").unwrap();
@@ -247,4 +247,10 @@ fn replay_leaves_the_window_as_the_oracle_does_and_models_finite_ram() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// Where the test writes its files: cargo's per-target scratch directory
+/// (`target/tmp`), so that nothing is left behind in the system's `/tmp`.
+fn scratch_dir() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
 }

@@ -16,7 +16,7 @@ use trace_common::{preload, text};
 fn prog() -> &'static Path {
     static PROG: OnceLock<PathBuf> = OnceLock::new();
     PROG.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mmun-trace-test-{}", std::process::id()));
+        let dir = scratch_dir().join(format!("mmun-trace-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("trace_prog");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/trace_prog.c");
@@ -250,4 +250,10 @@ fn the_traced_command_asks_ucx_for_reloc_mode_unless_the_user_chose() {
         .output()
         .expect("run mmun trace");
     assert_eq!(text(&chosen.stdout).trim(), "mode=bistro");
+}
+
+/// Where the test writes its files: cargo's per-target scratch directory
+/// (`target/tmp`), so that nothing is left behind in the system's `/tmp`.
+fn scratch_dir() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
 }

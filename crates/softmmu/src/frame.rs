@@ -323,14 +323,7 @@ impl Memory {
     /// space `mm`.
     pub fn map_pte(&self, pfn: Pfn, mm: u64) {
         if pfn != ZERO_PFN {
-            let mut f = self.inner.lock();
-            let head = f.frames[pfn as usize].head;
-            assert!(
-                f.frames[head as usize].refcount > 0,
-                "map of free frame {pfn:#x}"
-            );
-            f.frames[pfn as usize].mapcount += 1;
-            f.frames[head as usize].add_mapper(mm);
+            self.inner.lock().map_pte(pfn, mm);
         }
     }
 
@@ -340,16 +333,11 @@ impl Memory {
     /// the memory lock.
     pub fn dup_pte(&self, pfn: Pfn, mm: u64) {
         let mut f = self.inner.lock();
-        let head = f.frames[pfn as usize].head;
-        assert!(
-            f.frames[head as usize].refcount > 0,
-            "fork's copy of free frame {pfn:#x}"
-        );
-        f.frames[head as usize].refcount += 1;
         if pfn != ZERO_PFN {
-            f.frames[pfn as usize].mapcount += 1;
-            f.frames[head as usize].add_mapper(mm);
+            f.map_pte(pfn, mm);
         }
+        let head = f.frames[pfn as usize].head;
+        f.frames[head as usize].refcount += 1;
         f.frames[pfn as usize].anon_exclusive = false;
     }
 
@@ -639,6 +627,16 @@ impl Frames {
         if frame.refcount == 0 {
             self.free(head);
         }
+    }
+
+    fn map_pte(&mut self, pfn: Pfn, mm: u64) {
+        let head = self.frames[pfn as usize].head;
+        assert!(
+            self.frames[head as usize].refcount > 0,
+            "map of free frame {pfn:#x}"
+        );
+        self.frames[pfn as usize].mapcount += 1;
+        self.frames[head as usize].add_mapper(mm);
     }
 
     fn unmap_pte(&mut self, pfn: Pfn, mm: u64) {

@@ -165,18 +165,8 @@ fn walkers_of_another_table_complete_while_a_zap_is_stalled_in_its_table() {
 #[test]
 fn a_fault_in_another_table_completes_while_a_fault_is_stalled_in_its_table() {
     let space = two_tables();
-    let hold = space.hold_page_table(T1).expect("T1 has a PTE table");
-    let stalled = spawn(&space, |s| s.access(T1 + 8 * P, true));
-    thread::sleep(SETTLE);
-    assert!(
-        !stalled.is_finished(),
-        "the fault went on with T1's lock held elsewhere"
-    );
-    let t = notify_log::completes(&space, PATIENCE, "a fault in T2", |s| {
-        s.access(T2 + 8 * P, false)
-            .map(|()| s.translate_frame(T2 + 8 * P))
-    });
-    assert!(matches!(t, Ok(Some(_))), "{t:?}");
+    let (hold, stalled) = stall_in_t1(&space, "the fault", |s| s.access(T1 + 8 * P, true));
+    a_fault_in_t2_completes(&space, false);
     drop(hold);
     stalled
         .join()
@@ -199,18 +189,8 @@ fn a_fault_in_another_table_completes_while_a_walk_is_stalled_in_its_table() {
     let mapped = space
         .translate_frame(T1)
         .expect("T1's first page is written");
-    let hold = space.hold_page_table(T1).expect("T1 has a PTE table");
-    let translate = spawn(&space, |s| s.translate_frame(T1));
-    thread::sleep(SETTLE);
-    assert!(
-        !translate.is_finished(),
-        "a walk read T1's entry with T1's lock held elsewhere"
-    );
-    let t = notify_log::completes(&space, PATIENCE, "a fault in T2", |s| {
-        s.access(T2 + 8 * P, true)
-            .map(|()| s.translate_frame(T2 + 8 * P))
-    });
-    assert!(matches!(t, Ok(Some(_))), "{t:?}");
+    let (hold, translate) = stall_in_t1(&space, "a walk", |s| s.translate_frame(T1));
+    a_fault_in_t2_completes(&space, true);
     drop(hold);
     assert_eq!(translate.join().expect("the walk panicked"), Some(mapped));
 }
@@ -226,10 +206,7 @@ fn a_fault_in_another_table_completes_while_a_walk_is_stalled_in_its_table() {
 #[test]
 fn a_device_view_waits_for_a_pte_lock_with_the_pmd_lock_held() {
     let space = two_tables();
-    let hold = space.hold_page_table(T1).expect("T1 has a PTE table");
-    let view = spawn(&space, |s| s.device_view(T1, None));
-    thread::sleep(SETTLE);
-    assert!(!view.is_finished(), "the view did not wait for T1's lock");
+    let (hold, view) = stall_in_t1(&space, "a device view", |s| s.device_view(T1, None));
     let fault = spawn(&space, |s| s.access(T2 + 8 * P, true));
     thread::sleep(SETTLE);
     assert!(
@@ -239,4 +216,30 @@ fn a_device_view_waits_for_a_pte_lock_with_the_pmd_lock_held() {
     drop(hold);
     assert!(view.join().expect("the view panicked").is_some());
     fault.join().expect("the fault panicked").expect("fault");
+}
+
+/// Holds T1's lock and starts `op`, which must then wait for it (`what`
+/// names it in the failure).
+fn stall_in_t1<R: Send + 'static>(
+    space: &Arc<AddressSpace>,
+    what: &str,
+    op: impl FnOnce(&AddressSpace) -> R + Send + 'static,
+) -> (PageTableHold, JoinHandle<R>) {
+    let hold = space.hold_page_table(T1).expect("T1 has a PTE table");
+    let stalled = spawn(space, op);
+    thread::sleep(SETTLE);
+    assert!(
+        !stalled.is_finished(),
+        "{what} went on with T1's lock held elsewhere"
+    );
+    (hold, stalled)
+}
+
+/// A fault in T2 (for writing if `write`) completes within [`PATIENCE`].
+fn a_fault_in_t2_completes(space: &Arc<AddressSpace>, write: bool) {
+    let t = notify_log::completes(space, PATIENCE, "a fault in T2", move |s| {
+        s.access(T2 + 8 * P, write)
+            .map(|()| s.translate_frame(T2 + 8 * P))
+    });
+    assert!(matches!(t, Ok(Some(_))), "{t:?}");
 }
