@@ -20,6 +20,7 @@
 
 mod accessor;
 pub mod config;
+mod crew;
 mod fleet;
 pub mod kind;
 mod layout;
@@ -45,6 +46,7 @@ pub use kind::{OpCounts, OpKind};
 pub use report::{SecondaryReport, StressReport};
 pub use trace::Trace;
 
+use crate::crew::Crew;
 use crate::round::{Plan, RoundOut};
 use crate::shared::Shared;
 
@@ -162,26 +164,29 @@ fn rounds(
     progress: &mut dyn FnMut(&Progress),
     totals: &mut Totals,
 ) -> Result<u64, StressError> {
-    let mut last_report = Duration::ZERO;
-    let mut number = 0;
-    while !shared.stopping() {
-        shared.round.store(number, Ordering::Relaxed);
-        let mut tick = || {
+    std::thread::scope(|scope| {
+        let mut crew = Crew::start(scope, &shared.config, plan);
+        let mut last_report = Duration::ZERO;
+        let mut number = 0;
+        while !shared.stopping() {
+            shared.round.store(number, Ordering::Relaxed);
+            let mut tick = || {
+                check_budget(shared, interrupt);
+                let now = shared.now();
+                if now >= last_report + PROGRESS_EVERY {
+                    last_report = now;
+                    progress(&progress_of(shared, number + 1));
+                }
+            };
+            let out = round::run(shared, number, plan, &mut crew, &mut tick)?;
+            shared.check_violations();
+            totals.add(shared, number, out);
+            number += 1;
             check_budget(shared, interrupt);
-            let now = shared.now();
-            if now >= last_report + PROGRESS_EVERY {
-                last_report = now;
-                progress(&progress_of(shared, number + 1));
-            }
-        };
-        let out = round::run(shared, number, plan, &mut tick)?;
-        shared.check_violations();
-        totals.add(shared, number, out);
-        number += 1;
-        check_budget(shared, interrupt);
-    }
-    progress(&progress_of(shared, number));
-    Ok(number)
+        }
+        progress(&progress_of(shared, number));
+        Ok(number)
+    })
 }
 
 fn check_budget(shared: &Shared, interrupt: &AtomicBool) {

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, ScopedJoinHandle};
 use std::time::Duration;
 
 use mmun_script::Op;
 use mmun_softmmu::{AddressSpace, Config, Memory, ThpMode};
 
 use crate::StressError;
+use crate::crew::Crew;
 use crate::fleet::Fleet;
 use crate::kind::OpKind;
 use crate::layout::Layout;
@@ -18,7 +18,6 @@ use crate::settle::{Countdown, Settle};
 use crate::shared::{Out, Round, Shared};
 use crate::slow::SlowWalks;
 use crate::trace::{Actor, Entry};
-use crate::{accessor, mutator};
 
 /// How often the main thread looks at the clock and reports progress.
 const POLL: Duration = Duration::from_millis(1);
@@ -53,11 +52,13 @@ pub(crate) struct Plan {
     pub(crate) aim_percent: u64,
 }
 
-/// Runs round `number`; `tick` is called every millisecond or so.
-pub(crate) fn run(
-    run: &Shared,
+/// Runs round `number` with `crew`'s threads; `tick` is called every
+/// millisecond or so.
+pub(crate) fn run<'r>(
+    run: &'r Shared,
     number: u64,
     plan: &Plan,
+    crew: &mut Crew<'_, 'r>,
     tick: &mut dyn FnMut(),
 ) -> Result<RoundOut, StressError> {
     let config = &run.config;
@@ -86,7 +87,7 @@ pub(crate) fn run(
         layout.span(),
         slow.clone(),
     )?;
-    let round = Round {
+    let round = Arc::new(Round {
         number,
         run,
         space,
@@ -97,81 +98,33 @@ pub(crate) fn run(
         mutating: Countdown::new(config.mutators),
         exiting: AtomicBool::new(false),
         over: AtomicBool::new(false),
-    };
-    let mut rng = Rng::new(config.seed, number, u64::MAX);
-    let outs = thread::scope(|s| {
-        let accessors = spawn_accessors(s, &round);
-        let mutators = spawn_mutators(s, &round, plan);
-        // `is_finished` too: a mutator that panicked never counts down.
-        while !round.mutating.wait_for_zero(POLL) && mutators.iter().any(|h| !h.is_finished()) {
-            beat(run, &mut main, tick);
-        }
-        if rng.chance(plan.oom_percent) {
-            let at = run.now();
-            round.space.oom_reap();
-            round.slow.mutated();
-            main.record(run, OpKind::OomReap, at, Entry::Step(Op::OomReap, None));
-            settle(&round, false, &mut main, tick);
-        }
-        let at = run.now();
-        round.exiting.store(true, Ordering::Relaxed);
-        round.space.exit();
-        round.slow.mutated();
-        main.record(run, OpKind::Exit, at, Entry::Step(Op::Exit, None));
-        settle(&round, true, &mut main, tick);
-        round.over.store(true, Ordering::Relaxed);
-        let mut outs = vec![main];
-        outs.extend(accessors.into_iter().map(join));
-        outs.extend(mutators.into_iter().map(join));
-        outs
     });
+    let mut rng = Rng::new(config.seed, number, u64::MAX);
+    crew.begin(&round);
+    // A mutator that panicked never counts down.
+    while !round.mutating.wait_for_zero(POLL) && !crew.a_mutator_died() {
+        beat(run, &mut main, tick);
+    }
+    if rng.chance(plan.oom_percent) {
+        let at = run.now();
+        round.space.oom_reap();
+        round.slow.mutated();
+        main.record(run, OpKind::OomReap, at, Entry::Step(Op::OomReap, None));
+        settle(&round, false, &mut main, tick);
+    }
+    let at = run.now();
+    round.exiting.store(true, Ordering::Relaxed);
+    round.space.exit();
+    round.slow.mutated();
+    main.record(run, OpKind::Exit, at, Entry::Step(Op::Exit, None));
+    settle(&round, true, &mut main, tick);
+    round.over.store(true, Ordering::Relaxed);
+    let mut outs = vec![main];
+    outs.extend(crew.collect());
     Ok(RoundOut {
         outs,
         counters: round.fleet.counters(),
     })
-}
-
-fn spawn_accessors<'s, 'r>(
-    s: &'s thread::Scope<'s, '_>,
-    round: &'s Round<'r>,
-) -> Vec<ScopedJoinHandle<'s, Out>> {
-    let config = &round.run.config;
-    (0..config.accessors)
-        .map(|i| {
-            let actor = Actor::Accessor(i as u8);
-            let mut rng = Rng::new(config.seed, round.number, i as u64);
-            let window = config.window;
-            s.spawn(move || {
-                let mut out = Out::new(actor, window);
-                accessor::run(round, &mut rng, &mut out);
-                out
-            })
-        })
-        .collect()
-}
-
-fn spawn_mutators<'s, 'r>(
-    s: &'s thread::Scope<'s, '_>,
-    round: &'s Round<'r>,
-    plan: &'s Plan,
-) -> Vec<ScopedJoinHandle<'s, Out>> {
-    let config = &round.run.config;
-    let quota = config.round_ops.div_ceil(config.mutators as u64);
-    (0..config.mutators)
-        .map(|i| {
-            let actor = Actor::Mutator(i as u8);
-            let rng = Rng::new(config.seed, round.number, 1000 + i as u64);
-            let out = Out::new(actor, config.window);
-            s.spawn(move || mutator::run(round, rng, out, quota, plan))
-        })
-        .collect()
-}
-
-fn join(handle: ScopedJoinHandle<'_, Out>) -> Out {
-    match handle.join() {
-        Ok(out) => out,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
 }
 
 /// The main thread's heartbeat while it waits: beat, check the oracle,
