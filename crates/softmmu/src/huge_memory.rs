@@ -161,7 +161,9 @@ pub(crate) fn file_folio_for_pmd<L: HeldMmLock>(
     }
     let head = file.object.find_page(index)?;
     let frame = ctx.mem.frame(head);
-    (frame.order == 9 && frame.head == head).then_some(head)
+    let whole =
+        frame.order == 9 && frame.head == head && file.object.holds_whole_folio(index, head);
+    whole.then_some(head)
 }
 
 /// `do_set_pmd`: maps the large cache folio at `head` by one PMD, with no

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use mmun_core::{Event, HeldMmLock};
 
 use crate::address_space::{Ctx, Shared};
-use crate::layout::PAGE_SIZE;
+use crate::layout::{PAGE_SIZE, PMD_SIZE};
+use crate::page_table::PmdEntry;
 use crate::shmem::ShmemObject;
 use crate::vma::Vma;
 
@@ -100,10 +101,38 @@ pub(crate) fn unmap_mapping_range(object: &ShmemObject, first: u64, last: u64) {
         with_mapping(&mapping, object, |ctx, vma| {
             if let Some((start, end)) = clip(vma, first, last) {
                 let inv = ctx.start(Event::Clear, start, end);
+                zap_file_pmds(ctx, vma, start, end);
                 zap_file_pages(ctx, start, end);
                 ctx.end(inv);
             }
         });
+    }
+}
+
+/// `zap_pmd_range`'s huge entries: a huge PMD the range covers whole is
+/// zapped (`zap_huge_pmd`), one it covers in part is split first
+/// (`__split_huge_pmd`, under a `Clear` of its own 2 MiB, which for a file
+/// folio just clears the PMD: the pages left fault back by PTEs).
+fn zap_file_pmds<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, start: u64, end: u64) {
+    let mut addr = start;
+    while addr < end {
+        let haddr = crate::layout::align_down(addr, PMD_SIZE);
+        let next = (haddr + PMD_SIZE).min(end);
+        let file_pmd = match ctx.st.pt.pmd(haddr) {
+            Some(PmdEntry::Huge(huge)) => matches!(
+                ctx.mem.frame(huge.pfn()).kind,
+                crate::frame::FrameKind::File { .. }
+            ),
+            _ => false,
+        };
+        if file_pmd {
+            if haddr >= start && haddr + PMD_SIZE <= end {
+                crate::zap::zap_huge_pmd(ctx, haddr);
+            } else {
+                crate::huge_memory::split_huge_pmd(ctx, vma, haddr);
+            }
+        }
+        addr = next;
     }
 }
 

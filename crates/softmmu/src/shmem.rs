@@ -119,6 +119,14 @@ impl ShmemObject {
         self.pages.lock().insert(index, pfn)
     }
 
+    /// Whether the cache holds the large folio headed by `head` whole from
+    /// `first` on (every page at its index): a hole punched in it since
+    /// the collapse leaves it to be mapped by PTEs, page by page.
+    pub(crate) fn holds_whole_folio(&self, first: u64, head: Pfn) -> bool {
+        let pages = self.pages.lock();
+        (0..crate::layout::HPAGE_PMD_NR).all(|i| pages.get(&(first + i)) == Some(&(head + i)))
+    }
+
     /// Drops the pages `[first, last]` from the cache (hole punch); returns
     /// them so the caller can put the cache's references.
     pub fn punch(&self, first: u64, last: u64) -> Vec<Pfn> {

@@ -40,7 +40,9 @@ pub(crate) fn zap_vma_range<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, vma: &Vma, star
     }
 }
 
-fn zap_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
+/// `zap_huge_pmd`: clears the huge entry at `addr`, inside the caller's
+/// range, and releases what it held.
+pub(crate) fn zap_huge_pmd<L: HeldMmLock>(ctx: &mut Ctx<'_, L>, addr: u64) {
     if let PmdEntry::Huge(pte) = ctx.st.pt.set_pmd(addr, PmdEntry::None) {
         release_huge(ctx.mem, ctx.id, pte);
     }

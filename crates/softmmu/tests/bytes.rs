@@ -273,3 +273,42 @@ fn a_shmem_collapse_keeps_the_cached_bytes() {
     assert_eq!(read(&space, B + 5 * P, 8), vec![6; 8]);
     assert_eq!(read(&space, B + 6 * P, 8), vec![0; 8]);
 }
+
+/// `MADV_REMOVE` of one page of a PMD-mapped shmem folio: the partial
+/// unmap splits the PMD (for a file folio, clears it), so the hole reads
+/// zeros, the rest keeps its bytes, and the folio, no longer whole in the
+/// cache, is mapped back page by page. The PMD used to survive the punch,
+/// and the hole read the old bytes through it.
+#[test]
+fn a_hole_punched_in_a_pmd_mapped_shmem_folio_reads_zeros() {
+    let space = new_space();
+    let object = Arc::new(ShmemObject::new(Arc::clone(space.memory()), M2));
+    for index in [0, 5] {
+        let page = object.get_page(space.memory(), index).unwrap();
+        space.memory().write(page, 0, &[index as u8 + 1; 8]);
+        space.memory().put(page);
+    }
+    space
+        .mmap(MapRequest {
+            addr: B,
+            len: M2,
+            prot: Prot::RW,
+            shared: true,
+            object: Some(Arc::clone(&object)),
+            fixed: true,
+            ..MapRequest::default()
+        })
+        .unwrap();
+    space.madvise(B, M2, Advice::Collapse).unwrap();
+    assert_eq!(read(&space, B + 5 * P, 8), vec![6; 8]);
+    assert!(space.pte(B).is_none(), "mapped by the huge PMD");
+    space.madvise(B + 5 * P, P, Advice::Remove).unwrap();
+    assert_eq!(space.mapped_frame(B + 5 * P), None, "the PMD is gone");
+    assert_eq!(
+        read(&space, B + 5 * P, 8),
+        vec![0; 8],
+        "the hole reads zeros"
+    );
+    assert_eq!(read(&space, B, 8), vec![1; 8]);
+    assert!(space.pte(B).is_present(), "mapped back by a PTE");
+}
