@@ -246,8 +246,9 @@ fn migration_of_a_huge_page_moves_all_its_bytes() {
     assert_eq!(read(&space, B + M2 - 4, 4), vec![3; 4]);
 }
 
-#[test]
-fn a_shmem_collapse_keeps_the_cached_bytes() {
+/// A shared mapping of a 2 MiB shmem object whose pages 0 and 5 hold
+/// `[1; 8]` and `[6; 8]`, collapsed into one large folio.
+fn collapsed_shmem() -> (AddressSpace, Arc<ShmemObject>) {
     let space = new_space();
     let object = Arc::new(ShmemObject::new(Arc::clone(space.memory()), M2));
     for index in [0, 5] {
@@ -267,6 +268,12 @@ fn a_shmem_collapse_keeps_the_cached_bytes() {
         })
         .unwrap();
     space.madvise(B, M2, Advice::Collapse).unwrap();
+    (space, object)
+}
+
+#[test]
+fn a_shmem_collapse_keeps_the_cached_bytes() {
+    let (space, object) = collapsed_shmem();
     let head = object.find_page(0).unwrap();
     assert_eq!(space.memory().frame(head).order, 9, "one huge folio now");
     assert_eq!(read(&space, B, 9), [1, 1, 1, 1, 1, 1, 1, 1, 0]);
@@ -281,25 +288,7 @@ fn a_shmem_collapse_keeps_the_cached_bytes() {
 /// and the hole read the old bytes through it.
 #[test]
 fn a_hole_punched_in_a_pmd_mapped_shmem_folio_reads_zeros() {
-    let space = new_space();
-    let object = Arc::new(ShmemObject::new(Arc::clone(space.memory()), M2));
-    for index in [0, 5] {
-        let page = object.get_page(space.memory(), index).unwrap();
-        space.memory().write(page, 0, &[index as u8 + 1; 8]);
-        space.memory().put(page);
-    }
-    space
-        .mmap(MapRequest {
-            addr: B,
-            len: M2,
-            prot: Prot::RW,
-            shared: true,
-            object: Some(Arc::clone(&object)),
-            fixed: true,
-            ..MapRequest::default()
-        })
-        .unwrap();
-    space.madvise(B, M2, Advice::Collapse).unwrap();
+    let (space, _object) = collapsed_shmem();
     assert_eq!(read(&space, B + 5 * P, 8), vec![6; 8]);
     assert!(space.pte(B).is_none(), "mapped by the huge PMD");
     space.madvise(B + 5 * P, P, Advice::Remove).unwrap();
