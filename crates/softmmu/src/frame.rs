@@ -322,9 +322,7 @@ impl Memory {
     /// Records one more PTE mapping of the base page `pfn` by address
     /// space `mm`.
     pub fn map_pte(&self, pfn: Pfn, mm: u64) {
-        if pfn != ZERO_PFN {
-            self.inner.lock().map_pte(pfn, mm);
-        }
+        self.inner.lock().map_pte(pfn, mm);
     }
 
     /// Fork's copy of a PTE mapping `pfn` into `mm`: a reference on the
@@ -333,9 +331,7 @@ impl Memory {
     /// the memory lock.
     pub fn dup_pte(&self, pfn: Pfn, mm: u64) {
         let mut f = self.inner.lock();
-        if pfn != ZERO_PFN {
-            f.map_pte(pfn, mm);
-        }
+        f.map_pte(pfn, mm);
         let head = f.frames[pfn as usize].head;
         f.frames[head as usize].refcount += 1;
         f.frames[pfn as usize].anon_exclusive = false;
@@ -343,9 +339,7 @@ impl Memory {
 
     /// Records one PTE mapping fewer of the base page `pfn` by `mm`.
     pub fn unmap_pte(&self, pfn: Pfn, mm: u64) {
-        if pfn != ZERO_PFN {
-            self.inner.lock().unmap_pte(pfn, mm);
-        }
+        self.inner.lock().unmap_pte(pfn, mm);
     }
 
     /// Records a PMD mapping of the compound frame headed by `head` by `mm`.
@@ -629,7 +623,11 @@ impl Frames {
         }
     }
 
+    /// The zero page is never counted (`unmap_pte` likewise).
     fn map_pte(&mut self, pfn: Pfn, mm: u64) {
+        if pfn == ZERO_PFN {
+            return;
+        }
         let head = self.frames[pfn as usize].head;
         assert!(
             self.frames[head as usize].refcount > 0,
